@@ -1,0 +1,41 @@
+# ServerTrack: `make run` starts the monitoring host, `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-faults lint bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed ## Create .venv with ServerTrack installed (.venv/bin/servertrack)
+
+run: install ## Start the whole monitoring host with a local agent (ARGS="--api-port 9090" ...)
+	$(BIN)/servertrack run $(ARGS)
+
+test: $(VENV)/.test-installed ## Install what the tests need and run the suite
+	$(BIN)/python -m pytest -m "not faults" $(ARGS)
+
+test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests
+	$(BIN)/python -m pytest -m faults $(ARGS)
+
+lint: $(VENV)/.test-installed ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from servertrack.agent.main import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""``servertrack agent``: sample this node and publish to the receiver."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import zmq
+
+from servertrack.agent.probe import PsutilProbe
+from servertrack.agent.publisher import Agent, AgentConfig
+from servertrack.common import wire
+from servertrack.common.config import add_option, setup_logging
+from servertrack.common.lifecycle import stop_on_signals
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="servertrack agent", description=__doc__)
+    add_option(parser, "--connect", "tcp://127.0.0.1:5556", "receiver endpoint to connect to")
+    add_option(parser, "--interval", 1.0, "seconds between samples", float)
+    add_option(parser, "--name", None, "server name to report (default: this host's FQDN)")
+    add_option(parser, "--format", "msgpack", "wire format", choices=sorted(wire.FORMATS))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    config = AgentConfig(args.connect, args.interval, args.name, args.format)
+    with zmq.Context() as context:
+        agent = Agent(config, PsutilProbe(), context)
+        with stop_on_signals(agent.stop), contextlib.suppress(KeyboardInterrupt):
+            agent.run()
+    return 0

@@ -1,0 +1,95 @@
+"""The agent loop: one sample per interval on a monotonic schedule, published over PUB."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import zmq
+
+from servertrack.agent.probe import node_addresses
+from servertrack.common import wire
+from servertrack.common.buckets import Clock
+from servertrack.common.lifecycle import Ticker
+from servertrack.common.sample import Sample
+
+log = logging.getLogger(__name__)
+ADDRESS_REFRESH = 60.0
+"""Seconds between two look-ups of the node's addresses (they rarely change)."""
+
+
+class Probe(Protocol):
+    def cpu(self) -> float: ...
+
+    def ram(self) -> float: ...
+
+
+@dataclass(slots=True)
+class AgentConfig:
+    connect: str = "tcp://127.0.0.1:5556"
+    interval: float = 1.0
+    name: str | None = None
+    format: str = "msgpack"
+    sndhwm: int = 1000
+
+
+class Agent:
+    """Publishes samples until ``stop`` is set. The PUB socket connects and reconnects by itself,
+    so the agent keeps its schedule while the receiver is down (those samples are lost and the
+    receiver counts them from the seq gap)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        probe: Probe,
+        context: zmq.Context | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.config = config
+        self.probe = probe
+        self.context = context or zmq.Context.instance()
+        self.clock = clock
+        self.name = config.name or socket.getfqdn()
+        self.stop = threading.Event()
+        self.seq = 0
+        self._ips: tuple[str, ...] = ()
+        self._ips_at = float("-inf")
+
+    def sample(self) -> Sample:
+        now = time.monotonic()
+        if now - self._ips_at >= ADDRESS_REFRESH:
+            self._ips = tuple(node_addresses())
+            self._ips_at = now
+        sample = Sample(
+            self.name, self.clock(), self.probe.cpu(), self.probe.ram(), self.seq, self._ips
+        )
+        self.seq += 1
+        return sample
+
+    def run(self) -> None:
+        pub = self.context.socket(zmq.PUB)
+        try:
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+            pub.connect(self.config.connect)
+            log.info(
+                "agent %s publishing to %s every %.3g s",
+                self.name,
+                self.config.connect,
+                self.config.interval,
+            )
+            ticker = Ticker(self.config.interval)
+            while not self.stop.wait(ticker.remaining()):
+                if ticker.due():
+                    frames = wire.encode(self.sample(), self.config.format)
+                    try:
+                        pub.send_multipart(frames, flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        log.debug("send queue full; sample %d dropped", self.seq - 1)
+        finally:
+            pub.close(linger=0)
+            log.info("agent stopped after %d samples", self.seq)

@@ -1,0 +1,1 @@
+"""Aggregator: exact per-minute and per-hour rollups per server, and the queries over them."""

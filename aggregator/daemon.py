@@ -1,0 +1,231 @@
+"""The aggregator daemon: applies receiver batches to the rollups and answers API queries.
+
+One thread owns the rollups; it polls the batch socket and the query socket in turn, so no lock
+is ever taken on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+
+from servertrack.aggregator.rollups import Rollups
+from servertrack.aggregator.store import RollupStore
+from servertrack.common import rpc
+from servertrack.common.batch import Batch, MalformedBatch
+from servertrack.common.buckets import Clock, iso_utc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AggregatorConfig:
+    batches: str = "ipc:///tmp/servertrack-batches"
+    query: str = "ipc:///tmp/servertrack-query"
+    receiver_control: str = "ipc:///tmp/servertrack-receiver-control"
+    receiver_timeout: float = 1.0
+
+
+class ReceiverIds:
+    """Translates one receiver run's server ids into rollup rows."""
+
+    def __init__(self) -> None:
+        self.epoch: str | None = None
+        self.names: dict[int, str] = {}
+        self.id_of: dict[str, int] = {}
+        self.rows = np.full(0, -1, np.int64)
+        self.evictions_seen = 0
+        self.servers: dict[int, tuple[list[str], int, int, float]] = {}
+
+    def reset(self, epoch: str) -> None:
+        self.epoch = epoch
+        self.names.clear()
+        self.id_of.clear()
+        self.servers.clear()
+        self.rows = np.full(0, -1, np.int64)
+
+    def learn(self, pairs: list[tuple[int, str]], store: RollupStore) -> None:
+        if not pairs:
+            return
+        top = max(server_id for server_id, _ in pairs)
+        if top >= self.rows.size:
+            bigger = np.full(max(top + 1, self.rows.size * 2), -1, np.int64)
+            bigger[: self.rows.size] = self.rows
+            self.rows = bigger
+        for server_id, name in pairs:
+            self.names[server_id] = name
+            self.id_of[name] = server_id
+            self.rows[server_id] = store.row_for(name)
+
+    def rebuild(self, store: RollupStore) -> None:
+        """Look every row up again (rows are released when a server falls silent)."""
+        self.rows[:] = -1
+        self.learn(list(self.names.items()), store)
+
+
+class AggregatorDaemon:
+    """Owns the sockets around one :class:`RollupStore`."""
+
+    def __init__(
+        self,
+        config: AggregatorConfig,
+        store: RollupStore | None = None,
+        context: zmq.Context | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store: RollupStore = store if store is not None else Rollups(clock)
+        self.context = context or zmq.Context.instance()
+        self.ids = ReceiverIds()
+        self.stop = threading.Event()
+        self.receiver_counters: dict[str, Any] = {}
+        self.counters: Counter[str] = Counter()
+        self.last_batch_sent = 0.0
+        self.last_batch_applied = 0.0
+        self.flush_lag = 0.0
+        self.started = clock()
+        self.receiver = rpc.RpcClient(
+            self.context, config.receiver_control, config.receiver_timeout
+        )
+
+    def run(self) -> None:
+        pull = self.context.socket(zmq.PULL)
+        query = None
+        try:
+            pull.setsockopt(zmq.LINGER, 0)
+            pull.setsockopt(zmq.RCVHWM, 8)
+            pull.bind(self.config.batches)
+            query = rpc.bind_router(self.context, self.config.query)
+            log.info(
+                "aggregator ready: batches on %s, queries on %s",
+                self.config.batches,
+                self.config.query,
+            )
+            self._loop(pull, query)
+        finally:
+            self.receiver.close()
+            for sock in (pull, query):
+                if sock is not None:
+                    sock.close(linger=0)
+            log.info("aggregator stopped")
+
+    def _loop(self, pull: zmq.Socket, query: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(query, zmq.POLLIN)
+        while not self.stop.is_set():
+            ready = dict(poller.poll(timeout=200))
+            if pull in ready:
+                try:
+                    frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    frames = None
+                if frames is not None:
+                    self.handle_batch(frames)
+            if query in ready:
+                for _ in range(256):
+                    if not query.poll(0, zmq.POLLIN):
+                        break
+                    rpc.serve_one(query, self.answer)
+
+    # -- batches ------------------------------------------------------------------------------
+    def handle_batch(self, frames: list[bytes]) -> None:
+        try:
+            batch = Batch.decode(frames)
+        except MalformedBatch as err:
+            self.counters["malformed_batches"] += 1
+            log.warning("dropped malformed batch: %s", err)
+            return
+        self.apply(batch)
+
+    def apply(self, batch: Batch) -> None:
+        ids = self.ids
+        if batch.epoch != ids.epoch:
+            ids.reset(batch.epoch)
+        ids.learn(batch.names, self.store)
+        if ids.evictions_seen != self.store.evictions:
+            ids.rebuild(self.store)
+            ids.evictions_seen = self.store.evictions
+        if len(batch) and (batch.ids.max() >= ids.rows.size or (ids.rows[batch.ids] < 0).any()):
+            self._fetch_names()
+        rows = ids.rows[batch.ids] if ids.rows.size else np.full(len(batch), -1, np.int64)
+        known = rows >= 0
+        unknown = len(batch) - int(np.count_nonzero(known))
+        if unknown:
+            self.counters["unknown_server"] += unknown
+            log.warning("dropped %d samples from servers the receiver could not name", unknown)
+            rows, ts, cpu, ram = rows[known], batch.ts[known], batch.cpu[known], batch.ram[known]
+        else:
+            ts, cpu, ram = batch.ts, batch.cpu, batch.ram
+        now = self.clock()
+        result = self.store.apply(rows, ts, cpu, ram, now)
+        self.counters["applied"] += result.applied
+        self.counters["expired"] += result.expired
+        self.counters["batches"] += 1
+        for server_id, ips, lost, duplicates, skew in batch.servers:
+            ids.servers[server_id] = (ips, lost, duplicates, skew)
+        self.receiver_counters = batch.counters
+        self.last_batch_sent = batch.sent
+        self.last_batch_applied = now
+        self.flush_lag = now - batch.sent
+
+    def _fetch_names(self) -> None:
+        try:
+            reply = self.receiver.call({"op": "names"})
+        except rpc.Unavailable as err:
+            log.warning("cannot fetch server names: %s", err)
+            return
+        if reply.get("epoch") == self.ids.epoch:
+            self.ids.learn([(int(i), str(n)) for i, n in reply["names"]], self.store)
+
+    # -- queries ------------------------------------------------------------------------------
+    def answer(self, request: Any) -> bytes:
+        op = request.get("op") if isinstance(request, dict) else None
+        now = self.clock()
+        if op == "view":
+            view = self.store.view(str(request.get("name")), now)
+            if view is None:
+                return msgpack.packb({"status": 404})
+            view["health"] = self._server_health(view["server"])
+            return msgpack.packb({"status": 200, "body": json.dumps(view).encode()})
+        if op == "servers":
+            servers = [
+                {"server": name, "last_seen": iso_utc(seen)}
+                for name, seen in self.store.servers(now)
+            ]
+            return msgpack.packb({"status": 200, "body": json.dumps({"servers": servers}).encode()})
+        if op == "stats":
+            return msgpack.packb({"status": 200, "body": json.dumps(self.stats(now)).encode()})
+        if op == "ping":
+            return msgpack.packb({"ok": True, "batch_age": now - self.last_batch_applied})
+        return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
+
+    def _server_health(self, name: str) -> dict[str, Any]:
+        known = self.ids.servers.get(self.ids.id_of.get(name, -1))
+        if known is not None:
+            ips, lost, duplicates, skew = known
+            return {"ip": ips, "lost": lost, "duplicates": duplicates, "skew_seconds": skew}
+        return {"ip": [], "lost": 0, "duplicates": 0, "skew_seconds": None}
+
+    def stats(self, now: float) -> dict[str, Any]:
+        return {
+            "receiver": self.receiver_counters,
+            "aggregator": {
+                **self.counters,
+                "servers_tracked": self.store.server_count(),
+                "flush_lag_seconds": self.flush_lag,
+                "last_batch_age_seconds": now - self.last_batch_applied
+                if self.last_batch_applied
+                else None,
+            },
+        }

@@ -1,0 +1,315 @@
+"""Per-server rollups as one I/O-free object: numpy rings indexed by server row.
+
+Every server owns a row. The minute ring has 61 slots (the 60 minutes of the window plus the next
+minute, for samples up to 60 s ahead of the clock) and the hour ring 25 (24 + the next hour). A slot
+is tied to one bucket number for all servers at once (``slot = bucket % slots``); when the window
+moves, the column of every slot whose bucket left it is cleared. Each slot holds, for cpu and ram
+separately, the sum, count, min and max of the raw samples, so every mean is ``sum / count`` over
+raw samples, never a mean of means.
+
+PERF: a 200k-sample batch is applied with one argsort and ``reduceat`` per field (tens of ms);
+pure-Python dicts cost ~4 µs per sample and ~17 KB per server, these arrays ~4.8 KB per server and
+leave the garbage collector nothing to scan.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from servertrack.common.buckets import (
+    HOUR,
+    HOUR_WINDOW,
+    MINUTE,
+    MINUTE_WINDOW,
+    Clock,
+    iso_utc,
+    oldest_accepted_ts,
+)
+
+METRICS = ("cpu", "ram")
+
+
+class Ring:
+    """Sum/count/min/max of cpu and ram for ``slots`` consecutive buckets of ``width`` seconds."""
+
+    def __init__(self, width: int, window: int, capacity: int) -> None:
+        self.width = width
+        self.window = window
+        self.slots = window + 1
+        self.bucket_of_slot = np.full(self.slots, np.iinfo(np.int64).min, dtype=np.int64)
+        self.current = np.iinfo(np.int64).min
+        self.fields: dict[str, np.ndarray] = {}
+        for metric in METRICS:
+            self.fields[f"{metric}_sum"] = np.zeros((capacity, self.slots), np.float64)
+            self.fields[f"{metric}_count"] = np.zeros((capacity, self.slots), np.uint32)
+            self.fields[f"{metric}_min"] = np.full((capacity, self.slots), np.inf, np.float64)
+            self.fields[f"{metric}_max"] = np.full((capacity, self.slots), -np.inf, np.float64)
+
+    @staticmethod
+    def empty_value(name: str) -> float:
+        if name.endswith("_min"):
+            return np.inf
+        if name.endswith("_max"):
+            return -np.inf
+        return 0
+
+    def grow(self, capacity: int) -> None:
+        for name, array in self.fields.items():
+            bigger = np.full((capacity, self.slots), self.empty_value(name), array.dtype)
+            bigger[: array.shape[0]] = array
+            self.fields[name] = bigger
+
+    def clear_rows(self, rows: np.ndarray) -> None:
+        for name, array in self.fields.items():
+            array[rows] = self.empty_value(name)
+
+    def advance(self, current: int) -> None:
+        """Move the window so that bucket ``current`` is the newest complete one shown."""
+        if current <= self.current:
+            return
+        self.current = current
+        first = current - self.window + 1
+        expected = first + (np.arange(self.slots) - first) % self.slots
+        stale = self.bucket_of_slot != expected
+        if stale.any():
+            columns = np.flatnonzero(stale)
+            for name, array in self.fields.items():
+                array[:, columns] = self.empty_value(name)
+            self.bucket_of_slot[columns] = expected[columns]
+
+    def in_window(self, buckets: np.ndarray) -> np.ndarray:
+        """Which buckets have a slot: the window plus the one bucket ahead of it."""
+        return (buckets > self.current - self.window) & (buckets <= self.current + 1)
+
+    def accumulate(
+        self, rows: np.ndarray, buckets: np.ndarray, values: dict[str, np.ndarray]
+    ) -> None:
+        """Add samples (NaN = metric absent) into their (row, bucket) cells."""
+        if rows.size == 0:
+            return
+        keys = rows * self.slots + buckets % self.slots
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        cells = keys[starts]
+        for metric in METRICS:
+            column = values[metric][order]
+            present = ~np.isnan(column)
+            count = np.add.reduceat(present.astype(np.uint32), starts)
+            total = np.add.reduceat(np.where(present, column, 0.0), starts)
+            low = np.fmin.reduceat(column, starts)
+            high = np.fmax.reduceat(column, starts)
+            f = self.fields
+            f[f"{metric}_sum"].ravel()[cells] += total
+            f[f"{metric}_count"].ravel()[cells] += count
+            mins = f[f"{metric}_min"].ravel()
+            mins[cells] = np.fmin(mins[cells], low)
+            maxs = f[f"{metric}_max"].ravel()
+            maxs[cells] = np.fmax(maxs[cells], high)
+
+    def buckets_of(self, row: int) -> list[dict[str, Any]]:
+        """The non-empty buckets of ``row`` inside the window, oldest first."""
+        f = self.fields
+        shown = (self.bucket_of_slot > self.current - self.window) & (
+            self.bucket_of_slot <= self.current
+        )
+        filled = (f["cpu_count"][row] > 0) | (f["ram_count"][row] > 0)
+        slots = np.flatnonzero(shown & filled)
+        slots = slots[np.argsort(self.bucket_of_slot[slots])]
+        out = []
+        for slot in slots.tolist():
+            bucket: dict[str, Any] = {"start": iso_utc(int(self.bucket_of_slot[slot]) * self.width)}
+            counts = {metric: int(f[f"{metric}_count"][row, slot]) for metric in METRICS}
+            for metric, count in counts.items():
+                if count:
+                    bucket[metric] = float(f[f"{metric}_sum"][row, slot]) / count
+                    bucket[f"{metric}_min"] = float(f[f"{metric}_min"][row, slot])
+                    bucket[f"{metric}_max"] = float(f[f"{metric}_max"][row, slot])
+                else:
+                    bucket[metric] = bucket[f"{metric}_min"] = bucket[f"{metric}_max"] = None
+                bucket[f"{metric}_samples"] = count
+            bucket["samples"] = max(counts.values())
+            out.append(bucket)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.fields.values())
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    applied: int
+    expired: int
+
+
+class Rollups:
+    """All servers' minute and hour rollups. Pass ``now`` or inject ``clock``; no I/O inside."""
+
+    def __init__(self, clock: Clock = time.time, capacity: int = 1024) -> None:
+        self.clock = clock
+        self.capacity = capacity
+        self.minutes = Ring(MINUTE, MINUTE_WINDOW, capacity)
+        self.hours = Ring(HOUR, HOUR_WINDOW, capacity)
+        self.last_seen = np.full(capacity, -np.inf, np.float64)
+        self.row_of: dict[str, int] = {}
+        self.name_of: list[str | None] = []
+        self.free_rows: list[int] = []
+        self.expired_total = 0
+        self.applied_total = 0
+        self.evictions = 0
+        """Bumped whenever rows are released, so callers caching rows know to look them up again."""
+
+    # -- rows ---------------------------------------------------------------------------------
+    def row_for(self, name: str) -> int:
+        """The row of server ``name``, creating it on first sight."""
+        row = self.row_of.get(name)
+        if row is not None:
+            return row
+        if self.free_rows:
+            row = self.free_rows.pop()
+            self.name_of[row] = name
+        else:
+            row = len(self.name_of)
+            if row >= self.capacity:
+                self._grow(self.capacity * 2)
+            self.name_of.append(name)
+        self.row_of[name] = row
+        return row
+
+    def _grow(self, capacity: int) -> None:
+        self.minutes.grow(capacity)
+        self.hours.grow(capacity)
+        bigger = np.full(capacity, -np.inf, np.float64)
+        bigger[: self.capacity] = self.last_seen
+        self.last_seen = bigger
+        self.capacity = capacity
+
+    # -- time ---------------------------------------------------------------------------------
+    def advance(self, now: float | None = None) -> float:
+        """Move both windows to ``now`` and forget servers silent for the whole 24 hours."""
+        now = self.clock() if now is None else now
+        minute = int(now // MINUTE)
+        if minute > self.minutes.current:
+            self.minutes.advance(minute)
+            self.hours.advance(int(now // HOUR))
+            self._evict_silent(now)
+        return now
+
+    def _evict_silent(self, now: float) -> None:
+        used = len(self.name_of)
+        silent = np.flatnonzero(self.last_seen[:used] < oldest_accepted_ts(now))
+        if silent.size == 0:
+            return
+        gone = [row for row in silent.tolist() if self.name_of[row] is not None]
+        if not gone:
+            return
+        rows = np.asarray(gone)
+        self.minutes.clear_rows(rows)
+        self.hours.clear_rows(rows)
+        for row in gone:
+            name = self.name_of[row]
+            self.name_of[row] = None
+            del self.row_of[name]
+            self.free_rows.append(row)
+        self.last_seen[rows] = -np.inf
+        self.evictions += 1
+
+    # -- writes -------------------------------------------------------------------------------
+    def apply(
+        self,
+        rows: np.ndarray,
+        ts: np.ndarray,
+        cpu: np.ndarray,
+        ram: np.ndarray,
+        now: float | None = None,
+    ) -> ApplyResult:
+        """Add samples given as parallel arrays (NaN = metric absent) for existing rows.
+
+        Samples whose hour bucket is outside the window at ``now`` are not applied and are
+        counted as ``expired``.
+        """
+        now = self.advance(now)
+        rows = np.asarray(rows, dtype=np.int64)
+        ts = np.asarray(ts, dtype=np.float64)
+        cpu = np.asarray(cpu, dtype=np.float64)
+        ram = np.asarray(ram, dtype=np.float64)
+        hour = np.floor_divide(ts, HOUR).astype(np.int64)
+        keep = self.hours.in_window(hour)
+        expired = int(rows.size - np.count_nonzero(keep))
+        if expired:
+            rows, ts, cpu, ram, hour = rows[keep], ts[keep], cpu[keep], ram[keep], hour[keep]
+        values = {"cpu": cpu, "ram": ram}
+        self.hours.accumulate(rows, hour, values)
+        minute = np.floor_divide(ts, MINUTE).astype(np.int64)
+        recent = self.minutes.in_window(minute)
+        if recent.all():
+            self.minutes.accumulate(rows, minute, values)
+        else:
+            self.minutes.accumulate(
+                rows[recent], minute[recent], {"cpu": cpu[recent], "ram": ram[recent]}
+            )
+        np.maximum.at(self.last_seen, rows, ts)
+        self.expired_total += expired
+        self.applied_total += int(rows.size)
+        return ApplyResult(applied=int(rows.size), expired=expired)
+
+    def record(
+        self, name: str, ts: float, cpu: float | None, ram: float | None, now: float | None = None
+    ) -> ApplyResult:
+        """Apply one sample (a convenience over :meth:`apply`)."""
+        row = self.row_for(name)
+        return self.apply(
+            np.array([row]),
+            np.array([ts]),
+            np.array([np.nan if cpu is None else cpu]),
+            np.array([np.nan if ram is None else ram]),
+            now,
+        )
+
+    # -- reads --------------------------------------------------------------------------------
+    def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:
+        """A server's minute and hour buckets, or ``None`` if it has no data in the window."""
+        now = self.advance(now)
+        row = self.row_of.get(name)
+        if row is None:
+            return None
+        hours = self.hours.buckets_of(row)
+        if not hours:
+            return None
+        return {
+            "server": name,
+            "minutes": self.minutes.buckets_of(row),
+            "hours": hours,
+            "last_seen": iso_utc(float(self.last_seen[row])),
+        }
+
+    def servers(self, now: float | None = None) -> list[tuple[str, float]]:
+        """Tracked servers with their last-seen ts, by name."""
+        self.advance(now)
+        return sorted((name, float(self.last_seen[row])) for name, row in self.row_of.items())
+
+    def server_count(self) -> int:
+        return len(self.row_of)
+
+    @property
+    def nbytes(self) -> int:
+        return self.minutes.nbytes + self.hours.nbytes + self.last_seen.nbytes
+
+    def _check(self) -> None:
+        """Invariants, for stress tests."""
+        assert len(self.row_of) + len(self.free_rows) == len(self.name_of)
+        for name, row in self.row_of.items():
+            assert self.name_of[row] == name
+        for ring in (self.minutes, self.hours):
+            f = ring.fields
+            for metric in METRICS:
+                empty = f[f"{metric}_count"] == 0
+                assert np.all(f[f"{metric}_sum"][empty] == 0)
+                assert np.all(np.isinf(f[f"{metric}_min"][empty]))
+                full = ~empty
+                assert np.all(f[f"{metric}_min"][full] <= f[f"{metric}_max"][full])

@@ -1,0 +1,1 @@
+"""HTTP API: a Falcon WSGI app that records loads and shows a server's rollups."""

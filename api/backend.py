@@ -1,0 +1,56 @@
+"""What the HTTP API needs from the monitoring host, and its ZeroMQ implementation."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import zmq
+
+from servertrack.common import rpc
+from servertrack.common.rpc import Unavailable
+from servertrack.common.sample import Sample
+
+__all__ = ["Backend", "Unavailable", "ZmqBackend"]
+
+
+class Backend(Protocol):
+    def record(self, samples: list[Sample]) -> dict[str, Any]: ...
+
+    def query(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    def ping(self) -> dict[str, Any]: ...
+
+
+class ZmqBackend:
+    """Talks to the receiver (records) and the aggregator (reads) with one socket per thread."""
+
+    def __init__(
+        self,
+        receiver_control: str,
+        aggregator_query: str,
+        timeout: float = 0.5,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.context = context or zmq.Context.instance()
+        self.receiver = rpc.ThreadLocalClients(self.context, receiver_control, timeout)
+        self.aggregator = rpc.ThreadLocalClients(self.context, aggregator_query, timeout)
+
+    def record(self, samples: list[Sample]) -> dict[str, Any]:
+        rows = [[s.fqdn, s.ts, s.cpu, s.ram] for s in samples]
+        return self.receiver.get().call({"op": "record", "samples": rows})
+
+    def query(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.aggregator.get().call(request)
+
+    def ping(self) -> dict[str, Any]:
+        status: dict[str, Any] = {}
+        for name, clients in (("receiver", self.receiver), ("aggregator", self.aggregator)):
+            try:
+                status[name] = clients.get().call({"op": "ping"})
+            except Unavailable as err:
+                status[name] = {"ok": False, "error": str(err)}
+        return status
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.aggregator.close()

@@ -1,0 +1,72 @@
+"""``servertrack api``: serve the HTTP API with waitress."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+import zmq
+from waitress.server import create_server
+
+from servertrack.api.app import create_app
+from servertrack.api.backend import ZmqBackend
+from servertrack.common import endpoints
+from servertrack.common.config import add_option, setup_logging
+from servertrack.common.lifecycle import stop_on_signals
+
+log = logging.getLogger(__name__)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="servertrack api", description=__doc__)
+    add_option(parser, "--host", "127.0.0.1", "address to listen on")
+    add_option(parser, "--port", 8080, "HTTP port", int)
+    add_option(parser, "--threads", 64, "waitress worker threads (keep >= concurrent clients)", int)
+    add_option(
+        parser, "--receiver-control", endpoints.RECEIVER_CONTROL, "receiver control endpoint"
+    )
+    add_option(
+        parser, "--aggregator-query", endpoints.AGGREGATOR_QUERY, "aggregator query endpoint"
+    )
+    add_option(
+        parser, "--backend-timeout", 0.5, "seconds to wait for the receiver/aggregator", float
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    context = zmq.Context()
+    try:
+        backend = ZmqBackend(
+            args.receiver_control, args.aggregator_query, args.backend_timeout, context
+        )
+        server = create_server(
+            create_app(backend),
+            host=args.host,
+            port=args.port,
+            threads=args.threads,
+            channel_timeout=30,
+            connection_limit=max(100, args.threads * 4),
+            ident="servertrack",
+        )
+        stop = threading.Event()
+        serving = threading.Thread(target=server.run, name="waitress", daemon=True)
+        log.info("api listening on http://%s:%s", args.host, server.effective_port)
+        with stop_on_signals(stop):
+            serving.start()
+            while not stop.wait(0.5) and serving.is_alive():
+                pass
+        # Stop accepting, let in-flight requests finish, then leave the loop thread behind.
+        server.close()
+        server.task_dispatcher.shutdown(timeout=5)
+        backend.close()
+    finally:
+        context.destroy(linger=0)
+    return 0

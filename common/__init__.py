@@ -1,0 +1,1 @@
+"""What the agent, receiver, aggregator and API share: samples, wire codecs, buckets, config."""

@@ -1,0 +1,88 @@
+"""Receiver → aggregator batch: one multipart message per second, columns as raw arrays.
+
+Frames: ``[b"batch", header, ids, ts, cpu, ram]``. The header is a msgpack map; the four columns
+are little-endian ``int32``/``float64`` arrays of equal length (NaN = metric absent). Ids are the
+receiver's own server numbers; ``names`` announces the ids first seen in this batch (or all of
+them when ``full_names``), so the common case carries no strings at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+KIND = b"batch"
+ID_DTYPE = np.dtype("<i4")
+VALUE_DTYPE = np.dtype("<f8")
+
+
+class MalformedBatch(ValueError):
+    """A batch message that does not follow the format above."""
+
+
+@dataclass(slots=True)
+class Batch:
+    epoch: str
+    number: int
+    sent: float
+    ids: np.ndarray
+    ts: np.ndarray
+    cpu: np.ndarray
+    ram: np.ndarray
+    names: list[tuple[int, str]] = field(default_factory=list)
+    full_names: bool = False
+    servers: list[tuple[int, list[str], int, int, float]] = field(default_factory=list)
+    """Per-server state that changed: ``(id, ips, lost, duplicates, skew_seconds)``, totals."""
+    counters: dict[str, Any] = field(default_factory=dict)
+    """The receiver's running totals, so the aggregator can report them."""
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def encode(self) -> list[bytes]:
+        header = {
+            "epoch": self.epoch,
+            "number": self.number,
+            "sent": self.sent,
+            "names": self.names,
+            "full_names": self.full_names,
+            "servers": self.servers,
+            "counters": self.counters,
+        }
+        return [
+            KIND,
+            msgpack.packb(header),
+            np.ascontiguousarray(self.ids, ID_DTYPE).tobytes(),
+            np.ascontiguousarray(self.ts, VALUE_DTYPE).tobytes(),
+            np.ascontiguousarray(self.cpu, VALUE_DTYPE).tobytes(),
+            np.ascontiguousarray(self.ram, VALUE_DTYPE).tobytes(),
+        ]
+
+    @classmethod
+    def decode(cls, frames: list[bytes]) -> Batch:
+        if len(frames) != 6 or bytes(frames[0]) != KIND:
+            raise MalformedBatch(f"expected 6 frames starting with {KIND!r}")
+        try:
+            header = msgpack.unpackb(frames[1])
+            ids = np.frombuffer(frames[2], ID_DTYPE)
+            columns = [np.frombuffer(frame, VALUE_DTYPE) for frame in frames[3:]]
+        except Exception as err:  # any decoding failure is one kind of error
+            raise MalformedBatch(f"undecodable batch: {err}") from err
+        if any(column.size != ids.size for column in columns):
+            raise MalformedBatch("batch columns differ in length")
+        return cls(
+            epoch=header["epoch"],
+            number=header["number"],
+            sent=header["sent"],
+            ids=ids,
+            ts=columns[0],
+            cpu=columns[1],
+            ram=columns[2],
+            names=[(int(i), str(n)) for i, n in header["names"]],
+            full_names=header["full_names"],
+            servers=[tuple(entry) for entry in header["servers"]],
+            counters=header["counters"],
+        )

@@ -1,0 +1,10 @@
+"""Default addresses of the daemons' sockets (all on loopback unless told otherwise)."""
+
+INGEST = "tcp://127.0.0.1:5556"
+"""Receiver SUB socket that agents connect to."""
+RECEIVER_CONTROL = "tcp://127.0.0.1:5557"
+"""Receiver ROUTER socket: records from the API, name look-ups from the aggregator."""
+AGGREGATOR_BATCHES = "tcp://127.0.0.1:5558"
+"""Aggregator PULL socket that the receiver pushes batches to."""
+AGGREGATOR_QUERY = "tcp://127.0.0.1:5559"
+"""Aggregator ROUTER socket that the API queries."""

@@ -1,0 +1,208 @@
+"""``servertrack run``: the whole monitoring host as supervised child processes.
+
+The receiver, the aggregator and the API (plus a local agent) each run in their own process and
+talk over ipc sockets in a private runtime directory, so two hosts on different ports can run side
+by side. A child that dies is started again, with a growing pause if it keeps dying.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from servertrack.common.config import add_option, add_switch, setup_logging
+from servertrack.common.lifecycle import stop_on_signals
+
+log = logging.getLogger("servertrack.host")
+STOP_GRACE = 10.0
+MAX_BACKOFF = 30.0
+STABLE_AFTER = 10.0
+"""A child that ran this many seconds counts as healthy again: its restart pause is reset."""
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    backoff: float = 0.5
+    restart_at: float = 0.0
+    restarts: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env={**os.environ, **self.env})
+        self.started = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="servertrack run", description=__doc__)
+    add_option(parser, "--api-port", 8080, "HTTP API port", int)
+    add_option(parser, "--ingest-port", 5556, "port the agents connect to", int)
+    add_option(parser, "--bind", "127.0.0.1", "address the API and the ingest socket listen on")
+    add_switch(parser, "--no-agent", "do not start a local agent")
+    add_switch(parser, "--accept-pickle", "receiver: also accept the legacy pickle.gz format")
+    add_option(parser, "--retention", 300.0, "receiver: seconds of batches kept for replay", float)
+    add_option(parser, "--threads", 64, "api: waitress worker threads", int)
+    add_option(parser, "--agent-interval", 1.0, "agent: seconds between samples", float)
+    add_option(parser, "--agent-name", None, "agent: server name (default: this host's FQDN)")
+    add_option(
+        parser, "--agent-format", "msgpack", "agent: wire format", choices=["msgpack", "pickle.gz"]
+    )
+    add_option(
+        parser,
+        "--runtime-dir",
+        None,
+        "directory for internal sockets (default: a new "
+        "private temporary directory, removed at exit)",
+    )
+    return parser
+
+
+def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
+    """The children to run, in start order."""
+    python = [sys.executable, "-m"]
+    control = f"ipc://{runtime_dir}/receiver-control"
+    batches = f"ipc://{runtime_dir}/batches"
+    query = f"ipc://{runtime_dir}/query"
+    receiver = [
+        *python,
+        "servertrack.receiver",
+        "--bind",
+        f"tcp://{args.bind}:{args.ingest_port}",
+        "--control",
+        control,
+        "--aggregator",
+        batches,
+        "--retention",
+        str(args.retention),
+    ]
+    if args.accept_pickle:
+        receiver.append("--accept-pickle")
+    children = [
+        Child(
+            "aggregator",
+            [
+                *python,
+                "servertrack.aggregator",
+                "--batches",
+                batches,
+                "--query",
+                query,
+                "--receiver-control",
+                control,
+            ],
+        ),
+        Child("receiver", receiver),
+        Child(
+            "api",
+            [
+                *python,
+                "servertrack.api",
+                "--host",
+                args.bind,
+                "--port",
+                str(args.api_port),
+                "--threads",
+                str(args.threads),
+                "--receiver-control",
+                control,
+                "--aggregator-query",
+                query,
+            ],
+        ),
+    ]
+    if not args.no_agent:
+        agent_host = "127.0.0.1" if args.bind in ("0.0.0.0", "*") else args.bind
+        agent = [
+            *python,
+            "servertrack.agent",
+            "--connect",
+            f"tcp://{agent_host}:{args.ingest_port}",
+            "--interval",
+            str(args.agent_interval),
+            "--format",
+            args.agent_format,
+        ]
+        if args.agent_name:
+            agent += ["--name", args.agent_name]
+        children.append(Child("agent", agent))
+    return children
+
+
+def supervise(children: list[Child], stop: threading.Event) -> None:
+    """Keep every child running until ``stop`` is set, then stop them all."""
+    try:
+        for child in children:
+            child.start()
+        while not stop.wait(0.2):
+            now = time.monotonic()
+            for child in children:
+                if child.alive():
+                    if now - child.started > STABLE_AFTER:
+                        child.backoff = 0.5
+                    continue
+                if child.restart_at == 0.0:
+                    code = child.process.returncode if child.process else None
+                    log.warning(
+                        "%s exited with %s; restarting in %.1f s", child.name, code, child.backoff
+                    )
+                    child.restart_at = now + child.backoff
+                    child.backoff = min(child.backoff * 2, MAX_BACKOFF)
+                elif now >= child.restart_at:
+                    child.restart_at = 0.0
+                    child.restarts += 1
+                    child.start()
+    finally:
+        shutdown(children)
+
+
+def shutdown(children: list[Child]) -> None:
+    """SIGTERM in reverse start order, wait, and SIGKILL whatever is still there."""
+    running = [c for c in reversed(children) if c.alive()]
+    for child in running:
+        child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    for child in running:
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop within %.0f s; killing it", child.name, STOP_GRACE)
+            child.process.kill()
+            child.process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    own_dir = args.runtime_dir is None
+    runtime_dir = tempfile.mkdtemp(prefix="servertrack-") if own_dir else args.runtime_dir
+    os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+    stop = threading.Event()
+    try:
+        children = plan(args, runtime_dir)
+        shown = "127.0.0.1" if args.bind in ("0.0.0.0", "*") else args.bind
+        print(f"ServerTrack API on http://{shown}:{args.api_port}  (Ctrl-C stops)", flush=True)
+        with stop_on_signals(stop):
+            supervise(children, stop)
+    finally:
+        if own_dir:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+    return 0

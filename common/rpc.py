@@ -1,0 +1,113 @@
+"""Request/reply between the daemons over ZeroMQ, with a deadline on every call.
+
+Servers use a ROUTER socket and answer each request with the envelope it came with; clients use
+a REQ socket (relaxed and correlated, so a timed-out request never wedges it) that lives in one
+thread only. ``IMMEDIATE`` makes a request to a peer that is not connected fail at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+import msgpack
+import zmq
+
+log = logging.getLogger(__name__)
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+class Unavailable(RuntimeError):
+    """The peer did not answer within the deadline."""
+
+
+class RpcClient:
+    """A REQ socket for one thread; ``call`` sends a msgpack request and waits for the reply."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, timeout: float) -> None:
+        self.context = context
+        self.endpoint = endpoint
+        self.timeout_ms = int(timeout * 1000)
+        self.socket: zmq.Socket | None = None
+
+    def _open(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.REQ_RELAXED, 1)
+        sock.setsockopt(zmq.REQ_CORRELATE, 1)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
+        sock.connect(self.endpoint)
+        return sock
+
+    def call_raw(self, request: Any) -> bytes:
+        """Send ``request`` (msgpack-encoded) and return the raw reply body."""
+        if self.socket is None:
+            self.socket = self._open()
+        try:
+            self.socket.send(msgpack.packb(request))
+            if self.socket.poll(self.timeout_ms, zmq.POLLIN):
+                return self.socket.recv()
+        except zmq.ZMQError as err:
+            self.close()
+            raise Unavailable(f"{self.endpoint}: {err}") from err
+        self.close()
+        raise Unavailable(f"{self.endpoint} did not answer within {self.timeout_ms} ms")
+
+    def call(self, request: Any) -> Any:
+        return msgpack.unpackb(self.call_raw(request))
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+
+
+class ThreadLocalClients:
+    """One :class:`RpcClient` per thread for an endpoint (ZeroMQ sockets are not thread-safe)."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, timeout: float) -> None:
+        self.context = context
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._local = threading.local()
+        self._all: list[RpcClient] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> RpcClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = RpcClient(self.context, self.endpoint, self.timeout)
+            self._local.client = client
+            with self._lock:
+                self._all.append(client)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._all:
+                client.close()
+            self._all.clear()
+
+
+def bind_router(context: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+    sock.bind(endpoint)
+    return sock
+
+
+def serve_one(sock: zmq.Socket, handler: Any) -> None:
+    """Read one request from a ROUTER socket and send ``handler(request)``'s bytes back."""
+    frames = sock.recv_multipart()
+    try:
+        request = msgpack.unpackb(frames[-1])
+        reply = handler(request)
+    except Exception as err:  # a bad request must never stop the daemon
+        log.warning("refused request: %s", err)
+        reply = msgpack.packb({"error": "bad_request", "message": str(err)})
+    with contextlib.suppress(zmq.Again):  # the client has gone; its REQ socket times out
+        sock.send_multipart([*frames[:-1], reply], flags=zmq.NOBLOCK)

@@ -1,0 +1,127 @@
+"""The sample model and its validation, the one definition every entry point uses."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+FQDN_RE = re.compile(r"[A-Za-z0-9._-]{1,253}")
+IP_RE = re.compile(r"[0-9A-Za-z:.%_-]{2,64}")
+MAX_IPS = 32
+MAX_SEQ = 2**63 - 1
+FIELDS = frozenset({"fqdn", "ts", "ip", "cpu", "ram", "seq"})
+
+
+class Sample(NamedTuple):
+    """One validated measurement; ``cpu``/``ram`` are ``None`` when the source did not send them."""
+
+    fqdn: str
+    ts: float
+    cpu: float | None
+    ram: float | None
+    seq: int | None = None
+    ip: tuple[str, ...] = ()
+
+
+class InvalidSample(ValueError):
+    """A sample that breaks the model; ``reason`` is the short counter name."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _is_number(value: Any) -> bool:
+    kind = type(value)
+    return kind is float or kind is int
+
+
+def valid_fqdn(name: Any) -> bool:
+    """1-253 characters from letters, digits, ``.``, ``-`` and ``_``."""
+    return type(name) is str and FQDN_RE.fullmatch(name) is not None
+
+
+def check_percent(field: str, value: Any) -> float | None:
+    """``value`` as a float percentage, ``None`` if absent; raises on anything else."""
+    if value is None:
+        return None
+    if not _is_number(value) or not 0.0 <= value <= 100.0:
+        raise InvalidSample(
+            f"bad_{field}", f"{field} must be a number from 0 to 100, got {value!r}"
+        )
+    return float(value)
+
+
+def check_ts(value: Any) -> float:
+    if not _is_number(value) or not math.isfinite(value):
+        raise InvalidSample("bad_ts", f"ts must be a finite number of epoch seconds, got {value!r}")
+    return float(value)
+
+
+def check_seq(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise InvalidSample("bad_seq", f"seq must be a non-negative integer, got {value!r}")
+    return value
+
+
+def check_ips(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if type(value) not in (list, tuple) or len(value) > MAX_IPS:
+        raise InvalidSample("bad_ip", f"ip must be a list of at most {MAX_IPS} addresses")
+    for address in value:
+        if type(address) is not str or IP_RE.fullmatch(address) is None:
+            raise InvalidSample("bad_ip", f"not an IP address: {address!r}")
+    return tuple(value)
+
+
+def make_sample(
+    fqdn: Any,
+    ts: Any,
+    cpu: Any = None,
+    ram: Any = None,
+    seq: Any = None,
+    ip: Any = None,
+) -> Sample:
+    """Build a :class:`Sample` from untrusted values, raising :class:`InvalidSample`."""
+    if not valid_fqdn(fqdn):
+        raise InvalidSample(
+            "bad_fqdn", "server name must be 1-253 characters from letters, digits, '.', '-', '_'"
+        )
+    cpu_value = check_percent("cpu", cpu)
+    ram_value = check_percent("ram", ram)
+    if cpu_value is None and ram_value is None:
+        raise InvalidSample("no_metrics", "a sample needs cpu, ram or both")
+    return Sample(fqdn, check_ts(ts), cpu_value, ram_value, check_seq(seq), check_ips(ip))
+
+
+def sample_from_mapping(data: Any) -> Sample:
+    """Validate a decoded wire map (``fqdn, ts, ip, cpu, ram, seq``); unknown keys are refused."""
+    if not isinstance(data, Mapping):
+        raise InvalidSample("not_a_map", "a sample must be a map")
+    if not FIELDS.issuperset(data):
+        unknown = sorted(str(key) for key in data if key not in FIELDS)
+        raise InvalidSample("unknown_field", f"unknown field(s): {', '.join(unknown)}")
+    if "ts" not in data:
+        raise InvalidSample("bad_ts", "ts is required")
+    get = data.get
+    return make_sample(get("fqdn"), data["ts"], get("cpu"), get("ram"), get("seq"), get("ip"))
+
+
+def sample_to_mapping(sample: Sample) -> dict[str, Any]:
+    """The wire map of a sample, leaving out what is absent."""
+    data: dict[str, Any] = {"fqdn": sample.fqdn, "ts": sample.ts}
+    if sample.ip:
+        data["ip"] = list(sample.ip)
+    if sample.cpu is not None:
+        data["cpu"] = sample.cpu
+    if sample.ram is not None:
+        data["ram"] = sample.ram
+    if sample.seq is not None:
+        data["seq"] = sample.seq
+    return data

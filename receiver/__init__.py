@@ -1,0 +1,1 @@
+"""Receiver: validates and de-duplicates samples and forwards one batch per second."""

@@ -1,0 +1,135 @@
+"""The receiver daemon: a SUB socket for agents, a ROUTER for requests, a PUSH of batches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zmq
+
+from servertrack.common import rpc
+from servertrack.common.buckets import Clock
+from servertrack.common.lifecycle import Ticker
+from servertrack.common.sample import InvalidSample, make_sample
+from servertrack.common.wire import MAX_PAYLOAD
+from servertrack.receiver.state import ReceiverState
+
+log = logging.getLogger(__name__)
+
+DRAIN_LIMIT = 4096
+"""Messages read per wake-up before looking at the other sockets and the clock again."""
+
+
+@dataclass(slots=True)
+class ReceiverConfig:
+    bind: str = "tcp://127.0.0.1:5556"
+    control: str = "ipc:///tmp/servertrack-receiver-control"
+    aggregator: str = "ipc:///tmp/servertrack-batches"
+    accept_pickle: bool = False
+    flush_interval: float = 1.0
+    retention: float = 300.0
+    rcvhwm: int = 1_000_000
+    batch_hwm: int = 8
+
+
+class ReceiverDaemon:
+    """Owns the sockets and the schedule around one :class:`ReceiverState`."""
+
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        context: zmq.Context | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.config = config
+        self.context = context or zmq.Context.instance()
+        self.clock = clock
+        self.state = ReceiverState(
+            clock, accept_pickle=config.accept_pickle, retention=config.retention
+        )
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        ctx = self.context
+        sub = ctx.socket(zmq.SUB)
+        control = push = None
+        try:
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
+            sub.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD + 256)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.bind(self.config.bind)
+            control = rpc.bind_router(ctx, self.config.control)
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 0)
+            push.setsockopt(zmq.SNDHWM, self.config.batch_hwm)
+            push.connect(self.config.aggregator)
+            log.info("receiver listening on %s", self.config.bind)
+            self._loop(sub, control, push)
+        finally:
+            for sock in (sub, control, push):
+                if sock is not None:
+                    sock.close(linger=0)
+            log.info("receiver stopped")
+
+    def _loop(self, sub: zmq.Socket, control: zmq.Socket, push: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        ticker = Ticker(self.config.flush_interval)
+        state = self.state
+        recv = sub.recv_multipart
+        while not self.stop.is_set():
+            ready = dict(poller.poll(timeout=max(1, int(ticker.remaining() * 1000))))
+            if sub in ready:
+                now = self.clock()
+                for _ in range(DRAIN_LIMIT):
+                    try:
+                        frames = recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    state.offer_frames(frames, now)
+            if control in ready:
+                for _ in range(64):
+                    if not control.poll(0, zmq.POLLIN):
+                        break
+                    rpc.serve_one(control, self._handle)
+            if ticker.due():
+                self.flush(push)
+
+    def flush(self, push: zmq.Socket) -> None:
+        now = self.clock()
+        batch = self.state.flush(now)
+        frames = batch.encode()
+        self.state.remember(batch, frames, now)
+        try:
+            push.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.state.forward_dropped += len(batch)
+            log.warning("aggregator backlog full: batch %d kept only for replay", batch.number)
+
+    # -- requests from the API and the aggregator ---------------------------------------------
+    def _handle(self, request: Any) -> bytes:
+        op = request.get("op") if isinstance(request, dict) else None
+        if op == "record":
+            return msgpack.packb(self._record(request.get("samples")))
+        if op == "names":
+            return msgpack.packb({"epoch": self.state.epoch, "names": self.state.all_names()})
+        if op == "ping":
+            return msgpack.packb({"ok": True, "epoch": self.state.epoch})
+        return msgpack.packb({"error": "bad_request", "message": f"unknown op {op!r}"})
+
+    def _record(self, rows: Any) -> dict[str, Any]:
+        if not isinstance(rows, list):
+            return {"error": "bad_request", "message": "samples must be a list"}
+        try:
+            samples = [make_sample(*row) for row in rows]
+        except (InvalidSample, TypeError) as err:
+            reason = getattr(err, "reason", "bad_request")
+            self.state.rejected[reason] += 1
+            return {"error": reason, "message": str(err)}
+        return self.state.offer_many(samples, self.clock())

@@ -1,0 +1,238 @@
+"""The receiver's state as one I/O-free object: validation, de-duplication, loss and batching.
+
+De-duplication: an agent numbers its samples (``seq``) from 0 on each run and ZeroMQ delivers one
+connection's messages in order, so per server it is enough to keep the last seq and its ts:
+- ``seq > last``: new; ``seq - last - 1`` samples are counted as lost;
+- ``seq <= last`` with a later ts: the agent restarted, a new run begins;
+- ``seq <= last`` otherwise: a duplicate.
+Samples without seq (HTTP, other sources) are de-duplicated by (server, ts) over ``dedup_horizon``
+seconds of arrivals.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from array import array
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from sortedcontainers import SortedDict
+
+from servertrack.common import wire
+from servertrack.common.batch import Batch
+from servertrack.common.buckets import Clock, time_verdict
+from servertrack.common.sample import InvalidSample, Sample, sample_from_mapping
+
+NAN = float("nan")
+SOURCES = ("zmq", "http")
+
+
+class ServerState:
+    """What the receiver remembers of one server."""
+
+    __slots__ = (
+        "duplicates",
+        "id",
+        "ips",
+        "last_seq",
+        "last_seq_ts",
+        "lost",
+        "recent_ts",
+        "recent_ts_order",
+        "skew",
+    )
+
+    def __init__(self, server_id: int) -> None:
+        self.id = server_id
+        self.last_seq = -1
+        self.last_seq_ts = float("-inf")
+        self.lost = 0
+        self.duplicates = 0
+        self.skew = 0.0
+        self.ips: tuple[str, ...] = ()
+        self.recent_ts: set[float] = set()
+        self.recent_ts_order: deque[tuple[float, float]] = deque()
+
+
+class ReceiverState:
+    """Accepts samples, counts every drop by reason, and cuts them into numbered batches."""
+
+    def __init__(
+        self,
+        clock: Clock = time.time,
+        accept_pickle: bool = False,
+        retention: float = 300.0,
+        dedup_horizon: float = 600.0,
+        epoch: str | None = None,
+    ) -> None:
+        self.clock = clock
+        self.accept_pickle = accept_pickle
+        self.retention = retention
+        self.dedup_horizon = dedup_horizon
+        self.epoch = epoch or uuid.uuid4().hex
+        self.servers: dict[str, ServerState] = {}
+        self.names: list[str] = []
+        self.new_names: list[tuple[int, str]] = []
+        self.changed: set[int] = set()
+        self.with_recent_ts: set[str] = set()
+        self.received: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.duplicates = 0
+        self.lost = 0
+        self.batches = 0
+        self.forward_dropped = 0
+        self._ids = array("i")
+        self._ts = array("d")
+        self._cpu = array("d")
+        self._ram = array("d")
+        self.index: SortedDict = SortedDict()
+        """Recent batches: number → (flush time, frames), kept ``retention`` seconds for replay."""
+
+    # -- intake -------------------------------------------------------------------------------
+    def offer_frames(self, frames: list[bytes], now: float) -> str | None:
+        """Take one agent message; returns ``None`` if accepted, else the reason it was not."""
+        self.received["zmq"] += 1
+        try:
+            sample = sample_from_mapping(wire.decode(frames, self.accept_pickle))
+        except (wire.MalformedMessage, InvalidSample) as err:
+            self.rejected[err.reason] += 1
+            return err.reason
+        return self._admit(sample, now, "zmq")
+
+    def check(self, sample: Sample, now: float) -> str | None:
+        """The reason ``sample`` would be refused by the time policy, if any."""
+        return time_verdict(sample.ts, now)
+
+    def offer_many(self, samples: Iterable[Sample], now: float, source: str = "http") -> dict:
+        """All-or-nothing intake of validated samples (HTTP): any outside the window refuses all."""
+        samples = list(samples)
+        for index, sample in enumerate(samples):
+            reason = self.check(sample, now)
+            if reason is not None:
+                self.received[source] += len(samples)
+                self.rejected[reason] += len(samples)
+                return {"error": reason, "index": index}
+        self.received[source] += len(samples)
+        outcome = Counter(self._admit(sample, now, source) for sample in samples)
+        return {"accepted": outcome[None], "duplicates": outcome["duplicate"]}
+
+    def _admit(self, sample: Sample, now: float, source: str) -> str | None:
+        reason = time_verdict(sample.ts, now)
+        if reason is not None:
+            self.rejected[reason] += 1
+            return reason
+        server = self.servers.get(sample.fqdn)
+        if server is None:
+            server = self._register(sample.fqdn)
+        seq = sample.seq
+        if seq is not None:
+            if seq > server.last_seq:
+                if server.last_seq >= 0 and seq > server.last_seq + 1:
+                    gap = seq - server.last_seq - 1
+                    server.lost += gap
+                    self.lost += gap
+                    self.changed.add(server.id)
+            elif sample.ts <= server.last_seq_ts:
+                return self._duplicate(server)
+            server.last_seq = seq
+            server.last_seq_ts = sample.ts
+        else:
+            if sample.ts in server.recent_ts:
+                return self._duplicate(server)
+            server.recent_ts.add(sample.ts)
+            server.recent_ts_order.append((now, sample.ts))
+            self.with_recent_ts.add(sample.fqdn)
+        server.skew = now - sample.ts
+        if sample.ip and sample.ip != server.ips:
+            server.ips = sample.ip
+            self.changed.add(server.id)
+        self._ids.append(server.id)
+        self._ts.append(sample.ts)
+        self._cpu.append(NAN if sample.cpu is None else sample.cpu)
+        self._ram.append(NAN if sample.ram is None else sample.ram)
+        self.accepted[source] += 1
+        return None
+
+    def _duplicate(self, server: ServerState) -> str:
+        server.duplicates += 1
+        self.duplicates += 1
+        self.changed.add(server.id)
+        return "duplicate"
+
+    def _register(self, fqdn: str) -> ServerState:
+        server = ServerState(len(self.names))
+        self.servers[fqdn] = server
+        self.names.append(fqdn)
+        self.new_names.append((server.id, fqdn))
+        self.changed.add(server.id)
+        return server
+
+    # -- output -------------------------------------------------------------------------------
+    def pending(self) -> int:
+        return len(self._ids)
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "received": dict(self.received),
+            "accepted": dict(self.accepted),
+            "rejected": dict(self.rejected),
+            "duplicates": self.duplicates,
+            "lost": self.lost,
+            "servers_seen": len(self.names),
+            "batches": self.batches,
+            "forward_dropped": self.forward_dropped,
+        }
+
+    def flush(self, now: float) -> Batch:
+        """Cut everything accepted since the last flush into the next numbered batch."""
+        servers = []
+        for server_id in sorted(self.changed):
+            server = self.servers[self.names[server_id]]
+            servers.append(
+                (server_id, list(server.ips), server.lost, server.duplicates, server.skew)
+            )
+        batch = Batch(
+            epoch=self.epoch,
+            number=self.batches,
+            sent=now,
+            ids=np.frombuffer(self._ids, np.int32).copy() if self._ids else np.empty(0, np.int32),
+            ts=np.array(self._ts, np.float64),
+            cpu=np.array(self._cpu, np.float64),
+            ram=np.array(self._ram, np.float64),
+            names=self.new_names,
+            servers=servers,
+            counters=self.counters(),
+        )
+        self.batches += 1
+        self.new_names = []
+        self.changed = set()
+        self._ids, self._ts, self._cpu, self._ram = array("i"), array("d"), array("d"), array("d")
+        self._expire_recent_ts(now)
+        return batch
+
+    def remember(self, batch: Batch, frames: list[bytes], now: float) -> None:
+        """Keep a sent batch in the time index for replay, and drop what is past retention."""
+        self.index[batch.number] = (now, frames)
+        while self.index and self.index.peekitem(0)[1][0] < now - self.retention:
+            self.index.popitem(0)
+
+    def batches_after(self, number: int) -> list[list[bytes]]:
+        """Frames of the retained batches numbered above ``number``, oldest first."""
+        return [self.index[key][1] for key in self.index.irange(minimum=number + 1)]
+
+    def all_names(self) -> list[tuple[int, str]]:
+        return list(enumerate(self.names))
+
+    def _expire_recent_ts(self, now: float) -> None:
+        horizon = now - self.dedup_horizon
+        for fqdn in list(self.with_recent_ts):
+            server = self.servers[fqdn]
+            order = server.recent_ts_order
+            while order and order[0][0] < horizon:
+                server.recent_ts.discard(order.popleft()[1])
+            if not order:
+                self.with_recent_ts.discard(fqdn)
