@@ -156,7 +156,11 @@ class Loads:
             )
         samples = []
         for index, item in enumerate(items):
-            name = item.get("server") if isinstance(item, dict) else None
+            if not isinstance(item, dict):
+                raise BadInput(
+                    "400 Bad Request", "not_an_object", "each load must be a JSON object", index
+                )
+            name = item.get("server")
             if not isinstance(name, str) or not valid_fqdn(name):
                 raise BadInput(
                     "422 Unprocessable Entity",
@@ -213,6 +217,27 @@ def _unavailable(req: falcon.Request, resp: falcon.Response, err: Unavailable, p
     }
 
 
+def _unrouted_server_path(req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+    """Paths under /servers/ that match no route: a name with ``/`` in it, or a wrong suffix."""
+    if req.path.endswith("/loads"):
+        raise BadInput("400 Bad Request", "bad_fqdn", "server names cannot contain '/'")
+    raise falcon.HTTPNotFound(description=f"no such resource: {req.path}")
+
+
+def _http_error(
+    req: falcon.Request, resp: falcon.Response, err: falcon.HTTPError, params: Any
+) -> None:
+    """Falcon's own errors (unknown route, wrong method, ...) in the same JSON shape."""
+    resp.status = err.status
+    resp.media = {
+        "title": err.title,
+        "reason": err.title.lower().replace(" ", "_"),
+        "description": err.description or f"{req.method} {req.path}: {err.title}",
+    }
+    if err.headers:
+        resp.set_headers(err.headers)
+
+
 def create_app(backend: Backend, clock: Clock = time.time) -> falcon.App:
     """The WSGI app over ``backend``; ``clock`` decides the default ts and the time window."""
     app = falcon.App()
@@ -222,6 +247,8 @@ def create_app(backend: Backend, clock: Clock = time.time) -> falcon.App:
     app.add_route("/servers", Passthrough(backend, "servers"))
     app.add_route("/stats", Passthrough(backend, "stats"))
     app.add_route("/health", Health(backend))
+    app.add_sink(_unrouted_server_path, r"^/servers/.+")
+    app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(BadInput, _bad_input)
     app.add_error_handler(Unavailable, _unavailable)
     return app

@@ -33,3 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.runner(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

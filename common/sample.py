@@ -7,7 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-FQDN_RE = re.compile(r"[A-Za-z0-9._-]{1,253}")
+FQDN_RE = re.compile(r"(?=[._-]*[A-Za-z0-9])[A-Za-z0-9._-]{1,253}")
+"""1-253 of letters, digits, ``.``, ``-``, ``_``, at least one a letter or digit (no ``..``)."""
 IP_RE = re.compile(r"[0-9A-Za-z:.%_-]{2,64}")
 MAX_IPS = 32
 MAX_SEQ = 2**63 - 1
@@ -56,9 +57,14 @@ def check_percent(field: str, value: Any) -> float | None:
 
 
 def check_ts(value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(value):
-        raise InvalidSample("bad_ts", f"ts must be a finite number of epoch seconds, got {value!r}")
-    return float(value)
+    if _is_number(value):
+        try:
+            ts = float(value)
+        except OverflowError:  # an int too large for a float
+            ts = math.inf
+        if math.isfinite(ts):
+            return ts
+    raise InvalidSample("bad_ts", f"ts must be a finite number of epoch seconds, got {value!r:.64}")
 
 
 def check_seq(value: Any) -> int | None:

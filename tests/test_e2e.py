@@ -1,0 +1,284 @@
+"""End to end: the real daemons as child processes, real ZeroMQ and real HTTP on loopback."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import zmq
+
+from servertrack.common import wire
+from servertrack.common.buckets import MINUTE, oldest_accepted_ts
+from servertrack.common.sample import Sample
+from servertrack.common.testing import RawSample, free_port, oracle_buckets
+from tests.conftest import Host, Process, http, servertrack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+FIELDS = (
+    "start",
+    "samples",
+    "cpu_samples",
+    "ram_samples",
+    "cpu_min",
+    "cpu_max",
+    "ram_min",
+    "ram_max",
+)
+
+
+def assert_matches_oracle(view: dict[str, Any], expected: dict[str, list[dict[str, Any]]]) -> None:
+    for scale in ("minutes", "hours"):
+        got, want = view[scale], expected[scale]
+        assert [b["start"] for b in got] == [b["start"] for b in want], scale
+        for got_bucket, want_bucket in zip(got, want, strict=True):
+            for name in FIELDS:
+                assert got_bucket[name] == want_bucket[name], (scale, got_bucket["start"], name)
+            for metric in ("cpu", "ram"):
+                if want_bucket[metric] is None:
+                    assert got_bucket[metric] is None
+                else:
+                    assert got_bucket[metric] == pytest.approx(want_bucket[metric], rel=1e-12)
+
+
+def view_at_stable_minute(host: Host, name: str) -> tuple[dict[str, Any], float]:
+    """GET a server's loads together with a ``now`` in the same minute as the answer."""
+    for _ in range(3):
+        before = time.time()
+        status, body = host.get(f"/servers/{name}/loads")
+        after = time.time()
+        assert status == 200, body
+        if int(before // MINUTE) == int(after // MINUTE):
+            return body, after
+    pytest.fail("could not read within one minute")
+
+
+def warm_up(pub: zmq.Socket, host: Host) -> None:
+    """Publish throw-away samples until the receiver sees one (PUB drops until connected)."""
+    deadline = time.monotonic() + 10
+    seq = 0
+    while time.monotonic() < deadline:
+        pub.send_multipart(wire.encode(Sample("warm-up", time.time(), 1.0, 1.0, seq)))
+        seq += 1
+        status, stats = host.get("/stats")
+        if status == 200 and stats["receiver"].get("received", {}).get("zmq", 0) > 0:
+            return
+        time.sleep(0.05)
+    pytest.fail("the receiver never saw the warm-up samples")
+
+
+def random_history(rng: random.Random, name: str, now: float, count: int) -> list[RawSample]:
+    """Samples over the whole 24-hour window and the last minutes, some with one metric."""
+    oldest = oldest_accepted_ts(now)
+    out: list[RawSample] = []
+    for index in range(count):
+        ts = rng.uniform(oldest, now) if index % 3 else rng.uniform(now - 300, now)
+        cpu = round(rng.uniform(0, 100), 3) if index % 7 else None
+        ram = round(rng.uniform(0, 100), 3) if index % 11 or cpu is None else None
+        out.append((name, ts, cpu, ram))
+    return out
+
+
+def accepted_total(host: Host) -> int:
+    status, stats = host.get("/stats")
+    assert status == 200
+    return sum(stats["aggregator"].get(key, 0) for key in ("applied",))
+
+
+def test_zmq_and_http_samples_match_the_oracle(
+    start_host: Callable[..., Host], zmq_context: zmq.Context
+) -> None:
+    """Samples sent over ZeroMQ (both formats) and HTTP come back as the oracle's exact means."""
+    host = start_host("--no-agent", "--accept-pickle")
+    rng = random.Random(7)
+    now = time.time()
+    sent: dict[str, list[RawSample]] = {}
+    pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(host.ingest)
+    try:
+        warm_up(pub, host)
+        before = accepted_total(host)
+        for server, fmt in (("zmq-a.example", "msgpack"), ("zmq-b.example", "pickle.gz")):
+            sent[server] = random_history(rng, server, now, 300)
+            for seq, (name, ts, cpu, ram) in enumerate(sent[server]):
+                pub.send_multipart(wire.encode(Sample(name, ts, cpu, ram, seq), fmt))
+    finally:
+        pub.close(linger=0)
+    items = []
+    for server in ("http-a.example", "http-b.example"):
+        sent[server] = random_history(rng, server, now, 200)
+        for name, ts, cpu, ram in sent[server]:
+            item = {"server": name, "ts": ts}
+            item.update({"cpu": cpu} if cpu is not None else {})
+            item.update({"ram": ram} if ram is not None else {})
+            items.append(item)
+    status, body = host.post("/loads", items)
+    assert (status, body["accepted"]) == (202, len(items))
+    total = sum(len(samples) for samples in sent.values())
+    wait_for(lambda: accepted_total(host) - before >= total, 10, "every sample to be applied")
+    for server, samples in sent.items():
+        view, at = view_at_stable_minute(host, server)
+        assert_matches_oracle(view, oracle_buckets(samples, at))
+
+
+def test_single_post_shows_up_within_two_seconds(start_host: Callable[..., Host]) -> None:
+    """A load recorded with POST /servers/{name}/loads is visible to GET within 2 s."""
+    host = start_host("--no-agent")
+    status, body = host.post("/servers/web-1.example/loads", {"cpu": 12.5, "ram": 40.0})
+    assert (status, body["accepted"]) == (202, 1)
+    began = time.monotonic()
+    wait_for(
+        lambda: host.get("/servers/web-1.example/loads")[0] == 200,
+        2.0,
+        "the load in GET",
+        step=0.05,
+    )
+    assert time.monotonic() - began < 2.0
+    view = host.get("/servers/web-1.example/loads")[1]
+    assert view["minutes"][-1]["cpu"] == 12.5 and view["minutes"][-1]["ram"] == 40.0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "reason"),
+    [
+        ("/servers/web-1/loads", {"cpu": 101}, 422, "bad_cpu"),
+        ("/servers/web-1/loads", {"cpu": "12"}, 422, "bad_cpu"),
+        ("/servers/web-1/loads", {}, 422, "no_metrics"),
+        ("/servers/w%C3%A9b/loads", {"cpu": 1}, 400, "bad_fqdn"),
+        ("/servers/..%2F..%2Fetc/loads", {"cpu": 1}, 400, "bad_fqdn"),
+        ("/servers/web-1/loads", {"cpu": 1, "ts": 4e9}, 422, "future"),
+        ("/servers/web-1/loads", {"cpu": 1, "ts": 1e9}, 422, "too_old"),
+        ("/loads", {"server": "a", "cpu": 1}, 400, "not_a_list"),
+        ("/loads", [{"server": "a", "cpu": 1}] * 10_001, 413, "too_many"),
+    ],
+)
+def test_bad_input_gets_a_4xx_json_body_and_changes_nothing(
+    start_host: Callable[..., Host], path: str, body: Any, status: int, reason: str
+) -> None:
+    """Each kind of bad input is answered with its 4xx and reason, and nothing is recorded."""
+    host = start_host("--no-agent")
+    got_status, got = host.post(path, body)
+    assert (got_status, got["reason"]) == (status, reason)
+    assert got["description"]
+    time.sleep(1.2)
+    assert host.get("/servers")[1]["servers"] == []
+
+
+def test_malformed_json_over_http_is_400(start_host: Callable[..., Host]) -> None:
+    """A body that is not JSON gets 400 with reason bad_json."""
+    host = start_host("--no-agent")
+    status, body = http("POST", host.api + "/servers/web-1/loads", raw=b"{cpu: 1")
+    assert (status, body["reason"]) == (400, "bad_json")
+
+
+def test_api_answers_503_while_the_aggregator_is_down_and_recovers(tmp_path: Path) -> None:
+    """Without an aggregator GET is 503 within a second; once it starts, GET works again."""
+    api_port = free_port()
+    ports = {name: free_port() for name in ("ingest", "control", "batches", "query")}
+    endpoint = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
+    receiver = Process(
+        servertrack(
+            "receiver",
+            "--bind",
+            endpoint["ingest"],
+            "--control",
+            endpoint["control"],
+            "--aggregator",
+            endpoint["batches"],
+        ),
+        tmp_path / "receiver.log",
+    ).start()
+    api = Process(
+        servertrack(
+            "api",
+            "--port",
+            str(api_port),
+            "--receiver-control",
+            endpoint["control"],
+            "--aggregator-query",
+            endpoint["query"],
+        ),
+        tmp_path / "api.log",
+    ).start()
+    aggregator = Process(
+        servertrack(
+            "aggregator",
+            "--batches",
+            endpoint["batches"],
+            "--query",
+            endpoint["query"],
+            "--receiver-control",
+            endpoint["control"],
+        ),
+        tmp_path / "aggregator.log",
+    )
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+        wait_for(lambda: http("GET", base + "/health")[0] == 503, 20, "the api to answer")
+        began = time.monotonic()
+        status, body = http("GET", base + "/servers/web-1/loads")
+        assert time.monotonic() - began < 1.0
+        assert (status, body["reason"]) == (503, "backend_unavailable")
+        assert http("POST", base + "/servers/web-1/loads", {"cpu": 5.0})[0] == 202
+        aggregator.start()
+        wait_for(lambda: http("GET", base + "/health")[0] == 200, 20, "the api to recover")
+        assert http("POST", base + "/servers/web-1/loads", {"cpu": 7.0})[0] == 202
+        wait_for(lambda: http("GET", base + "/servers/web-1/loads")[0] == 200, 5, "data again")
+    finally:
+        for process in (api, aggregator, receiver):
+            if process.process is not None:
+                process.stop()
+
+
+def test_real_agent_reports_this_machine(start_host: Callable[..., Host]) -> None:
+    """With a local agent, the node's own minute data appears within a few seconds."""
+    host = start_host("--agent-interval", "0.2", "--agent-name", "agent-under-test.example")
+    wait_for(
+        lambda: host.get("/servers/agent-under-test.example/loads")[0] == 200,
+        10,
+        "the agent's samples",
+    )
+    view = host.get("/servers/agent-under-test.example/loads")[1]
+    minute = view["minutes"][-1]
+    assert minute["samples"] >= 1
+    assert 0.0 <= minute["cpu"] <= 100.0 and 0.0 < minute["ram"] <= 100.0
+    assert all(not ip.startswith("127.") for ip in view["health"]["ip"])
+
+
+def test_sigterm_stops_every_process_within_the_deadline(start_host: Callable[..., Host]) -> None:
+    """SIGTERM to ``servertrack run`` stops it and all its children within 10 s."""
+    host = start_host("--agent-interval", "0.5")
+    children = psutil.Process(host.process.pid).children(recursive=True)
+    assert len(children) == 4
+    took = host.process.stop(deadline=10)
+    assert took < 10
+    assert host.process.process.returncode == 0
+    _gone, alive = psutil.wait_procs(children, timeout=5)
+    assert alive == []
+
+
+def test_a_dead_child_is_restarted(start_host: Callable[..., Host]) -> None:
+    """When the aggregator is killed, the host starts it again and the API is healthy again."""
+    host = start_host("--no-agent")
+    children = psutil.Process(host.process.pid).children()
+    aggregator = next(c for c in children if "servertrack.aggregator" in " ".join(c.cmdline()))
+    aggregator.kill()
+    aggregator.wait(timeout=5)
+    wait_for(lambda: host.get("/health")[0] == 503, 10, "the outage to show")
+    wait_for(lambda: host.get("/health")[0] == 200, 20, "the aggregator to be restarted")
+    names = [" ".join(c.cmdline()) for c in psutil.Process(host.process.pid).children()]
+    assert sum("servertrack.aggregator" in name for name in names) == 1
+
+
+def test_two_hosts_run_side_by_side(start_host: Callable[..., Host]) -> None:
+    """Two monitoring hosts on different ports keep their data apart."""
+    first, second = start_host("--no-agent"), start_host("--no-agent")
+    assert first.post("/servers/only-first/loads", {"cpu": 1.0})[0] == 202
+    wait_for(lambda: first.get("/servers/only-first/loads")[0] == 200, 5, "the first host's data")
+    assert second.get("/servers/only-first/loads")[0] == 404
