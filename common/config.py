@@ -9,9 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 
-def env_name(flag: str) -> str:
-    """``--api-port`` → ``SERVERTRACK_API_PORT``."""
-    return "SERVERTRACK_" + flag.lstrip("-").upper().replace("-", "_")
+def env_name(parser: argparse.ArgumentParser, flag: str) -> str:
+    """``servertrack run --api-port`` → ``SERVERTRACK_RUN_API_PORT``.
+
+    The command is part of the name so that one environment can configure several daemons.
+    """
+    command = parser.prog.split()[-1]
+    return "_".join(("SERVERTRACK", command, flag.lstrip("-"))).upper().replace("-", "_")
 
 
 def add_option(
@@ -23,7 +27,7 @@ def add_option(
     **extra: Any,
 ) -> None:
     """Add ``flag`` whose default is read from its environment variable when set."""
-    variable = env_name(flag)
+    variable = env_name(parser, flag)
     raw = os.environ.get(variable)
     value = kind(raw) if raw is not None else default
     parser.add_argument(
@@ -37,7 +41,7 @@ def add_option(
 
 def add_switch(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
     """A boolean flag; its variable turns it on with ``1``, ``true`` or ``yes``."""
-    variable = env_name(flag)
+    variable = env_name(parser, flag)
     on = os.environ.get(variable, "").lower() in {"1", "true", "yes"}
     parser.add_argument(flag, action="store_true", default=on, help=f"{help_text} (env {variable})")
 

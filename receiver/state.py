@@ -19,12 +19,18 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from msgpack import unpackb
 from sortedcontainers import SortedDict
 
 from servertrack.common import wire
 from servertrack.common.batch import Batch
-from servertrack.common.buckets import Clock, time_verdict
-from servertrack.common.sample import InvalidSample, Sample, sample_from_mapping
+from servertrack.common.buckets import (
+    MAX_FUTURE_SECONDS,
+    Clock,
+    oldest_accepted_ts,
+    time_verdict,
+)
+from servertrack.common.sample import MAX_SEQ, InvalidSample, Sample, sample_from_mapping
 
 NAN = float("nan")
 SOURCES = ("zmq", "http")
@@ -37,6 +43,7 @@ class ServerState:
         "duplicates",
         "id",
         "ips",
+        "ips_raw",
         "last_seq",
         "last_seq_ts",
         "lost",
@@ -53,6 +60,7 @@ class ServerState:
         self.duplicates = 0
         self.skew = 0.0
         self.ips: tuple[str, ...] = ()
+        self.ips_raw: list[str] | None = None
         self.recent_ts: set[float] = set()
         self.recent_ts_order: deque[tuple[float, float]] = deque()
 
@@ -77,7 +85,7 @@ class ReceiverState:
         self.names: list[str] = []
         self.new_names: list[tuple[int, str]] = []
         self.changed: set[int] = set()
-        self.with_recent_ts: set[str] = set()
+        self.with_recent_ts: set[int] = set()
         self.received: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -89,15 +97,54 @@ class ReceiverState:
         self._ts = array("d")
         self._cpu = array("d")
         self._ram = array("d")
+        self._window_now = float("nan")
+        self._oldest = 0.0
         self.index: SortedDict = SortedDict()
         """Recent batches: number → (flush time, frames), kept ``retention`` seconds for replay."""
 
     # -- intake -------------------------------------------------------------------------------
     def offer_frames(self, frames: list[bytes], now: float) -> str | None:
-        """Take one agent message; returns ``None`` if accepted, else the reason it was not."""
+        """Take one agent message; returns ``None`` if accepted, else the reason it was not.
+
+        PERF: a msgpack map from a known server whose fields are plainly valid is admitted
+        without building a :class:`Sample` (~2 µs instead of ~6 µs). Anything else takes the
+        full path through :func:`sample_from_mapping`, which gives the exact verdict; the fast
+        path only ever accepts what the full path accepts (see tests).
+        """
         self.received["zmq"] += 1
+        data = None
+        if len(frames) == 2 and frames[0] == wire.MSGPACK and len(frames[1]) <= wire.MAX_PAYLOAD:
+            try:
+                data = unpackb(frames[1])
+            except Exception:  # every msgpack failure is one reason
+                self.rejected["msgpack"] += 1
+                return "msgpack"
+            if type(data) is dict:
+                get = data.get
+                fqdn = get("fqdn")
+                server = self.servers.get(fqdn) if type(fqdn) is str else None
+                ts, cpu, ram, seq, ip = get("ts"), get("cpu"), get("ram"), get("seq"), get("ip")
+                if (
+                    server is not None
+                    and len(data)
+                    == 2
+                    + (cpu is not None)
+                    + (ram is not None)
+                    + (seq is not None)
+                    + (ip is not None)
+                    and type(ts) is float
+                    and -1e15 < ts < 1e15
+                    and (cpu is None or (type(cpu) is float and 0.0 <= cpu <= 100.0))
+                    and (ram is None or (type(ram) is float and 0.0 <= ram <= 100.0))
+                    and (cpu is not None or ram is not None)
+                    and (seq is None or (type(seq) is int and 0 <= seq <= MAX_SEQ))
+                    and (ip is None or ip == server.ips_raw)
+                ):
+                    return self._admit_known(server, ts, cpu, ram, seq, now, "zmq")
         try:
-            sample = sample_from_mapping(wire.decode(frames, self.accept_pickle))
+            if data is None:
+                data = wire.decode(frames, self.accept_pickle)
+            sample = sample_from_mapping(data)
         except (wire.MalformedMessage, InvalidSample) as err:
             self.rejected[err.reason] += 1
             return err.reason
@@ -121,39 +168,62 @@ class ReceiverState:
         return {"accepted": outcome[None], "duplicates": outcome["duplicate"]}
 
     def _admit(self, sample: Sample, now: float, source: str) -> str | None:
-        reason = time_verdict(sample.ts, now)
-        if reason is not None:
-            self.rejected[reason] += 1
-            return reason
+        """Admit a validated sample: register its server and note a change of addresses."""
         server = self.servers.get(sample.fqdn)
         if server is None:
+            reason = time_verdict(sample.ts, now)
+            if reason is not None:
+                self.rejected[reason] += 1
+                return reason
             server = self._register(sample.fqdn)
-        seq = sample.seq
+        if sample.ip and sample.ip != server.ips:
+            server.ips = sample.ip
+            server.ips_raw = list(sample.ip)
+            self.changed.add(server.id)
+        return self._admit_known(server, sample.ts, sample.cpu, sample.ram, sample.seq, now, source)
+
+    def _admit_known(
+        self,
+        server: ServerState,
+        ts: float,
+        cpu: float | None,
+        ram: float | None,
+        seq: int | None,
+        now: float,
+        source: str,
+    ) -> str | None:
+        if now != self._window_now:
+            self._window_now = now
+            self._oldest = oldest_accepted_ts(now)
+        if ts > now + MAX_FUTURE_SECONDS:
+            self.rejected["future"] += 1
+            return "future"
+        if ts < self._oldest:
+            self.rejected["too_old"] += 1
+            return "too_old"
         if seq is not None:
-            if seq > server.last_seq:
-                if server.last_seq >= 0 and seq > server.last_seq + 1:
-                    gap = seq - server.last_seq - 1
+            last = server.last_seq
+            if seq > last:
+                if last >= 0 and seq > last + 1:
+                    gap = seq - last - 1
                     server.lost += gap
                     self.lost += gap
                     self.changed.add(server.id)
-            elif sample.ts <= server.last_seq_ts:
+            elif ts <= server.last_seq_ts:
                 return self._duplicate(server)
             server.last_seq = seq
-            server.last_seq_ts = sample.ts
+            server.last_seq_ts = ts
         else:
-            if sample.ts in server.recent_ts:
+            if ts in server.recent_ts:
                 return self._duplicate(server)
-            server.recent_ts.add(sample.ts)
-            server.recent_ts_order.append((now, sample.ts))
-            self.with_recent_ts.add(sample.fqdn)
-        server.skew = now - sample.ts
-        if sample.ip and sample.ip != server.ips:
-            server.ips = sample.ip
-            self.changed.add(server.id)
+            server.recent_ts.add(ts)
+            server.recent_ts_order.append((now, ts))
+            self.with_recent_ts.add(server.id)
+        server.skew = now - ts
         self._ids.append(server.id)
-        self._ts.append(sample.ts)
-        self._cpu.append(NAN if sample.cpu is None else sample.cpu)
-        self._ram.append(NAN if sample.ram is None else sample.ram)
+        self._ts.append(ts)
+        self._cpu.append(NAN if cpu is None else cpu)
+        self._ram.append(NAN if ram is None else ram)
         self.accepted[source] += 1
         return None
 
@@ -200,9 +270,9 @@ class ReceiverState:
             number=self.batches,
             sent=now,
             ids=np.frombuffer(self._ids, np.int32).copy() if self._ids else np.empty(0, np.int32),
-            ts=np.array(self._ts, np.float64),
-            cpu=np.array(self._cpu, np.float64),
-            ram=np.array(self._ram, np.float64),
+            ts=np.frombuffer(self._ts, np.float64).copy(),
+            cpu=np.frombuffer(self._cpu, np.float64).copy(),
+            ram=np.frombuffer(self._ram, np.float64).copy(),
             names=self.new_names,
             servers=servers,
             counters=self.counters(),
@@ -229,10 +299,10 @@ class ReceiverState:
 
     def _expire_recent_ts(self, now: float) -> None:
         horizon = now - self.dedup_horizon
-        for fqdn in list(self.with_recent_ts):
-            server = self.servers[fqdn]
+        for server_id in list(self.with_recent_ts):
+            server = self.servers[self.names[server_id]]
             order = server.recent_ts_order
             while order and order[0][0] < horizon:
                 server.recent_ts.discard(order.popleft()[1])
             if not order:
-                self.with_recent_ts.discard(fqdn)
+                self.with_recent_ts.discard(server_id)
