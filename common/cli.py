@@ -15,6 +15,7 @@ COMMANDS = {
     "receiver": ("servertrack.receiver.main", "validate, de-duplicate and batch samples"),
     "aggregator": ("servertrack.aggregator.main", "per-server rollups and queries"),
     "api": ("servertrack.api.main", "the HTTP API on waitress"),
+    "loadgen": ("servertrack.agent.loadgen", "simulate a fleet and check the answers"),
 }
 
 

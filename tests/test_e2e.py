@@ -121,7 +121,7 @@ def test_zmq_and_http_samples_match_the_oracle(
     status, body = host.post("/loads", items)
     assert (status, body["accepted"]) == (202, len(items))
     total = sum(len(samples) for samples in sent.values())
-    wait_for(lambda: accepted_total(host) - before >= total, 10, "every sample to be applied")
+    wait_for(lambda: accepted_total(host) - before >= total, 30, "every sample to be applied")
     for server, samples in sent.items():
         view, at = view_at_stable_minute(host, server)
         assert_matches_oracle(view, oracle_buckets(samples, at))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from servertrack.common import wire
-from servertrack.common.batch import Batch
+from servertrack.common.batch import Batch, MalformedBatch
 from servertrack.common.sample import Sample
 from servertrack.common.testing import FakeClock
 from servertrack.receiver.state import ReceiverState
@@ -495,6 +495,43 @@ def test_batch_round_trip_of_hand_built_batch_with_full_names() -> None:
     assert back.cpu.tolist() == [1.0, 2.0, 3.0]
     assert np.isnan(back.ram).all() and len(back.ram) == 3
     assert back.names == [(5, "a"), (6, "b"), (7, "c")]
+
+
+def _header(**changes: Any) -> bytes:
+    header = {
+        "epoch": "e",
+        "number": 0,
+        "sent": T0,
+        "names": [],
+        "full_names": False,
+        "servers": [],
+        "counters": {},
+    }
+    for key, value in changes.items():
+        if value is ...:
+            del header[key]
+        else:
+            header[key] = value
+    return msgpack.packb(header)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([b"batch", b"", b"", b""], id="four frames"),
+        pytest.param([b"batc", _header(), b"", b"", b"", b""], id="wrong kind"),
+        pytest.param([b"batch", b"\xc1", b"", b"", b"", b""], id="header not msgpack"),
+        pytest.param([b"batch", _header(), b"\x00" * 3, b"", b"", b""], id="ids not int32"),
+        pytest.param([b"batch", _header(), b"\x00" * 4, b"", b"", b""], id="columns differ"),
+        pytest.param([b"batch", msgpack.packb([1, 2]), b"", b"", b"", b""], id="header a list"),
+        pytest.param([b"batch", _header(number=...), b"", b"", b"", b""], id="header no number"),
+        pytest.param([b"batch", _header(names=[[1]]), b"", b"", b"", b""], id="bad names"),
+    ],
+)
+def test_batch_decode_refuses_malformed_messages(frames: list[bytes]) -> None:
+    """Any batch message not following the format raises MalformedBatch (and nothing else)."""
+    with pytest.raises(MalformedBatch):
+        Batch.decode(frames)
 
 
 def test_time_index_keeps_batches_for_retention_and_replays_later_ones() -> None:
