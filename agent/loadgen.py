@@ -24,11 +24,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
 import zmq
 
-from servertrack.common import endpoints
+from servertrack.common import endpoints, wire
 from servertrack.common.buckets import HOUR, oldest_accepted_ts
 from servertrack.common.config import add_option
 from servertrack.common.testing import RawSample, oracle_buckets
@@ -88,7 +87,6 @@ class Sender:
         self.checked = [
             (position, index) for position, index in enumerate(share) if index in plan.checked
         ]
-        self.seq = [0] * len(share)
         self.report = Report(raw={index: [] for _, index in self.checked})
         self.rng = np.random.default_rng(plan.seed + (share[0] if share else 0))
         # Spread each server's samples over the tick so that bucket edges are crossed.
@@ -107,14 +105,14 @@ class Sender:
                     float(ram[position]),
                 )
             )
-        self.emit(stamps.tolist(), cpu.tolist(), ram.tolist())
+        self.emit(stamps, cpu, ram)
         count = len(self.share)
         if backfill:
             self.report.backfilled += count
         self.report.sent += count
         return count
 
-    def emit(self, stamps: list[float], cpu: list[float], ram: list[float]) -> None:
+    def emit(self, stamps: np.ndarray, cpu: np.ndarray, ram: np.ndarray) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -156,30 +154,26 @@ class ZmqSender(Sender):
         # XPUB is a PUB that also hands us the receiver's subscription, so sending starts only
         # once the receiver listens (a plain PUB drops everything before that: slow joiner).
         self.socket = self.context.socket(zmq.XPUB)
-        self.socket.setsockopt(zmq.LINGER, 5000)
+        self.socket.setsockopt(zmq.LINGER, 120_000)  # let a backlog drain before exit
         self.socket.setsockopt(zmq.SNDHWM, 2_000_000)
         self.socket.connect(plan.ingest)
         if not self.socket.poll(10_000, zmq.POLLIN):
             self.close()
             raise RuntimeError(f"no receiver subscribed at {plan.ingest} within 10 s")
         self.socket.recv()
+        self.seq = np.zeros(len(share), np.uint64)
+        self.block: np.ndarray | None = None
 
-    def emit(self, stamps: list[float], cpu: list[float], ram: list[float]) -> None:
+    def emit(self, stamps: np.ndarray, cpu: np.ndarray, ram: np.ndarray) -> None:
+        if self.block is None:
+            self.block = wire.name_block(self.names)
+        buffer, width = wire.pack_many(self.block, stamps, cpu, ram, self.seq)
+        self.seq += 1
+        view = memoryview(buffer)
         send = self.socket.send_multipart
-        pack = msgpack.packb
-        seq = self.seq
-        for position, name in enumerate(self.names):
-            payload = pack(
-                {
-                    "fqdn": name,
-                    "ts": stamps[position],
-                    "cpu": cpu[position],
-                    "ram": ram[position],
-                    "seq": seq[position],
-                }
-            )
-            seq[position] += 1
-            send((b"msgpack", payload))
+        fmt = wire.MSGPACK
+        for start in range(0, len(buffer), width):
+            send((fmt, view[start : start + width]))
 
     def close(self) -> None:
         self.socket.close()
@@ -192,7 +186,8 @@ class HttpSender(Sender):
         url = urllib.parse.urlsplit(plan.api)
         self.connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=30)
 
-    def emit(self, stamps: list[float], cpu: list[float], ram: list[float]) -> None:
+    def emit(self, stamps: np.ndarray, cpu: np.ndarray, ram: np.ndarray) -> None:
+        stamps, cpu, ram = stamps.tolist(), cpu.tolist(), ram.tolist()
         items = [
             {"server": name, "ts": stamps[i], "cpu": cpu[i], "ram": ram[i]}
             for i, name in enumerate(self.names)
@@ -342,6 +337,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     ):
         if value <= 0:
             raise SystemExit(f"{name} must be positive")
+    if servers > 1_000_000:
+        raise SystemExit("--servers is at most 1,000,000")
     if not 0 <= args.backfill_hours <= 23:
         raise SystemExit("--backfill-hours must be between 0 and 23")
     return Plan(

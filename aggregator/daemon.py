@@ -131,7 +131,11 @@ class AggregatorDaemon:
                 except zmq.Again:
                     frames = None
                 if frames is not None:
-                    self.handle_batch(frames)
+                    try:
+                        self.handle_batch(frames)
+                    except Exception:  # a bad batch must never stop the aggregator
+                        self.counters["batch_errors"] += 1
+                        log.exception("could not apply a batch")
             if query in ready:
                 for _ in range(256):
                     if not query.poll(0, zmq.POLLIN):

@@ -69,20 +69,23 @@ class Batch:
             header = msgpack.unpackb(frames[1])
             ids = np.frombuffer(frames[2], ID_DTYPE)
             columns = [np.frombuffer(frame, VALUE_DTYPE) for frame in frames[3:]]
-        except Exception as err:  # any decoding failure is one kind of error
+            if any(column.size != ids.size for column in columns):
+                raise ValueError("batch columns differ in length")
+            return cls(
+                epoch=str(header["epoch"]),
+                number=int(header["number"]),
+                sent=float(header["sent"]),
+                ids=ids,
+                ts=columns[0],
+                cpu=columns[1],
+                ram=columns[2],
+                names=[(int(i), str(n)) for i, n in header["names"]],
+                full_names=bool(header["full_names"]),
+                servers=[
+                    (int(i), [str(a) for a in ips], int(lost), int(dup), float(skew))
+                    for i, ips, lost, dup, skew in header["servers"]
+                ],
+                counters=dict(header["counters"]),
+            )
+        except Exception as err:  # any malformed part is one kind of error
             raise MalformedBatch(f"undecodable batch: {err}") from err
-        if any(column.size != ids.size for column in columns):
-            raise MalformedBatch("batch columns differ in length")
-        return cls(
-            epoch=header["epoch"],
-            number=header["number"],
-            sent=header["sent"],
-            ids=ids,
-            ts=columns[0],
-            cpu=columns[1],
-            ram=columns[2],
-            names=[(int(i), str(n)) for i, n in header["names"]],
-            full_names=header["full_names"],
-            servers=[tuple(entry) for entry in header["servers"]],
-            counters=header["counters"],
-        )

@@ -11,10 +11,12 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import pickletools
 import zlib
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from servertrack.common.sample import Sample, sample_to_mapping
 
@@ -25,13 +27,10 @@ MAX_PAYLOAD = 16 * 1024
 """Largest payload (after decompression) a sample may have; real samples take ~100 bytes."""
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 
-_UNPACK_LIMITS = {
-    "max_str_len": 1024,
-    "max_bin_len": 0,
-    "max_array_len": 64,
-    "max_map_len": 16,
-    "max_ext_len": 0,
-}
+MAX_MEMO_INDEX = 1024
+"""A sample's pickle memoises a handful of objects; a huge memo index would make the C
+unpickler allocate a table of that size (an 11-byte pickle could claim a gigabyte)."""
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
 
 
 class MalformedMessage(ValueError):
@@ -76,9 +75,19 @@ def gunzip_bounded(payload: bytes, limit: int = MAX_PAYLOAD) -> bytes:
     return data
 
 
+def unpack_limited(payload: bytes) -> Any:
+    """msgpack-decode a payload with every length bounded (no bin or ext types at all)."""
+    return msgpack.unpackb(
+        payload, max_str_len=1024, max_bin_len=0, max_array_len=64, max_map_len=16, max_ext_len=0
+    )
+
+
 def unpickle_plain(data: bytes) -> Any:
     """Unpickle data that may only contain built-in containers and scalars."""
     try:
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name in _MEMO_OPCODES and int(argument) > MAX_MEMO_INDEX:
+                raise pickle.UnpicklingError(f"memo index {argument} is too large")
         return _NoGlobalsUnpickler(io.BytesIO(data)).load()
     except Exception as err:  # any failure of hostile input is one reason
         raise MalformedMessage("pickle", f"refused pickle: {err}") from err
@@ -93,7 +102,7 @@ def decode(frames: list[bytes], accept_pickle: bool = False) -> Any:
         raise MalformedMessage("too_large", f"payload exceeds {MAX_PAYLOAD} bytes")
     if fmt == MSGPACK:
         try:
-            return msgpack.unpackb(payload, **_UNPACK_LIMITS)
+            return unpack_limited(payload)
         except Exception as err:  # msgpack raises several unrelated types for bad input
             raise MalformedMessage("msgpack", f"undecodable msgpack: {err}") from err
     if fmt == PICKLE_GZ:
@@ -103,3 +112,39 @@ def decode(frames: list[bytes], accept_pickle: bool = False) -> Any:
             )
         return unpickle_plain(gunzip_bounded(payload))
     raise MalformedMessage("format", f"unknown format frame {bytes(fmt[:32])!r}")
+
+
+def name_block(names: list[str]) -> np.ndarray:
+    """Server names as a ``(count, width)`` byte array for :func:`pack_many` (equal lengths)."""
+    encoded = np.frombuffer(b"".join(name.encode() for name in names), np.uint8)
+    width = encoded.size // len(names) if names else 0
+    if names and (width * len(names) != encoded.size or not 0 < width <= 255):
+        raise ValueError("names must all have the same length, 1 to 255 bytes")
+    return encoded.reshape(len(names), width)
+
+
+def pack_many(
+    names: np.ndarray, ts: np.ndarray, cpu: np.ndarray, ram: np.ndarray, seq: np.ndarray
+) -> tuple[bytes, int]:
+    """msgpack payloads for many samples at once, as one buffer of equal-length records.
+
+    ``names`` comes from :func:`name_block`. Each record is the map ``{fqdn, ts, cpu, ram, seq}``
+    with float64 values and a uint64 seq, so it decodes exactly as :func:`encode` would. Returns
+    ``(buffer, record_length)``. PERF: a load generator builds a whole tick of messages with a
+    few numpy operations (~0.2 µs a sample) instead of one ``packb`` per sample (~1 µs).
+    """
+    count, width = names.shape
+    name_header = bytes([0xA0 | width]) if width < 32 else bytes([0xD9, width])
+    parts: list[tuple[bytes, np.ndarray]] = [
+        (b"\x85\xa4fqdn" + name_header, names),
+        (b"\xa2ts\xcb", np.asarray(ts, ">f8").reshape(count, 1).view(np.uint8)),
+        (b"\xa3cpu\xcb", np.asarray(cpu, ">f8").reshape(count, 1).view(np.uint8)),
+        (b"\xa3ram\xcb", np.asarray(ram, ">f8").reshape(count, 1).view(np.uint8)),
+        (b"\xa3seq\xcf", np.asarray(seq, ">u8").reshape(count, 1).view(np.uint8)),
+    ]
+    columns: list[np.ndarray] = []
+    for fixed, variable in parts:
+        columns.append(np.broadcast_to(np.frombuffer(fixed, np.uint8), (count, len(fixed))))
+        columns.append(variable)
+    records = np.concatenate(columns, axis=1)
+    return records.tobytes(), records.shape[1]

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from msgpack import unpackb
 from sortedcontainers import SortedDict
 
 from servertrack.common import wire
@@ -115,7 +114,7 @@ class ReceiverState:
         data = None
         if len(frames) == 2 and frames[0] == wire.MSGPACK and len(frames[1]) <= wire.MAX_PAYLOAD:
             try:
-                data = unpackb(frames[1])
+                data = wire.unpack_limited(frames[1])
             except Exception:  # every msgpack failure is one reason
                 self.rejected["msgpack"] += 1
                 return "msgpack"
@@ -176,11 +175,14 @@ class ReceiverState:
                 self.rejected[reason] += 1
                 return reason
             server = self._register(sample.fqdn)
-        if sample.ip and sample.ip != server.ips:
+        verdict = self._admit_known(
+            server, sample.ts, sample.cpu, sample.ram, sample.seq, now, source
+        )
+        if verdict is None and sample.ip and sample.ip != server.ips:
             server.ips = sample.ip
             server.ips_raw = list(sample.ip)
             self.changed.add(server.id)
-        return self._admit_known(server, sample.ts, sample.cpu, sample.ram, sample.seq, now, source)
+        return verdict
 
     def _admit_known(
         self,

@@ -15,7 +15,7 @@ import pytest
 
 from servertrack.common import wire
 from servertrack.common.batch import Batch, MalformedBatch
-from servertrack.common.sample import Sample
+from servertrack.common.sample import InvalidSample, Sample, sample_from_mapping
 from servertrack.common.testing import FakeClock
 from servertrack.receiver.state import ReceiverState
 
@@ -37,6 +37,12 @@ def frames_for(
 ) -> list[bytes]:
     """The frames an agent would send for one sample."""
     return wire.encode(Sample(fqdn, ts, cpu, ram, seq, ip), fmt)
+
+
+def raw_map(pairs: list[tuple[str, Any]]) -> bytes:
+    """A msgpack map16 of ``pairs`` as given, repeated keys included (``packb`` cannot do that)."""
+    body = b"".join(msgpack.packb(key) + msgpack.packb(value) for key, value in pairs)
+    return b"\xde" + len(pairs).to_bytes(2, "big") + body
 
 
 def packed(data: Any) -> list[bytes]:
@@ -378,6 +384,12 @@ MALFORMED: list[tuple[str, list[bytes], str]] = [
     ("ip number", packed(valid_map(ip=[10])), "bad_ip"),
     ("ip garbage", packed(valid_map(ip=["10.0.0.1; rm -rf"])), "bad_ip"),
     ("too many ips", packed(valid_map(ip=[f"10.0.0.{n}" for n in range(33)])), "bad_ip"),
+    ("ip float", packed(valid_map(ip=["10.0.0.1", 1.5])), "bad_ip"),
+    ("extra key null", packed(valid_map(note=None)), "unknown_field"),
+    # wire.decode's msgpack limits: no bin, no ext, maps of at most 16 entries
+    ("msgpack bin value", packed(valid_map(fqdn=b"web-1.example")), "msgpack"),
+    ("msgpack ext value", packed(valid_map(ts=msgpack.Timestamp(int(T0)))), "msgpack"),
+    ("msgpack map over 16", [wire.MSGPACK, raw_map(list(valid_map().items()) * 4)], "msgpack"),
 ]
 
 
@@ -398,6 +410,63 @@ def test_malformed_message_counted_by_reason_and_not_forwarded(
     assert counters["servers_seen"] == 0
     batch = cut(state, T0)
     assert len(batch) == 0 and batch.names == [] and batch.servers == []
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [pytest.param(frames, reason, id=name) for name, frames, reason in MALFORMED],
+)
+def test_malformed_from_known_server_refused_alike(frames: list[bytes], reason: str) -> None:
+    """A server already seen gets the same verdict for a malformed message as an unknown one."""
+    state = ReceiverState(accept_pickle=False)
+    assert state.offer_frames(frames_for("web-1.example", T0 - 10, seq=0), T0) is None
+    cut(state, T0)
+    assert state.offer_frames(frames, T0) == reason
+    assert state.counters()["rejected"] == {reason: 1}
+    assert state.counters()["accepted"] == {"zmq": 1}
+    batch = cut(state, T0)
+    assert len(batch) == 0 and batch.servers == []
+
+
+def test_known_server_messages_accepted_like_first_one() -> None:
+    """Later messages of a known server are accepted with int ts, one metric, or new addresses."""
+    state = ReceiverState()
+    assert state.offer_frames(frames_for(ts=T0, seq=0, ip=("10.0.0.1",)), T0) is None
+    cut(state, T0)
+    assert state.offer_frames(packed(valid_map(ts=int(T0) + 1, seq=1, ip=["10.0.0.1"])), T0) is None
+    assert state.offer_frames(packed(valid_map(ts=T0 + 2, seq=2, cpu=...)), T0 + 2) is None
+    assert state.offer_frames(packed(valid_map(ts=T0 + 3, seq=3, cpu=0, ram=100)), T0 + 3) is None
+    unchanged = cut(state, T0 + 3)
+    assert [row[1:] for row in rows(unchanged)] == [
+        (T0 + 1, 10.0, 20.0),
+        (T0 + 2, pytest.approx(NAN, nan_ok=True), 20.0),
+        (T0 + 3, 0.0, 100.0),
+    ]
+    assert unchanged.servers == []  # same addresses, no loss: nothing to report
+
+    assert state.offer_frames(packed(valid_map(ts=T0 + 4, seq=4, ip=["10.0.0.2"])), T0 + 4) is None
+    moved = cut(state, T0 + 4)
+    assert [entry[1] for entry in moved.servers] == [["10.0.0.2"]]
+
+
+@pytest.mark.parametrize(
+    ("ts", "seq", "reason"),
+    [
+        pytest.param(T0 - 48 * HOUR, 5, "too_old", id="too_old"),
+        pytest.param(T0 + 3600, 5, "future", id="future"),
+        pytest.param(T0, 0, "duplicate", id="duplicate"),
+    ],
+)
+def test_refused_sample_does_not_change_server_addresses(ts: float, seq: int, reason: str) -> None:
+    """A refused sample (out of window or duplicate) leaves the server's addresses unchanged."""
+    state = ReceiverState()
+    assert state.offer_frames(frames_for(ts=T0, seq=0, ip=("10.0.0.1",)), T0) is None
+    cut(state, T0)
+    assert state.offer_frames(frames_for(ts=ts, seq=seq, ip=("10.9.9.9",)), T0) == reason
+    batch = cut(state, T0 + 1)
+    assert len(batch) == 0
+    assert all(entry[1] == ["10.0.0.1"] for entry in batch.servers), batch.servers
+    assert state.servers["web-1.example"].ips == ("10.0.0.1",)
 
 
 PICKLE_MALFORMED: list[tuple[str, bytes, str]] = [
@@ -643,6 +712,15 @@ def random_frames(rng: random.Random, now: float) -> list[bytes]:
     return [wire.MSGPACK, msgpack.packb(plausible_map(rng, now))]
 
 
+def reference_verdict(frames: list[bytes], accept_pickle: bool) -> str | None:
+    """What the documented decoder and validator say of ``frames``: ``None`` if valid."""
+    try:
+        sample_from_mapping(wire.decode(frames, accept_pickle))
+    except (wire.MalformedMessage, InvalidSample) as err:
+        return err.reason
+    return None
+
+
 @pytest.mark.parametrize("accept_pickle", [False, True])
 @pytest.mark.parametrize("seed", [20241122, 7])
 def test_fuzz_every_message_is_counted_and_never_raises(seed: int, accept_pickle: bool) -> None:
@@ -658,8 +736,13 @@ def test_fuzz_every_message_is_counted_and_never_raises(seed: int, accept_pickle
             payload = bytearray(frames[-1] or b"\x00")
             payload[rng.randrange(len(payload))] = rng.randrange(256)
             frames[-1] = bytes(payload)
+        reference = reference_verdict(frames, accept_pickle)
         outcome = state.offer_frames(frames, clock())
         assert outcome is None or isinstance(outcome, str)
+        if reference is None:  # valid: only the time window or de-duplication may refuse it
+            assert outcome in (None, "duplicate", "future", "too_old"), (frames, outcome)
+        else:
+            assert outcome not in (None, "duplicate", "future", "too_old"), (frames, reference)
         outcomes[outcome] += 1
         if step % 97 == 0:
             forwarded += len(cut(state, clock()))

@@ -1,0 +1,559 @@
+"""Graphite carbon-cache baseline: how many datapoints/s it sustains on this machine.
+
+Why: ServerTrack is meant to replace a Graphite setup, so its throughput figures need the
+real carbon-cache (PyPI ``carbon`` + ``whisper`` on Twisted) measured on the same machine,
+with the same load shape, as a yardstick. Nothing here re-implements Graphite.
+
+Load shape: N simulated servers each report one sample per second; a sample is two
+plaintext-protocol datapoints (``servertrack.<server>.cpu <v> <ts>`` and ``.ram``), so a
+step of N servers offers 2*N datapoints/s. Two sender processes (one TCP connection each to
+127.0.0.1) are paced on ``time.monotonic`` in 1-s ticks and send each tick's lines in large
+``sendall`` chunks. Timestamps are ``base + tick`` so every datapoint is unique.
+
+carbon-cache runs from the venv (``carbon-cache.py --config=... --nodaemon start``) with
+everything in a temp dir, listeners on free loopback ports only, ``MAX_CACHE_SIZE = inf``,
+``MAX_UPDATES_PER_SECOND = inf``, ``MAX_CREATES_PER_MINUTE = inf``, per-update logging off
+(as in carbon.conf.example), retentions ``60s:1h,1h:1d`` / average for the fed metrics.
+Each step gets a fresh carbon process; the whisper tree is kept across the steps of one run.
+
+Carbon's own instrumentation is the judge of "kept up": every ``CARBON_METRIC_INTERVAL``
+(5 s, or 2 s for holds under 30 s) it records ``carbon.agents.<host>-a.*`` into its cache.
+Those series get their own ``1s:1h`` schema so no record is overwritten, and are read back
+the way graphite-web does: whisper file merged with a ``cache-query-bulk`` on the cache
+query port (records not yet flushed to disk).
+
+Criterion (a step is *sustained* only if all hold), evaluated over the window made of the
+last ``min(30 s, hold/2)`` of the hold, which leaves the first half to warm-up (whisper
+file creation, connection set-up):
+
+1. senders kept pace: every 1-s tick's lines were fully sent before the next tick began,
+   and no sender errored or fell behind by more than ``SENDER_GIVE_UP_S``;
+2. committed: sum(committedPoints) / window >= 0.98 * offered datapoints/s (2*N);
+3. cache not growing: least-squares slope of ``cache.size`` over the window, times the
+   window length, <= 2 ticks of points (4*N).
+
+The sweep stops at the first step that is not sustained; ``sustained_datapoints_per_s`` is
+the offered rate of the highest sustained step. Carbon CPU is the psutil ``cpu_times``
+(user+system) delta over the hold divided by the hold's wall time (in cores); RSS is the max
+sampled every 0.5 s. Carbon's self-metrics add ~4 points/s to committedPoints (negligible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import pickle
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+METRIC_PREFIX = "servertrack"
+SENDERS = 2
+CHUNK_BYTES = 256 * 1024
+SENDER_GIVE_UP_S = 5.0  # a tick this late means carbon stopped reading; stop the sender
+START_DELAY_S = 3.0  # time for spawned senders to import and build their name tables
+COMMIT_RATIO = 0.98
+CACHE_GROWTH_TICKS = 2.0
+MAX_WINDOW_S = 30.0
+CARBON_START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+DEFAULT_STEPS = (1000, 2500, 5000, 7500, 10000, 15000)
+SELF_STATS = (
+    "cache.size",
+    "committedPoints",
+    "metricsReceived",
+    "updateOperations",
+    "pointsPerUpdate",
+    "creates",
+    "cpuUsage",
+    "memUsage",
+)
+
+
+# --------------------------------------------------------------------------- carbon setup
+
+
+def _free_ports(count: int) -> list[int]:
+    """Pick distinct free loopback ports (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _write_config(root: Path, line_port: int, query_port: int, interval: int) -> Path:
+    """Write carbon.conf + schemas under root/conf; everything carbon touches stays in root."""
+    conf_dir = root / "conf"
+    storage = root / "storage"
+    for d in (conf_dir, storage / "whisper", storage / "log", storage / "lists"):
+        d.mkdir(parents=True, exist_ok=True)
+    carbon_conf = conf_dir / "carbon.conf"
+    carbon_conf.write_text(f"""[cache]
+STORAGE_DIR = {storage}
+LOCAL_DATA_DIR = {storage / "whisper"}
+WHITELISTS_DIR = {storage / "lists"}
+LOG_DIR = {storage / "log"}
+PID_DIR = {storage}
+DATABASE = whisper
+ENABLE_LOGROTATION = False
+USER =
+MAX_CACHE_SIZE = inf
+MAX_UPDATES_PER_SECOND = inf
+MAX_CREATES_PER_MINUTE = inf
+LINE_RECEIVER_INTERFACE = {LOOPBACK}
+LINE_RECEIVER_PORT = {line_port}
+ENABLE_UDP_LISTENER = False
+UDP_RECEIVER_INTERFACE = {LOOPBACK}
+PICKLE_RECEIVER_INTERFACE = {LOOPBACK}
+PICKLE_RECEIVER_PORT = 0
+CACHE_QUERY_INTERFACE = {LOOPBACK}
+CACHE_QUERY_PORT = {query_port}
+USE_FLOW_CONTROL = True
+LOG_UPDATES = False
+LOG_CREATES = False
+LOG_CACHE_HITS = False
+LOG_CACHE_QUEUE_SORTS = False
+LOG_LISTENER_CONN_SUCCESS = False
+CACHE_WRITE_STRATEGY = sorted
+WHISPER_AUTOFLUSH = False
+WHISPER_FALLOCATE_CREATE = True
+CARBON_METRIC_INTERVAL = {interval}
+""")
+    # First match wins: carbon's self-metrics at 1 s so no 5-s record overwrites another.
+    (conf_dir / "storage-schemas.conf").write_text("""[carbon]
+pattern = ^carbon\\.
+retentions = 1s:1h
+
+[default]
+pattern = .*
+retentions = 60s:1h,1h:1d
+""")
+    (conf_dir / "storage-aggregation.conf").write_text("""[default]
+pattern = .*
+xFilesFactor = 0.5
+aggregationMethod = average
+""")
+    return carbon_conf
+
+
+def _carbon_script() -> Path:
+    """carbon-cache.py installed next to this interpreter (the venv's bin/), else on PATH."""
+    local = Path(sys.executable).parent / "carbon-cache.py"
+    if local.exists():
+        return local
+    found = shutil.which("carbon-cache.py")
+    if found is None:
+        raise RuntimeError("carbon-cache.py not found: pip install carbon whisper")
+    return Path(found)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float) -> None:
+    """Block until carbon accepts on port; fail fast if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"carbon-cache exited early with code {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.5):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"carbon-cache not listening on {LOOPBACK}:{port} after {timeout}s")
+
+
+def _start_carbon(root: Path, conf: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start carbon-cache in the foreground (no daemon fork, so Popen.pid is carbon)."""
+    env = dict(
+        os.environ,
+        GRAPHITE_ROOT=str(root),
+        GRAPHITE_CONF_DIR=str(conf.parent),
+        GRAPHITE_STORAGE_DIR=str(root / "storage"),
+    )
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, str(_carbon_script()), f"--config={conf}", "--nodaemon", "start"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+            start_new_session=True,
+        )
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within timeout."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(timeout)
+
+
+# --------------------------------------------------------------------------- load senders
+
+
+def _sender_main(
+    first: int, count: int, port: int, start_mono: float, base_ts: int, ticks: int, out: Any
+) -> None:
+    """Child process: send `ticks` 1-s ticks of 2 datapoints for servers [first, first+count).
+
+    Runs in its own process so line formatting and socket writes do not share a GIL with
+    the parent's monitoring. Reports one dict on `out`.
+    """
+    result: dict[str, Any] = {
+        "points": 0,
+        "ticks": 0,
+        "late_ticks": 0,
+        "max_tick_s": 0.0,
+        "error": None,
+        "cpu_s": 0.0,
+    }
+    rng = random.Random(first)
+    pool = [f"{rng.uniform(0.0, 100.0):.2f}".encode() for _ in range(1009)]
+    names = [f"{METRIC_PREFIX}.srv{i:06d}" for i in range(first, first + count)]
+    cpu = [f"{n}.cpu ".encode() for n in names]
+    ram = [f"{n}.ram ".encode() for n in names]
+    sock = None
+    try:
+        sock = socket.create_connection((LOOPBACK, port), timeout=SENDER_GIVE_UP_S)
+        for k in range(ticks):
+            slot = start_mono + k
+            delay = slot - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            tail = b" %d\n" % (base_ts + k)
+            parts: list[bytes] = []
+            for i in range(count):
+                j = (i * 7 + k) % 1009
+                parts += (cpu[i], pool[j], tail, ram[i], pool[(j + 503) % 1009], tail)
+            view = memoryview(b"".join(parts))
+            for off in range(0, len(view), CHUNK_BYTES):
+                sock.sendall(view[off : off + CHUNK_BYTES])
+            done = time.monotonic()
+            result["ticks"] += 1
+            result["points"] += 2 * count
+            result["max_tick_s"] = max(result["max_tick_s"], done - slot)
+            if done > slot + 1.0:
+                result["late_ticks"] += 1
+            if done > slot + SENDER_GIVE_UP_S:
+                result["error"] = f"fell {done - slot:.1f}s behind at tick {k}"
+                break
+    except OSError as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if sock is not None:
+            sock.close()
+        times = os.times()
+        result["cpu_s"] = times.user + times.system
+        out.put(result)
+
+
+# --------------------------------------------------------------------------- carbon metrics
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:  # bounded: each recv blocks at most the socket timeout
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            raise ConnectionError("cache query connection closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def _cache_query(port: int, metrics: list[str]) -> dict[str, list[tuple[float, float]]]:
+    """Points carbon still holds in memory for `metrics` (Int32-framed pickle protocol)."""
+    request = pickle.dumps({"type": "cache-query-bulk", "metrics": metrics}, protocol=2)
+    with socket.create_connection((LOOPBACK, port), timeout=10.0) as sock:
+        sock.sendall(struct.pack("!I", len(request)) + request)
+        (length,) = struct.unpack("!I", _recv_exact(sock, 4))
+        # Trusted: the carbon-cache we started, on loopback.
+        reply = pickle.loads(_recv_exact(sock, length))
+    return reply.get("datapointsByMetric", {})
+
+
+def _self_metric_prefix(data_dir: Path) -> str:
+    """carbon.agents.<host>-a, as carbon.instrumentation builds it (or the one on disk)."""
+    name = f"{socket.gethostname().replace('.', '_')}-a"
+    agents = data_dir / "carbon" / "agents"
+    if not (agents / name).is_dir() and agents.is_dir():
+        found = [d.name for d in agents.iterdir() if d.is_dir()]
+        if len(found) == 1:
+            name = found[0]
+    return f"carbon.agents.{name}"
+
+
+def _read_self_metrics(
+    data_dir: Path, query_port: int, since: float, until: float
+) -> dict[str, dict[int, float]]:
+    """carbon's own records in [since, until], whisper on disk merged with its cache."""
+    import whisper  # bench extra; imported here so the module imports without it
+
+    prefix = _self_metric_prefix(data_dir)
+    names = [f"{prefix}.{stat}" for stat in SELF_STATS]
+    series: dict[str, dict[int, float]] = {stat: {} for stat in SELF_STATS}
+    for stat, name in zip(SELF_STATS, names, strict=True):
+        path = data_dir / (name.replace(".", "/") + ".wsp")
+        if not path.exists():
+            continue
+        (start, _end, step), values = whisper.fetch(str(path), int(since) - 1, int(until) + 1)
+        for i, value in enumerate(values):
+            if value is not None:
+                series[stat][start + i * step] = value
+    for name, points in _cache_query(query_port, names).items():
+        stat = name[len(prefix) + 1 :]
+        for ts, value in points:
+            series[stat][int(ts)] = value
+    return {
+        stat: {t: v for t, v in pts.items() if since <= t <= until} for stat, pts in series.items()
+    }
+
+
+def _slope(points: dict[int, float]) -> float:
+    """Least-squares slope (units per second); 0 with fewer than two points."""
+    if len(points) < 2:
+        return 0.0
+    xs = list(points)
+    ys = list(points.values())
+    mx = sum(xs) / len(xs)
+    my = sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def _run_step(servers: int, hold: float, root: Path, interval: int) -> dict[str, Any]:
+    """Start carbon, offer `servers` samples/s for `hold` s, judge it, stop everything."""
+    ticks = max(1, round(hold))
+    window = min(MAX_WINDOW_S, ticks / 2)
+    offered = 2 * servers
+    line_port, query_port = _free_ports(2)
+    conf = _write_config(root, line_port, query_port, interval)
+    carbon: subprocess.Popen[bytes] | None = None
+    senders: list[Any] = []
+    ctx = mp.get_context("spawn")
+    results_q = ctx.Queue()
+    try:
+        carbon = _start_carbon(root, conf, root / "storage" / "log" / "carbon-console.log")
+        _wait_listening(carbon, line_port, CARBON_START_TIMEOUT_S)
+        cproc = psutil.Process(carbon.pid)
+        start_mono = time.monotonic() + START_DELAY_S
+        start_wall = time.time() + START_DELAY_S
+        base_ts = int(start_wall)
+        share = -(-servers // SENDERS)
+        for idx in range(SENDERS):
+            first = idx * share
+            count = min(share, servers - first)
+            if count <= 0:
+                continue
+            proc = ctx.Process(
+                target=_sender_main,
+                daemon=True,
+                args=(first, count, line_port, start_mono, base_ts, ticks, results_q),
+            )
+            proc.start()
+            senders.append(proc)
+
+        time.sleep(max(0.0, start_mono - time.monotonic()))
+        cpu0 = sum(cproc.cpu_times()[:2])
+        rss_max = cproc.memory_info().rss
+        end_mono = start_mono + ticks
+        while time.monotonic() < end_mono:  # bounded by the hold
+            time.sleep(min(0.5, max(0.0, end_mono - time.monotonic())))
+            rss_max = max(rss_max, cproc.memory_info().rss)
+        cpu_cores = (sum(cproc.cpu_times()[:2]) - cpu0) / ticks
+
+        sent: list[dict[str, Any]] = []
+        collect_deadline = time.monotonic() + SENDER_GIVE_UP_S + 10.0
+        for _ in senders:
+            try:
+                sent.append(results_q.get(timeout=max(0.1, collect_deadline - time.monotonic())))
+            except Exception:  # queue.Empty: a sender hung; judged as not keeping pace
+                sent.append(
+                    {
+                        "error": "no result",
+                        "points": 0,
+                        "late_ticks": ticks,
+                        "max_tick_s": float("nan"),
+                        "ticks": 0,
+                        "cpu_s": 0.0,
+                    }
+                )
+
+        # Records are stored at floor(time); one whose interval (t - interval, t] lies
+        # inside the window has floor(t) in [end - window + interval, end - 1].
+        # Let carbon emit the record that covers the end of the hold, then read them.
+        time.sleep(interval + 1.0)
+        if carbon.poll() is not None:
+            raise RuntimeError(f"carbon-cache died during the step (rc={carbon.returncode})")
+        end_wall = start_wall + ticks
+        stats = _read_self_metrics(
+            root / "storage" / "whisper", query_port, end_wall - window + interval, end_wall - 1
+        )
+    finally:
+        for proc in senders:
+            proc.join(timeout=2.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=STOP_TIMEOUT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=STOP_TIMEOUT_S)
+        results_q.close()
+        _stop_process(carbon)
+
+    committed = stats["committedPoints"]
+    cache = stats["cache.size"]
+    received = stats["metricsReceived"]
+    span = len(committed) * interval
+    committed_per_s = sum(committed.values()) / span if span else 0.0
+    received_per_s = sum(received.values()) / (len(received) * interval) if received else 0.0
+    growth = _slope(cache) * window
+    sender_ok = all(
+        s["error"] is None and s["late_ticks"] == 0 and s["ticks"] == ticks for s in sent
+    )
+    # Up to CACHE_GROWTH_TICKS ticks may legitimately sit in the cache at a window edge.
+    committed_ok = span > 0 and (
+        sum(committed.values()) >= COMMIT_RATIO * offered * span - CACHE_GROWTH_TICKS * offered
+    )
+    cache_ok = len(cache) >= 2 and growth <= CACHE_GROWTH_TICKS * offered
+    ppu = stats["pointsPerUpdate"]
+    return {
+        "servers": servers,
+        "offered_datapoints_per_s": offered,
+        "sent_datapoints_per_s": round(sum(s["points"] for s in sent) / ticks, 1),
+        "received_datapoints_per_s": round(received_per_s, 1),
+        "committed_datapoints_per_s": round(committed_per_s, 1),
+        "cache_size_first": min(cache.items())[1] if cache else None,
+        "cache_size_last": max(cache.items())[1] if cache else None,
+        "cache_size_max": max(cache.values()) if cache else None,
+        "cache_growth_over_window": round(growth, 1),
+        "points_per_update": round(sum(ppu.values()) / len(ppu), 2) if ppu else None,
+        "updates_per_s": round(sum(stats["updateOperations"].values()) / span, 1) if span else None,
+        "carbon_cpu_cores": round(cpu_cores, 3),
+        "carbon_rss_bytes": rss_max,
+        "sender_cpu_cores": round(sum(s["cpu_s"] for s in sent) / ticks, 3),
+        "sender_late_ticks": sum(s["late_ticks"] for s in sent),
+        "sender_max_tick_s": round(max(s["max_tick_s"] for s in sent), 3) if sent else None,
+        "sender_errors": [s["error"] for s in sent if s["error"]],
+        "sender_kept_pace": sender_ok,
+        "carbon_committed_ok": committed_ok,
+        "carbon_cache_ok": cache_ok,
+        "sustained": sender_ok and committed_ok and cache_ok,
+        "window_s": window,
+        "samples_in_window": len(committed),
+    }
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in ("carbon", "whisper", "Twisted"):
+        try:
+            out[dist.lower()] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist.lower()] = None
+    return out
+
+
+def measure_carbon(
+    servers_steps: list[int], hold_seconds: float = 60.0, workdir: Path | None = None
+) -> dict[str, Any]:
+    """Step the offered load up until carbon-cache no longer sustains it (see module doc).
+
+    workdir: where carbon's conf/storage go (a fresh subdirectory, kept for inspection);
+    by default a temp dir that is removed afterwards.
+    """
+    steps = sorted({int(n) for n in servers_steps if int(n) > 0})
+    if not steps:
+        raise ValueError("servers_steps needs at least one positive count")
+    if hold_seconds < 4:
+        raise ValueError("hold_seconds must be >= 4 (two carbon metric intervals)")
+    interval = 5 if hold_seconds >= 30 else 1
+    if workdir is None:
+        root = Path(tempfile.mkdtemp(prefix="carbon-baseline-"))
+        cleanup = True
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix="carbon-baseline-", dir=workdir))
+        cleanup = False
+    results: list[dict[str, Any]] = []
+    try:
+        for servers in steps:
+            step = _run_step(servers, hold_seconds, root, interval)
+            results.append(step)
+            print(json.dumps(step), file=sys.stderr, flush=True)
+            if not step["sustained"]:
+                break
+    finally:
+        if cleanup:
+            shutil.rmtree(root, ignore_errors=True)
+    best = max(
+        (s for s in results if s["sustained"]),
+        key=lambda s: s["offered_datapoints_per_s"],
+        default=None,
+    )
+    return {
+        "sustained_datapoints_per_s": best["offered_datapoints_per_s"] if best else 0,
+        "sustained_servers": best["servers"] if best else 0,
+        "cpu_cores": best["carbon_cpu_cores"] if best else None,
+        "rss_bytes": best["carbon_rss_bytes"] if best else None,
+        "hold_seconds": hold_seconds,
+        "carbon_metric_interval_s": interval,
+        "cpu_count": os.cpu_count(),
+        "steps": results,
+        "versions": _versions(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: print measure_carbon()'s result as JSON on stdout (per-step progress on stderr)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--steps",
+        default=",".join(map(str, DEFAULT_STEPS)),
+        help="comma-separated simulated server counts, ascending",
+    )
+    parser.add_argument("--hold", type=float, default=60.0, help="seconds per step")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep carbon's conf/storage/logs under this directory",
+    )
+    args = parser.parse_args(argv)
+    steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    print(json.dumps(measure_carbon(steps, args.hold, args.workdir), indent=2))
+
+
+if __name__ == "__main__":
+    main()
