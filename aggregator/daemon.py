@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,12 @@ from servertrack.common.batch import Batch, MalformedBatch
 from servertrack.common.buckets import Clock, iso_utc
 
 log = logging.getLogger(__name__)
+LAG_HISTORY = 600
+"""Batches (seconds) over which flush-lag percentiles are reported."""
+
+
+def _percentile(values: deque[float], percent: float) -> float | None:
+    return float(np.percentile(values, percent)) if values else None
 
 
 @dataclass(slots=True)
@@ -93,6 +99,8 @@ class AggregatorDaemon:
         self.last_batch_sent = 0.0
         self.last_batch_applied = 0.0
         self.flush_lag = 0.0
+        self.recent_lags: deque[float] = deque(maxlen=LAG_HISTORY)
+        self.recent_sizes: deque[int] = deque(maxlen=LAG_HISTORY)
         self.started = clock()
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
@@ -181,7 +189,9 @@ class AggregatorDaemon:
         self.receiver_counters = batch.counters
         self.last_batch_sent = batch.sent
         self.last_batch_applied = now
-        self.flush_lag = now - batch.sent
+        self.flush_lag = self.clock() - batch.sent
+        self.recent_lags.append(self.flush_lag)
+        self.recent_sizes.append(len(batch))
 
     def _fetch_names(self) -> None:
         try:
@@ -228,6 +238,11 @@ class AggregatorDaemon:
                 **self.counters,
                 "servers_tracked": self.store.server_count(),
                 "flush_lag_seconds": self.flush_lag,
+                "flush_lag_p50_seconds": _percentile(self.recent_lags, 50),
+                "flush_lag_p99_seconds": _percentile(self.recent_lags, 99),
+                "flush_lag_max_seconds": max(self.recent_lags, default=None),
+                "batch_size_last": self.recent_sizes[-1] if self.recent_sizes else 0,
+                "batch_size_max": max(self.recent_sizes, default=0),
                 "last_batch_age_seconds": now - self.last_batch_applied
                 if self.last_batch_applied
                 else None,

@@ -11,31 +11,40 @@ step of N servers offers 2*N datapoints/s. Two sender processes (one TCP connect
 ``sendall`` chunks. Timestamps are ``base + tick`` so every datapoint is unique.
 
 carbon-cache runs from the venv (``carbon-cache.py --config=... --nodaemon start``) with
-everything in a temp dir, listeners on free loopback ports only, ``MAX_CACHE_SIZE = inf``,
-``MAX_UPDATES_PER_SECOND = inf``, ``MAX_CREATES_PER_MINUTE = inf``, per-update logging off
-(as in carbon.conf.example), retentions ``60s:1h,1h:1d`` / average for the fed metrics.
-Each step gets a fresh carbon process; the whisper tree is kept across the steps of one run.
+everything in a temp dir, listeners on free loopback ports only (pickle and UDP receivers
+off), ``MAX_CACHE_SIZE``, ``MAX_UPDATES_PER_SECOND`` and ``MAX_CREATES_PER_MINUTE`` all
+``inf``, per-update logging off (as in carbon.conf.example), retentions ``60s:1h,1h:1d`` with
+average aggregation for the fed metrics. Each step gets a fresh carbon process; the whisper
+tree is kept across the steps of one run.
+
+Warm-up: creating a whisper file costs far more than updating one (~1 ms of carbon CPU on
+the 2-core dev VM), and a real fleet's files exist long before its steady state. So before
+each hold one tick of all N servers is sent and the step waits (bounded) until all 2*N files
+exist; the hold then measures steady-state updates only. ``warmup_s`` reports that time.
 
 Carbon's own instrumentation is the judge of "kept up": every ``CARBON_METRIC_INTERVAL``
-(5 s, or 2 s for holds under 30 s) it records ``carbon.agents.<host>-a.*`` into its cache.
-Those series get their own ``1s:1h`` schema so no record is overwritten, and are read back
-the way graphite-web does: whisper file merged with a ``cache-query-bulk`` on the cache
+(5 s; 1 s for holds under 30 s) it records ``carbon.agents.<host>-a.*`` into its cache.
+Those series get their own ``1s:1h`` schema so no record overwrites another, and are read
+back the way graphite-web does: whisper file merged with a ``cache-query-bulk`` on the cache
 query port (records not yet flushed to disk).
 
-Criterion (a step is *sustained* only if all hold), evaluated over the window made of the
-last ``min(30 s, hold/2)`` of the hold, which leaves the first half to warm-up (whisper
-file creation, connection set-up):
+Criterion. The window is the last ``W = min(30 s, hold/2)`` of the hold; the records used
+are those whose whole interval lies inside it (``span`` = their count * interval). A step is
+*sustained* only if all hold:
 
 1. senders kept pace: every 1-s tick's lines were fully sent before the next tick began,
    and no sender errored or fell behind by more than ``SENDER_GIVE_UP_S``;
-2. committed: sum(committedPoints) / window >= 0.98 * offered datapoints/s (2*N);
-3. cache not growing: least-squares slope of ``cache.size`` over the window, times the
-   window length, <= 2 ticks of points (4*N).
+2. all committed: sum(committedPoints) >= 0.98 * 2N * span - 2 ticks (4N) of points. The
+   2-tick allowance exists because carbon's writer sleeps 1 s whenever it empties the cache,
+   so up to ~2 ticks legitimately sit in memory at either window edge;
+3. cache not growing: least-squares slope of ``cache.size`` over the window, times W,
+   <= 2 ticks (4N) of points, with at least two samples.
 
 The sweep stops at the first step that is not sustained; ``sustained_datapoints_per_s`` is
 the offered rate of the highest sustained step. Carbon CPU is the psutil ``cpu_times``
 (user+system) delta over the hold divided by the hold's wall time (in cores); RSS is the max
-sampled every 0.5 s. Carbon's self-metrics add ~4 points/s to committedPoints (negligible).
+sampled every 0.5 s during the hold. Carbon's self-metrics add ~4 points/s to
+committedPoints (negligible).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import json
 import multiprocessing as mp
 import os
 import pickle
+import queue
 import random
 import shutil
 import signal
@@ -65,14 +75,17 @@ LOOPBACK = "127.0.0.1"
 METRIC_PREFIX = "servertrack"
 SENDERS = 2
 CHUNK_BYTES = 256 * 1024
+VALUE_POOL = 1009  # distinct pre-formatted values, cycled so lines differ tick to tick
 SENDER_GIVE_UP_S = 5.0  # a tick this late means carbon stopped reading; stop the sender
 START_DELAY_S = 3.0  # time for spawned senders to import and build their name tables
 COMMIT_RATIO = 0.98
-CACHE_GROWTH_TICKS = 2.0
+EDGE_TICKS = 2.0  # allowance, in ticks of points, for the cache's sawtooth at window edges
 MAX_WINDOW_S = 30.0
 CARBON_START_TIMEOUT_S = 30.0
+WARMUP_BASE_S = 30.0
+WARMUP_CREATES_PER_S = 300.0  # pessimistic; only bounds the warm-up wait
 STOP_TIMEOUT_S = 15.0
-DEFAULT_STEPS = (1000, 2500, 5000, 7500, 10000, 15000)
+DEFAULT_STEPS = (1000, 2500, 5000, 7500, 10000, 12500, 15000)
 SELF_STATS = (
     "cache.size",
     "committedPoints",
@@ -80,8 +93,6 @@ SELF_STATS = (
     "updateOperations",
     "pointsPerUpdate",
     "creates",
-    "cpuUsage",
-    "memUsage",
 )
 
 
@@ -140,7 +151,7 @@ WHISPER_AUTOFLUSH = False
 WHISPER_FALLOCATE_CREATE = True
 CARBON_METRIC_INTERVAL = {interval}
 """)
-    # First match wins: carbon's self-metrics at 1 s so no 5-s record overwrites another.
+    # First match wins: carbon's self-metrics at 1 s so no record overwrites another.
     (conf_dir / "storage-schemas.conf").write_text("""[carbon]
 pattern = ^carbon\\.
 retentions = 1s:1h
@@ -214,13 +225,45 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = STOP_TI
         proc.wait(timeout)
 
 
-# --------------------------------------------------------------------------- load senders
+# --------------------------------------------------------------------------- load
+
+
+def _server_name(i: int) -> str:
+    return f"{METRIC_PREFIX}.srv{i:06d}"
+
+
+class _Fleet:
+    """Pre-encoded line prefixes and values, so a tick costs one join per sender."""
+
+    def __init__(self, first: int, count: int) -> None:
+        rng = random.Random(first)
+        self.pool = [f"{rng.uniform(0.0, 100.0):.2f}".encode() for _ in range(VALUE_POOL)]
+        names = [_server_name(i) for i in range(first, first + count)]
+        self.cpu = [f"{n}.cpu ".encode() for n in names]
+        self.ram = [f"{n}.ram ".encode() for n in names]
+
+    def payload(self, tick: int, ts: int) -> bytes:
+        """One tick: a cpu and a ram line per server, all stamped ts."""
+        tail = b" %d\n" % ts
+        pool = self.pool
+        parts: list[bytes] = []
+        for i, (cpu, ram) in enumerate(zip(self.cpu, self.ram, strict=True)):
+            j = (i * 7 + tick) % VALUE_POOL
+            parts += (cpu, pool[j], tail, ram, pool[(j + 503) % VALUE_POOL], tail)
+        return b"".join(parts)
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    """sendall in CHUNK_BYTES pieces so the socket timeout bounds each piece."""
+    view = memoryview(data)
+    for off in range(0, len(view), CHUNK_BYTES):
+        sock.sendall(view[off : off + CHUNK_BYTES])
 
 
 def _sender_main(
     first: int, count: int, port: int, start_mono: float, base_ts: int, ticks: int, out: Any
 ) -> None:
-    """Child process: send `ticks` 1-s ticks of 2 datapoints for servers [first, first+count).
+    """Child process: send `ticks` 1-s ticks for servers [first, first+count).
 
     Runs in its own process so line formatting and socket writes do not share a GIL with
     the parent's monitoring. Reports one dict on `out`.
@@ -233,11 +276,7 @@ def _sender_main(
         "error": None,
         "cpu_s": 0.0,
     }
-    rng = random.Random(first)
-    pool = [f"{rng.uniform(0.0, 100.0):.2f}".encode() for _ in range(1009)]
-    names = [f"{METRIC_PREFIX}.srv{i:06d}" for i in range(first, first + count)]
-    cpu = [f"{n}.cpu ".encode() for n in names]
-    ram = [f"{n}.ram ".encode() for n in names]
+    fleet = _Fleet(first, count)
     sock = None
     try:
         sock = socket.create_connection((LOOPBACK, port), timeout=SENDER_GIVE_UP_S)
@@ -246,14 +285,7 @@ def _sender_main(
             delay = slot - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            tail = b" %d\n" % (base_ts + k)
-            parts: list[bytes] = []
-            for i in range(count):
-                j = (i * 7 + k) % 1009
-                parts += (cpu[i], pool[j], tail, ram[i], pool[(j + 503) % 1009], tail)
-            view = memoryview(b"".join(parts))
-            for off in range(0, len(view), CHUNK_BYTES):
-                sock.sendall(view[off : off + CHUNK_BYTES])
+            _send_all(sock, fleet.payload(k, base_ts + k))
             done = time.monotonic()
             result["ticks"] += 1
             result["points"] += 2 * count
@@ -271,6 +303,28 @@ def _sender_main(
         times = os.times()
         result["cpu_s"] = times.user + times.system
         out.put(result)
+
+
+def _warm_up(servers: int, port: int, data_dir: Path, timeout: float) -> float | None:
+    """Send one tick for every server and wait until carbon has created all 2N files.
+
+    Returns the seconds it took, or None if `timeout` passed first.
+    """
+    t0 = time.monotonic()
+    with socket.create_connection((LOOPBACK, port), timeout=SENDER_GIVE_UP_S) as sock:
+        _send_all(sock, _Fleet(0, servers).payload(0, int(time.time()) - 1))
+    missing = [
+        data_dir / METRIC_PREFIX / f"srv{i:06d}" / f"{kind}.wsp"
+        for i in range(servers)
+        for kind in ("cpu", "ram")
+    ]
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:  # bounded by timeout
+        missing = [p for p in missing if not p.exists()]
+        if not missing:
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    return None
 
 
 # --------------------------------------------------------------------------- carbon metrics
@@ -311,7 +365,7 @@ def _self_metric_prefix(data_dir: Path) -> str:
 def _read_self_metrics(
     data_dir: Path, query_port: int, since: float, until: float
 ) -> dict[str, dict[int, float]]:
-    """carbon's own records in [since, until], whisper on disk merged with its cache."""
+    """carbon's own records stamped in [since, until]: whisper on disk merged with cache."""
     import whisper  # bench extra; imported here so the module imports without it
 
     prefix = _self_metric_prefix(data_dir)
@@ -330,7 +384,8 @@ def _read_self_metrics(
         for ts, value in points:
             series[stat][int(ts)] = value
     return {
-        stat: {t: v for t, v in pts.items() if since <= t <= until} for stat, pts in series.items()
+        stat: dict(sorted((t, v) for t, v in pts.items() if since <= t <= until))
+        for stat, pts in series.items()
     }
 
 
@@ -349,21 +404,62 @@ def _slope(points: dict[int, float]) -> float:
 # --------------------------------------------------------------------------- one step
 
 
+def _stop_senders(senders: list[Any]) -> None:
+    """Join sender processes; SIGTERM then SIGKILL any that linger."""
+    for proc in senders:
+        proc.join(timeout=2.0)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=STOP_TIMEOUT_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=STOP_TIMEOUT_S)
+
+
+def _collect(results_q: Any, n: int, ticks: int) -> list[dict[str, Any]]:
+    """One result per sender; a sender that never reports counts as not keeping pace."""
+    sent: list[dict[str, Any]] = []
+    deadline = time.monotonic() + SENDER_GIVE_UP_S + 10.0
+    for _ in range(n):
+        try:
+            sent.append(results_q.get(timeout=max(0.1, deadline - time.monotonic())))
+        except queue.Empty:
+            sent.append(
+                {
+                    "error": "no result",
+                    "points": 0,
+                    "ticks": 0,
+                    "late_ticks": ticks,
+                    "max_tick_s": None,
+                    "cpu_s": 0.0,
+                }
+            )
+    return sent
+
+
 def _run_step(servers: int, hold: float, root: Path, interval: int) -> dict[str, Any]:
-    """Start carbon, offer `servers` samples/s for `hold` s, judge it, stop everything."""
+    """Start carbon, warm it up, offer `servers` samples/s for `hold` s, judge, stop all."""
     ticks = max(1, round(hold))
     window = min(MAX_WINDOW_S, ticks / 2)
     offered = 2 * servers
+    data_dir = root / "storage" / "whisper"
     line_port, query_port = _free_ports(2)
     conf = _write_config(root, line_port, query_port, interval)
     carbon: subprocess.Popen[bytes] | None = None
     senders: list[Any] = []
     ctx = mp.get_context("spawn")
     results_q = ctx.Queue()
+    base: dict[str, Any] = {"servers": servers, "offered_datapoints_per_s": offered}
     try:
         carbon = _start_carbon(root, conf, root / "storage" / "log" / "carbon-console.log")
         _wait_listening(carbon, line_port, CARBON_START_TIMEOUT_S)
         cproc = psutil.Process(carbon.pid)
+        warm_timeout = WARMUP_BASE_S + offered / WARMUP_CREATES_PER_S
+        warmup_s = _warm_up(servers, line_port, data_dir, warm_timeout)
+        base["warmup_s"] = None if warmup_s is None else round(warmup_s, 1)
+        if warmup_s is None:
+            return base | {"sustained": False, "error": f"warm-up over {warm_timeout:.0f}s"}
+
         start_mono = time.monotonic() + START_DELAY_S
         start_wall = time.time() + START_DELAY_S
         base_ts = int(start_wall)
@@ -389,79 +485,67 @@ def _run_step(servers: int, hold: float, root: Path, interval: int) -> dict[str,
             time.sleep(min(0.5, max(0.0, end_mono - time.monotonic())))
             rss_max = max(rss_max, cproc.memory_info().rss)
         cpu_cores = (sum(cproc.cpu_times()[:2]) - cpu0) / ticks
+        sent = _collect(results_q, len(senders), ticks)
 
-        sent: list[dict[str, Any]] = []
-        collect_deadline = time.monotonic() + SENDER_GIVE_UP_S + 10.0
-        for _ in senders:
-            try:
-                sent.append(results_q.get(timeout=max(0.1, collect_deadline - time.monotonic())))
-            except Exception:  # queue.Empty: a sender hung; judged as not keeping pace
-                sent.append(
-                    {
-                        "error": "no result",
-                        "points": 0,
-                        "late_ticks": ticks,
-                        "max_tick_s": float("nan"),
-                        "ticks": 0,
-                        "cpu_s": 0.0,
-                    }
-                )
-
-        # Records are stored at floor(time); one whose interval (t - interval, t] lies
-        # inside the window has floor(t) in [end - window + interval, end - 1].
-        # Let carbon emit the record that covers the end of the hold, then read them.
+        # Records are stamped floor(time); one whose interval (t - interval, t] lies inside
+        # the window has floor(t) in [end - W + interval, end - 1]. Wait for the record
+        # that covers the end of the hold, then read them.
         time.sleep(interval + 1.0)
         if carbon.poll() is not None:
             raise RuntimeError(f"carbon-cache died during the step (rc={carbon.returncode})")
         end_wall = start_wall + ticks
-        stats = _read_self_metrics(
-            root / "storage" / "whisper", query_port, end_wall - window + interval, end_wall - 1
-        )
+        stats = _read_self_metrics(data_dir, query_port, end_wall - window + interval, end_wall - 1)
     finally:
-        for proc in senders:
-            proc.join(timeout=2.0)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=STOP_TIMEOUT_S)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=STOP_TIMEOUT_S)
+        _stop_senders(senders)
         results_q.close()
         _stop_process(carbon)
+    return (
+        base
+        | _judge(stats, sent, offered, ticks, window, interval)
+        | {
+            "carbon_cpu_cores": round(cpu_cores, 3),
+            "carbon_rss_bytes": rss_max,
+        }
+    )
 
+
+def _judge(
+    stats: dict[str, dict[int, float]],
+    sent: list[dict[str, Any]],
+    offered: int,
+    ticks: int,
+    window: float,
+    interval: int,
+) -> dict[str, Any]:
+    """Apply the module docstring's criterion to one step's measurements."""
     committed = stats["committedPoints"]
     cache = stats["cache.size"]
     received = stats["metricsReceived"]
+    ppu = stats["pointsPerUpdate"]
     span = len(committed) * interval
-    committed_per_s = sum(committed.values()) / span if span else 0.0
-    received_per_s = sum(received.values()) / (len(received) * interval) if received else 0.0
     growth = _slope(cache) * window
     sender_ok = all(
         s["error"] is None and s["late_ticks"] == 0 and s["ticks"] == ticks for s in sent
     )
-    # Up to CACHE_GROWTH_TICKS ticks may legitimately sit in the cache at a window edge.
     committed_ok = span > 0 and (
-        sum(committed.values()) >= COMMIT_RATIO * offered * span - CACHE_GROWTH_TICKS * offered
+        sum(committed.values()) >= COMMIT_RATIO * offered * span - EDGE_TICKS * offered
     )
-    cache_ok = len(cache) >= 2 and growth <= CACHE_GROWTH_TICKS * offered
-    ppu = stats["pointsPerUpdate"]
+    cache_ok = len(cache) >= 2 and growth <= EDGE_TICKS * offered
+    tick_times = [s["max_tick_s"] for s in sent if s["max_tick_s"] is not None]
     return {
-        "servers": servers,
-        "offered_datapoints_per_s": offered,
         "sent_datapoints_per_s": round(sum(s["points"] for s in sent) / ticks, 1),
-        "received_datapoints_per_s": round(received_per_s, 1),
-        "committed_datapoints_per_s": round(committed_per_s, 1),
-        "cache_size_first": min(cache.items())[1] if cache else None,
-        "cache_size_last": max(cache.items())[1] if cache else None,
-        "cache_size_max": max(cache.values()) if cache else None,
+        "received_datapoints_per_s": round(sum(received.values()) / span, 1) if span else None,
+        "committed_datapoints_per_s": round(sum(committed.values()) / span, 1) if span else None,
+        "cache_size_samples": [int(v) for v in cache.values()],
         "cache_growth_over_window": round(growth, 1),
         "points_per_update": round(sum(ppu.values()) / len(ppu), 2) if ppu else None,
-        "updates_per_s": round(sum(stats["updateOperations"].values()) / span, 1) if span else None,
-        "carbon_cpu_cores": round(cpu_cores, 3),
-        "carbon_rss_bytes": rss_max,
+        "updates_per_s": (
+            round(sum(stats["updateOperations"].values()) / span, 1) if span else None
+        ),
+        "creates_in_window": int(sum(stats["creates"].values())),
         "sender_cpu_cores": round(sum(s["cpu_s"] for s in sent) / ticks, 3),
         "sender_late_ticks": sum(s["late_ticks"] for s in sent),
-        "sender_max_tick_s": round(max(s["max_tick_s"] for s in sent), 3) if sent else None,
+        "sender_max_tick_s": round(max(tick_times), 3) if tick_times else None,
         "sender_errors": [s["error"] for s in sent if s["error"]],
         "sender_kept_pace": sender_ok,
         "carbon_committed_ok": committed_ok,
@@ -490,14 +574,14 @@ def measure_carbon(
 ) -> dict[str, Any]:
     """Step the offered load up until carbon-cache no longer sustains it (see module doc).
 
-    workdir: where carbon's conf/storage go (a fresh subdirectory, kept for inspection);
-    by default a temp dir that is removed afterwards.
+    workdir: where carbon's conf/storage/logs go (a fresh subdirectory, kept for
+    inspection); by default a temp dir that is removed afterwards.
     """
     steps = sorted({int(n) for n in servers_steps if int(n) > 0})
     if not steps:
         raise ValueError("servers_steps needs at least one positive count")
-    if hold_seconds < 4:
-        raise ValueError("hold_seconds must be >= 4 (two carbon metric intervals)")
+    if hold_seconds < 6:
+        raise ValueError("hold_seconds must be >= 6 (the window needs two carbon records)")
     interval = 5 if hold_seconds >= 30 else 1
     if workdir is None:
         root = Path(tempfile.mkdtemp(prefix="carbon-baseline-"))
@@ -537,7 +621,7 @@ def measure_carbon(
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: print measure_carbon()'s result as JSON on stdout (per-step progress on stderr)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--steps",
         default=",".join(map(str, DEFAULT_STEPS)),
@@ -545,10 +629,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--hold", type=float, default=60.0, help="seconds per step")
     parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="keep carbon's conf/storage/logs under this directory",
+        "--workdir", type=Path, default=None, help="keep carbon's conf/storage/logs here"
     )
     args = parser.parse_args(argv)
     steps = [int(s) for s in args.steps.split(",") if s.strip()]

@@ -8,11 +8,24 @@ that are inside the windows at ``now``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
+import signal
 import socket
-from collections.abc import Iterable
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import psutil
 
 MINUTE = 60
 HOUR = 3600
@@ -106,3 +119,148 @@ def oracle_buckets(
         "minutes": _window(mine, now, MINUTE, MINUTES_SHOWN),
         "hours": _window(mine, now, HOUR, HOURS_SHOWN),
     }
+
+
+# -- real processes on loopback, for end-to-end tests and benchmarks ----------------------------
+STOP_DEADLINE = 15.0
+READY_DEADLINE = 30.0
+
+
+def servertrack_argv(*args: str) -> list[str]:
+    """The command line that runs ``servertrack ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "servertrack.common.cli", *args]
+
+
+def http_json(
+    method: str, url: str, body: Any = None, timeout: float = 5.0, raw: bytes | None = None
+) -> tuple[int, Any]:
+    """One HTTP request; returns the status and the decoded JSON body (or None)."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload, status = response.read(), response.status
+    except urllib.error.HTTPError as err:
+        payload, status = err.read(), err.code
+    return status, json.loads(payload) if payload else None
+
+
+def wait_until(predicate: Callable[[], Any], deadline: float, what: str, step: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; TimeoutError after ``deadline`` s."""
+    end = time.monotonic() + deadline
+    last_error: Exception | None = None
+    while time.monotonic() < end:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (OSError, urllib.error.URLError, ValueError) as err:
+            last_error = err
+        time.sleep(step)
+    raise TimeoutError(
+        f"timed out after {deadline} s waiting for {what} (last error: {last_error})"
+    )
+
+
+@dataclass
+class ChildProcess:
+    """A command started in its own session (so its whole group can be killed), logging to a
+    file; :meth:`stop` sends SIGTERM and waits, killing the group if it is too slow."""
+
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> ChildProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self, deadline: float = STOP_DEADLINE) -> float:
+        """SIGTERM and wait; returns the seconds it took, or raises TimeoutError after killing."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            return 0.0
+        began = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            raise TimeoutError(f"{self.argv[3:5]} did not stop within {deadline} s") from None
+        return time.monotonic() - began
+
+    def kill_group(self) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=STOP_DEADLINE)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class HostUnderTest:
+    """A running ``servertrack run`` on free loopback ports."""
+
+    process: ChildProcess
+    api_port: int
+    ingest_port: int
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def ingest(self) -> str:
+        return f"tcp://127.0.0.1:{self.ingest_port}"
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return http_json("GET", self.api + path)
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        return http_json("POST", self.api + path, body)
+
+    def child(self, name: str) -> psutil.Process:
+        """The child process running daemon ``name`` (receiver, aggregator, api, agent)."""
+        for child in psutil.Process(self.process.pid).children():
+            if f"servertrack.{name}" in " ".join(child.cmdline()):
+                return child
+        raise LookupError(f"no {name} child")
+
+
+def launch_host(workdir: Path, *extra: str, name: str = "host") -> HostUnderTest:
+    """Start ``servertrack run`` with free ports under ``workdir`` and wait until it is healthy."""
+    api_port, ingest_port = free_port(), free_port()
+    argv = servertrack_argv(
+        "run",
+        "--api-port",
+        str(api_port),
+        "--ingest-port",
+        str(ingest_port),
+        "--runtime-dir",
+        str(workdir / f"{name}-rt"),
+        *extra,
+    )
+    process = ChildProcess(argv, workdir / f"{name}.log").start()
+    host = HostUnderTest(process, api_port, ingest_port)
+    try:
+        wait_until(lambda: host.get("/health")[0] == 200, READY_DEADLINE, "the host to be healthy")
+    except TimeoutError:
+        process.stop()
+        raise
+    return host
