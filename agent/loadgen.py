@@ -174,11 +174,13 @@ class ZmqSender(Sender):
         buffer, width = wire.pack_many(self.block, stamps, cpu, ram, self.seq)
         self.seq += 1
         view = memoryview(buffer)
-        send = self.socket.send_multipart
-        fmt = wire.MSGPACK
+        # PERF: two plain sends with int flags cost ~0.5 µs; send_multipart ~2 µs.
+        send = self.socket.send
+        fmt, more = wire.MSGPACK, int(zmq.SNDMORE)
         try:
             for start in range(0, len(buffer), width):
-                send((fmt, view[start : start + width]))
+                send(fmt, more)
+                send(view[start : start + width])
         except zmq.Again as err:
             raise RuntimeError("the receiver took no samples for 30 s") from err
 
@@ -242,8 +244,13 @@ def get_json(api: str, path: str) -> tuple[int, Any]:
         connection.close()
 
 
-def receiver_totals(api: str) -> dict[str, int]:
+def receiver_totals(api: str, patience: float = 30.0) -> dict[str, int]:
+    """The receiver's and aggregator's running totals (waiting out a busy moment's 503)."""
+    deadline = time.monotonic() + patience
     status, stats = get_json(api, "/stats")
+    while status == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status, stats = get_json(api, "/stats")
     if status != 200:
         raise RuntimeError(f"/stats answered {status}")
     receiver = stats.get("receiver", {})

@@ -25,8 +25,11 @@ from servertrack.common.batch import Batch, MalformedBatch
 from servertrack.common.buckets import Clock, iso_utc
 
 log = logging.getLogger(__name__)
-LAG_HISTORY = 600
-"""Batches (seconds) over which flush-lag percentiles are reported."""
+APPLY_SLICE = 32_768
+"""Samples applied between two looks at the query socket, so a large batch (or the first sight
+of many servers) never holds a query for more than a few milliseconds."""
+LAG_HISTORY = 60
+"""Batches (one a second) over which flush-lag percentiles are reported: the last minute."""
 
 
 def _percentile(values: deque[float], percent: float) -> float | None:
@@ -102,6 +105,7 @@ class AggregatorDaemon:
         self.recent_lags: deque[float] = deque(maxlen=LAG_HISTORY)
         self.recent_sizes: deque[int] = deque(maxlen=LAG_HISTORY)
         self.started = clock()
+        self._query: zmq.Socket | None = None
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
         )
@@ -128,6 +132,7 @@ class AggregatorDaemon:
             log.info("aggregator stopped")
 
     def _loop(self, pull: zmq.Socket, query: zmq.Socket) -> None:
+        self._query = query
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(query, zmq.POLLIN)
@@ -145,10 +150,17 @@ class AggregatorDaemon:
                         self.counters["batch_errors"] += 1
                         log.exception("could not apply a batch")
             if query in ready:
-                for _ in range(256):
-                    if not query.poll(0, zmq.POLLIN):
-                        break
-                    rpc.serve_one(query, self.answer)
+                self.serve_queries()
+
+    def serve_queries(self) -> None:
+        """Answer the queries waiting now (also called between slices of a large batch)."""
+        query = self._query
+        if query is None:
+            return
+        for _ in range(256):
+            if not query.poll(0, zmq.POLLIN):
+                break
+            rpc.serve_one(query, self.answer)
 
     # -- batches ------------------------------------------------------------------------------
     def handle_batch(self, frames: list[bytes]) -> None:
@@ -180,9 +192,15 @@ class AggregatorDaemon:
         else:
             ts, cpu, ram = batch.ts, batch.cpu, batch.ram
         now = self.clock()
-        result = self.store.apply(rows, ts, cpu, ram, now)
-        self.counters["applied"] += result.applied
-        self.counters["expired"] += result.expired
+        for start in range(0, rows.size, APPLY_SLICE):
+            end = start + APPLY_SLICE
+            result = self.store.apply(
+                rows[start:end], ts[start:end], cpu[start:end], ram[start:end], now
+            )
+            self.counters["applied"] += result.applied
+            self.counters["expired"] += result.expired
+            if end < rows.size:
+                self.serve_queries()
         self.counters["batches"] += 1
         for server_id, ips, lost, duplicates, skew in batch.servers:
             ids.servers[server_id] = (ips, lost, duplicates, skew)
@@ -241,6 +259,7 @@ class AggregatorDaemon:
                 "flush_lag_p50_seconds": _percentile(self.recent_lags, 50),
                 "flush_lag_p99_seconds": _percentile(self.recent_lags, 99),
                 "flush_lag_max_seconds": max(self.recent_lags, default=None),
+                "flush_lag_recent_seconds": [round(lag, 4) for lag in self.recent_lags],
                 "batch_size_last": self.recent_sizes[-1] if self.recent_sizes else 0,
                 "batch_size_max": max(self.recent_sizes, default=0),
                 "last_batch_age_seconds": now - self.last_batch_applied

@@ -30,9 +30,12 @@ class ZmqBackend:
         aggregator_query: str,
         timeout: float = 0.5,
         context: zmq.Context | None = None,
+        record_timeout: float = 5.0,
     ) -> None:
         self.context = context or zmq.Context.instance()
-        self.receiver = rpc.ThreadLocalClients(self.context, receiver_control, timeout)
+        self.receiver = rpc.ThreadLocalClients(
+            self.context, receiver_control, timeout, record_timeout
+        )
         self.aggregator = rpc.ThreadLocalClients(self.context, aggregator_query, timeout)
 
     def record(self, samples: list[Sample]) -> dict[str, Any]:

@@ -30,7 +30,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         parser, "--aggregator-query", endpoints.AGGREGATOR_QUERY, "aggregator query endpoint"
     )
     add_option(
-        parser, "--backend-timeout", 0.5, "seconds to wait for the receiver/aggregator", float
+        parser,
+        "--backend-timeout",
+        0.5,
+        "seconds to wait for the receiver/aggregator to take a request (503 after that)",
+        float,
+    )
+    add_option(
+        parser,
+        "--record-timeout",
+        5.0,
+        "seconds the receiver may take to confirm a record it has taken (large batches)",
+        float,
     )
     return parser
 
@@ -45,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
     context = zmq.Context()
     try:
         backend = ZmqBackend(
-            args.receiver_control, args.aggregator_query, args.backend_timeout, context
+            args.receiver_control,
+            args.aggregator_query,
+            args.backend_timeout,
+            context,
+            record_timeout=args.record_timeout,
         )
         server = create_server(
             create_app(backend),

@@ -26,10 +26,15 @@ class Unavailable(RuntimeError):
 class RpcClient:
     """A REQ socket for one thread; ``call`` sends a msgpack request and waits for the reply."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, timeout: float) -> None:
+    def __init__(
+        self, context: zmq.Context, endpoint: str, timeout: float, reply_timeout: float = 0.0
+    ) -> None:
         self.context = context
         self.endpoint = endpoint
         self.timeout_ms = int(timeout * 1000)
+        """How long to wait for a peer to take the request (an absent peer fails here)."""
+        self.reply_timeout_ms = int(max(timeout, reply_timeout) * 1000)
+        """How long a peer that took the request may take to answer."""
         self.socket: zmq.Socket | None = None
 
     def _open(self) -> zmq.Socket:
@@ -48,13 +53,16 @@ class RpcClient:
             self.socket = self._open()
         try:
             self.socket.send(msgpack.packb(request))
-            if self.socket.poll(self.timeout_ms, zmq.POLLIN):
-                return self.socket.recv()
         except zmq.ZMQError as err:
             self.close()
-            raise Unavailable(f"{self.endpoint}: {err}") from err
+            raise Unavailable(f"{self.endpoint} is not reachable: {err}") from err
+        if self.socket.poll(self.reply_timeout_ms, zmq.POLLIN):
+            return self.socket.recv()
         self.close()
-        raise Unavailable(f"{self.endpoint} did not answer within {self.timeout_ms} ms")
+        raise Unavailable(
+            f"{self.endpoint} took the request but did not answer within "
+            f"{self.reply_timeout_ms} ms; it may still have been applied"
+        )
 
     def call(self, request: Any) -> Any:
         return msgpack.unpackb(self.call_raw(request))
@@ -68,10 +76,13 @@ class RpcClient:
 class ThreadLocalClients:
     """One :class:`RpcClient` per thread for an endpoint (ZeroMQ sockets are not thread-safe)."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, timeout: float) -> None:
+    def __init__(
+        self, context: zmq.Context, endpoint: str, timeout: float, reply_timeout: float = 0.0
+    ) -> None:
         self.context = context
         self.endpoint = endpoint
         self.timeout = timeout
+        self.reply_timeout = reply_timeout
         self._local = threading.local()
         self._all: list[RpcClient] = []
         self._lock = threading.Lock()
@@ -79,7 +90,7 @@ class ThreadLocalClients:
     def get(self) -> RpcClient:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = RpcClient(self.context, self.endpoint, self.timeout)
+            client = RpcClient(self.context, self.endpoint, self.timeout, self.reply_timeout)
             self._local.client = client
             with self._lock:
                 self._all.append(client)
