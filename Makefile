@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-faults lint bench clean
+.PHONY: help install run test test-faults lint bench bench-quick clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,17 @@ test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests
 lint: $(VENV)/.test-installed ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install -q -e '.[test,bench]'
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	touch $(VENV)/.installed $(VENV)/.test-installed $@
+
+bench: $(VENV)/.bench-installed ## Measure every figure side by side (~25 min); writes bench/results/
+	$(BIN)/python -m bench $(ARGS)
+
+bench-quick: $(VENV)/.bench-installed ## The same machinery with short holds (~5 min)
+	$(BIN)/python -m bench --quick $(ARGS)
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

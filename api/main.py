@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+from typing import Any
 
 import zmq
 from waitress.server import create_server
@@ -46,13 +47,27 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
+def make_server(app: Any, host: str, port: int, threads: int) -> Any:
+    """Waitress as ServerTrack runs it: a worker per concurrent client (waitress queues the rest
+    and collapses to a few hundred requests/s when it must), idle channels closed after 30 s."""
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # one warning per queued request
+    return create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        channel_timeout=30,
+        connection_limit=max(100, threads * 4),
+        ident="servertrack",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     context = zmq.Context()
     try:
         backend = ZmqBackend(
@@ -62,15 +77,7 @@ def run(args: argparse.Namespace) -> int:
             context,
             record_timeout=args.record_timeout,
         )
-        server = create_server(
-            create_app(backend),
-            host=args.host,
-            port=args.port,
-            threads=args.threads,
-            channel_timeout=30,
-            connection_limit=max(100, args.threads * 4),
-            ident="servertrack",
-        )
+        server = make_server(create_app(backend), args.host, args.port, args.threads)
         stop = threading.Event()
         serving = threading.Thread(target=server.run, name="waitress", daemon=True)
         log.info("api listening on http://%s:%s", args.host, server.effective_port)

@@ -30,17 +30,23 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from servertrack.api.main import make_server
+from servertrack.common.testing import (
+    ChildProcess,
+    free_port,
+    http_json,
+    launch_host,
+    wait_until,
+)
 
 HERE = Path(__file__).resolve().parent
 LUA_SCRIPT = HERE / "wrk" / "servertrack.lua"
@@ -58,72 +64,12 @@ COUNTER_SETTLE = 2.5
 LOOPBACK = frozenset({"127.0.0.1", "localhost"})
 
 
-# -- processes ------------------------------------------------------------------------------
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM, wait, then SIGKILL the process group: nothing we started outlives us."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=timeout)
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def check_loopback(url: str) -> str:
     """The URL without a trailing slash; refuses anything but loopback (we only load ourselves)."""
     host = urlsplit(url).hostname
     if host not in LOOPBACK:
         raise ValueError(f"refusing to send load to {url!r}: only 127.0.0.1 is allowed")
     return url.replace("://localhost", "://127.0.0.1").rstrip("/")
-
-
-def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-    """One small request with urllib (set-up and counters, never the measured load)."""
-    check_loopback(url)
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, payload = response.status, response.read()
-    except urllib.error.HTTPError as err:
-        status, payload = err.code, err.read()
-    try:
-        return status, json.loads(payload) if payload else None
-    except ValueError:
-        return status, payload.decode(errors="replace")
-
-
-def wait_healthy(url: str, process: subprocess.Popen[Any], deadline: float) -> None:
-    """Poll ``url`` until it answers 200; fail early if the process died."""
-    end = time.monotonic() + deadline
-    last: object = None
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            status, _ = http_json("GET", url, timeout=2.0)
-            if status == 200:
-                return
-            last = status
-        except OSError as err:
-            last = err
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {deadline} s (last: {last})")
 
 
 # -- wrk ------------------------------------------------------------------------------------
@@ -238,7 +184,9 @@ def run_wrk(
     try:
         out, err = process.communicate(timeout=duration + timeout_s + 60)
     finally:
-        stop_process(process)
+        if process.poll() is None:  # only after a timeout: wrk stops by itself
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
     if process.returncode != 0 or "Requests/sec" not in out:
         raise RuntimeError(f"wrk failed (exit {process.returncode}): {err.strip()}\n{out}")
     result = parse_wrk(out)
@@ -383,19 +331,8 @@ def serve_bare(port: int) -> int:
     """Serve :func:`bare_app` with api/main.py's waitress settings until SIGTERM."""
     import logging
 
-    from waitress.server import create_server
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    server = create_server(
-        bare_app,
-        host="127.0.0.1",
-        port=port,
-        threads=WAITRESS_THREADS,
-        channel_timeout=30,
-        connection_limit=max(100, WAITRESS_THREADS * 4),
-        ident="servertrack",
-    )
+    server = make_server(bare_app, "127.0.0.1", port, WAITRESS_THREADS)
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -417,21 +354,17 @@ def measure_bare_waitress(seconds: float, connections: int = 64) -> dict[str, An
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
         log_path = Path(tmp) / "waitress.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = ChildProcess(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(port)], log_path
+        ).start()
         try:
-            wait_healthy(url + "/", process, READY_TIMEOUT)
+            wait_until(lambda: http_json("GET", url + "/")[0] == 200, READY_TIMEOUT, "waitress")
             with lines_file(["/servers/bare/loads"]) as path:
                 result = run_wrk(url, ["get", path], seconds, connections)
             # Read before stopping: shutdown's "Canceling N pending task(s)" is not load trouble.
             result.update(what="bare waitress GET", server_warnings=_warnings(log_path))
         finally:
-            stop_process(process)
+            process.stop()
     return result
 
 
@@ -450,35 +383,11 @@ def _warnings(log_path: Path) -> list[str]:
 def private_host() -> Iterator[tuple[str, Path]]:
     """``servertrack run --no-agent`` on free loopback ports in a temp dir; stopped afterwards."""
     with tempfile.TemporaryDirectory(prefix="bench-host-") as tmp:
-        api_port, ingest_port = free_port(), free_port()
-        log_path = Path(tmp) / "host.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "servertrack.common.cli",
-            "run",
-            "--api-port",
-            str(api_port),
-            "--ingest-port",
-            str(ingest_port),
-            "--no-agent",
-            "--runtime-dir",
-            str(Path(tmp) / "rt"),
-        ]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        host = launch_host(Path(tmp), "--no-agent")
         try:
-            api = f"http://127.0.0.1:{api_port}"
-            wait_healthy(api + "/health", process, READY_TIMEOUT)
-            yield api, log_path
+            yield host.api, host.process.log_path
         finally:
-            stop_process(process)
+            host.process.stop()
 
 
 def run_all(api: str, what: list[str], seconds: float) -> dict[str, Any]:

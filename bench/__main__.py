@@ -1,0 +1,277 @@
+"""``make bench``: every figure side by side in one run, printed as Markdown and saved in
+``bench/results/``. Figures, not timed tests: nothing here fails on a slow machine.
+
+    python -m bench             # the full run (about 25 minutes on 2 cores)
+    python -m bench --quick     # short holds and few steps, to try the machinery
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from bench import http_bench, ingest
+from servertrack.agent.loadgen import send_fleet
+from servertrack.common.testing import launch_host
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FULL_STEPS = [50_000, 100_000, 125_000, 150_000, 175_000, 200_000, 250_000, 300_000]
+QUICK_STEPS = [50_000, 100_000]
+CARBON_FULL_STEPS = [1_000, 2_000, 4_000, 8_000, 12_000, 16_000, 24_000, 32_000]
+CARBON_QUICK_STEPS = [1_000, 2_000]
+GET_INGEST_RATE = 100_000
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {"python": platform.python_version(), "libzmq": zmq.zmq_version()}
+    for package in (
+        "pyzmq",
+        "msgpack",
+        "numpy",
+        "falcon",
+        "waitress",
+        "sortedcontainers",
+        "carbon",
+        "whisper",
+        "twisted",
+    ):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cores": os.cpu_count(),
+        "model": model,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "versions": versions,
+    }
+
+
+def rollups_figure(what: str, servers: int) -> dict[str, Any]:
+    """A figure from ``bench.rollups_bench`` run in a fresh process (clean RSS)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.rollups_bench", what, "--servers", str(servers)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _background_ingest(api: str, endpoint: str, seconds: float) -> None:
+    plan = ingest.plan_for(GET_INGEST_RATE, seconds, 2, api, endpoint, "bget")
+    send_fleet(plan)
+
+
+def http_figures(workdir: Path, seconds: float) -> dict[str, Any]:
+    """POST and GET through the real host; GET while ingest runs at 100k samples/s."""
+    http_bench.ensure_wrk()
+    figures: dict[str, Any] = {"bare": http_bench.measure_bare_waitress(seconds)}
+    host = launch_host(workdir, "--no-agent", name="http")
+    try:
+        figures["post_single"] = http_bench.measure_post_single(host.api, seconds)
+        figures["post_batch"] = http_bench.measure_post_batch(host.api, seconds)
+        names = http_bench.populate(host.api)
+        http_bench.wait_visible(host.api, names)
+        figures["get_idle"] = http_bench.measure_get(host.api, names, seconds)
+        feeder = multiprocessing.get_context("fork").Process(
+            target=_background_ingest, args=(host.api, host.ingest, seconds + 20)
+        )
+        feeder.start()
+        try:
+            time.sleep(10)  # past the first tick's registration of 100k servers
+            figures["get_under_ingest"] = http_bench.measure_get(host.api, names, seconds)
+        finally:
+            feeder.join(timeout=seconds + 180)
+            if feeder.is_alive():
+                feeder.kill()
+                feeder.join(timeout=10)
+        figures["bare_after"] = http_bench.measure_bare_waitress(seconds)
+    finally:
+        host.process.stop()
+    for value in figures.values():
+        value.pop("wrk_stderr", None)
+    return figures
+
+
+def carbon_figures(steps: list[int], hold: float, workdir: Path) -> dict[str, Any]:
+    try:
+        from bench.carbon_baseline import measure_carbon
+    except ImportError as err:  # the bench extra is not installed
+        return {"error": f"carbon is not installed ({err}); run `make bench`"}
+    try:
+        return measure_carbon(steps, hold_seconds=hold, workdir=workdir / "carbon")
+    except Exception as err:  # report, do not lose the rest of the run
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "**not met**"
+
+
+def table(results: dict[str, Any]) -> str:
+    st = results["ingest_servertrack"]["sustained_per_s"]
+    bare = results["ingest_bare"]["sustained_per_s"]
+    carbon = results["carbon"].get("sustained_datapoints_per_s")
+    apply_ms = results["apply"]["apply_ms_median"]
+    memory = results["memory"]
+    http = results["http"]
+    get_load = http["get_under_ingest"]
+    ceiling = max(http["bare"]["requests_per_s"], http["bare_after"]["requests_per_s"])
+    rows = [
+        (
+            "sustained ZeroMQ ingest, zero loss, generator on the same box (samples/s)",
+            "≥ 200,000",
+            f"{st:,}",
+            verdict(st, 200_000),
+        ),
+        ("bare pyzmq receive+decode ceiling, same generator (msgs/s)", "", f"{bare:,}", ""),
+        (
+            "ingest ÷ bare ceiling",
+            "≥ 0.5",
+            f"{st / bare:.2f}" if bare else "n/a",
+            verdict(st / bare if bare else None, 0.5),
+        ),
+        ("carbon-cache sustained (datapoints/s)", "", f"{carbon:,.0f}" if carbon else "n/a", ""),
+        (
+            "ServerTrack datapoints/s (2 per sample) ÷ carbon-cache",
+            "≥ 10",
+            f"{2 * st / carbon:.1f}" if carbon else "n/a",
+            verdict(2 * st / carbon if carbon else None, 10),
+        ),
+        (
+            "apply one 1 s batch of 200k samples (ms, median)",
+            "≤ 100",
+            f"{apply_ms}",
+            verdict(apply_ms, 100, False),
+        ),
+        (
+            "aggregator RSS per server, 100k servers, all buckets full (bytes)",
+            "≤ 4,096",
+            f"{memory['rss_bytes_per_server']:,}",
+            verdict(memory["rss_bytes_per_server"], 4096, False),
+        ),
+        (
+            "full gc.collect() in the aggregator (ms)",
+            "≤ 20",
+            f"{memory['gc_collect_ms_median']}",
+            verdict(memory["gc_collect_ms_median"], 20, False),
+        ),
+        (
+            "GET p99 at 64 connections while ingesting 100k samples/s (ms)",
+            "≤ 50",
+            f"{get_load['p99_ms']}",
+            verdict(get_load["p99_ms"], 50, False),
+        ),
+        (
+            "GET req/s (idle) ÷ bare-waitress ceiling",
+            "≥ 0.8",
+            f"{http['get_idle']['requests_per_s'] / ceiling:.2f}",
+            verdict(http["get_idle"]["requests_per_s"] / ceiling, 0.8),
+        ),
+        (
+            "POST /loads (samples/s)",
+            "≥ 100,000",
+            f"{http['post_batch']['samples_per_s']:,.0f}",
+            verdict(http["post_batch"]["samples_per_s"], 100_000),
+        ),
+        (
+            "POST /servers/{name}/loads (req/s, 64 connections)",
+            "",
+            f"{http['post_single']['requests_per_s']:,.0f}",
+            "",
+        ),
+        ("GET req/s while ingesting 100k samples/s", "", f"{get_load['requests_per_s']:,.0f}", ""),
+    ]
+    lines = ["| figure | target | measured | |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def report(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    parts = [
+        f"# ServerTrack bench, {results['date']}",
+        "",
+        f"Machine: {m['cores']} cores, {m['model']}, {m['memory_gib']} GiB, Linux "
+        f"{m['kernel']}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+        + f". Mode: {results['mode']}, hold {results['hold_s']} s per step.",
+        "",
+        table(results),
+        "",
+        "## Details",
+        "",
+        "```json",
+        json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1),
+        "```",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short holds, few steps")
+    parser.add_argument("--hold", type=float, help="seconds per ingest step (default 60)")
+    parser.add_argument("--publishers", type=int, default=2)
+    args = parser.parse_args(argv)
+    hold = args.hold or (15.0 if args.quick else 60.0)
+    steps = QUICK_STEPS if args.quick else FULL_STEPS
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": "quick" if args.quick else "full",
+        "hold_s": hold,
+        "machine": machine(),
+    }
+    with tempfile.TemporaryDirectory(prefix="servertrack-bench-") as tmp:
+        work = Path(tmp)
+        print("apply and memory ...", flush=True)
+        results["apply"] = rollups_figure("apply", 200_000)
+        results["memory"] = rollups_figure("memory", 100_000)
+        print("bare pyzmq ceiling ...", flush=True)
+        results["ingest_bare"] = ingest.sweep("bare", work, steps, hold, args.publishers)
+        print("ServerTrack ingest ...", flush=True)
+        results["ingest_servertrack"] = ingest.sweep(
+            "servertrack", work, steps, hold, args.publishers
+        )
+        print("carbon-cache ...", flush=True)
+        results["carbon"] = carbon_figures(
+            CARBON_QUICK_STEPS if args.quick else CARBON_FULL_STEPS, hold, work
+        )
+        print("HTTP ...", flush=True)
+        results["http"] = http_figures(work, 10.0 if args.quick else 20.0)
+    text = report(results)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
+    (RESULTS / f"{stamp}-{results['mode']}.md").write_text(text)
+    (RESULTS / "latest.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
