@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# promtool and prometheus for tests/test_metrics.py; Debian would start a service: keep it off
+	command -v promtool >/dev/null || { apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends prometheus && \
+	  { systemctl disable --now prometheus >/dev/null 2>&1 || true; }; }
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed ## Create .venv with ServerTrack installed (.venv/bin/servertrack)

@@ -7,6 +7,7 @@ import contextlib
 
 import zmq
 
+from servertrack.agent import curve
 from servertrack.agent.probe import PsutilProbe
 from servertrack.agent.publisher import Agent, AgentConfig
 from servertrack.common import wire
@@ -20,6 +21,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_option(parser, "--interval", 1.0, "seconds between samples", float)
     add_option(parser, "--name", None, "server name to report (default: this host's FQDN)")
     add_option(parser, "--format", "msgpack", "wire format", choices=sorted(wire.FORMATS))
+    add_option(
+        parser,
+        "--curve-secret",
+        None,
+        "this agent's CURVE secret key file (from servertrack keys); needs --server-key",
+    )
+    add_option(parser, "--server-key", None, "the receiver's CURVE public key file")
     return parser
 
 
@@ -30,7 +38,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    config = AgentConfig(args.connect, args.interval, args.name, args.format)
+    try:
+        if curve.check_flags(args.curve_secret, args.server_key):
+            curve.load_keys(args.curve_secret, args.server_key)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"servertrack agent: {err}") from None
+    config = AgentConfig(
+        args.connect,
+        args.interval,
+        args.name,
+        args.format,
+        curve_secret=args.curve_secret,
+        server_key=args.server_key,
+    )
     with zmq.Context() as context:
         agent = Agent(config, PsutilProbe(), context)
         with stop_on_signals(agent.stop), contextlib.suppress(KeyboardInterrupt):

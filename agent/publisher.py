@@ -11,6 +11,7 @@ from typing import Protocol
 
 import zmq
 
+from servertrack.agent import curve
 from servertrack.agent.probe import node_addresses
 from servertrack.common import wire
 from servertrack.common.buckets import Clock
@@ -35,13 +36,17 @@ class AgentConfig:
     name: str | None = None
     format: str = "msgpack"
     sndhwm: int = 1000
+    curve_secret: str | None = None
+    server_key: str | None = None
+    auth_retry: float = curve.AUTH_RETRY
 
 
 class Agent:
     """Publishes samples until ``stop`` is set. The PUB socket connects and reconnects by itself,
     so the agent keeps its schedule while the receiver is down: ZeroMQ queues up to ``sndhwm``
     samples and delivers them late; beyond that it drops the newest, and the receiver counts
-    them as lost from the seq gap."""
+    them as lost from the seq gap. With CURVE, a handshake the receiver refused is tried again
+    every ``auth_retry`` seconds (see :mod:`servertrack.agent.curve`)."""
 
     def __init__(
         self,
@@ -73,9 +78,13 @@ class Agent:
 
     def run(self) -> None:
         pub = self.context.socket(zmq.PUB)
+        retry = None
         try:
             pub.setsockopt(zmq.LINGER, 0)
             pub.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+            if curve.check_flags(self.config.curve_secret, self.config.server_key):
+                curve.apply_keys(pub, str(self.config.curve_secret), str(self.config.server_key))
+                retry = curve.HandshakeRetry(pub, self.config.connect, self.config.auth_retry)
             pub.connect(self.config.connect)
             log.info(
                 "agent %s publishing to %s every %.3g s",
@@ -84,10 +93,21 @@ class Agent:
                 self.config.interval,
             )
             ticker = Ticker(self.config.interval)
-            while not self.stop.wait(ticker.remaining()):
+            while not self.stop.wait(self._wait(ticker, retry)):
+                if retry is not None:
+                    retry.poll()
                 if ticker.due():
                     # A PUB socket never blocks: at the high-water mark it drops the message.
                     pub.send_multipart(wire.encode(self.sample(), self.config.format))
         finally:
+            if retry is not None:
+                retry.close()
             pub.close(linger=0)
             log.info("agent stopped after %d samples", self.seq)
+
+    @staticmethod
+    def _wait(ticker: Ticker, retry: curve.HandshakeRetry | None) -> float:
+        """Until the next sample, or shorter with CURVE so that a refused handshake is retried."""
+        if retry is None:
+            return ticker.remaining()
+        return min(ticker.remaining(), retry.retry / 2)

@@ -18,16 +18,21 @@ import msgpack
 import numpy as np
 import zmq
 
+from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import Rollups
+from servertrack.aggregator.snapshot import read_snapshot, write_snapshot
 from servertrack.aggregator.store import RollupStore
 from servertrack.common import rpc
 from servertrack.common.batch import Batch, MalformedBatch
 from servertrack.common.buckets import Clock, iso_utc
+from servertrack.common.lifecycle import Ticker
 
 log = logging.getLogger(__name__)
 APPLY_SLICE = 32_768
 """Samples applied between two looks at the query socket, so a large batch (or the first sight
 of many servers) never holds a query for more than a few milliseconds."""
+REPLAY_PAUSE = 2.0
+"""Seconds between two replay requests while a batch is missing."""
 LAG_HISTORY = 60
 """Batches (one a second) over which flush-lag percentiles are reported: the last minute."""
 
@@ -42,6 +47,8 @@ class AggregatorConfig:
     query: str = "ipc:///tmp/servertrack-query"
     receiver_control: str = "ipc:///tmp/servertrack-receiver-control"
     receiver_timeout: float = 1.0
+    snapshot: str | None = None
+    snapshot_interval: float = 30.0
 
 
 class ReceiverIds:
@@ -55,12 +62,19 @@ class ReceiverIds:
         self.evictions_seen = 0
         self.servers: dict[int, tuple[list[str], int, int, float]] = {}
 
-    def reset(self, epoch: str) -> None:
+    def reset(self, epoch: str) -> dict[str, tuple[int, int]]:
+        """Start a new receiver run; returns the finished run's (lost, duplicates) by name."""
+        finished = {
+            self.names[server_id]: (lost, duplicates)
+            for server_id, (_, lost, duplicates, _) in self.servers.items()
+            if server_id in self.names
+        }
         self.epoch = epoch
         self.names.clear()
         self.id_of.clear()
         self.servers.clear()
         self.rows = np.full(0, -1, np.int64)
+        return finished
 
     def learn(self, pairs: list[tuple[int, str]], store: RollupStore) -> None:
         if not pairs:
@@ -105,12 +119,19 @@ class AggregatorDaemon:
         self.recent_lags: deque[float] = deque(maxlen=LAG_HISTORY)
         self.recent_sizes: deque[int] = deque(maxlen=LAG_HISTORY)
         self.started = clock()
+        self.ledger = BatchLedger()
+        self.newest_number = -1
+        self.health_before: dict[str, tuple[int, int]] = {}
+        """Lost and duplicate counts of earlier receiver runs, by server name."""
+        self.snapshot_taken = 0.0
+        self.replay_asked = float("-inf")
         self._query: zmq.Socket | None = None
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
         )
 
     def run(self) -> None:
+        self.restore()
         pull = self.context.socket(zmq.PULL)
         query = None
         try:
@@ -123,8 +144,11 @@ class AggregatorDaemon:
                 self.config.batches,
                 self.config.query,
             )
+            if self.ledger.epoch is not None:
+                self.ask_replay()
             self._loop(pull, query)
         finally:
+            self.save_snapshot()
             self.receiver.close()
             for sock in (pull, query):
                 if sock is not None:
@@ -136,7 +160,12 @@ class AggregatorDaemon:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(query, zmq.POLLIN)
+        snapshots = Ticker(self.config.snapshot_interval)
         while not self.stop.is_set():
+            if snapshots.due():
+                self.save_snapshot()
+            if self.ledger.missing() and time.monotonic() - self.replay_asked > REPLAY_PAUSE:
+                self.ask_replay()
             ready = dict(poller.poll(timeout=200))
             if pull in ready:
                 try:
@@ -173,9 +202,15 @@ class AggregatorDaemon:
         self.apply(batch)
 
     def apply(self, batch: Batch) -> None:
+        if not self.ledger.admit(batch.epoch, batch.number):
+            self.counters["batches_already_applied"] += 1
+            return
         ids = self.ids
         if batch.epoch != ids.epoch:
-            ids.reset(batch.epoch)
+            for name, (lost, duplicates) in ids.reset(batch.epoch).items():
+                before = self.health_before.get(name, (0, 0))
+                self.health_before[name] = (before[0] + lost, before[1] + duplicates)
+            self.newest_number = -1
         ids.learn(batch.names, self.store)
         if ids.evictions_seen != self.store.evictions:
             ids.rebuild(self.store)
@@ -189,19 +224,28 @@ class AggregatorDaemon:
             self.counters["unknown_server"] += unknown
             log.warning("dropped %d samples from servers the receiver could not name", unknown)
             rows, ts, cpu, ram = rows[known], batch.ts[known], batch.cpu[known], batch.ram[known]
+            seq = batch.numbered()[known]
         else:
-            ts, cpu, ram = batch.ts, batch.cpu, batch.ram
+            ts, cpu, ram, seq = batch.ts, batch.cpu, batch.ram, batch.numbered()
         now = self.clock()
         for start in range(0, rows.size, APPLY_SLICE):
             end = start + APPLY_SLICE
             result = self.store.apply(
-                rows[start:end], ts[start:end], cpu[start:end], ram[start:end], now
+                rows[start:end],
+                ts[start:end],
+                cpu[start:end],
+                ram[start:end],
+                now,
+                seq[start:end],
             )
             self.counters["applied"] += result.applied
             self.counters["expired"] += result.expired
             if end < rows.size:
                 self.serve_queries()
         self.counters["batches"] += 1
+        if batch.number < self.newest_number:
+            return  # a re-sent batch: its totals are older than those already known
+        self.newest_number = batch.number
         for server_id, ips, lost, duplicates, skew in batch.servers:
             ids.servers[server_id] = (ips, lost, duplicates, skew)
         self.receiver_counters = batch.counters
@@ -210,6 +254,70 @@ class AggregatorDaemon:
         self.flush_lag = self.clock() - batch.sent
         self.recent_lags.append(self.flush_lag)
         self.recent_sizes.append(len(batch))
+
+    # -- recovery -----------------------------------------------------------------------------
+    def ask_replay(self) -> None:
+        """Ask the receiver to send again every retained batch after the last one applied."""
+        self.replay_asked = time.monotonic()
+        request = {"op": "replay", "epoch": self.ledger.epoch, "after": self.ledger.applied_upto}
+        try:
+            reply = self.receiver.call(request)
+        except rpc.Unavailable as err:
+            log.warning("cannot ask for a replay: %s", err)
+            return
+        if reply.get("epoch") != self.ledger.epoch:
+            return  # the receiver restarted: what it held of the old run is gone
+        gone = self.ledger.give_up_below(int(reply.get("first", 0)))
+        if gone:
+            self.counters["batches_lost"] += gone
+            log.warning("%d batches are no longer held by the receiver", gone)
+        self.counters["batches_replayed"] += int(reply.get("sent", 0))
+
+    def save_snapshot(self) -> None:
+        if not self.config.snapshot or not isinstance(self.store, Rollups):
+            return
+        meta = {
+            "ledger": self.ledger.to_dict(),
+            "receiver_names": sorted(self.ids.names.items()),
+            "servers": sorted((k, list(v)) for k, v in self.ids.servers.items()),
+            "health_before": self.health_before,
+            "counters": dict(self.counters),
+            "newest_number": self.newest_number,
+            "taken": self.clock(),
+        }
+        began = time.monotonic()
+        size = write_snapshot(self.config.snapshot, self.store, meta)
+        self.snapshot_taken = self.clock()
+        log.info(
+            "snapshot of %d servers written (%d bytes, %.3f s)",
+            self.store.server_count(),
+            size,
+            time.monotonic() - began,
+        )
+
+    def restore(self) -> None:
+        if not self.config.snapshot:
+            return
+        loaded = read_snapshot(self.config.snapshot, self.clock)
+        if loaded is None:
+            return
+        self.store, meta = loaded
+        self.ledger = BatchLedger.from_dict(meta["ledger"])
+        self.ids.epoch = self.ledger.epoch
+        self.ids.learn([(int(i), str(n)) for i, n in meta["receiver_names"]], self.store)
+        self.ids.evictions_seen = self.store.evictions
+        self.ids.servers = {int(k): tuple(v) for k, v in meta["servers"]}  # type: ignore[misc]
+        self.health_before = {k: tuple(v) for k, v in meta["health_before"].items()}
+        self.counters.update(meta["counters"])
+        self.newest_number = int(meta["newest_number"])
+        self.snapshot_taken = float(meta["taken"])
+        log.info(
+            "restored %d servers from %s (taken %.1f s ago), applied up to batch %d",
+            self.store.server_count(),
+            self.config.snapshot,
+            self.clock() - self.snapshot_taken,
+            self.ledger.applied_upto,
+        )
 
     def _fetch_names(self) -> None:
         try:
@@ -238,16 +346,25 @@ class AggregatorDaemon:
             return msgpack.packb({"status": 200, "body": json.dumps({"servers": servers}).encode()})
         if op == "stats":
             return msgpack.packb({"status": 200, "body": json.dumps(self.stats(now)).encode()})
+        if op == "sequences":
+            names, seqs, stamps = self.store.sequences()
+            return msgpack.packb({"names": names, "seq": seqs.tolist(), "ts": stamps.tolist()})
         if op == "ping":
             return msgpack.packb({"ok": True, "batch_age": now - self.last_batch_applied})
         return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
 
     def _server_health(self, name: str) -> dict[str, Any]:
+        lost, duplicates = self.health_before.get(name, (0, 0))
         known = self.ids.servers.get(self.ids.id_of.get(name, -1))
         if known is not None:
-            ips, lost, duplicates, skew = known
-            return {"ip": ips, "lost": lost, "duplicates": duplicates, "skew_seconds": skew}
-        return {"ip": [], "lost": 0, "duplicates": 0, "skew_seconds": None}
+            ips, now_lost, now_duplicates, skew = known
+            return {
+                "ip": ips,
+                "lost": lost + now_lost,
+                "duplicates": duplicates + now_duplicates,
+                "skew_seconds": skew,
+            }
+        return {"ip": [], "lost": lost, "duplicates": duplicates, "skew_seconds": None}
 
     def stats(self, now: float) -> dict[str, Any]:
         return {
@@ -262,6 +379,8 @@ class AggregatorDaemon:
                 "flush_lag_recent_seconds": [round(lag, 4) for lag in self.recent_lags],
                 "batch_size_last": self.recent_sizes[-1] if self.recent_sizes else 0,
                 "batch_size_max": max(self.recent_sizes, default=0),
+                "snapshot_age_seconds": now - self.snapshot_taken if self.snapshot_taken else None,
+                "applied_upto_batch": self.ledger.applied_upto,
                 "last_batch_age_seconds": now - self.last_batch_applied
                 if self.last_batch_applied
                 else None,

@@ -28,6 +28,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         endpoints.RECEIVER_CONTROL,
         "receiver control endpoint (to look up server names)",
     )
+    add_option(
+        parser,
+        "--snapshot",
+        None,
+        "file to snapshot the rollups to and restore from (none: memory only)",
+    )
+    add_option(parser, "--snapshot-interval", 30.0, "seconds between snapshots", float)
     return parser
 
 
@@ -37,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    config = AggregatorConfig(args.batches, args.query, args.receiver_control)
+    config = AggregatorConfig(
+        args.batches,
+        args.query,
+        args.receiver_control,
+        snapshot=args.snapshot,
+        snapshot_interval=args.snapshot_interval,
+    )
     with zmq.Context() as context:
         daemon = AggregatorDaemon(config, context=context)
         with stop_on_signals(daemon.stop), contextlib.suppress(KeyboardInterrupt):

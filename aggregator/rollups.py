@@ -159,6 +159,10 @@ class Rollups:
         self.minutes = Ring(MINUTE, MINUTE_WINDOW, capacity)
         self.hours = Ring(HOUR, HOUR_WINDOW, capacity)
         self.last_seen = np.full(capacity, -np.inf, np.float64)
+        self.last_seq = np.full(capacity, -1, np.int64)
+        self.last_seq_ts = np.full(capacity, -np.inf, np.float64)
+        """Each server's newest agent seq and its ts, so a restarted receiver can resume loss
+        counting where the previous one stopped."""
         self.row_of: dict[str, int] = {}
         self.name_of: list[str | None] = []
         self.free_rows: list[int] = []
@@ -187,9 +191,11 @@ class Rollups:
     def _grow(self, capacity: int) -> None:
         self.minutes.grow(capacity)
         self.hours.grow(capacity)
-        bigger = np.full(capacity, -np.inf, np.float64)
-        bigger[: self.capacity] = self.last_seen
-        self.last_seen = bigger
+        for name, empty in (("last_seen", -np.inf), ("last_seq", -1), ("last_seq_ts", -np.inf)):
+            old = getattr(self, name)
+            bigger = np.full(capacity, empty, old.dtype)
+            bigger[: self.capacity] = old
+            setattr(self, name, bigger)
         self.capacity = capacity
 
     # -- time ---------------------------------------------------------------------------------
@@ -225,6 +231,8 @@ class Rollups:
             del self.row_of[name]
             self.free_rows.append(row)
         self.last_seen[rows] = -np.inf
+        self.last_seq[rows] = -1
+        self.last_seq_ts[rows] = -np.inf
         self.evictions += 1
 
     # -- writes -------------------------------------------------------------------------------
@@ -235,8 +243,10 @@ class Rollups:
         cpu: np.ndarray,
         ram: np.ndarray,
         now: float | None = None,
+        seq: np.ndarray | None = None,
     ) -> ApplyResult:
         """Add samples given as parallel arrays (NaN = metric absent) for existing rows.
+        ``seq`` (-1 = none), in arrival order, updates each server's newest seq.
 
         Samples whose hour bucket is outside the window at ``now`` are not applied and are
         counted as ``expired``.
@@ -244,6 +254,8 @@ class Rollups:
         now = self.clock() if now is None else now
         moved = self._move_windows(now)
         rows = np.asarray(rows, dtype=np.int64)
+        if seq is not None:
+            self._note_seq(rows, np.asarray(ts, np.float64), np.asarray(seq, np.int64))
         ts = np.asarray(ts, dtype=np.float64)
         cpu = np.asarray(cpu, dtype=np.float64)
         ram = np.asarray(ram, dtype=np.float64)
@@ -268,6 +280,24 @@ class Rollups:
         if moved:  # only now: rows created for this batch have their last-seen time
             self._evict_silent(now)
         return ApplyResult(applied=int(rows.size), expired=expired)
+
+    def _note_seq(self, rows: np.ndarray, ts: np.ndarray, seq: np.ndarray) -> None:
+        numbered = seq >= 0
+        if not numbered.any():
+            return
+        rows, ts, seq = rows[numbered], ts[numbered], seq[numbered]
+        # The last occurrence of each row in arrival order is its newest sample.
+        unique, first_from_end = np.unique(rows[::-1], return_index=True)
+        last = rows.size - 1 - first_from_end
+        self.last_seq[unique] = seq[last]
+        self.last_seq_ts[unique] = ts[last]
+
+    def sequences(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Names with their newest seq and its ts, for servers that number their samples."""
+        used = len(self.name_of)
+        rows = np.flatnonzero(self.last_seq[:used] >= 0)
+        names = [self.name_of[row] or "" for row in rows.tolist()]
+        return names, self.last_seq[rows], self.last_seq_ts[rows]
 
     def record(
         self, name: str, ts: float, cpu: float | None, ram: float | None, now: float | None = None
@@ -325,3 +355,38 @@ class Rollups:
                 assert np.all(np.isinf(f[f"{metric}_min"][empty]))
                 full = ~empty
                 assert np.all(f[f"{metric}_min"][full] <= f[f"{metric}_max"][full])
+
+
+# -- snapshots ----------------------------------------------------------------------------------
+def rollup_arrays(rollups: Rollups) -> dict[str, np.ndarray]:
+    """Everything a :class:`Rollups` holds, as plain arrays (no pickles) for ``np.savez``."""
+    used = len(rollups.name_of)
+    arrays: dict[str, np.ndarray] = {
+        name: getattr(rollups, name)[:used] for name in ("last_seen", "last_seq", "last_seq_ts")
+    }
+    for label, ring in (("minutes", rollups.minutes), ("hours", rollups.hours)):
+        arrays[f"{label}.bucket_of_slot"] = ring.bucket_of_slot
+        arrays[f"{label}.current"] = np.array([ring.current], np.int64)
+        for name, array in ring.fields.items():
+            arrays[f"{label}.{name}"] = array[:used]
+    names = "\n".join(name or "" for name in rollups.name_of).encode()
+    arrays["names"] = np.frombuffer(names, np.uint8)
+    return arrays
+
+
+def restore_rollups(arrays: dict[str, np.ndarray], clock: Clock = time.time) -> Rollups:
+    """A :class:`Rollups` equal to the one :func:`rollup_arrays` was taken from."""
+    raw = bytes(arrays["names"])
+    names: list[str | None] = [name or None for name in raw.decode().split("\n")] if raw else []
+    rollups = Rollups(clock, capacity=max(1024, len(names)))
+    for label, ring in (("minutes", rollups.minutes), ("hours", rollups.hours)):
+        ring.bucket_of_slot[:] = arrays[f"{label}.bucket_of_slot"]
+        ring.current = int(arrays[f"{label}.current"][0])
+        for name, array in ring.fields.items():
+            array[: len(names)] = arrays[f"{label}.{name}"]
+    for name in ("last_seen", "last_seq", "last_seq_ts"):
+        getattr(rollups, name)[: len(names)] = arrays[name]
+    rollups.name_of = names
+    rollups.row_of = {name: row for row, name in enumerate(names) if name is not None}
+    rollups.free_rows = [row for row, name in enumerate(names) if name is None]
+    return rollups

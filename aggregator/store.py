@@ -23,7 +23,10 @@ class RollupStore(Protocol):
         cpu: np.ndarray,
         ram: np.ndarray,
         now: float | None = None,
+        seq: np.ndarray | None = None,
     ) -> ApplyResult: ...
+
+    def sequences(self) -> tuple[list[str], np.ndarray, np.ndarray]: ...
 
     def view(self, name: str, now: float | None = None) -> dict[str, Any] | None: ...
 

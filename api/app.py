@@ -8,7 +8,10 @@ from typing import Any
 
 import falcon
 
+from servertrack.api.auth import TokenAuth
 from servertrack.api.backend import Backend, Unavailable
+from servertrack.api.metrics import MetricsResource, make_registry
+from servertrack.api.openapi import OpenApiResource, build_document
 from servertrack.common.buckets import Clock, time_verdict
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
 
@@ -238,15 +241,34 @@ def _http_error(
         resp.set_headers(err.headers)
 
 
-def create_app(backend: Backend, clock: Clock = time.time) -> falcon.App:
-    """The WSGI app over ``backend``; ``clock`` decides the default ts and the time window."""
+def create_app(
+    backend: Backend,
+    clock: Clock = time.time,
+    record_token: str | None = None,
+    read_token: str | None = None,
+) -> falcon.App:
+    """The WSGI app over ``backend``; ``clock`` decides the default ts and the time window.
+
+    ``record_token`` / ``read_token``, when given, are the bearer tokens POST and GET requests
+    need (``/health`` and ``/openapi.json`` stay open).
+    """
     app = falcon.App()
+    if record_token or read_token:
+        app.add_middleware(TokenAuth(record_token, read_token))
     intake = Intake(clock)
     app.add_route("/servers/{name}/loads", ServerLoads(backend, intake))
     app.add_route("/loads", Loads(backend, intake))
     app.add_route("/servers", Passthrough(backend, "servers"))
     app.add_route("/stats", Passthrough(backend, "stats"))
     app.add_route("/health", Health(backend))
+    app.add_route("/metrics", MetricsResource(make_registry(backend)))
+    document = build_document(
+        max_batch=MAX_BATCH,
+        max_body=MAX_BODY,
+        record_auth=bool(record_token),
+        read_auth=bool(read_token),
+    )
+    app.add_route("/openapi.json", OpenApiResource(document))
     app.add_sink(_unrouted_server_path, r"^/servers/.+")
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(BadInput, _bad_input)

@@ -11,6 +11,7 @@ import zmq
 from waitress.server import create_server
 
 from servertrack.api.app import create_app
+from servertrack.api.auth import TokenFileError, read_token_file
 from servertrack.api.backend import ZmqBackend
 from servertrack.common import endpoints
 from servertrack.common.config import add_option, setup_logging
@@ -44,7 +45,38 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "seconds the receiver may take to confirm a record it has taken (large batches)",
         float,
     )
+    add_option(
+        parser,
+        "--token-file",
+        None,
+        "file whose first line is the bearer token POST requests need (default: none needed)",
+    )
+    add_option(
+        parser,
+        "--read-token-file",
+        None,
+        "file whose first line is the bearer token GET requests need (/health and "
+        "/openapi.json stay open; default: none needed)",
+    )
     return parser
+
+
+def read_tokens(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The record and read tokens; exits with a message when a token file is given but unusable.
+
+    Paths, not tokens, are passed on the command line, so ``ps`` never shows a token.
+    """
+    try:
+        record = read_token_file(args.token_file) if args.token_file else None
+        read = read_token_file(args.read_token_file) if args.read_token_file else None
+    except TokenFileError as err:
+        raise SystemExit(f"servertrack api: {err}") from err
+    log.info(
+        "bearer token needed for records: %s, for reads: %s",
+        "yes" if record else "no",
+        "yes" if read else "no",
+    )
+    return record, read
 
 
 def make_server(app: Any, host: str, port: int, threads: int) -> Any:
@@ -68,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
+    record_token, read_token = read_tokens(args)
     context = zmq.Context()
     try:
         backend = ZmqBackend(
@@ -77,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             context,
             record_timeout=args.record_timeout,
         )
-        server = make_server(create_app(backend), args.host, args.port, args.threads)
+        app = create_app(backend, record_token=record_token, read_token=read_token)
+        server = make_server(app, args.host, args.port, args.threads)
         stop = threading.Event()
         serving = threading.Thread(target=server.run, name="waitress", daemon=True)
         log.info("api listening on http://%s:%s", args.host, server.effective_port)

@@ -30,7 +30,7 @@ from servertrack.common.testing import launch_host
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_STEPS = [50_000, 100_000, 125_000, 150_000, 175_000, 200_000, 250_000, 300_000]
 QUICK_STEPS = [50_000, 100_000]
-CARBON_FULL_STEPS = [1_000, 2_000, 4_000, 8_000, 12_000, 16_000, 24_000, 32_000]
+CARBON_FULL_STEPS = [5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000]
 CARBON_QUICK_STEPS = [1_000, 2_000]
 GET_INGEST_RATE = 100_000
 

@@ -14,8 +14,9 @@ carbon-cache runs from the venv (``carbon-cache.py --config=... --nodaemon start
 everything in a temp dir, listeners on free loopback ports only (pickle and UDP receivers
 off), ``MAX_CACHE_SIZE``, ``MAX_UPDATES_PER_SECOND`` and ``MAX_CREATES_PER_MINUTE`` all
 ``inf``, per-update logging off (as in carbon.conf.example), retentions ``60s:1h,1h:1d`` with
-average aggregation for the fed metrics. Each step gets a fresh carbon process; the whisper
-tree is kept across the steps of one run.
+average aggregation for the fed metrics (so whisper keeps the last of each minute's 60
+samples, not their mean; carbon still performs every write). Each step gets a fresh carbon
+process; the whisper tree is kept across the steps of one run.
 
 Warm-up: creating a whisper file costs far more than updating one (~1 ms of carbon CPU on
 the 2-core dev VM), and a real fleet's files exist long before its steady state. So before
@@ -100,7 +101,7 @@ CARBON_START_TIMEOUT_S = 30.0
 WARMUP_BASE_S = 30.0
 WARMUP_CREATES_PER_S = 300.0  # pessimistic; only bounds the warm-up wait
 STOP_TIMEOUT_S = 15.0
-DEFAULT_STEPS = (2500, 5000, 10000, 15000, 20000, 25000)
+DEFAULT_STEPS = (5000, 10000, 20000, 25000, 30000, 35000, 40000)
 SELF_STATS = (
     "cache.size",
     "committedPoints",

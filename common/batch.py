@@ -1,7 +1,8 @@
 """Receiver → aggregator batch: one multipart message per second, columns as raw arrays.
 
-Frames: ``[b"batch", header, ids, ts, cpu, ram]``. The header is a msgpack map; the four columns
-are little-endian ``int32``/``float64`` arrays of equal length (NaN = metric absent). Ids are the
+Frames: ``[b"batch", header, ids, ts, cpu, ram, seq]``. The header is a msgpack map; the columns
+are little-endian ``int32``/``float64``/``int64`` arrays of equal length (NaN = metric absent,
+seq -1 = none). Ids are the
 receiver's own server numbers; ``names`` announces the ids first seen in this batch (or all of
 them when ``full_names``), so the common case carries no strings at all.
 """
@@ -17,6 +18,7 @@ import numpy as np
 KIND = b"batch"
 ID_DTYPE = np.dtype("<i4")
 VALUE_DTYPE = np.dtype("<f8")
+SEQ_DTYPE = np.dtype("<i8")
 
 
 class MalformedBatch(ValueError):
@@ -32,6 +34,7 @@ class Batch:
     ts: np.ndarray
     cpu: np.ndarray
     ram: np.ndarray
+    seq: np.ndarray = field(default_factory=lambda: np.empty(0, SEQ_DTYPE))
     names: list[tuple[int, str]] = field(default_factory=list)
     full_names: bool = False
     servers: list[tuple[int, list[str], int, int, float]] = field(default_factory=list)
@@ -41,6 +44,10 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.ids.size)
+
+    def numbered(self) -> np.ndarray:
+        """The seq column, all -1 when the batch was built without one."""
+        return self.seq if self.seq.size == self.ids.size else np.full(self.ids.size, -1)
 
     def encode(self) -> list[bytes]:
         header = {
@@ -59,16 +66,18 @@ class Batch:
             np.ascontiguousarray(self.ts, VALUE_DTYPE).tobytes(),
             np.ascontiguousarray(self.cpu, VALUE_DTYPE).tobytes(),
             np.ascontiguousarray(self.ram, VALUE_DTYPE).tobytes(),
+            np.ascontiguousarray(self.numbered(), SEQ_DTYPE).tobytes(),
         ]
 
     @classmethod
     def decode(cls, frames: list[bytes]) -> Batch:
-        if len(frames) != 6 or bytes(frames[0]) != KIND:
-            raise MalformedBatch(f"expected 6 frames starting with {KIND!r}")
+        if len(frames) != 7 or bytes(frames[0]) != KIND:
+            raise MalformedBatch(f"expected 7 frames starting with {KIND!r}")
         try:
             header = msgpack.unpackb(frames[1])
             ids = np.frombuffer(frames[2], ID_DTYPE)
-            columns = [np.frombuffer(frame, VALUE_DTYPE) for frame in frames[3:]]
+            columns = [np.frombuffer(frame, VALUE_DTYPE) for frame in frames[3:6]]
+            columns.append(np.frombuffer(frames[6], SEQ_DTYPE))
             if any(column.size != ids.size for column in columns):
                 raise ValueError("batch columns differ in length")
             return cls(
@@ -79,6 +88,7 @@ class Batch:
                 ts=columns[0],
                 cpu=columns[1],
                 ram=columns[2],
+                seq=columns[3],
                 names=[(int(i), str(n)) for i, n in header["names"]],
                 full_names=bool(header["full_names"]),
                 servers=[

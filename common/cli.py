@@ -16,6 +16,7 @@ COMMANDS = {
     "aggregator": ("servertrack.aggregator.main", "per-server rollups and queries"),
     "api": ("servertrack.api.main", "the HTTP API on waitress"),
     "loadgen": ("servertrack.agent.loadgen", "simulate a fleet and check the answers"),
+    "keys": ("servertrack.common.keys", "generate a CURVE key pair"),
 }
 
 

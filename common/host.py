@@ -19,8 +19,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from servertrack.agent.curve import load_keys
+from servertrack.api.auth import TokenFileError, read_token_file
 from servertrack.common.config import add_option, add_switch, setup_logging
 from servertrack.common.lifecycle import stop_on_signals
+from servertrack.receiver import curve
 
 log = logging.getLogger("servertrack.host")
 STOP_GRACE = 10.0
@@ -57,11 +60,43 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_switch(parser, "--no-agent", "do not start a local agent")
     add_switch(parser, "--accept-pickle", "receiver: also accept the legacy pickle.gz format")
     add_option(parser, "--retention", 300.0, "receiver: seconds of batches kept for replay", float)
+    add_option(
+        parser,
+        "--data-dir",
+        None,
+        "aggregator: where its snapshot lives (default ~/.local/state/servertrack/port-<api "
+        "port>; '' for no snapshots)",
+    )
+    add_option(parser, "--snapshot-interval", 30.0, "aggregator: seconds between snapshots", float)
     add_option(parser, "--threads", 64, "api: waitress worker threads", int)
+    add_option(
+        parser, "--token-file", None, "api: file holding the bearer token POST requests need"
+    )
+    add_option(
+        parser,
+        "--read-token-file",
+        None,
+        "api: file holding the bearer token GET requests need (not /health, /openapi.json)",
+    )
     add_option(parser, "--agent-interval", 1.0, "agent: seconds between samples", float)
     add_option(parser, "--agent-name", None, "agent: server name (default: this host's FQDN)")
     add_option(
         parser, "--agent-format", "msgpack", "agent: wire format", choices=["msgpack", "pickle.gz"]
+    )
+    add_option(
+        parser,
+        "--curve-secret",
+        None,
+        "receiver: CURVE secret key file; with --authorized-keys, only listed agents get in",
+    )
+    add_option(
+        parser, "--authorized-keys", None, "receiver: directory of the agents' public key files"
+    )
+    add_option(
+        parser,
+        "--agent-curve-secret",
+        None,
+        "agent: its CURVE secret key file (needed with --curve-secret unless --no-agent)",
     )
     add_option(
         parser,
@@ -71,6 +106,23 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "private temporary directory, removed at exit)",
     )
     return parser
+
+
+def snapshot_args(args: argparse.Namespace) -> list[str]:
+    """The aggregator's snapshot flags: a file under the data directory, one per API port so
+    that hosts side by side keep theirs apart."""
+    data_dir = args.data_dir
+    if data_dir == "":
+        return []
+    if data_dir is None:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        data_dir = os.path.join(state, "servertrack", f"port-{args.api_port}")
+    return [
+        "--snapshot",
+        os.path.join(data_dir, "aggregator.npz"),
+        "--snapshot-interval",
+        str(args.snapshot_interval),
+    ]
 
 
 def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
@@ -88,11 +140,51 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
         control,
         "--aggregator",
         batches,
+        "--aggregator-query",
+        query,
         "--retention",
         str(args.retention),
     ]
     if args.accept_pickle:
         receiver.append("--accept-pickle")
+    agent_curve = []
+    try:  # refuse here rather than restart a receiver or an agent that cannot start, forever
+        if curve.check_flags(args.curve_secret, args.authorized_keys):
+            curve.check_config(args.curve_secret, args.authorized_keys)
+            receiver += ["--curve-secret", os.path.abspath(args.curve_secret)]
+            receiver += ["--authorized-keys", os.path.abspath(args.authorized_keys)]
+            if not args.no_agent:
+                if not args.agent_curve_secret:
+                    raise curve.CurveConfigError(
+                        "with --curve-secret the local agent needs --agent-curve-secret "
+                        "(or use --no-agent)"
+                    )
+                # The agent gets the receiver's public key only, written next to the sockets.
+                server_key = os.path.join(runtime_dir, "receiver.key")
+                curve.write_public_key(args.curve_secret, server_key)
+                agent_public = load_keys(args.agent_curve_secret, server_key)[0]
+                if agent_public not in curve.AuthorizedKeys(args.authorized_keys).keys:
+                    log.warning(
+                        "the local agent's public key is not in %s: copy its .key file there",
+                        args.authorized_keys,
+                    )
+                agent_curve = ["--curve-secret", os.path.abspath(args.agent_curve_secret)]
+                agent_curve += ["--server-key", server_key]
+        elif args.agent_curve_secret:
+            raise curve.CurveConfigError("--agent-curve-secret needs --curve-secret")
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"servertrack run: {err}") from err
+    api_tokens = []
+    for flag, path in (
+        ("--token-file", args.token_file),
+        ("--read-token-file", args.read_token_file),
+    ):
+        if path:
+            try:  # refuse here rather than restart an api that cannot start, forever
+                read_token_file(path)
+            except TokenFileError as err:
+                raise SystemExit(f"servertrack run: {err}") from err
+            api_tokens += [flag, os.path.abspath(path)]
     children = [
         Child(
             "aggregator",
@@ -105,6 +197,7 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 query,
                 "--receiver-control",
                 control,
+                *snapshot_args(args),
             ],
         ),
         Child("receiver", receiver),
@@ -123,6 +216,7 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 control,
                 "--aggregator-query",
                 query,
+                *api_tokens,
             ],
         ),
     ]
@@ -140,7 +234,7 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
         ]
         if args.agent_name:
             agent += ["--name", args.agent_name]
-        children.append(Child("agent", agent))
+        children.append(Child("agent", agent + agent_curve))
     return children
 
 
@@ -192,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
+    if args.data_dir != "" and args.retention <= args.snapshot_interval:
+        raise SystemExit(
+            "--retention must be longer than --snapshot-interval, or a crash between "
+            "two snapshots could lose batches the receiver no longer holds"
+        )
     own_dir = args.runtime_dir is None
     runtime_dir = tempfile.mkdtemp(prefix="servertrack-") if own_dir else args.runtime_dir
     os.makedirs(runtime_dir, mode=0o700, exist_ok=True)

@@ -254,6 +254,8 @@ def launch_host(workdir: Path, *extra: str, name: str = "host") -> HostUnderTest
         str(ingest_port),
         "--runtime-dir",
         str(workdir / f"{name}-rt"),
+        "--data-dir",
+        str(workdir / f"{name}-data"),
         *extra,
     )
     process = ChildProcess(argv, workdir / f"{name}.log").start()

@@ -16,12 +16,15 @@ from servertrack.common.buckets import Clock
 from servertrack.common.lifecycle import Ticker
 from servertrack.common.sample import InvalidSample, make_sample
 from servertrack.common.wire import MAX_PAYLOAD, MSGPACK
+from servertrack.receiver import curve
 from servertrack.receiver.state import ReceiverState
 
 log = logging.getLogger(__name__)
 
 DRAIN_LIMIT = 4096
 """Messages read per wake-up before looking at the other sockets and the clock again."""
+RESUME_PATIENCE = 3.0
+"""Seconds a starting receiver keeps asking the aggregator for sequence numbers."""
 MAX_FRAMES = 8
 """Frames of one message kept for the decoder (which refuses any count but 2)."""
 
@@ -36,6 +39,10 @@ class ReceiverConfig:
     retention: float = 300.0
     rcvhwm: int = 1_000_000
     batch_hwm: int = 8
+    curve_secret: str | None = None
+    authorized_keys: str | None = None
+    aggregator_query: str | None = None
+    """Where to ask, at start, for each server's newest seq (see :meth:`resume`)."""
 
 
 class ReceiverDaemon:
@@ -54,28 +61,33 @@ class ReceiverDaemon:
             clock, accept_pickle=config.accept_pickle, retention=config.retention
         )
         self.stop = threading.Event()
+        self._push: zmq.Socket | None = None
 
     def run(self) -> None:
         ctx = self.context
         sub = ctx.socket(zmq.SUB)
-        control = push = None
+        control = push = auth = None
         try:
+            auth = curve.secure(sub, self.config.curve_secret, self.config.authorized_keys)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
             sub.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD + 256)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self.resume()
             sub.bind(self.config.bind)
             control = rpc.bind_router(ctx, self.config.control)
             push = ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
             push.setsockopt(zmq.SNDHWM, self.config.batch_hwm)
             push.connect(self.config.aggregator)
+            self._push = push
             log.info("receiver listening on %s", self.config.bind)
             self._loop(sub, control, push)
         finally:
             for sock in (sub, control, push):
                 if sock is not None:
                     sock.close(linger=0)
+            curve.stop(auth)
             log.info("receiver stopped")
 
     def _loop(self, sub: zmq.Socket, control: zmq.Socket, push: zmq.Socket) -> None:
@@ -127,6 +139,30 @@ class ReceiverDaemon:
                 more = recv(zmq.NOBLOCK, copy=False).more
             state.offer_frames(frames, now)
 
+    def resume(self) -> None:
+        """Before agents are let in, take each server's newest seq from the aggregator, so that
+        what agents sent while no receiver ran is counted as lost. Gives up after
+        ``RESUME_PATIENCE`` seconds (then servers start afresh, and such a loss goes uncounted)."""
+        if not self.config.aggregator_query:
+            return
+        deadline = time.monotonic() + RESUME_PATIENCE
+        client = rpc.RpcClient(self.context, self.config.aggregator_query, 0.5, 2.0)
+        try:
+            while not self.stop.is_set():
+                try:
+                    reply = client.call({"op": "sequences"})
+                except rpc.Unavailable as err:
+                    if time.monotonic() > deadline:
+                        log.warning("starting without sequence numbers: %s", err)
+                        return
+                    self.stop.wait(0.2)
+                    continue
+                taken = self.state.resume_sequences(reply["names"], reply["seq"], reply["ts"])
+                log.info("resumed the sequence numbers of %d servers", taken)
+                return
+        finally:
+            client.close()
+
     def flush(self, push: zmq.Socket) -> None:
         now = self.clock()
         batch = self.state.flush(now)
@@ -145,9 +181,27 @@ class ReceiverDaemon:
             return msgpack.packb(self._record(request.get("samples")))
         if op == "names":
             return msgpack.packb({"epoch": self.state.epoch, "names": self.state.all_names()})
+        if op == "replay":
+            return msgpack.packb(self._replay(request.get("epoch"), int(request.get("after", -1))))
         if op == "ping":
             return msgpack.packb({"ok": True, "epoch": self.state.epoch})
         return msgpack.packb({"error": "bad_request", "message": f"unknown op {op!r}"})
+
+    def _replay(self, epoch: Any, after: int) -> dict[str, Any]:
+        """Push again the retained batches numbered above ``after`` (for a restarted aggregator).
+        The aggregator applies each batch once, whatever arrives twice."""
+        index = self.state.index
+        first = index.peekitem(0)[0] if index else self.state.batches
+        reply = {"epoch": self.state.epoch, "first": first, "last": self.state.batches - 1}
+        sent = 0
+        if epoch == self.state.epoch and self._push is not None:
+            for frames in self.state.batches_after(after):
+                try:
+                    self._push.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break  # the aggregator will ask again for the rest
+                sent += 1
+        return {**reply, "sent": sent}
 
     def _record(self, rows: Any) -> dict[str, Any]:
         if not isinstance(rows, list):

@@ -103,6 +103,7 @@ class ReceiverState:
         self._ts = array("d")
         self._cpu = array("d")
         self._ram = array("d")
+        self._seq = array("q")
         self._window_now = float("nan")
         self._oldest = 0.0
         self.index: SortedDict = SortedDict()
@@ -244,6 +245,7 @@ class ReceiverState:
         self._ts.append(ts)
         self._cpu.append(NAN if cpu is None else cpu)
         self._ram.append(NAN if ram is None else ram)
+        self._seq.append(-1 if seq is None else seq)
         if source == "zmq":
             self.zmq_accepted += 1
         else:
@@ -296,6 +298,7 @@ class ReceiverState:
             ts=np.frombuffer(self._ts, np.float64).copy(),
             cpu=np.frombuffer(self._cpu, np.float64).copy(),
             ram=np.frombuffer(self._ram, np.float64).copy(),
+            seq=np.frombuffer(self._seq, np.int64).copy(),
             names=self.new_names,
             servers=servers,
             counters=self.counters(),
@@ -304,6 +307,7 @@ class ReceiverState:
         self.new_names = []
         self.changed = set()
         self._ids, self._ts, self._cpu, self._ram = array("i"), array("d"), array("d"), array("d")
+        self._seq = array("q")
         self._expire_recent_ts(now)
         return batch
 
@@ -316,6 +320,18 @@ class ReceiverState:
     def batches_after(self, number: int) -> list[list[bytes]]:
         """Frames of the retained batches numbered above ``number``, oldest first."""
         return [self.index[key][1] for key in self.index.irange(minimum=number + 1)]
+
+    def resume_sequences(self, names: list[str], seqs: list[int], stamps: list[float]) -> int:
+        """Take over the newest seq of servers not seen yet in this run (from the aggregator),
+        so that samples lost while no receiver ran show up as seq gaps. Returns how many."""
+        taken = 0
+        for name, seq, ts in zip(names, seqs, stamps, strict=True):
+            if name in self.servers:
+                continue  # this run has seen it already: its own state is newer
+            server = self._register(name)
+            server.last_seq, server.last_seq_ts = int(seq), float(ts)
+            taken += 1
+        return taken
 
     def all_names(self) -> list[tuple[int, str]]:
         return list(enumerate(self.names))

@@ -15,7 +15,7 @@ import zmq
 from servertrack.common import wire
 from servertrack.common.buckets import MINUTE, oldest_accepted_ts
 from servertrack.common.sample import Sample
-from servertrack.common.testing import RawSample, free_port, oracle_buckets
+from servertrack.common.testing import RawSample, free_port, oracle_buckets, wait_until
 from tests.conftest import Host, Process, http, servertrack, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -109,7 +109,7 @@ def test_zmq_and_http_samples_match_the_oracle(
             for seq, (name, ts, cpu, ram) in enumerate(sent[server]):
                 pub.send_multipart(wire.encode(Sample(name, ts, cpu, ram, seq), fmt))
     finally:
-        pub.close(linger=0)
+        pub.close(linger=5000)  # deliver everything queued before closing
     items = []
     for server in ("http-a.example", "http-b.example"):
         sent[server] = random_history(rng, server, now, 200)
@@ -121,7 +121,10 @@ def test_zmq_and_http_samples_match_the_oracle(
     status, body = host.post("/loads", items)
     assert (status, body["accepted"]) == (202, len(items))
     total = sum(len(samples) for samples in sent.values())
-    wait_for(lambda: accepted_total(host) - before >= total, 30, "every sample to be applied")
+    try:
+        wait_until(lambda: accepted_total(host) - before >= total, 30, "every sample")
+    except TimeoutError:
+        pytest.fail(f"not every sample was applied: {before} + {total}; {host.get('/stats')}")
     for server, samples in sent.items():
         view, at = view_at_stable_minute(host, server)
         assert_matches_oracle(view, oracle_buckets(samples, at))
@@ -220,7 +223,9 @@ def test_api_answers_503_while_the_aggregator_is_down_and_recovers(tmp_path: Pat
     )
     base = f"http://127.0.0.1:{api_port}"
     try:
-        wait_for(lambda: http("GET", base + "/health")[0] == 503, 20, "the api to answer")
+        wait_for(
+            lambda: http("GET", base + "/health")[1]["receiver"]["ok"], 20, "the receiver to answer"
+        )
         began = time.monotonic()
         status, body = http("GET", base + "/servers/web-1/loads")
         assert time.monotonic() - began < 1.0

@@ -526,7 +526,7 @@ def test_batch_encode_decode_round_trip() -> None:
     batch = state.flush(T0 + 2.5)
 
     frames = batch.encode()
-    assert frames[0] == b"batch" and len(frames) == 6
+    assert frames[0] == b"batch" and len(frames) == 7
     back = Batch.decode(frames)
 
     assert (back.epoch, back.number, back.sent) == ("e-1", 0, T0 + 2.5)
@@ -534,6 +534,7 @@ def test_batch_encode_decode_round_trip() -> None:
     np.testing.assert_array_equal(back.ts, batch.ts)
     np.testing.assert_array_equal(back.cpu, batch.cpu)
     np.testing.assert_array_equal(back.ram, batch.ram)
+    np.testing.assert_array_equal(back.seq, [0, 3, 0])
     assert len(back) == 3
     assert back.names == batch.names
     assert back.servers == [tuple(entry) for entry in batch.servers]

@@ -1,0 +1,60 @@
+"""Which receiver batches have been applied, so that each is applied exactly once.
+
+Batches are numbered from 0 by each receiver run (its ``epoch``). They normally arrive in order,
+but a restarted aggregator also receives re-sent batches from the receiver's time index while
+new ones keep coming, so the ledger keeps a watermark (every batch up to it is applied) plus the
+numbers applied beyond it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BatchLedger:
+    epoch: str | None = None
+    applied_upto: int = -1
+    applied_beyond: set[int] = field(default_factory=set)
+
+    def admit(self, epoch: str, number: int) -> bool:
+        """True if batch ``number`` of ``epoch`` is new (and records it as applied)."""
+        if epoch != self.epoch:
+            self.epoch, self.applied_upto, self.applied_beyond = epoch, -1, set()
+        if number <= self.applied_upto or number in self.applied_beyond:
+            return False
+        self.applied_beyond.add(number)
+        while self.applied_upto + 1 in self.applied_beyond:
+            self.applied_upto += 1
+            self.applied_beyond.discard(self.applied_upto)
+        return True
+
+    def missing(self) -> bool:
+        """Some batch below one already applied has not been seen."""
+        return bool(self.applied_beyond)
+
+    def give_up_below(self, first_available: int) -> int:
+        """The receiver no longer holds batches below ``first_available``: stop waiting for
+        them. Returns how many batch numbers were given up."""
+        lost = 0
+        while self.applied_upto + 1 < first_available:
+            if self.applied_upto + 1 not in self.applied_beyond:
+                lost += 1
+            self.applied_upto += 1
+            self.applied_beyond.discard(self.applied_upto)
+        while self.applied_upto + 1 in self.applied_beyond:
+            self.applied_upto += 1
+            self.applied_beyond.discard(self.applied_upto)
+        return lost
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "applied_upto": self.applied_upto,
+            "applied_beyond": sorted(self.applied_beyond),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchLedger:
+        return cls(data["epoch"], int(data["applied_upto"]), set(data["applied_beyond"]))

@@ -1,0 +1,97 @@
+"""Bearer tokens for the HTTP API: one for records (POST), one for reads (GET).
+
+Either token is optional; a scope without a token stays open. ``/health`` and ``/openapi.json``
+are always open, so load balancers and schema tools work without a secret. Tokens are compared
+with :func:`hmac.compare_digest` so the answer time does not tell how much of a guess was right.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import stat
+from pathlib import Path
+
+import falcon
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health", "/openapi.json"})
+"""Never need a token: health checks and schema discovery."""
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods under the read token; every other method is under the record token."""
+REALM = "servertrack"
+
+
+class TokenFileError(ValueError):
+    """A token file that cannot be used: the API refuses to start."""
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """The token in ``path``: its first line, stripped. Refuses a missing file or empty token.
+
+    The token must be printable ASCII without spaces, as a Bearer token in a header has to be.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise TokenFileError(f"cannot read token file {str(file)!r}: {err}") from err
+    lines = text.splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise TokenFileError(f"token file {str(file)!r} is empty (the token is its first line)")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise TokenFileError(f"the token in {str(file)!r} must be printable ASCII without spaces")
+    try:
+        if file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("token file %s can be read by other users (chmod 600 it)", file)
+    except OSError:  # pragma: no cover - it was readable a moment ago
+        pass
+    return token
+
+
+def _matches(presented: str, token: bytes) -> bool:
+    # WSGI hands headers over as latin-1 text: that gives back the bytes the client sent.
+    try:
+        raw = presented.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(raw, token)
+
+
+class TokenAuth:
+    """Falcon middleware: refuses a request without the token its scope needs with a 401.
+
+    It runs before routing, so without the token an unknown path answers 401, not 404: a client
+    without the token learns nothing about which paths exist.
+    """
+
+    def __init__(self, record_token: str | None = None, read_token: str | None = None) -> None:
+        self.record_token = record_token.encode() if record_token else None
+        self.read_token = read_token.encode() if read_token else None
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.path in OPEN_PATHS:
+            return
+        reads = req.method in READ_METHODS
+        token = self.read_token if reads else self.record_token
+        if token is None:
+            return
+        scope = "read" if reads else "record"
+        header = req.get_header("Authorization")
+        if not header:
+            raise _unauthorized(f"this {scope} request needs 'Authorization: Bearer <token>'")
+        scheme, _, presented = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not _matches(presented.strip(), token):
+            raise _unauthorized(
+                f"the bearer token is not valid for {scope} requests", 'error="invalid_token"'
+            )
+
+
+def _unauthorized(description: str, extra: str | None = None) -> falcon.HTTPUnauthorized:
+    challenge = f'Bearer realm="{REALM}"' + (f", {extra}" if extra else "")
+    return falcon.HTTPUnauthorized(
+        title="Unauthorized", description=description, challenges=[challenge]
+    )
