@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import math
 import multiprocessing
 import time
 import urllib.parse
@@ -30,7 +29,7 @@ import zmq
 from servertrack.common import endpoints, wire
 from servertrack.common.buckets import HOUR, oldest_accepted_ts
 from servertrack.common.config import add_option
-from servertrack.common.testing import RawSample, oracle_buckets
+from servertrack.common.testing import RawSample, bucket_differences, oracle_buckets
 
 HTTP_BATCH = 10_000
 SETTLE_DEADLINE = 60.0
@@ -266,34 +265,6 @@ def receiver_totals(api: str, patience: float = 30.0) -> dict[str, int]:
     }
 
 
-def compare(view: dict[str, Any], expected: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Differences between a GET answer and the oracle, as readable strings."""
-    problems = []
-    for scale in ("minutes", "hours"):
-        got = {bucket["start"]: bucket for bucket in view[scale]}
-        want = {bucket["start"]: bucket for bucket in expected[scale]}
-        if set(got) != set(want):
-            problems.append(f"{scale}: buckets {sorted(set(got) ^ set(want))} differ")
-            continue
-        for start, bucket in want.items():
-            have = got[start]
-            for key in (
-                "samples",
-                "cpu_samples",
-                "ram_samples",
-                "cpu_min",
-                "cpu_max",
-                "ram_min",
-                "ram_max",
-            ):
-                if have[key] != bucket[key]:
-                    problems.append(f"{scale} {start} {key}: {have[key]} != {bucket[key]}")
-            for key in ("cpu", "ram"):
-                if not math.isclose(have[key], bucket[key], rel_tol=REL_TOLERANCE):
-                    problems.append(f"{scale} {start} {key}: {have[key]!r} != {bucket[key]!r}")
-    return problems
-
-
 def wait_settled(api: str, before: dict[str, int], sent: int) -> dict[str, int]:
     """Wait until every sent sample is accounted for by the receiver and the aggregator."""
     deadline = time.monotonic() + SETTLE_DEADLINE
@@ -325,9 +296,11 @@ def check(plan: Plan, reports: list[Report], delta: dict[str, int]) -> tuple[lis
             skipped += 1  # counted loss: its buckets cannot match what was sent
             continue
         at = time.time()
-        differences = compare(view, oracle_buckets(raw[index], at))
+        differences = bucket_differences(view, oracle_buckets(raw[index], at), REL_TOLERANCE)
         if differences and int(at // 60) != int(time.time() // 60):
-            differences = compare(view, oracle_buckets(raw[index], time.time()))
+            differences = bucket_differences(
+                view, oracle_buckets(raw[index], time.time()), REL_TOLERANCE
+            )
         problems.extend(f"{name}: {text}" for text in differences[:3])
         compared += 1
     return problems, compared, skipped

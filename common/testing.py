@@ -266,3 +266,34 @@ def launch_host(workdir: Path, *extra: str, name: str = "host") -> HostUnderTest
         process.stop()
         raise
     return host
+
+
+EXACT_FIELDS = ("samples", "cpu_samples", "ram_samples", "cpu_min", "cpu_max", "ram_min", "ram_max")
+
+
+def bucket_differences(
+    view: dict[str, Any], expected: dict[str, list[dict[str, Any]]], rel_tol: float = 1e-12
+) -> list[str]:
+    """How a ``GET /servers/{name}/loads`` answer differs from :func:`oracle_buckets`, as
+    readable lines (none when they agree): the same buckets in the same order, counts and
+    extremes exactly equal, means equal within ``rel_tol``, ``null`` where the oracle has none."""
+    problems = []
+    for scale in ("minutes", "hours"):
+        got, want = view[scale], expected[scale]
+        if [b["start"] for b in got] != [b["start"] for b in want]:
+            problems.append(
+                f"{scale}: buckets {[b['start'] for b in got]} != {[b['start'] for b in want]}"
+            )
+            continue
+        for have, bucket in zip(got, want, strict=True):
+            start = bucket["start"]
+            for key in EXACT_FIELDS:
+                if have[key] != bucket[key]:
+                    problems.append(f"{scale} {start} {key}: {have[key]} != {bucket[key]}")
+            for key in ("cpu", "ram"):
+                if (have[key] is None) != (bucket[key] is None) or (
+                    bucket[key] is not None
+                    and not math.isclose(have[key], bucket[key], rel_tol=rel_tol)
+                ):
+                    problems.append(f"{scale} {start} {key}: {have[key]!r} != {bucket[key]!r}")
+    return problems

@@ -15,35 +15,20 @@ import zmq
 from servertrack.common import wire
 from servertrack.common.buckets import MINUTE, oldest_accepted_ts
 from servertrack.common.sample import Sample
-from servertrack.common.testing import RawSample, free_port, oracle_buckets, wait_until
+from servertrack.common.testing import (
+    RawSample,
+    bucket_differences,
+    free_port,
+    oracle_buckets,
+    wait_until,
+)
 from tests.conftest import Host, Process, http, servertrack, wait_for
 
 pytestmark = pytest.mark.e2e
 
-FIELDS = (
-    "start",
-    "samples",
-    "cpu_samples",
-    "ram_samples",
-    "cpu_min",
-    "cpu_max",
-    "ram_min",
-    "ram_max",
-)
-
 
 def assert_matches_oracle(view: dict[str, Any], expected: dict[str, list[dict[str, Any]]]) -> None:
-    for scale in ("minutes", "hours"):
-        got, want = view[scale], expected[scale]
-        assert [b["start"] for b in got] == [b["start"] for b in want], scale
-        for got_bucket, want_bucket in zip(got, want, strict=True):
-            for name in FIELDS:
-                assert got_bucket[name] == want_bucket[name], (scale, got_bucket["start"], name)
-            for metric in ("cpu", "ram"):
-                if want_bucket[metric] is None:
-                    assert got_bucket[metric] is None
-                else:
-                    assert got_bucket[metric] == pytest.approx(want_bucket[metric], rel=1e-12)
+    assert bucket_differences(view, expected) == []
 
 
 def view_at_stable_minute(host: Host, name: str) -> tuple[dict[str, Any], float]:
