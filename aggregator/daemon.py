@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import psutil
 import zmq
 
 from servertrack.aggregator.ledger import BatchLedger
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 APPLY_SLICE = 32_768
 """Samples applied between two looks at the query socket, so a large batch (or the first sight
 of many servers) never holds a query for more than a few milliseconds."""
+MAX_BATCH_BYTES = 512 * 2**20
+"""Largest batch message accepted: a second of 10M samples at 36 bytes each."""
 REPLAY_PAUSE = 2.0
 """Seconds between two replay requests while a batch is missing."""
 LAG_HISTORY = 60
@@ -60,13 +63,15 @@ class ReceiverIds:
         self.id_of: dict[str, int] = {}
         self.rows = np.full(0, -1, np.int64)
         self.evictions_seen = 0
-        self.servers: dict[int, tuple[list[str], int, int, float]] = {}
+        self.servers: dict[int, tuple[list[str], int, int, float, int]] = {}
+        """Receiver id → (ips, lost, duplicates, skew, rejected) of the current receiver run."""
 
-    def reset(self, epoch: str) -> dict[str, tuple[int, int]]:
-        """Start a new receiver run; returns the finished run's (lost, duplicates) by name."""
+    def reset(self, epoch: str) -> dict[str, tuple[int, int, int]]:
+        """Start a new receiver run; returns the finished run's (lost, duplicates, rejected) by
+        name."""
         finished = {
-            self.names[server_id]: (lost, duplicates)
-            for server_id, (_, lost, duplicates, _) in self.servers.items()
+            self.names[server_id]: (lost, duplicates, rejected)
+            for server_id, (_, lost, duplicates, _, rejected) in self.servers.items()
             if server_id in self.names
         }
         self.epoch = epoch
@@ -121,11 +126,12 @@ class AggregatorDaemon:
         self.started = clock()
         self.ledger = BatchLedger()
         self.newest_number = -1
-        self.health_before: dict[str, tuple[int, int]] = {}
-        """Lost and duplicate counts of earlier receiver runs, by server name."""
+        self.health_before: dict[str, tuple[int, ...]] = {}
+        """Lost, duplicate and rejected counts of earlier receiver runs, by server name."""
         self.snapshot_taken = 0.0
         self.replay_asked = float("-inf")
         self._query: zmq.Socket | None = None
+        self._process = psutil.Process()
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
         )
@@ -137,6 +143,7 @@ class AggregatorDaemon:
         try:
             pull.setsockopt(zmq.LINGER, 0)
             pull.setsockopt(zmq.RCVHWM, 8)
+            pull.setsockopt(zmq.MAXMSGSIZE, MAX_BATCH_BYTES)
             pull.bind(self.config.batches)
             query = rpc.bind_router(self.context, self.config.query)
             log.info(
@@ -207,9 +214,9 @@ class AggregatorDaemon:
             return
         ids = self.ids
         if batch.epoch != ids.epoch:
-            for name, (lost, duplicates) in ids.reset(batch.epoch).items():
-                before = self.health_before.get(name, (0, 0))
-                self.health_before[name] = (before[0] + lost, before[1] + duplicates)
+            for name, counts in ids.reset(batch.epoch).items():
+                before = self.health_before.get(name, (0, 0, 0))
+                self.health_before[name] = tuple(a + b for a, b in zip(before, counts, strict=True))
             self.newest_number = -1
         ids.learn(batch.names, self.store)
         if ids.evictions_seen != self.store.evictions:
@@ -246,8 +253,8 @@ class AggregatorDaemon:
         if batch.number < self.newest_number:
             return  # a re-sent batch: its totals are older than those already known
         self.newest_number = batch.number
-        for server_id, ips, lost, duplicates, skew in batch.servers:
-            ids.servers[server_id] = (ips, lost, duplicates, skew)
+        for server_id, *health in batch.servers:
+            ids.servers[server_id] = tuple(health)  # type: ignore[assignment]
         self.receiver_counters = batch.counters
         self.last_batch_sent = batch.sent
         self.last_batch_applied = now
@@ -354,17 +361,24 @@ class AggregatorDaemon:
         return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
 
     def _server_health(self, name: str) -> dict[str, Any]:
-        lost, duplicates = self.health_before.get(name, (0, 0))
+        lost, duplicates, rejected = self.health_before.get(name, (0, 0, 0))
         known = self.ids.servers.get(self.ids.id_of.get(name, -1))
+        ips: list[str] = []
+        skew = None
         if known is not None:
-            ips, now_lost, now_duplicates, skew = known
-            return {
-                "ip": ips,
-                "lost": lost + now_lost,
-                "duplicates": duplicates + now_duplicates,
-                "skew_seconds": skew,
-            }
-        return {"ip": [], "lost": lost, "duplicates": duplicates, "skew_seconds": None}
+            ips, now_lost, now_duplicates, skew, now_rejected = known
+            lost, duplicates, rejected = (
+                lost + now_lost,
+                duplicates + now_duplicates,
+                rejected + now_rejected,
+            )
+        return {
+            "ip": ips,
+            "lost": lost,
+            "duplicates": duplicates,
+            "rejected": rejected,
+            "skew_seconds": skew,
+        }
 
     def stats(self, now: float) -> dict[str, Any]:
         return {
@@ -372,6 +386,7 @@ class AggregatorDaemon:
             "aggregator": {
                 **self.counters,
                 "servers_tracked": self.store.server_count(),
+                "rss_bytes": self._process.memory_info().rss,
                 "flush_lag_seconds": self.flush_lag,
                 "flush_lag_p50_seconds": _percentile(self.recent_lags, 50),
                 "flush_lag_p99_seconds": _percentile(self.recent_lags, 99),

@@ -26,6 +26,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_option(parser, "--port", 8080, "HTTP port", int)
     add_option(parser, "--threads", 64, "waitress worker threads (keep >= concurrent clients)", int)
     add_option(
+        parser,
+        "--channel-timeout",
+        30,
+        "seconds before a connection that sends nothing (or trickles a request) is closed",
+        int,
+    )
+    add_option(
         parser, "--receiver-control", endpoints.RECEIVER_CONTROL, "receiver control endpoint"
     )
     add_option(
@@ -79,16 +86,18 @@ def read_tokens(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return record, read
 
 
-def make_server(app: Any, host: str, port: int, threads: int) -> Any:
+def make_server(app: Any, host: str, port: int, threads: int, channel_timeout: int = 30) -> Any:
     """Waitress as ServerTrack runs it: a worker per concurrent client (waitress queues the rest
-    and collapses to a few hundred requests/s when it must), idle channels closed after 30 s."""
+    and collapses to a few hundred requests/s when it must); a channel idle (or trickling a
+    request, slow-loris style) for ``channel_timeout`` seconds is closed."""
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # one warning per queued request
     return create_server(
         app,
         host=host,
         port=port,
         threads=threads,
-        channel_timeout=30,
+        channel_timeout=channel_timeout,
+        cleanup_interval=max(1, min(30, channel_timeout // 2)),  # how often idle ones are swept
         connection_limit=max(100, threads * 4),
         ident="servertrack",
     )
@@ -111,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             record_timeout=args.record_timeout,
         )
         app = create_app(backend, record_token=record_token, read_token=read_token)
-        server = make_server(app, args.host, args.port, args.threads)
+        server = make_server(app, args.host, args.port, args.threads, args.channel_timeout)
         stop = threading.Event()
         serving = threading.Thread(target=server.run, name="waitress", daemon=True)
         log.info("api listening on http://%s:%s", args.host, server.effective_port)

@@ -37,8 +37,9 @@ class Batch:
     seq: np.ndarray = field(default_factory=lambda: np.empty(0, SEQ_DTYPE))
     names: list[tuple[int, str]] = field(default_factory=list)
     full_names: bool = False
-    servers: list[tuple[int, list[str], int, int, float]] = field(default_factory=list)
-    """Per-server state that changed: ``(id, ips, lost, duplicates, skew_seconds)``, totals."""
+    servers: list[tuple[int, list[str], int, int, float, int]] = field(default_factory=list)
+    """Per-server state that changed: ``(id, ips, lost, duplicates, skew_seconds, rejected)``,
+    totals of the receiver run."""
     counters: dict[str, Any] = field(default_factory=dict)
     """The receiver's running totals, so the aggregator can report them."""
 
@@ -92,8 +93,8 @@ class Batch:
                 names=[(int(i), str(n)) for i, n in header["names"]],
                 full_names=bool(header["full_names"]),
                 servers=[
-                    (int(i), [str(a) for a in ips], int(lost), int(dup), float(skew))
-                    for i, ips, lost, dup, skew in header["servers"]
+                    (int(i), [str(a) for a in ips], int(lost), int(dup), float(skew), int(rej))
+                    for i, ips, lost, dup, skew, rej in header["servers"]
                 ],
                 counters=dict(header["counters"]),
             )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import psutil
 import zmq
 
 from servertrack.common import rpc
@@ -62,6 +63,7 @@ class ReceiverDaemon:
         )
         self.stop = threading.Event()
         self._push: zmq.Socket | None = None
+        self._process = psutil.Process()
 
     def run(self) -> None:
         ctx = self.context
@@ -166,6 +168,7 @@ class ReceiverDaemon:
     def flush(self, push: zmq.Socket) -> None:
         now = self.clock()
         batch = self.state.flush(now)
+        batch.counters["rss_bytes"] = self._process.memory_info().rss
         frames = batch.encode()
         self.state.remember(batch, frames, now)
         try:

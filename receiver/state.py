@@ -52,6 +52,7 @@ class ServerState:
         "lost",
         "recent_ts",
         "recent_ts_order",
+        "rejected",
         "skew",
     )
 
@@ -61,6 +62,8 @@ class ServerState:
         self.last_seq_ts = float("-inf")
         self.lost = 0
         self.duplicates = 0
+        self.rejected = 0
+        """Samples of this server refused by the time window (future, too_old)."""
         self.skew = 0.0
         self.ips: tuple[str, ...] = ()
         self.ips_raw: list[str] | None = None
@@ -217,11 +220,9 @@ class ReceiverState:
             self._window_now = now
             self._oldest = oldest_accepted_ts(now)
         if ts > now + MAX_FUTURE_SECONDS:
-            self.rejected["future"] += 1
-            return "future"
+            return self._out_of_window(server, "future")
         if ts < self._oldest:
-            self.rejected["too_old"] += 1
-            return "too_old"
+            return self._out_of_window(server, "too_old")
         if seq is not None:
             last = server.last_seq
             if seq > last:
@@ -251,6 +252,12 @@ class ReceiverState:
         else:
             self.accepted[source] += 1
         return None
+
+    def _out_of_window(self, server: ServerState, reason: str) -> str:
+        self.rejected[reason] += 1
+        server.rejected += 1
+        self.changed.add(server.id)
+        return reason
 
     def _duplicate(self, server: ServerState) -> str:
         server.duplicates += 1
@@ -288,7 +295,14 @@ class ReceiverState:
         for server_id in sorted(self.changed):
             server = self.servers[self.names[server_id]]
             servers.append(
-                (server_id, list(server.ips), server.lost, server.duplicates, server.skew)
+                (
+                    server_id,
+                    list(server.ips),
+                    server.lost,
+                    server.duplicates,
+                    server.skew,
+                    server.rejected,
+                )
             )
         batch = Batch(
             epoch=self.epoch,

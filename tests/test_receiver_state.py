@@ -764,3 +764,14 @@ def test_fuzz_every_message_is_counted_and_never_raises(seed: int, accept_pickle
     assert accepted > 100 and counters["duplicates"] > 10 and counters["lost"] > 0
     assert {"msgpack", "frames", "bad_ts", "future", "too_old"} <= set(counters["rejected"])
     assert ("pickle_disabled" in counters["rejected"]) is not accept_pickle
+
+
+def test_time_window_refusals_are_counted_per_server() -> None:
+    """A known server's future and too-old samples count in its own ``rejected`` total."""
+    state = ReceiverState()
+    assert state.offer_frames(frames_for(ts=T0, seq=0), T0) is None
+    cut(state, T0)
+    assert state.offer_frames(frames_for(ts=T0 + 3600, seq=1), T0) == "future"
+    assert state.offer_frames(frames_for(ts=T0 - 48 * HOUR, seq=2), T0) == "too_old"
+    (entry,) = cut(state, T0 + 1).servers
+    assert entry[5] == 2
