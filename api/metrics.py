@@ -188,6 +188,11 @@ def stats_metrics(stats: Stats, api_rss: int | None = None) -> Iterator[Metric]:
             "Seconds since the aggregator applied a batch.",
             aggregator.get("last_batch_age_seconds"),
         ),
+        _gauge(
+            "servertrack_snapshot_age_seconds",
+            "Seconds since the aggregator last wrote its snapshot.",
+            aggregator.get("snapshot_age_seconds"),
+        ),
     )
     yield from (family for family in singles if family is not None)
 

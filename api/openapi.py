@@ -125,12 +125,13 @@ SCHEMAS: dict[str, Schema] = {
             "last_seen": {"type": "string"},
             "health": {
                 "type": "object",
-                "required": ["ip", "lost", "duplicates", "skew_seconds"],
+                "required": ["ip", "lost", "duplicates", "rejected", "skew_seconds"],
                 "additionalProperties": False,
                 "properties": {
                     "ip": {"type": "array", "items": {"type": "string"}},
                     "lost": COUNT,
                     "duplicates": COUNT,
+                    "rejected": COUNT,
                     "skew_seconds": NULLABLE_NUMBER,
                 },
             },
@@ -168,6 +169,7 @@ SCHEMAS: dict[str, Schema] = {
                     "servers_seen": COUNT,
                     "batches": COUNT,
                     "forward_dropped": COUNT,
+                    "rss_bytes": COUNT,
                 },
             },
             "aggregator": {
@@ -185,6 +187,10 @@ SCHEMAS: dict[str, Schema] = {
                     "batch_size_last": COUNT,
                     "batch_size_max": COUNT,
                     "last_batch_age_seconds": NULLABLE_NUMBER,
+                    "snapshot_age_seconds": NULLABLE_NUMBER,
+                    "applied_upto_batch": {"type": "integer"},
+                    "batches_lost": COUNT,
+                    "rss_bytes": COUNT,
                 },
             },
         },
