@@ -21,7 +21,7 @@ import zmq
 
 from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import Rollups
-from servertrack.aggregator.snapshot import read_snapshot, write_snapshot
+from servertrack.aggregator.snapshot import capture, read_snapshot, write_arrays
 from servertrack.aggregator.store import RollupStore
 from servertrack.common import rpc
 from servertrack.common.batch import Batch, MalformedBatch
@@ -132,6 +132,7 @@ class AggregatorDaemon:
         self.replay_asked = float("-inf")
         self._query: zmq.Socket | None = None
         self._process = psutil.Process()
+        self._writer: threading.Thread | None = None
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
         )
@@ -155,7 +156,7 @@ class AggregatorDaemon:
                 self.ask_replay()
             self._loop(pull, query)
         finally:
-            self.save_snapshot()
+            self.save_snapshot(wait=True)
             self.receiver.close()
             for sock in (pull, query):
                 if sock is not None:
@@ -280,9 +281,16 @@ class AggregatorDaemon:
             log.warning("%d batches are no longer held by the receiver", gone)
         self.counters["batches_replayed"] += int(reply.get("sent", 0))
 
-    def save_snapshot(self) -> None:
+    def save_snapshot(self, wait: bool = False) -> None:
+        """Capture the rollups and write them in a background thread, so that a large fleet's
+        file (~5 KB a server) never holds up batches or queries; ``wait`` writes in this
+        thread (at shutdown). A capture is skipped while the previous one is still writing."""
         if not self.config.snapshot or not isinstance(self.store, Rollups):
             return
+        if self._writer is not None and self._writer.is_alive():
+            if not wait:
+                return
+            self._writer.join()
         meta = {
             "ledger": self.ledger.to_dict(),
             "receiver_names": sorted(self.ids.names.items()),
@@ -292,15 +300,31 @@ class AggregatorDaemon:
             "newest_number": self.newest_number,
             "taken": self.clock(),
         }
-        began = time.monotonic()
-        size = write_snapshot(self.config.snapshot, self.store, meta)
-        self.snapshot_taken = self.clock()
-        log.info(
-            "snapshot of %d servers written (%d bytes, %.3f s)",
-            self.store.server_count(),
-            size,
-            time.monotonic() - began,
-        )
+        arrays = capture(self.store)
+        servers = self.store.server_count()
+        taken = self.clock()
+
+        def write() -> None:
+            began = time.monotonic()
+            try:
+                size = write_arrays(self.config.snapshot, arrays, meta)
+            except OSError as err:
+                self.counters["snapshot_errors"] += 1
+                log.error("snapshot not written: %s", err)
+                return
+            self.snapshot_taken = taken
+            log.info(
+                "snapshot of %d servers written (%d bytes, %.3f s)",
+                servers,
+                size,
+                time.monotonic() - began,
+            )
+
+        if wait:
+            write()
+        else:
+            self._writer = threading.Thread(target=write, name="snapshot", daemon=True)
+            self._writer.start()
 
     def restore(self) -> None:
         if not self.config.snapshot:
