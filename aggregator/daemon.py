@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -21,7 +22,7 @@ import zmq
 
 from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import Rollups
-from servertrack.aggregator.snapshot import capture, read_snapshot, write_arrays
+from servertrack.aggregator.snapshot import read_snapshot, write_snapshot
 from servertrack.aggregator.store import RollupStore
 from servertrack.common import rpc
 from servertrack.common.batch import Batch, MalformedBatch
@@ -132,7 +133,8 @@ class AggregatorDaemon:
         self.replay_asked = float("-inf")
         self._query: zmq.Socket | None = None
         self._process = psutil.Process()
-        self._writer: threading.Thread | None = None
+        self._writer_pid = 0
+        self._writer_taken = 0.0
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
         )
@@ -172,6 +174,7 @@ class AggregatorDaemon:
         while not self.stop.is_set():
             if snapshots.due():
                 self.save_snapshot()
+            self.reap_snapshot()
             if self.ledger.missing() and time.monotonic() - self.replay_asked > REPLAY_PAUSE:
                 self.ask_replay()
             ready = dict(poller.poll(timeout=200))
@@ -282,15 +285,16 @@ class AggregatorDaemon:
         self.counters["batches_replayed"] += int(reply.get("sent", 0))
 
     def save_snapshot(self, wait: bool = False) -> None:
-        """Capture the rollups and write them in a background thread, so that a large fleet's
-        file (~5 KB a server) never holds up batches or queries; ``wait`` writes in this
-        thread (at shutdown). A capture is skipped while the previous one is still writing."""
+        """Write a snapshot from a forked child, as Redis' BGSAVE does: the child sees the
+        rollups frozen at the fork (copy-on-write) and writes them while this process goes on,
+        so a large fleet's file (~5 KB a server) holds up neither batches nor queries, and the
+        writer takes no share of this process's interpreter lock. The child touches no socket
+        and leaves with ``os._exit``. ``wait`` writes in this process instead (at shutdown)."""
         if not self.config.snapshot or not isinstance(self.store, Rollups):
             return
-        if self._writer is not None and self._writer.is_alive():
-            if not wait:
-                return
-            self._writer.join()
+        self.reap_snapshot(block=wait)
+        if self._writer_pid:
+            return  # the previous one is still being written
         meta = {
             "ledger": self.ledger.to_dict(),
             "receiver_names": sorted(self.ids.names.items()),
@@ -300,31 +304,34 @@ class AggregatorDaemon:
             "newest_number": self.newest_number,
             "taken": self.clock(),
         }
-        arrays = capture(self.store)
-        servers = self.store.server_count()
-        taken = self.clock()
-
-        def write() -> None:
-            began = time.monotonic()
-            try:
-                size = write_arrays(self.config.snapshot, arrays, meta)
-            except OSError as err:
-                self.counters["snapshot_errors"] += 1
-                log.error("snapshot not written: %s", err)
-                return
-            self.snapshot_taken = taken
-            log.info(
-                "snapshot of %d servers written (%d bytes, %.3f s)",
-                servers,
-                size,
-                time.monotonic() - began,
-            )
-
         if wait:
-            write()
+            size = write_snapshot(self.config.snapshot, self.store, meta)
+            self.snapshot_taken = meta["taken"]
+            log.info("snapshot of %d servers written (%d bytes)", self.store.server_count(), size)
+            return
+        pid = os.fork()
+        if pid == 0:  # the child: write and leave at once, running no cleanup of the parent's
+            code = 1
+            try:
+                write_snapshot(self.config.snapshot, self.store, meta)
+                code = 0
+            finally:
+                os._exit(code)
+        self._writer_pid, self._writer_taken = pid, meta["taken"]
+
+    def reap_snapshot(self, block: bool = False) -> None:
+        """Collect a finished snapshot child and note its outcome."""
+        if not self._writer_pid:
+            return
+        pid, status = os.waitpid(self._writer_pid, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return
+        self._writer_pid = 0
+        if os.waitstatus_to_exitcode(status) == 0:
+            self.snapshot_taken = self._writer_taken
         else:
-            self._writer = threading.Thread(target=write, name="snapshot", daemon=True)
-            self._writer.start()
+            self.counters["snapshot_errors"] += 1
+            log.error("the snapshot writer failed (status %d)", status)
 
     def restore(self) -> None:
         if not self.config.snapshot:

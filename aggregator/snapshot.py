@@ -18,23 +18,12 @@ from servertrack.aggregator.rollups import Rollups, restore_rollups, rollup_arra
 from servertrack.common.buckets import Clock
 
 
-def capture(rollups: Rollups) -> dict[str, np.ndarray]:
-    """A private copy of the rollups' arrays (a memory copy: fast, and safe to write from
-    another thread while the rollups change)."""
-    return {name: np.array(array, copy=True) for name, array in rollup_arrays(rollups).items()}
-
-
 def write_snapshot(path: str | Path, rollups: Rollups, meta: dict[str, Any]) -> int:
     """Write atomically; returns the file's size in bytes."""
-    return write_arrays(path, rollup_arrays(rollups), meta)
-
-
-def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
-    """Write captured arrays atomically; returns the file's size in bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    arrays = dict(arrays)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer process
+    arrays = rollup_arrays(rollups)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     with temporary.open("wb") as handle:
         np.savez(handle, **arrays)
