@@ -22,7 +22,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@# promtool and prometheus for tests/test_metrics.py; Debian would start a service: keep it off
 	command -v promtool >/dev/null || { apt-get update -qq && \
-	  apt-get install -y -qq --no-install-recommends prometheus && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && \
 	  { systemctl disable --now prometheus >/dev/null 2>&1 || true; }; }
 	touch $(VENV)/.installed $@
 
@@ -43,7 +43,7 @@ lint: $(VENV)/.test-installed ## ruff check and format check
 
 $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
 	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install -q -e '.[test,bench]'
-	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	touch $(VENV)/.installed $(VENV)/.test-installed $@
 
 bench: $(VENV)/.bench-installed ## Measure every figure side by side (~25 min); writes bench/results/
