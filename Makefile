@@ -18,12 +18,21 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+DEBIAN_TEST_PACKAGES := prometheus redis-server graphite-carbon collectd-core chromium chromium-driver systemd
+# Services those packages would start are kept off: the tests start their own on free loopback ports.
+DEBIAN_SERVICES := prometheus redis-server carbon-cache collectd
+
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
-	@# promtool and prometheus for tests/test_metrics.py; Debian would start a service: keep it off
-	command -v promtool >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && \
-	  { systemctl disable --now prometheus >/dev/null 2>&1 || true; }; }
+	@missing=$$(for p in $(DEBIAN_TEST_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+	  | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
+	  for s in $(DEBIAN_SERVICES); do \
+	    { systemctl disable --now $$s || service $$s stop; } >/dev/null 2>&1 || true; done; \
+	fi
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed ## Create .venv with ServerTrack installed (.venv/bin/servertrack)
@@ -41,10 +50,10 @@ lint: $(VENV)/.test-installed ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install -q -e '.[test,bench]'
 	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
-	touch $(VENV)/.installed $(VENV)/.test-installed $@
+	touch $@
 
 bench: $(VENV)/.bench-installed ## Measure every figure side by side (~25 min); writes bench/results/
 	$(BIN)/python -m bench $(ARGS)
