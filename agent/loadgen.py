@@ -28,8 +28,14 @@ import zmq
 
 from servertrack.common import endpoints, wire
 from servertrack.common.buckets import HOUR, oldest_accepted_ts
-from servertrack.common.config import add_option
-from servertrack.common.testing import RawSample, bucket_differences, oracle_buckets
+from servertrack.common.config import (
+    add_option,
+    endpoint,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+from servertrack.common.oracle import RawSample, bucket_differences, oracle_buckets
 
 HTTP_BATCH = 10_000
 SETTLE_DEADLINE = 60.0
@@ -256,7 +262,7 @@ def receiver_totals(api: str, patience: float = 30.0) -> dict[str, int]:
     return {
         "received": sum(receiver.get("received", {}).values()),
         "accepted": sum(receiver.get("accepted", {}).values()),
-        "rejected": sum(receiver.get("rejected", {}).values()),
+        "rejected": sum(sum(counts.values()) for counts in receiver.get("rejected", {}).values()),
         "duplicates": receiver.get("duplicates", 0),
         "lost": receiver.get("lost", 0),
         "forward_dropped": receiver.get("forward_dropped", 0),
@@ -309,15 +315,21 @@ def check(plan: Plan, reports: list[Report], delta: dict[str, int]) -> tuple[lis
 # -- command ------------------------------------------------------------------------------------
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="servertrack loadgen", description=__doc__)
-    add_option(parser, "--servers", 1000, "simulated servers", int)
-    add_option(parser, "--rate", 1.0, "samples per second per server", float)
-    add_option(parser, "--duration", 10.0, "seconds of live sending", float)
+    add_option(parser, "--servers", 1000, "simulated servers", positive_int)
+    add_option(parser, "--rate", 1.0, "samples per second per server", positive_float)
+    add_option(parser, "--duration", 10.0, "seconds of live sending", positive_float)
     add_option(parser, "--via", "zmq", "transport", choices=["zmq", "http"])
-    add_option(parser, "--publishers", 2, "sending processes (each with its own socket)", int)
+    add_option(
+        parser, "--publishers", 2, "sending processes (each with its own socket)", positive_int
+    )
     add_option(parser, "--api", "http://127.0.0.1:8080", "API base URL (for checks and --via http)")
-    add_option(parser, "--ingest", endpoints.INGEST, "receiver endpoint (for --via zmq)")
-    add_option(parser, "--backfill-hours", 0.0, "hours of history to send first", float)
-    add_option(parser, "--backfill-step", 300.0, "seconds between back-filled samples", float)
+    add_option(parser, "--ingest", endpoints.INGEST, "receiver endpoint (for --via zmq)", endpoint)
+    add_option(
+        parser, "--backfill-hours", 0.0, "hours of history to send first", non_negative_float
+    )
+    add_option(
+        parser, "--backfill-step", 300.0, "seconds between back-filled samples", positive_float
+    )
     add_option(parser, "--check", 100, "servers to check against the oracle (0 = all)", int)
     add_option(parser, "--prefix", None, "server name prefix (default: a new random one)")
     add_option(parser, "--seed", 1, "random seed for the values", int)

@@ -10,15 +10,15 @@ import zmq
 from servertrack.agent import curve
 from servertrack.agent.probe import PsutilProbe
 from servertrack.agent.publisher import Agent, AgentConfig
-from servertrack.common import wire
-from servertrack.common.config import add_option, setup_logging
+from servertrack.common import endpoints, wire
+from servertrack.common.config import add_option, endpoint, positive_float, setup_logging
 from servertrack.common.lifecycle import stop_on_signals
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="servertrack agent", description=__doc__)
-    add_option(parser, "--connect", "tcp://127.0.0.1:5556", "receiver endpoint to connect to")
-    add_option(parser, "--interval", 1.0, "seconds between samples", float)
+    add_option(parser, "--connect", endpoints.INGEST, "receiver endpoint to connect to", endpoint)
+    add_option(parser, "--interval", 1.0, "seconds between samples", positive_float)
     add_option(parser, "--name", None, "server name to report (default: this host's FQDN)")
     add_option(parser, "--format", "msgpack", "wire format", choices=sorted(wire.FORMATS))
     add_option(

@@ -1,108 +1,58 @@
-"""The aggregator daemon: applies receiver batches to the rollups and answers API queries.
+"""The aggregator daemon: the sockets, the poll loop and the snapshot writer around one
+:class:`~servertrack.aggregator.state.AggregatorState`.
 
-One thread owns the rollups; it polls the batch socket and the query socket in turn, so no lock
-is ever taken on the hot path.
+One thread owns the state; it polls the batch socket and the query socket in turn, so no lock is
+ever taken. Batches come first: every batch waiting is applied before queries are answered, and
+queries are answered for at most ``QUERY_BUDGET`` seconds at a time, so no read load can hold up
+ingest. A query whose client has given up (its deadline passed) is skipped unanswered.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
-from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
-import msgpack
-import numpy as np
 import psutil
 import zmq
 
-from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.snapshot import read_snapshot, write_snapshot
+from servertrack.aggregator.state import AggregatorState
 from servertrack.aggregator.store import RollupStore
-from servertrack.common import rpc
+from servertrack.common import endpoints, rpc
 from servertrack.common.batch import Batch, MalformedBatch
-from servertrack.common.buckets import Clock, iso_utc
+from servertrack.common.buckets import Clock
 from servertrack.common.lifecycle import Ticker
 
 log = logging.getLogger(__name__)
-APPLY_SLICE = 32_768
-"""Samples applied between two looks at the query socket, so a large batch (or the first sight
-of many servers) never holds a query for more than a few milliseconds."""
 MAX_BATCH_BYTES = 512 * 2**20
 """Largest batch message accepted: a second of 10M samples at 36 bytes each."""
 REPLAY_PAUSE = 2.0
 """Seconds between two replay requests while a batch is missing."""
-LAG_HISTORY = 60
-"""Batches (one a second) over which flush-lag percentiles are reported: the last minute."""
-
-
-def _percentile(values: deque[float], percent: float) -> float | None:
-    return float(np.percentile(values, percent)) if values else None
+BATCHES_PER_WAKE = 16
+QUERY_BUDGET = 0.05
+"""Seconds of queries answered before the batch socket is looked at again."""
+SLICE_QUERY_BUDGET = 0.01
+"""The same between two slices of a large batch."""
 
 
 @dataclass(slots=True)
 class AggregatorConfig:
-    batches: str = "ipc:///tmp/servertrack-batches"
-    query: str = "ipc:///tmp/servertrack-query"
-    receiver_control: str = "ipc:///tmp/servertrack-receiver-control"
+    batches: str = endpoints.AGGREGATOR_BATCHES
+    query: str = endpoints.AGGREGATOR_QUERY
+    receiver_control: str = endpoints.RECEIVER_CONTROL
     receiver_timeout: float = 1.0
     snapshot: str | None = None
     snapshot_interval: float = 30.0
-
-
-class ReceiverIds:
-    """Translates one receiver run's server ids into rollup rows."""
-
-    def __init__(self) -> None:
-        self.epoch: str | None = None
-        self.names: dict[int, str] = {}
-        self.id_of: dict[str, int] = {}
-        self.rows = np.full(0, -1, np.int64)
-        self.evictions_seen = 0
-        self.servers: dict[int, tuple[list[str], int, int, float, int]] = {}
-        """Receiver id → (ips, lost, duplicates, skew, rejected) of the current receiver run."""
-
-    def reset(self, epoch: str) -> dict[str, tuple[int, int, int]]:
-        """Start a new receiver run; returns the finished run's (lost, duplicates, rejected) by
-        name."""
-        finished = {
-            self.names[server_id]: (lost, duplicates, rejected)
-            for server_id, (_, lost, duplicates, _, rejected) in self.servers.items()
-            if server_id in self.names
-        }
-        self.epoch = epoch
-        self.names.clear()
-        self.id_of.clear()
-        self.servers.clear()
-        self.rows = np.full(0, -1, np.int64)
-        return finished
-
-    def learn(self, pairs: list[tuple[int, str]], store: RollupStore) -> None:
-        if not pairs:
-            return
-        top = max(server_id for server_id, _ in pairs)
-        if top >= self.rows.size:
-            bigger = np.full(max(top + 1, self.rows.size * 2), -1, np.int64)
-            bigger[: self.rows.size] = self.rows
-            self.rows = bigger
-        for server_id, name in pairs:
-            self.names[server_id] = name
-            self.id_of[name] = server_id
-            self.rows[server_id] = store.row_for(name)
-
-    def rebuild(self, store: RollupStore) -> None:
-        """Look every row up again (rows are released when a server falls silent)."""
-        self.rows[:] = -1
-        self.learn(list(self.names.items()), store)
+    max_servers: int | None = None
 
 
 class AggregatorDaemon:
-    """Owns the sockets around one :class:`RollupStore`."""
+    """Owns the sockets and the schedule around one :class:`AggregatorState`."""
 
     def __init__(
         self,
@@ -113,31 +63,24 @@ class AggregatorDaemon:
     ) -> None:
         self.config = config
         self.clock = clock
-        self.store: RollupStore = store if store is not None else Rollups(clock)
+        self.state = AggregatorState(
+            store if store is not None else Rollups(clock, max_servers=config.max_servers), clock
+        )
         self.context = context or zmq.Context.instance()
-        self.ids = ReceiverIds()
         self.stop = threading.Event()
-        self.receiver_counters: dict[str, Any] = {}
-        self.counters: Counter[str] = Counter()
-        self.last_batch_sent = 0.0
-        self.last_batch_applied = 0.0
-        self.flush_lag = 0.0
-        self.recent_lags: deque[float] = deque(maxlen=LAG_HISTORY)
-        self.recent_sizes: deque[int] = deque(maxlen=LAG_HISTORY)
-        self.started = clock()
-        self.ledger = BatchLedger()
-        self.newest_number = -1
-        self.health_before: dict[str, tuple[int, ...]] = {}
-        """Lost, duplicate and rejected counts of earlier receiver runs, by server name."""
-        self.snapshot_taken = 0.0
         self.replay_asked = float("-inf")
         self._query: zmq.Socket | None = None
         self._process = psutil.Process()
         self._writer_pid = 0
+        self._writer_pipe = -1
         self._writer_taken = 0.0
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
         )
+
+    @property
+    def store(self) -> RollupStore:
+        return self.state.store
 
     def run(self) -> None:
         self.restore()
@@ -147,15 +90,14 @@ class AggregatorDaemon:
             pull.setsockopt(zmq.LINGER, 0)
             pull.setsockopt(zmq.RCVHWM, 8)
             pull.setsockopt(zmq.MAXMSGSIZE, MAX_BATCH_BYTES)
-            pull.bind(self.config.batches)
+            rpc.bind(pull, self.config.batches)
             query = rpc.bind_router(self.context, self.config.query)
             log.info(
                 "aggregator ready: batches on %s, queries on %s",
                 self.config.batches,
                 self.config.query,
             )
-            if self.ledger.epoch is not None:
-                self.ask_replay()
+            self.ask_replay()
             self._loop(pull, query)
         finally:
             self.save_snapshot(wait=True)
@@ -171,153 +113,113 @@ class AggregatorDaemon:
         poller.register(pull, zmq.POLLIN)
         poller.register(query, zmq.POLLIN)
         snapshots = Ticker(self.config.snapshot_interval)
+        second = Ticker(1.0)
         while not self.stop.is_set():
             if snapshots.due():
                 self.save_snapshot()
+            if second.due():
+                self.state.rss_bytes = int(self._process.memory_info().rss)
             self.reap_snapshot()
-            if self.ledger.missing() and time.monotonic() - self.replay_asked > REPLAY_PAUSE:
+            if self.state.ledger.missing() and time.monotonic() - self.replay_asked > REPLAY_PAUSE:
                 self.ask_replay()
             ready = dict(poller.poll(timeout=200))
             if pull in ready:
-                try:
-                    frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    frames = None
-                if frames is not None:
+                for _ in range(BATCHES_PER_WAKE):
                     try:
-                        self.handle_batch(frames)
-                    except Exception:  # a bad batch must never stop the aggregator
-                        self.counters["batch_errors"] += 1
-                        log.exception("could not apply a batch")
+                        frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    self.handle_batch(frames)
             if query in ready:
-                self.serve_queries()
+                self.serve_queries(QUERY_BUDGET)
 
-    def serve_queries(self) -> None:
-        """Answer the queries waiting now (also called between slices of a large batch)."""
+    def serve_queries(self, budget: float) -> None:
+        """Answer the queries waiting now, for at most ``budget`` seconds."""
         query = self._query
         if query is None:
             return
-        for _ in range(256):
-            if not query.poll(0, zmq.POLLIN):
-                break
-            rpc.serve_one(query, self.answer)
+        end = time.monotonic() + budget
+        while time.monotonic() < end and query.poll(0, zmq.POLLIN):
+            rpc.serve_one(query, self._answer)
+
+    def _answer(self, request: object) -> bytes | None:
+        return self.state.answer(request, self.clock(), time.time())
 
     # -- batches ------------------------------------------------------------------------------
     def handle_batch(self, frames: list[bytes]) -> None:
         try:
             batch = Batch.decode(frames)
         except MalformedBatch as err:
-            self.counters["malformed_batches"] += 1
+            self.state.malformed_batch()
             log.warning("dropped malformed batch: %s", err)
             return
-        self.apply(batch)
+        try:
+            if self.state.needs_names(batch):
+                self._fetch_names()
+            for _ in self.state.apply_in_slices(batch, self.clock()):
+                self.serve_queries(SLICE_QUERY_BUDGET)
+        except Exception:  # a bad batch must never stop the aggregator
+            self.state.batch_error()
+            log.exception("could not apply batch %d", batch.number)
 
-    def apply(self, batch: Batch) -> None:
-        if not self.ledger.admit(batch.epoch, batch.number):
-            self.counters["batches_already_applied"] += 1
+    def _fetch_names(self) -> None:
+        try:
+            reply = self.receiver.call({"op": "names"})
+        except rpc.Unavailable as err:
+            log.warning("cannot fetch server names: %s", err)
             return
-        ids = self.ids
-        if batch.epoch != ids.epoch:
-            for name, counts in ids.reset(batch.epoch).items():
-                before = self.health_before.get(name, (0, 0, 0))
-                self.health_before[name] = tuple(a + b for a, b in zip(before, counts, strict=True))
-            self.newest_number = -1
-        ids.learn(batch.names, self.store)
-        if ids.evictions_seen != self.store.evictions:
-            ids.rebuild(self.store)
-            ids.evictions_seen = self.store.evictions
-        if len(batch) and (batch.ids.max() >= ids.rows.size or (ids.rows[batch.ids] < 0).any()):
-            self._fetch_names()
-        rows = ids.rows[batch.ids] if ids.rows.size else np.full(len(batch), -1, np.int64)
-        known = rows >= 0
-        unknown = len(batch) - int(np.count_nonzero(known))
-        if unknown:
-            self.counters["unknown_server"] += unknown
-            log.warning("dropped %d samples from servers the receiver could not name", unknown)
-            rows, ts, cpu, ram = rows[known], batch.ts[known], batch.cpu[known], batch.ram[known]
-            seq = batch.numbered()[known]
-        else:
-            ts, cpu, ram, seq = batch.ts, batch.cpu, batch.ram, batch.numbered()
-        now = self.clock()
-        for start in range(0, rows.size, APPLY_SLICE):
-            end = start + APPLY_SLICE
-            result = self.store.apply(
-                rows[start:end],
-                ts[start:end],
-                cpu[start:end],
-                ram[start:end],
-                now,
-                seq[start:end],
-            )
-            self.counters["applied"] += result.applied
-            self.counters["expired"] += result.expired
-            if end < rows.size:
-                self.serve_queries()
-        self.counters["batches"] += 1
-        if batch.number < self.newest_number:
-            return  # a re-sent batch: its totals are older than those already known
-        self.newest_number = batch.number
-        for server_id, *health in batch.servers:
-            ids.servers[server_id] = tuple(health)  # type: ignore[assignment]
-        self.receiver_counters = batch.counters
-        self.last_batch_sent = batch.sent
-        self.last_batch_applied = now
-        self.flush_lag = self.clock() - batch.sent
-        self.recent_lags.append(self.flush_lag)
-        self.recent_sizes.append(len(batch))
+        self.state.learn_names(reply.get("epoch"), [(int(i), str(n)) for i, n in reply["names"]])
 
     # -- recovery -----------------------------------------------------------------------------
     def ask_replay(self) -> None:
         """Ask the receiver to send again every retained batch after the last one applied."""
         self.replay_asked = time.monotonic()
-        request = {"op": "replay", "epoch": self.ledger.epoch, "after": self.ledger.applied_upto}
         try:
-            reply = self.receiver.call(request)
+            reply = self.receiver.call(self.state.replay_request())
         except rpc.Unavailable as err:
             log.warning("cannot ask for a replay: %s", err)
             return
-        if reply.get("epoch") != self.ledger.epoch:
-            return  # the receiver restarted: what it held of the old run is gone
-        gone = self.ledger.give_up_below(int(reply.get("first", 0)))
-        if gone:
-            self.counters["batches_lost"] += gone
-            log.warning("%d batches are no longer held by the receiver", gone)
-        self.counters["batches_replayed"] += int(reply.get("sent", 0))
+        self.state.replay_answered(reply)
 
     def save_snapshot(self, wait: bool = False) -> None:
         """Write a snapshot from a forked child, as Redis' BGSAVE does: the child sees the
         rollups frozen at the fork (copy-on-write) and writes them while this process goes on,
-        so a large fleet's file (~5 KB a server) holds up neither batches nor queries, and the
-        writer takes no share of this process's interpreter lock. The child touches no socket
-        and leaves with ``os._exit``. ``wait`` writes in this process instead (at shutdown)."""
-        if not self.config.snapshot or not isinstance(self.store, Rollups):
+        so a large fleet's file (~5 KB a server) holds up neither batches nor queries. The child
+        touches no socket, reports a failure through a pipe and leaves with ``os._exit``.
+        ``wait`` writes in this process instead (at shutdown)."""
+        path = self.config.snapshot
+        if not path:
             return
         self.reap_snapshot(block=wait)
         if self._writer_pid:
             return  # the previous one is still being written
-        meta = {
-            "ledger": self.ledger.to_dict(),
-            "receiver_names": sorted(self.ids.names.items()),
-            "servers": sorted((k, list(v)) for k, v in self.ids.servers.items()),
-            "health_before": self.health_before,
-            "counters": dict(self.counters),
-            "newest_number": self.newest_number,
-            "taken": self.clock(),
-        }
+        arrays = self.store.snapshot()
+        if arrays is None:
+            return  # the store keeps its data itself
+        meta = self.state.snapshot_meta(self.clock())
         if wait:
-            size = write_snapshot(self.config.snapshot, self.store, meta)
-            self.snapshot_taken = meta["taken"]
+            try:
+                size = write_snapshot(path, arrays, meta)
+            except OSError as err:
+                self._snapshot_failed(describe(err, path))
+                return
+            self.state.snapshot_written(meta["taken"])
             log.info("snapshot of %d servers written (%d bytes)", self.store.server_count(), size)
             return
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: write and leave at once, running no cleanup of the parent's
             code = 1
             try:
-                write_snapshot(self.config.snapshot, self.store, meta)
+                os.close(read_end)
+                write_snapshot(path, arrays, meta)
                 code = 0
+            except BaseException as err:
+                os.write(write_end, describe(err, path).encode()[:4096])
             finally:
                 os._exit(code)
-        self._writer_pid, self._writer_taken = pid, meta["taken"]
+        os.close(write_end)
+        self._writer_pid, self._writer_pipe, self._writer_taken = pid, read_end, meta["taken"]
 
     def reap_snapshot(self, block: bool = False) -> None:
         """Collect a finished snapshot child and note its outcome."""
@@ -326,109 +228,66 @@ class AggregatorDaemon:
         pid, status = os.waitpid(self._writer_pid, 0 if block else os.WNOHANG)
         if pid == 0:
             return
-        self._writer_pid = 0
+        with os.fdopen(self._writer_pipe, "rb") as pipe:
+            why = pipe.read().decode(errors="replace")
+        self._writer_pid, self._writer_pipe = 0, -1
         if os.waitstatus_to_exitcode(status) == 0:
-            self.snapshot_taken = self._writer_taken
+            self.state.snapshot_written(self._writer_taken)
         else:
-            self.counters["snapshot_errors"] += 1
-            log.error("the snapshot writer failed (status %d)", status)
+            self._snapshot_failed(why or f"the writer exited with status {status}")
+
+    def _snapshot_failed(self, why: str) -> None:
+        self.state.snapshot_failed(why)
+        log.error("snapshot not written: %s", why)
 
     def restore(self) -> None:
-        if not self.config.snapshot:
+        """Load the snapshot, if any. One that cannot be read is moved aside (never deleted),
+        logged and counted, and the aggregator starts empty: the receiver then re-sends every
+        batch it still holds."""
+        path = self.config.snapshot
+        if not path:
             return
-        loaded = read_snapshot(self.config.snapshot, self.clock)
-        if loaded is None:
+        try:
+            loaded = read_snapshot(path)
+            if loaded is None:
+                return
+            self.state.restore(*loaded)
+        except Exception as err:  # any unreadable file: truncated, corrupt, foreign
+            try:
+                aside: Path | str = quarantine(Path(path))
+            except OSError as move_err:
+                aside = f"nowhere ({move_err})"
+            self.state.snapshot_quarantined()
+            log.error(
+                "snapshot %s is unreadable (%s: %s); moved to %s, starting without it",
+                path,
+                type(err).__name__,
+                err,
+                aside,
+            )
             return
-        self.store, meta = loaded
-        self.ledger = BatchLedger.from_dict(meta["ledger"])
-        self.ids.epoch = self.ledger.epoch
-        self.ids.learn([(int(i), str(n)) for i, n in meta["receiver_names"]], self.store)
-        self.ids.evictions_seen = self.store.evictions
-        self.ids.servers = {int(k): tuple(v) for k, v in meta["servers"]}  # type: ignore[misc]
-        self.health_before = {k: tuple(v) for k, v in meta["health_before"].items()}
-        self.counters.update(meta["counters"])
-        self.newest_number = int(meta["newest_number"])
-        self.snapshot_taken = float(meta["taken"])
         log.info(
             "restored %d servers from %s (taken %.1f s ago), applied up to batch %d",
             self.store.server_count(),
-            self.config.snapshot,
-            self.clock() - self.snapshot_taken,
-            self.ledger.applied_upto,
+            path,
+            self.clock() - self.state.snapshot_taken,
+            self.state.ledger.applied_upto,
         )
 
-    def _fetch_names(self) -> None:
-        try:
-            reply = self.receiver.call({"op": "names"})
-        except rpc.Unavailable as err:
-            log.warning("cannot fetch server names: %s", err)
-            return
-        if reply.get("epoch") == self.ids.epoch:
-            self.ids.learn([(int(i), str(n)) for i, n in reply["names"]], self.store)
 
-    # -- queries ------------------------------------------------------------------------------
-    def answer(self, request: Any) -> bytes:
-        op = request.get("op") if isinstance(request, dict) else None
-        now = self.clock()
-        if op == "view":
-            view = self.store.view(str(request.get("name")), now)
-            if view is None:
-                return msgpack.packb({"status": 404})
-            view["health"] = self._server_health(view["server"])
-            return msgpack.packb({"status": 200, "body": json.dumps(view).encode()})
-        if op == "servers":
-            servers = [
-                {"server": name, "last_seen": iso_utc(seen)}
-                for name, seen in self.store.servers(now)
-            ]
-            return msgpack.packb({"status": 200, "body": json.dumps({"servers": servers}).encode()})
-        if op == "stats":
-            return msgpack.packb({"status": 200, "body": json.dumps(self.stats(now)).encode()})
-        if op == "sequences":
-            names, seqs, stamps = self.store.sequences()
-            return msgpack.packb({"names": names, "seq": seqs.tolist(), "ts": stamps.tolist()})
-        if op == "ping":
-            return msgpack.packb({"ok": True, "batch_age": now - self.last_batch_applied})
-        return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
+def describe(err: BaseException, path: str) -> str:
+    """``[Errno 13] Permission denied: '/x/aggregator.npz.123.tmp'`` style text, with the path."""
+    if isinstance(err, OSError):
+        where = err.filename or path
+        return f"{err.strerror or err} (errno {err.errno}) writing {where}"
+    return f"{type(err).__name__}: {err} writing {path}"
 
-    def _server_health(self, name: str) -> dict[str, Any]:
-        lost, duplicates, rejected = self.health_before.get(name, (0, 0, 0))
-        known = self.ids.servers.get(self.ids.id_of.get(name, -1))
-        ips: list[str] = []
-        skew = None
-        if known is not None:
-            ips, now_lost, now_duplicates, skew, now_rejected = known
-            lost, duplicates, rejected = (
-                lost + now_lost,
-                duplicates + now_duplicates,
-                rejected + now_rejected,
-            )
-        return {
-            "ip": ips,
-            "lost": lost,
-            "duplicates": duplicates,
-            "rejected": rejected,
-            "skew_seconds": skew,
-        }
 
-    def stats(self, now: float) -> dict[str, Any]:
-        return {
-            "receiver": self.receiver_counters,
-            "aggregator": {
-                **self.counters,
-                "servers_tracked": self.store.server_count(),
-                "rss_bytes": self._process.memory_info().rss,
-                "flush_lag_seconds": self.flush_lag,
-                "flush_lag_p50_seconds": _percentile(self.recent_lags, 50),
-                "flush_lag_p99_seconds": _percentile(self.recent_lags, 99),
-                "flush_lag_max_seconds": max(self.recent_lags, default=None),
-                "flush_lag_recent_seconds": [round(lag, 4) for lag in self.recent_lags],
-                "batch_size_last": self.recent_sizes[-1] if self.recent_sizes else 0,
-                "batch_size_max": max(self.recent_sizes, default=0),
-                "snapshot_age_seconds": now - self.snapshot_taken if self.snapshot_taken else None,
-                "applied_upto_batch": self.ledger.applied_upto,
-                "last_batch_age_seconds": now - self.last_batch_applied
-                if self.last_batch_applied
-                else None,
-            },
-        }
+def quarantine(path: Path) -> Path:
+    """Rename an unreadable snapshot to ``<name>.unreadable-<n>`` beside it and return the name."""
+    for number in range(1, 1000):
+        aside = path.with_name(f"{path.name}.unreadable-{number}")
+        if not aside.exists():
+            os.replace(path, aside)
+            return aside
+    raise OSError(f"too many unreadable snapshots beside {path}")

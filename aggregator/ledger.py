@@ -18,9 +18,17 @@ class BatchLedger:
     applied_upto: int = -1
     applied_beyond: set[int] = field(default_factory=set)
 
+    def start(self, epoch: str, first: int) -> None:
+        """A ledger with nothing applied begins at batch ``first`` of ``epoch`` (the oldest the
+        receiver still holds): batches before it were never this aggregator's to apply."""
+        if self.epoch is None:
+            self.epoch, self.applied_upto, self.applied_beyond = epoch, first - 1, set()
+
     def admit(self, epoch: str, number: int) -> bool:
         """True if batch ``number`` of ``epoch`` is new (and records it as applied)."""
-        if epoch != self.epoch:
+        if self.epoch is None:
+            self.start(epoch, number)
+        elif epoch != self.epoch:
             self.epoch, self.applied_upto, self.applied_beyond = epoch, -1, set()
         if number <= self.applied_upto or number in self.applied_beyond:
             return False

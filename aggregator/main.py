@@ -8,9 +8,16 @@ import contextlib
 import zmq
 
 from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
-from servertrack.common import endpoints
-from servertrack.common.config import add_option, setup_logging
-from servertrack.common.lifecycle import stop_on_signals
+from servertrack.common import endpoints, rpc
+from servertrack.common.config import (
+    add_option,
+    endpoint,
+    positive_float,
+    positive_int,
+    setup_logging,
+)
+from servertrack.common.lifecycle import fatal, hold_lock, stop_on_signals
+from servertrack.common.limits import DEFAULT_MAX_SERVERS
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -20,13 +27,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--batches",
         endpoints.AGGREGATOR_BATCHES,
         "endpoint to bind for the receiver's batches",
+        endpoint,
     )
-    add_option(parser, "--query", endpoints.AGGREGATOR_QUERY, "endpoint to bind for API queries")
+    add_option(
+        parser, "--query", endpoints.AGGREGATOR_QUERY, "endpoint to bind for API queries", endpoint
+    )
     add_option(
         parser,
         "--receiver-control",
         endpoints.RECEIVER_CONTROL,
         "receiver control endpoint (to look up server names)",
+        endpoint,
     )
     add_option(
         parser,
@@ -34,7 +45,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         None,
         "file to snapshot the rollups to and restore from (none: memory only)",
     )
-    add_option(parser, "--snapshot-interval", 30.0, "seconds between snapshots", float)
+    add_option(parser, "--snapshot-interval", 30.0, "seconds between snapshots", positive_float)
+    add_option(
+        parser,
+        "--max-servers",
+        DEFAULT_MAX_SERVERS,
+        "servers tracked at most; samples of new ones beyond it are dropped (server_limit)",
+        positive_int,
+    )
     return parser
 
 
@@ -50,9 +68,23 @@ def run(args: argparse.Namespace) -> int:
         args.receiver_control,
         snapshot=args.snapshot,
         snapshot_interval=args.snapshot_interval,
+        max_servers=args.max_servers,
     )
-    with zmq.Context() as context:
-        daemon = AggregatorDaemon(config, context=context)
-        with stop_on_signals(daemon.stop), contextlib.suppress(KeyboardInterrupt):
-            daemon.run()
+    lock = None
+    if args.snapshot:
+        try:
+            lock = hold_lock(f"{args.snapshot}.lock", "the snapshot's directory")
+        except OSError as err:
+            fatal(f"servertrack aggregator: {err}")
+    try:
+        with zmq.Context() as context:
+            daemon = AggregatorDaemon(config, context=context)
+            with stop_on_signals(daemon.stop), contextlib.suppress(KeyboardInterrupt):
+                try:
+                    daemon.run()
+                except rpc.BindError as err:
+                    fatal(f"servertrack aggregator: {err}")
+    finally:
+        if lock is not None:
+            lock.close()
     return 0

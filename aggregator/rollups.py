@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sortedcontainers import SortedList
 
 from servertrack.common.buckets import (
     HOUR,
@@ -144,6 +145,10 @@ class Ring:
         return sum(array.nbytes for array in self.fields.values())
 
 
+REFUSED = -2
+"""The row given for a server beyond ``max_servers``."""
+
+
 @dataclass(slots=True)
 class ApplyResult:
     applied: int
@@ -153,9 +158,13 @@ class ApplyResult:
 class Rollups:
     """All servers' minute and hour rollups. Pass ``now`` or inject ``clock``; no I/O inside."""
 
-    def __init__(self, clock: Clock = time.time, capacity: int = 1024) -> None:
+    def __init__(
+        self, clock: Clock = time.time, capacity: int = 1024, max_servers: int | None = None
+    ) -> None:
         self.clock = clock
         self.capacity = capacity
+        self.max_servers = max_servers
+        """Rows at most; :meth:`row_for` answers ``REFUSED`` for a new name beyond it."""
         self.minutes = Ring(MINUTE, MINUTE_WINDOW, capacity)
         self.hours = Ring(HOUR, HOUR_WINDOW, capacity)
         self.last_seen = np.full(capacity, -np.inf, np.float64)
@@ -164,6 +173,8 @@ class Rollups:
         """Each server's newest agent seq and its ts, so a restarted receiver can resume loss
         counting where the previous one stopped."""
         self.row_of: dict[str, int] = {}
+        self.sorted_names: SortedList = SortedList()
+        """The tracked names in order, for paged listings."""
         self.name_of: list[str | None] = []
         self.free_rows: list[int] = []
         self.expired_total = 0
@@ -173,10 +184,13 @@ class Rollups:
 
     # -- rows ---------------------------------------------------------------------------------
     def row_for(self, name: str) -> int:
-        """The row of server ``name``, creating it on first sight."""
+        """The row of server ``name``, creating it on first sight (``REFUSED`` at the cap)."""
         row = self.row_of.get(name)
         if row is not None:
             return row
+        if self.max_servers is not None and len(self.row_of) >= self.max_servers:
+            return REFUSED
+        self.sorted_names.add(name)
         if self.free_rows:
             row = self.free_rows.pop()
             self.name_of[row] = name
@@ -229,6 +243,7 @@ class Rollups:
             name = self.name_of[row]
             self.name_of[row] = None
             del self.row_of[name]
+            self.sorted_names.remove(name)
             self.free_rows.append(row)
         self.last_seen[rows] = -np.inf
         self.last_seq[rows] = -1
@@ -331,8 +346,22 @@ class Rollups:
 
     def servers(self, now: float | None = None) -> list[tuple[str, float]]:
         """Tracked servers with their last-seen ts, by name."""
+        return self.servers_page(now, None, len(self.row_of) or 1)[0]
+
+    def servers_page(
+        self, now: float | None, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, float]], int, bool]:
+        """Up to ``limit`` tracked servers named after ``after`` (from the first when None), by
+        name, with their last-seen ts; how many servers are tracked in all; whether more follow."""
         self.advance(now)
-        return sorted((name, float(self.last_seen[row])) for name, row in self.row_of.items())
+        names = self.sorted_names
+        start = 0 if after is None else names.bisect_right(after)
+        page = names[start : start + limit]
+        rows = [(name, float(self.last_seen[self.row_of[name]])) for name in page]
+        return rows, len(names), start + limit < len(names)
+
+    def tracks(self, name: str) -> bool:
+        return name in self.row_of
 
     def server_count(self) -> int:
         return len(self.row_of)
@@ -341,9 +370,32 @@ class Rollups:
     def nbytes(self) -> int:
         return self.minutes.nbytes + self.hours.nbytes + self.last_seen.nbytes
 
+    # -- snapshots ----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Everything held, as plain arrays (see :func:`rollup_arrays`)."""
+        return rollup_arrays(self)
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replace everything held by what :meth:`snapshot` returned (ValueError or KeyError
+        when the arrays do not fit together)."""
+        restored = restore_rollups(arrays, self.clock, self.max_servers)
+        restored._check_shapes()
+        for name in self.__dict__:
+            setattr(self, name, getattr(restored, name))
+
+    def _check_shapes(self) -> None:
+        used = len(self.name_of)
+        for ring in (self.minutes, self.hours):
+            for name, array in ring.fields.items():
+                if array.shape != (self.capacity, ring.slots):
+                    raise ValueError(f"snapshot field {name} has shape {array.shape}")
+        if self.last_seen.shape[0] < used or len(self.row_of) > used:
+            raise ValueError("snapshot names and rows do not agree")
+
     def _check(self) -> None:
         """Invariants, for stress tests."""
         assert len(self.row_of) + len(self.free_rows) == len(self.name_of)
+        assert list(self.sorted_names) == sorted(self.row_of)
         for name, row in self.row_of.items():
             assert self.name_of[row] == name
         for ring in (self.minutes, self.hours):
@@ -374,11 +426,13 @@ def rollup_arrays(rollups: Rollups) -> dict[str, np.ndarray]:
     return arrays
 
 
-def restore_rollups(arrays: dict[str, np.ndarray], clock: Clock = time.time) -> Rollups:
+def restore_rollups(
+    arrays: dict[str, np.ndarray], clock: Clock = time.time, max_servers: int | None = None
+) -> Rollups:
     """A :class:`Rollups` equal to the one :func:`rollup_arrays` was taken from."""
     raw = bytes(arrays["names"])
     names: list[str | None] = [name or None for name in raw.decode().split("\n")] if raw else []
-    rollups = Rollups(clock, capacity=max(1024, len(names)))
+    rollups = Rollups(clock, capacity=max(1024, len(names)), max_servers=max_servers)
     for label, ring in (("minutes", rollups.minutes), ("hours", rollups.hours)):
         ring.bucket_of_slot[:] = arrays[f"{label}.bucket_of_slot"]
         ring.current = int(arrays[f"{label}.current"][0])
@@ -388,5 +442,6 @@ def restore_rollups(arrays: dict[str, np.ndarray], clock: Clock = time.time) -> 
         getattr(rollups, name)[: len(names)] = arrays[name]
     rollups.name_of = names
     rollups.row_of = {name: row for row, name in enumerate(names) if name is not None}
+    rollups.sorted_names = SortedList(rollups.row_of)
     rollups.free_rows = [row for row, name in enumerate(names) if name is None]
     return rollups

@@ -14,17 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from servertrack.aggregator.rollups import Rollups, restore_rollups, rollup_arrays
-from servertrack.common.buckets import Clock
 
-
-def write_snapshot(path: str | Path, rollups: Rollups, meta: dict[str, Any]) -> int:
+def write_snapshot(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
     """Write atomically; returns the file's size in bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer process
-    arrays = rollup_arrays(rollups)
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    arrays = {**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     with temporary.open("wb") as handle:
         np.savez(handle, **arrays)
         handle.flush()
@@ -38,12 +34,15 @@ def write_snapshot(path: str | Path, rollups: Rollups, meta: dict[str, Any]) -> 
     return path.stat().st_size
 
 
-def read_snapshot(path: str | Path, clock: Clock) -> tuple[Rollups, dict[str, Any]] | None:
-    """The rollups and meta of the snapshot at ``path``, or ``None`` if there is none."""
+def read_snapshot(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The store arrays and meta of the snapshot at ``path``, or ``None`` if there is none.
+    Raises (ValueError, OSError, KeyError, ...) when the file cannot be read whole."""
     path = Path(path)
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     meta = json.loads(bytes(arrays.pop("meta")).decode())
-    return restore_rollups(arrays, clock), meta
+    if not isinstance(meta, dict):
+        raise ValueError("snapshot meta is not an object")
+    return arrays, meta

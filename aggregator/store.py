@@ -1,5 +1,8 @@
-"""The store interface the aggregator daemon talks to, so another backend can replace the
-in-memory :class:`~servertrack.aggregator.rollups.Rollups`."""
+"""The store interface the aggregator talks to: any store that keeps the rollups implements it.
+
+The in-memory :class:`~servertrack.aggregator.rollups.Rollups` is one. A store that keeps its data
+itself (and needs no snapshot) answers ``None`` from :meth:`RollupStore.snapshot`.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,11 @@ class RollupStore(Protocol):
     evictions: int
     """Bumped whenever rows are released; rows cached by callers must then be looked up again."""
 
-    def row_for(self, name: str) -> int: ...
+    def row_for(self, name: str) -> int:
+        """The row of ``name``, created on first sight; ``REFUSED`` beyond the server cap."""
+        ...
+
+    def advance(self, now: float | None = None) -> float: ...
 
     def apply(
         self,
@@ -30,6 +37,21 @@ class RollupStore(Protocol):
 
     def view(self, name: str, now: float | None = None) -> dict[str, Any] | None: ...
 
-    def servers(self, now: float | None = None) -> list[tuple[str, float]]: ...
+    def servers_page(
+        self, now: float | None, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, float]], int, bool]:
+        """A page of ``(name, last_seen)`` by name after ``after``; the total; whether more
+        follow."""
+        ...
+
+    def tracks(self, name: str) -> bool: ...
 
     def server_count(self) -> int: ...
+
+    def snapshot(self) -> dict[str, np.ndarray] | None:
+        """The store's content as plain arrays for a snapshot file, or None when it needs none."""
+        ...
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Load what :meth:`snapshot` returned (ValueError or KeyError if it does not fit)."""
+        ...

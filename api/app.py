@@ -3,35 +3,45 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 import falcon
+import falcon.media
 
 from servertrack.api.auth import TokenAuth
 from servertrack.api.backend import Backend, Unavailable
+from servertrack.api.errors import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unprocessable,
+    error_body,
+    serialize_error,
+    status_reason,
+)
 from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
+from servertrack.api.stats import ApiStats
 from servertrack.common.buckets import Clock, time_verdict
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 10_000
 MAX_BODY = 4 * 1024 * 1024
 """A full 10,000-item batch is about 0.8 MB of JSON."""
+SERVERS_PAGE = 1_000
+SERVERS_PAGE_MAX = 10_000
+REQUEST_DEADLINE = 5.0
+"""Seconds after its arrival by which a request must have been started, else it is dropped."""
 SINGLE_FIELDS = frozenset({"cpu", "ram", "ts"})
 BATCH_FIELDS = SINGLE_FIELDS | {"server"}
 JSON = falcon.MEDIA_JSON
-
-
-class BadInput(Exception):
-    """A client mistake: rendered as a 4xx JSON body naming what is wrong."""
-
-    def __init__(self, status: str, reason: str, message: str, index: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.index = index
+NAME_RULE = "1-253 characters from letters, digits, '.', '-', '_'"
 
 
 def _refuse_constant(name: str) -> Any:
@@ -45,26 +55,37 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return data
 
 
-def read_json(req: falcon.Request) -> Any:
-    """The request body as JSON; strict about size, NaN/Infinity and duplicate keys."""
-    if req.content_length is not None and req.content_length > MAX_BODY:
-        raise BadInput("413 Payload Too Large", "too_large", f"body exceeds {MAX_BODY} bytes")
-    raw = req.bounded_stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise BadInput("413 Payload Too Large", "too_large", f"body exceeds {MAX_BODY} bytes")
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise BadInput("400 Bad Request", "bad_json", f"malformed JSON: {err}") from err
+class StrictJSONHandler(falcon.media.JSONHandler):
+    """Falcon's JSON media handler with the strict options: at most ``max_body`` bytes, no NaN or
+    Infinity, no duplicate keys, and a clear 400 (not a 500) for nesting too deep to decode."""
+
+    def __init__(self, max_body: int = MAX_BODY) -> None:
+        super().__init__(
+            loads=lambda text: json.loads(
+                text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys
+            )
+        )
+        self.max_body = max_body
+
+    def deserialize(self, stream: Any, content_type: str | None, content_length: int | None) -> Any:
+        if content_length is not None and content_length > self.max_body:
+            raise PayloadTooLarge("too_large", f"body exceeds {self.max_body} bytes")
+        raw = stream.read(self.max_body + 1)
+        if len(raw) > self.max_body:
+            raise PayloadTooLarge("too_large", f"body exceeds {self.max_body} bytes")
+        if not raw:
+            raise BadRequest("bad_json", "the body is empty; a JSON document is needed")
+        try:
+            return self._loads(raw.decode())
+        except RecursionError:
+            raise BadRequest("bad_json", "malformed JSON: nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise BadRequest("bad_json", f"malformed JSON: {err}") from err
 
 
 def check_name(name: str) -> str:
     if not valid_fqdn(name):
-        raise BadInput(
-            "400 Bad Request",
-            "bad_fqdn",
-            "server name must be 1-253 characters from letters, digits, '.', '-', '_'",
-        )
+        raise BadRequest("bad_fqdn", f"server name must be {NAME_RULE}")
     return name
 
 
@@ -76,44 +97,31 @@ class Intake:
 
     def sample(self, name: str, item: Any, fields: frozenset[str], index: int | None) -> Sample:
         if not isinstance(item, dict):
-            raise BadInput(
-                "400 Bad Request", "not_an_object", "each load must be a JSON object", index
-            )
+            raise BadRequest("not_an_object", "each load must be a JSON object", index)
         unknown = sorted(set(item) - fields)
         if unknown:
-            raise BadInput(
-                "400 Bad Request", "unknown_field", f"unknown field(s): {', '.join(unknown)}", index
-            )
+            raise BadRequest("unknown_field", f"unknown field(s): {', '.join(unknown)}", index)
         now = self.clock()
         ts = item.get("ts", now)
         try:
             sample = make_sample(name, ts, item.get("cpu"), item.get("ram"))
         except InvalidSample as err:
-            raise BadInput("422 Unprocessable Entity", err.reason, err.message, index) from err
+            raise Unprocessable(err.reason, err.message, index) from err
         verdict = time_verdict(sample.ts, now)
         if verdict == "future":
-            raise BadInput(
-                "422 Unprocessable Entity",
-                verdict,
-                "ts is more than 60 s ahead of the server clock",
-                index,
-            )
+            raise Unprocessable(verdict, "ts is more than 60 s ahead of the server clock", index)
         if verdict == "too_old":
-            raise BadInput(
-                "422 Unprocessable Entity", verdict, "ts is older than the 24-hour window", index
-            )
+            raise Unprocessable(verdict, "ts is older than the 24-hour window", index)
         return sample
 
 
 def _record(backend: Backend, samples: list[Sample], resp: falcon.Response) -> None:
     reply = backend.record(samples)
     if "error" in reply:
-        index = reply.get("index")
-        raise BadInput(
-            "422 Unprocessable Entity",
+        raise Unprocessable(
             reply["error"],
             reply.get("message", f"refused by the receiver: {reply['error']}"),
-            index,
+            reply.get("index"),
         )
     resp.status = falcon.HTTP_202
     resp.media = {"accepted": reply["accepted"], "duplicates": reply.get("duplicates", 0)}
@@ -126,18 +134,14 @@ class ServerLoads:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         check_name(name)
-        sample = self.intake.sample(name, read_json(req), SINGLE_FIELDS, None)
+        sample = self.intake.sample(name, req.get_media(), SINGLE_FIELDS, None)
         _record(self.backend, [sample], resp)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         check_name(name)
-        reply = self.backend.query({"op": "view", "name": name})
+        reply = self.backend.query({"op": "view", "name": name}, req.context.deadline)
         if reply.get("status") != 200:
-            raise BadInput(
-                "404 Not Found",
-                "unknown_server",
-                f"no data for server {name!r} in the last 24 hours",
-            )
+            raise NotFound("unknown_server", f"no data for server {name!r} in the last 24 hours")
         resp.data = reply["body"]
         resp.content_type = JSON
 
@@ -148,97 +152,139 @@ class Loads:
         self.intake = intake
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        items = read_json(req)
+        items = req.get_media()
         if not isinstance(items, list):
-            raise BadInput("400 Bad Request", "not_a_list", "body must be a JSON array of loads")
+            raise BadRequest("not_a_list", "body must be a JSON array of loads")
+        req.context.sample_count = len(items)
         if len(items) > MAX_BATCH:
-            raise BadInput(
-                "413 Payload Too Large",
-                "too_many",
-                f"at most {MAX_BATCH} loads per request, got {len(items)}",
+            raise PayloadTooLarge(
+                "too_many", f"at most {MAX_BATCH} loads per request, got {len(items)}"
             )
         samples = []
         for index, item in enumerate(items):
             if not isinstance(item, dict):
-                raise BadInput(
-                    "400 Bad Request", "not_an_object", "each load must be a JSON object", index
-                )
+                raise BadRequest("not_an_object", "each load must be a JSON object", index)
             name = item.get("server")
             if not isinstance(name, str) or not valid_fqdn(name):
-                raise BadInput(
-                    "422 Unprocessable Entity",
-                    "bad_fqdn",
-                    "server must be 1-253 characters from letters, digits, '.', '-', '_'",
-                    index,
-                )
+                raise Unprocessable("bad_fqdn", f"server must be {NAME_RULE}", index)
             samples.append(self.intake.sample(name, item, BATCH_FIELDS, index))
         _record(self.backend, samples, resp)
 
 
-class Passthrough:
-    """A read answered as JSON by the aggregator (``/servers``, ``/stats``)."""
+def _known_params(req: falcon.Request, known: set[str]) -> None:
+    unknown = sorted(set(req.params) - known)
+    if unknown:
+        raise BadRequest("unknown_parameter", f"unknown query parameter(s): {unknown}")
 
-    def __init__(self, backend: Backend, op: str) -> None:
+
+def _int_param(req: falcon.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = req.get_param(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise BadRequest(f"bad_{name}", f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+class Servers:
+    """``GET /servers``: tracked servers by name, a page at a time."""
+
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.op = op
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        reply = self.backend.query({"op": self.op})
+        _known_params(req, {"limit", "cursor"})
+        limit = _int_param(req, "limit", SERVERS_PAGE, 1, SERVERS_PAGE_MAX)
+        cursor = req.get_param("cursor")
+        if cursor is not None and not valid_fqdn(cursor):
+            raise BadRequest("bad_cursor", "cursor must be a next_cursor this API gave")
+        request = {"op": "servers", "limit": limit, "after": cursor}
+        reply = self.backend.query(request, req.context.deadline)
         resp.data = reply["body"]
         resp.content_type = JSON
 
 
+class Stats:
+    """``GET /stats``: the receiver's and aggregator's counters, plus this API process's own."""
+
+    def __init__(self, backend: Backend, stats: ApiStats) -> None:
+        self.backend = backend
+        self.stats = stats
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        reply = self.backend.query({"op": "stats"}, req.context.deadline)
+        resp.media = {**json.loads(reply["body"]), "api": self.stats.snapshot()}
+
+
 class Health:
+    """``GET /health``: 200 ``ok``, 200 ``degraded`` (serving, but something needs attention: the
+    ``problems`` say what), 503 ``unavailable`` (the receiver or the aggregator does not answer)."""
+
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         parts = self.backend.ping()
-        healthy = all(part.get("ok") for part in parts.values())
-        resp.status = falcon.HTTP_200 if healthy else falcon.HTTP_503
-        resp.media = {"status": "ok" if healthy else "degraded", **parts}
+        up = all(part.get("ok") for part in parts.values())
+        problems = [problem for part in parts.values() for problem in part.get("problems", ())]
+        status = "ok" if up and not problems else "degraded" if up else "unavailable"
+        resp.status = falcon.HTTP_200 if up else falcon.HTTP_503
+        resp.media = {"status": status, **parts}
 
 
-def _bad_input(req: falcon.Request, resp: falcon.Response, err: BadInput, params: Any) -> None:
-    resp.status = err.status
-    body: dict[str, Any] = {
-        "title": err.status[4:],
-        "reason": err.reason,
-        "description": err.message,
-    }
-    if err.index is not None:
-        body["index"] = err.index
-    resp.media = body
+class RequestGuard:
+    """Middleware: a request whose client has gone, or that waited in the server's queue past
+    ``deadline`` seconds, is answered 503 at once instead of being worked on; every request gets
+    a ``deadline`` (wall clock) that travels with its backend queries."""
+
+    def __init__(self, stats: ApiStats, deadline: float, wall: Clock = time.time) -> None:
+        self.stats = stats
+        self.deadline = deadline
+        self.wall = wall
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        now = self.wall()
+        arrived = req.env.get("servertrack.arrived") or now
+        req.context.deadline = arrived + self.deadline
+        gone = req.env.get("waitress.client_disconnected")
+        if (gone is not None and gone()) or now > req.context.deadline:
+            self.stats.abandoned()
+            raise ServiceUnavailable(
+                "abandoned", "the request waited too long or its client went away"
+            )
 
 
-def _unavailable(req: falcon.Request, resp: falcon.Response, err: Unavailable, params: Any) -> None:
-    resp.status = falcon.HTTP_503
-    resp.media = {
-        "title": "Service Unavailable",
-        "reason": "backend_unavailable",
-        "description": str(err),
-    }
+def _count_refusals(stats: ApiStats) -> Any:
+    """The handler of every ``HTTPError``: a refused record is counted by its reason (as many
+    samples as the batch had items) before the error is serialized."""
+
+    def handle(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError, _: Any) -> None:
+        if req.method == "POST" and 400 <= int(str(error.status)[:3]) < 500:
+            reason = getattr(error, "reason", None) or status_reason(error.status)
+            stats.rejected(reason, max(1, getattr(req.context, "sample_count", 1)))
+        resp.status = error.status
+        if error.headers:
+            resp.set_headers(error.headers)
+        serialize_error(req, resp, error)
+
+    return handle
+
+
+def _unavailable(req: falcon.Request, resp: falcon.Response, err: Unavailable, _: Any) -> None:
+    error = ServiceUnavailable("backend_unavailable", str(err))
+    resp.status = error.status
+    resp.media = error_body(req, error)
 
 
 def _unrouted_server_path(req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
     """Paths under /servers/ that match no route: a name with ``/`` in it, or a wrong suffix."""
     if req.path.endswith("/loads"):
-        raise BadInput("400 Bad Request", "bad_fqdn", "server names cannot contain '/'")
-    raise falcon.HTTPNotFound(description=f"no such resource: {req.path}")
-
-
-def _http_error(
-    req: falcon.Request, resp: falcon.Response, err: falcon.HTTPError, params: Any
-) -> None:
-    """Falcon's own errors (unknown route, wrong method, ...) in the same JSON shape."""
-    resp.status = err.status
-    resp.media = {
-        "title": err.title,
-        "reason": err.title.lower().replace(" ", "_"),
-        "description": err.description or f"{req.method} {req.path}: {err.title}",
-    }
-    if err.headers:
-        resp.set_headers(err.headers)
+        raise BadRequest("bad_fqdn", "server names cannot contain '/'")
+    raise NotFound("not_found", f"no such resource: {req.path}")
 
 
 def create_app(
@@ -246,31 +292,48 @@ def create_app(
     clock: Clock = time.time,
     record_token: str | None = None,
     read_token: str | None = None,
+    stats: ApiStats | None = None,
+    request_deadline: float = REQUEST_DEADLINE,
 ) -> falcon.App:
     """The WSGI app over ``backend``; ``clock`` decides the default ts and the time window.
 
     ``record_token`` / ``read_token``, when given, are the bearer tokens POST and GET requests
-    need (``/health`` and ``/openapi.json`` stay open).
+    need (``/health`` and ``/openapi.json`` stay open). ``stats`` receives the API's own counts.
     """
-    app = falcon.App()
+    stats = stats or ApiStats()
+    middleware: list[Any] = [RequestGuard(stats, request_deadline)]
     if record_token or read_token:
-        app.add_middleware(TokenAuth(record_token, read_token))
+        middleware.append(TokenAuth(record_token, read_token))
+    app = falcon.App(middleware=middleware)
+    handler = StrictJSONHandler()
+    app.req_options.media_handlers = falcon.media.Handlers({JSON: handler, "*/*": handler})
+    app.req_options.default_media_type = JSON
     intake = Intake(clock)
-    app.add_route("/servers/{name}/loads", ServerLoads(backend, intake))
-    app.add_route("/loads", Loads(backend, intake))
-    app.add_route("/servers", Passthrough(backend, "servers"))
-    app.add_route("/stats", Passthrough(backend, "stats"))
-    app.add_route("/health", Health(backend))
-    app.add_route("/metrics", MetricsResource(make_registry(backend)))
-    document = build_document(
-        max_batch=MAX_BATCH,
-        max_body=MAX_BODY,
-        record_auth=bool(record_token),
-        read_auth=bool(read_token),
-    )
-    app.add_route("/openapi.json", OpenApiResource(document))
+    resources: dict[str, Any] = {
+        "/servers/{name}/loads": ServerLoads(backend, intake),
+        "/loads": Loads(backend, intake),
+        "/servers": Servers(backend),
+        "/stats": Stats(backend, stats),
+        "/health": Health(backend),
+        "/metrics": MetricsResource(make_registry(backend, stats)),
+        "/openapi.json": OpenApiResource(
+            build_document(
+                max_batch=MAX_BATCH,
+                max_body=MAX_BODY,
+                record_auth=bool(record_token),
+                read_auth=bool(read_token),
+            )
+        ),
+    }
+    for path, resource in resources.items():
+        if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
+            resource.on_head = resource.on_get
+        app.add_route(path, resource)
     app.add_sink(_unrouted_server_path, r"^/servers/.+")
-    app.add_error_handler(falcon.HTTPError, _http_error)
-    app.add_error_handler(BadInput, _bad_input)
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(falcon.HTTPError, _count_refusals(stats))
     app.add_error_handler(Unavailable, _unavailable)
     return app
+
+
+__all__ = ["MAX_BATCH", "MAX_BODY", "ApiError", "create_app"]

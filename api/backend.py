@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import zmq
@@ -16,7 +17,9 @@ __all__ = ["Backend", "Unavailable", "ZmqBackend"]
 class Backend(Protocol):
     def record(self, samples: list[Sample]) -> dict[str, Any]: ...
 
-    def query(self, request: dict[str, Any]) -> dict[str, Any]: ...
+    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        """Ask the aggregator; ``deadline`` (wall clock) is when the answer stops being useful."""
+        ...
 
     def ping(self) -> dict[str, Any]: ...
 
@@ -42,8 +45,12 @@ class ZmqBackend:
         rows = [[s.fqdn, s.ts, s.cpu, s.ram] for s in samples]
         return self.receiver.get().call({"op": "record", "samples": rows})
 
-    def query(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self.aggregator.get().call(request)
+    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        """The aggregator's answer. The request carries the wall-clock time after which the
+        aggregator skips it (this side has given up by then: it waits at most the timeout)."""
+        client = self.aggregator.get()
+        give_up = time.time() + client.timeout_ms / 1000
+        return client.call({**request, "deadline": min(give_up, deadline or give_up)})
 
     def ping(self) -> dict[str, Any]:
         status: dict[str, Any] = {}

@@ -5,17 +5,24 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-from typing import Any
 
 import zmq
-from waitress.server import create_server
 
-from servertrack.api.app import create_app
+from servertrack.api.app import REQUEST_DEADLINE, create_app
 from servertrack.api.auth import TokenFileError, read_token_file
 from servertrack.api.backend import ZmqBackend
+from servertrack.api.server import CONNECTION_LIMIT, IDLE_TIMEOUT, REQUEST_TIMEOUT, make_waitress
+from servertrack.api.stats import ApiStats
 from servertrack.common import endpoints
-from servertrack.common.config import add_option, setup_logging
-from servertrack.common.lifecycle import stop_on_signals
+from servertrack.common.config import (
+    add_option,
+    endpoint,
+    port,
+    positive_float,
+    positive_int,
+    setup_logging,
+)
+from servertrack.common.lifecycle import fatal, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -23,34 +30,69 @@ log = logging.getLogger(__name__)
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="servertrack api", description=__doc__)
     add_option(parser, "--host", "127.0.0.1", "address to listen on")
-    add_option(parser, "--port", 8080, "HTTP port", int)
-    add_option(parser, "--threads", 64, "waitress worker threads (keep >= concurrent clients)", int)
+    add_option(parser, "--port", 8080, "HTTP port", port)
     add_option(
         parser,
-        "--channel-timeout",
-        30,
-        "seconds before a connection that sends nothing (or trickles a request) is closed",
-        int,
+        "--threads",
+        64,
+        "waitress worker threads (keep >= concurrent clients)",
+        positive_int,
     )
     add_option(
-        parser, "--receiver-control", endpoints.RECEIVER_CONTROL, "receiver control endpoint"
+        parser,
+        "--idle-timeout",
+        IDLE_TIMEOUT,
+        "seconds a connection may stay open with no request before it is closed",
+        positive_float,
     )
     add_option(
-        parser, "--aggregator-query", endpoints.AGGREGATOR_QUERY, "aggregator query endpoint"
+        parser,
+        "--request-timeout",
+        REQUEST_TIMEOUT,
+        "seconds a request may take to arrive whole (slow-loris clients are cut after it)",
+        positive_float,
+    )
+    add_option(
+        parser,
+        "--connection-limit",
+        CONNECTION_LIMIT,
+        "open connections at most; beyond it the longest-idle one is closed for the newcomer",
+        positive_int,
+    )
+    add_option(
+        parser,
+        "--request-deadline",
+        REQUEST_DEADLINE,
+        "seconds a request may wait for a worker thread before it is answered 503 unworked",
+        positive_float,
+    )
+    add_option(
+        parser,
+        "--receiver-control",
+        endpoints.RECEIVER_CONTROL,
+        "receiver control endpoint",
+        endpoint,
+    )
+    add_option(
+        parser,
+        "--aggregator-query",
+        endpoints.AGGREGATOR_QUERY,
+        "aggregator query endpoint",
+        endpoint,
     )
     add_option(
         parser,
         "--backend-timeout",
         0.5,
         "seconds to wait for the receiver/aggregator to take a request (503 after that)",
-        float,
+        positive_float,
     )
     add_option(
         parser,
         "--record-timeout",
         5.0,
         "seconds the receiver may take to confirm a record it has taken (large batches)",
-        float,
+        positive_float,
     )
     add_option(
         parser,
@@ -77,30 +119,13 @@ def read_tokens(args: argparse.Namespace) -> tuple[str | None, str | None]:
         record = read_token_file(args.token_file) if args.token_file else None
         read = read_token_file(args.read_token_file) if args.read_token_file else None
     except TokenFileError as err:
-        raise SystemExit(f"servertrack api: {err}") from err
+        fatal(f"servertrack api: {err}")
     log.info(
         "bearer token needed for records: %s, for reads: %s",
         "yes" if record else "no",
         "yes" if read else "no",
     )
     return record, read
-
-
-def make_server(app: Any, host: str, port: int, threads: int, channel_timeout: int = 30) -> Any:
-    """Waitress as ServerTrack runs it: a worker per concurrent client (waitress queues the rest
-    and collapses to a few hundred requests/s when it must); a channel idle (or trickling a
-    request, slow-loris style) for ``channel_timeout`` seconds is closed."""
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # one warning per queued request
-    return create_server(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        channel_timeout=channel_timeout,
-        cleanup_interval=max(1, min(30, channel_timeout // 2)),  # how often idle ones are swept
-        connection_limit=max(100, threads * 4),
-        ident="servertrack",
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +144,27 @@ def run(args: argparse.Namespace) -> int:
             context,
             record_timeout=args.record_timeout,
         )
-        app = create_app(backend, record_token=record_token, read_token=read_token)
-        server = make_server(app, args.host, args.port, args.threads, args.channel_timeout)
+        stats = ApiStats()
+        app = create_app(
+            backend,
+            record_token=record_token,
+            read_token=read_token,
+            stats=stats,
+            request_deadline=args.request_deadline,
+        )
+        try:
+            server = make_waitress(
+                app,
+                args.host,
+                args.port,
+                args.threads,
+                stats,
+                idle_timeout=args.idle_timeout,
+                request_timeout=args.request_timeout,
+                connection_limit=args.connection_limit,
+            )
+        except OSError as err:
+            fatal(f"servertrack api: cannot listen on {args.host}:{args.port}: {err.strerror}")
         stop = threading.Event()
         serving = threading.Thread(target=server.run, name="waitress", daemon=True)
         log.info("api listening on http://%s:%s", args.host, server.effective_port)

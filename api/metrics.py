@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import falcon
-import psutil
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,16 +22,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from servertrack.api.backend import Backend
-
-SOURCES = ("zmq", "http")
-"""Always exported (0 until the first sample), so rate() has a series from the start."""
-AGGREGATOR_DROPS = {
-    "unknown_server": "unknown_server",
-    "malformed_batches": "malformed_batch",
-    "batch_errors": "batch_error",
-}
+from servertrack.api.stats import ApiStats
+from servertrack.common.counters import (
+    AGGREGATOR_DROP_REASONS,
+    CLOSE_REASONS,
+    COUNTERS,
+    SOURCES,
+    Counter,
+)
 
 Stats = Mapping[str, Any]
+Labels = tuple[str, ...]
+
+ALWAYS = {
+    "source": SOURCES,
+    ("aggregator", "dropped"): tuple(AGGREGATOR_DROP_REASONS),
+    ("api", "connections_closed"): CLOSE_REASONS,
+}
+"""Label values exported even at 0, so rate() has a series from the start."""
 
 
 def _number(value: Any) -> float | None:
@@ -42,188 +49,70 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _counts(value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping):
-        return {}
-    numbers = {str(key): _number(raw) for key, raw in value.items()}
-    return {key: number for key, number in numbers.items() if number is not None}
-
-
-def _counter(name: str, doc: str, value: Any) -> Metric | None:
-    number = _number(value)
-    return None if number is None else CounterMetricFamily(name, doc, value=number)
-
-
-def _gauge(name: str, doc: str, value: Any) -> Metric | None:
-    number = _number(value)
-    return None if number is None else GaugeMetricFamily(name, doc, value=number)
-
-
-def _labelled(
-    family: CounterMetricFamily | GaugeMetricFamily, label_sets: dict[str, float]
-) -> Metric:
-    for label, value in sorted(label_sets.items()):
-        family.add_metric([label], value)
-    return family
-
-
-def stats_metrics(stats: Stats, api_rss: int | None = None) -> Iterator[Metric]:
-    """Metric families for one ``/stats`` answer; a counter that is absent is left out."""
-    receiver = stats.get("receiver") or {}
-    aggregator = stats.get("aggregator") or {}
-    for verb in ("received", "accepted"):
-        yield _labelled(
-            CounterMetricFamily(
-                f"servertrack_samples_{verb}",
-                f"Samples {verb} by the receiver, by source.",
-                labels=["source"],
-            ),
-            {**dict.fromkeys(SOURCES, 0.0), **_counts(receiver.get(verb))},
-        )
-    yield _labelled(
-        CounterMetricFamily(
-            "servertrack_samples_rejected",
-            "Samples refused by the receiver, by reason.",
-            labels=["reason"],
-        ),
-        _counts(receiver.get("rejected")),
-    )
-    aggregator_drops = _counts(aggregator)
-    yield _labelled(
-        CounterMetricFamily(
-            "servertrack_aggregator_dropped",
-            "Samples or batches the aggregator could not apply, by reason.",
-            labels=["reason"],
-        ),
-        {label: aggregator_drops.get(key, 0.0) for key, label in AGGREGATOR_DROPS.items()},
-    )
-    rss = GaugeMetricFamily(
-        "servertrack_process_rss_bytes",
-        "Resident memory of each ServerTrack process.",
-        labels=["process"],
-    )
-    for process, value in (
-        ("api", api_rss),
-        ("receiver", receiver.get("rss_bytes")),
-        ("aggregator", aggregator.get("rss_bytes")),
-    ):
+def _samples(counter: Counter, value: Any) -> dict[Labels, float]:
+    """The label values and numbers one stat contributes, following its declared shape."""
+    fixed = tuple(label for _, label in counter.fixed)
+    if not counter.labels:
         number = _number(value)
-        if number is not None:
-            rss.add_metric([process], number)
-    yield rss
-    singles = (
-        _counter(
-            "servertrack_samples_duplicate",
-            "Duplicate samples dropped.",
-            receiver.get("duplicates"),
-        ),
-        _counter(
-            "servertrack_samples_lost",
-            "Samples never received: gaps in the agents' sequence numbers.",
-            receiver.get("lost"),
-        ),
-        _counter(
-            "servertrack_batches_forward_dropped",
-            "Batches the receiver could not hand to the aggregator (backlog full).",
-            receiver.get("forward_dropped"),
-        ),
-        _counter(
-            "servertrack_batches_lost",
-            "Batches a restarted aggregator could no longer get from the receiver.",
-            aggregator.get("batches_lost"),
-        ),
-        _counter(
-            "servertrack_receiver_batches", "Batches sent by the receiver.", receiver.get("batches")
-        ),
-        _counter(
-            "servertrack_aggregator_batches",
-            "Batches applied by the aggregator.",
-            aggregator.get("batches"),
-        ),
-        _counter(
-            "servertrack_samples_applied",
-            "Samples applied to the rollups.",
-            aggregator.get("applied", 0),
-        ),
-        _counter(
-            "servertrack_samples_expired",
-            "Samples whose hour left the window between receiver and aggregator.",
-            aggregator.get("expired", 0),
-        ),
-        _gauge(
-            "servertrack_servers_tracked",
-            "Servers with data in the last 24 hours.",
-            aggregator.get("servers_tracked"),
-        ),
-        _gauge(
-            "servertrack_servers_seen",
-            "Server names the receiver has seen since it started.",
-            receiver.get("servers_seen"),
-        ),
-        *(
-            _gauge(
-                f"servertrack_batch_flush_lag_{stat}_seconds",
-                f"{label} seconds from the receiver sending a batch to the aggregator applying "
-                "it, over the last 60 batches.",
-                aggregator.get(f"flush_lag_{stat}_seconds"),
-            )
-            for stat, label in (
-                ("p50", "Median"),
-                ("p99", "99th percentile of"),
-                ("max", "Longest"),
-            )
-        ),
-        _gauge(
-            "servertrack_batch_size_samples",
-            "Samples in the last batch applied.",
-            aggregator.get("batch_size_last"),
-        ),
-        _gauge(
-            "servertrack_batch_size_max_samples",
-            "Samples in the largest of the last 60 batches.",
-            aggregator.get("batch_size_max"),
-        ),
-        _gauge(
-            "servertrack_last_batch_age_seconds",
-            "Seconds since the aggregator applied a batch.",
-            aggregator.get("last_batch_age_seconds"),
-        ),
-        _gauge(
-            "servertrack_snapshot_age_seconds",
-            "Seconds since the aggregator last wrote its snapshot.",
-            aggregator.get("snapshot_age_seconds"),
-        ),
-    )
-    yield from (family for family in singles if family is not None)
+        return {} if number is None else {fixed: number}
+    found: dict[Labels, float] = {}
+    first = counter.labels[0]
+    defaults = ALWAYS.get((counter.section, counter.key), ALWAYS.get(first, ()))
+    level = value if isinstance(value, Mapping) else {}
+    for key in (*defaults, *(k for k in level if k not in defaults)):
+        inner = level.get(key, 0)
+        if len(counter.labels) == 1:
+            number = _number(inner)
+            if number is not None:
+                found[(*fixed, str(key))] = number
+        elif isinstance(inner, Mapping):
+            for reason, raw in inner.items():
+                number = _number(raw)
+                if number is not None:
+                    found[(*fixed, str(key), str(reason))] = number
+    return found
+
+
+def stats_metrics(stats: Stats) -> Iterator[Metric]:
+    """Metric families for one ``/stats`` answer (receiver, aggregator and api sections), as
+    declared in :mod:`servertrack.common.counters`; stats of several sections that share a family
+    are added up, and a stat that is absent is left out."""
+    families: dict[str, tuple[Counter, dict[Labels, float]]] = {}
+    for counter in COUNTERS:
+        section = stats.get(counter.section) or {}
+        if counter.key not in section and not counter.labels:
+            continue
+        _, values = families.setdefault(counter.metric, (counter, {}))
+        for labels, number in _samples(counter, section.get(counter.key)).items():
+            values[labels] = values.get(labels, 0.0) + number
+    for counter, values in families.values():
+        names = [name for name, _ in counter.fixed] + list(counter.labels)
+        kind = CounterMetricFamily if counter.kind == "counter" else GaugeMetricFamily
+        family = kind(counter.metric, counter.help, labels=names)
+        for labels, number in sorted(values.items()):
+            family.add_metric(list(labels), number)
+        yield family
 
 
 class StatsCollector(Collector):
     """Asks ``fetch`` for the stats on every scrape; an ``Unavailable`` from it propagates."""
 
-    def __init__(self, fetch: Callable[[], Stats], rss: Callable[[], int | None]) -> None:
+    def __init__(self, fetch: Callable[[], Stats]) -> None:
         self.fetch = fetch
-        self.rss = rss
 
     def collect(self) -> Iterator[Metric]:
-        yield from stats_metrics(self.fetch(), self.rss())
+        yield from stats_metrics(self.fetch())
 
 
-def _own_rss() -> int | None:
-    try:
-        return int(psutil.Process().memory_info().rss)
-    except psutil.Error:  # pragma: no cover - /proc unreadable
-        return None
-
-
-def make_registry(backend: Backend) -> CollectorRegistry:
+def make_registry(backend: Backend, api: ApiStats) -> CollectorRegistry:
     """A registry of its own: the stats collector and the API process's standard metrics."""
 
     def fetch() -> Stats:
         reply = backend.query({"op": "stats"})
-        return json.loads(reply["body"])
+        return {**json.loads(reply["body"]), "api": api.snapshot()}
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(fetch, _own_rss))
+    registry.register(StatsCollector(fetch))
     ProcessCollector(registry=registry)
     return registry
 

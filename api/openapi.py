@@ -13,6 +13,7 @@ from typing import Any
 
 import falcon
 
+from servertrack.common.counters import COUNTERS, REJECT_REASONS, STATS_ONLY
 from servertrack.common.sample import FQDN_RE
 
 FQDN_PATTERN = f"^{FQDN_RE.pattern}$"
@@ -59,6 +60,43 @@ NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
 COUNT: Schema = {"type": "integer", "minimum": 0}
 COUNTS_BY_KEY: Schema = {"type": "object", "additionalProperties": COUNT}
 
+OTHER_REASONS = (
+    "unknown_server",
+    "unauthorized",
+    "backend_unavailable",
+    "abandoned",
+    "bad_limit",
+    "bad_cursor",
+    "unknown_parameter",
+)
+
+
+def _stat_schema(kind: str, labels: tuple[str, ...], help_text: str) -> Schema:
+    number: Schema = COUNT if kind == "counter" else NULLABLE_NUMBER
+    for label in reversed(labels):
+        number = {"type": "object", "additionalProperties": number, "description": f"By {label}."}
+    return {**number, "description": help_text}
+
+
+def stats_schema() -> Schema:
+    """``GET /stats``, derived from the counter declarations."""
+    sections: dict[str, Schema] = {}
+    for counter in COUNTERS:
+        section = sections.setdefault(counter.section, {"type": "object", "properties": {}})
+        section["properties"][counter.key] = _stat_schema(
+            counter.kind, counter.labels, counter.help
+        )
+    for (section_name, key), (schema, help_text) in STATS_ONLY.items():
+        sections[section_name]["properties"][key] = {**schema, "description": help_text}
+    sections["receiver"]["description"] = "Empty until the receiver's first batch arrived."
+    return {
+        "type": "object",
+        "required": list(sections),
+        "properties": sections,
+        "description": "Counters since each process started (see the README's counter list).",
+    }
+
+
 SCHEMAS: dict[str, Schema] = {
     "Error": {
         "type": "object",
@@ -68,10 +106,10 @@ SCHEMAS: dict[str, Schema] = {
             "title": {"type": "string", "description": "The HTTP status text."},
             "reason": {
                 "type": "string",
-                "description": "Short machine-readable cause: bad_json, not_an_object, "
-                "not_a_list, unknown_field, bad_fqdn, too_large, too_many, bad_cpu, bad_ram, "
-                "bad_ts, no_metrics, future, too_old, unknown_server, unauthorized, not_found, "
-                "backend_unavailable, ...",
+                "description": "Short machine-readable cause: "
+                + ", ".join([*REJECT_REASONS, *OTHER_REASONS])
+                + ", or the status text in snake case for the framework's own errors "
+                "(not_found, method_not_allowed, ...).",
             },
             "description": {"type": "string"},
             "index": {**COUNT, "description": "The refused item of a batch."},
@@ -125,21 +163,31 @@ SCHEMAS: dict[str, Schema] = {
             "last_seen": {"type": "string"},
             "health": {
                 "type": "object",
-                "required": ["ip", "lost", "duplicates", "rejected", "skew_seconds"],
+                "required": [
+                    "ip",
+                    "lost",
+                    "duplicates",
+                    "rejected",
+                    "seq_resets",
+                    "skew_seconds",
+                    "name_conflict",
+                ],
                 "additionalProperties": False,
                 "properties": {
                     "ip": {"type": "array", "items": {"type": "string"}},
                     "lost": COUNT,
                     "duplicates": COUNT,
                     "rejected": COUNT,
+                    "seq_resets": COUNT,
                     "skew_seconds": NULLABLE_NUMBER,
+                    "name_conflict": {"type": "boolean"},
                 },
             },
         },
     },
     "Servers": {
         "type": "object",
-        "required": ["servers"],
+        "required": ["servers", "total", "next_cursor"],
         "additionalProperties": False,
         "properties": {
             "servers": {
@@ -150,56 +198,24 @@ SCHEMAS: dict[str, Schema] = {
                     "additionalProperties": False,
                     "properties": {"server": {"type": "string"}, "last_seen": {"type": "string"}},
                 },
-            }
-        },
-    },
-    "Stats": {
-        "type": "object",
-        "required": ["receiver", "aggregator"],
-        "properties": {
-            "receiver": {
-                "type": "object",
-                "description": "Empty until the receiver's first batch reached the aggregator.",
-                "properties": {
-                    "received": {**COUNTS_BY_KEY, "description": "Samples by source."},
-                    "accepted": {**COUNTS_BY_KEY, "description": "Samples by source."},
-                    "rejected": {**COUNTS_BY_KEY, "description": "Samples by reason."},
-                    "duplicates": COUNT,
-                    "lost": COUNT,
-                    "servers_seen": COUNT,
-                    "batches": COUNT,
-                    "forward_dropped": COUNT,
-                    "rss_bytes": COUNT,
-                },
             },
-            "aggregator": {
-                "type": "object",
-                "properties": {
-                    "applied": COUNT,
-                    "expired": COUNT,
-                    "batches": COUNT,
-                    "servers_tracked": COUNT,
-                    "flush_lag_seconds": {"type": "number"},
-                    "flush_lag_p50_seconds": NULLABLE_NUMBER,
-                    "flush_lag_p99_seconds": NULLABLE_NUMBER,
-                    "flush_lag_max_seconds": NULLABLE_NUMBER,
-                    "flush_lag_recent_seconds": {"type": "array", "items": {"type": "number"}},
-                    "batch_size_last": COUNT,
-                    "batch_size_max": COUNT,
-                    "last_batch_age_seconds": NULLABLE_NUMBER,
-                    "snapshot_age_seconds": NULLABLE_NUMBER,
-                    "applied_upto_batch": {"type": "integer"},
-                    "batches_lost": COUNT,
-                    "rss_bytes": COUNT,
-                },
+            "total": {**COUNT, "description": "Servers tracked in all."},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Pass as `cursor` for the next page; null on the last page.",
             },
         },
     },
+    "Stats": stats_schema(),
     "Health": {
         "type": "object",
         "required": ["status", "receiver", "aggregator"],
         "properties": {
-            "status": {"enum": ["ok", "degraded"]},
+            "status": {
+                "enum": ["ok", "degraded", "unavailable"],
+                "description": "ok; degraded: serving, but `problems` need attention; "
+                "unavailable: the receiver or the aggregator does not answer (503).",
+            },
             "receiver": _ref("Part"),
             "aggregator": _ref("Part"),
         },
@@ -207,7 +223,11 @@ SCHEMAS: dict[str, Schema] = {
     "Part": {
         "type": "object",
         "required": ["ok"],
-        "properties": {"ok": {"type": "boolean"}, "error": {"type": "string"}},
+        "properties": {
+            "ok": {"type": "boolean"},
+            "error": {"type": "string"},
+            "problems": {"type": "array", "items": {"type": "string"}},
+        },
     },
 }
 
@@ -253,7 +273,13 @@ def _version() -> str:
 
 
 def build_document(
-    *, max_batch: int, max_body: int, record_auth: bool = False, read_auth: bool = False
+    *,
+    max_batch: int,
+    max_body: int,
+    record_auth: bool = False,
+    read_auth: bool = False,
+    servers_page: int = 1000,
+    servers_max: int = 10_000,
 ) -> Schema:
     """The OpenAPI document of an app with these limits and (or without) its two tokens."""
     batch = {
@@ -276,7 +302,7 @@ def build_document(
         "nothing was applied."
     )
     recorded = _json(_ref("Recorded"), "Taken: how many were new and how many duplicates.")
-    return {
+    document: Schema = {
         "openapi": "3.1.0",
         "info": {
             "title": "ServerTrack",
@@ -314,9 +340,31 @@ def build_document(
             },
             "/servers": {
                 "get": _operation(
-                    "Servers tracked, with their last-seen time",
-                    {"200": _json(_ref("Servers"), "Servers with data in the last 24 hours.")},
+                    "Servers tracked, by name, a page at a time, with their last-seen time",
+                    {
+                        "200": _json(_ref("Servers"), "Servers with data in the last 24 hours."),
+                        "400": _error("Bad limit or cursor, or an unknown parameter."),
+                    },
                     read,
+                    parameters=[
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": servers_max,
+                                "default": servers_page,
+                            },
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "required": False,
+                            "schema": {**NAME, "description": "The `next_cursor` of a page."},
+                        },
+                    ],
                 )
             },
             "/stats": {
@@ -376,6 +424,19 @@ def build_document(
             },
         },
     }
+    for item in document["paths"].values():
+        if "get" in item:
+            item["head"] = _head_of(item["get"])
+    return document
+
+
+def _head_of(get: Schema) -> Schema:
+    """The HEAD twin of a GET operation: the same answers, without bodies."""
+    responses = {
+        status: {key: value for key, value in answer.items() if key != "content"}
+        for status, answer in get["responses"].items()
+    }
+    return {**get, "summary": f"{get['summary']} (headers only)", "responses": responses}
 
 
 class OpenApiResource:

@@ -10,7 +10,7 @@ them when ``full_names``), so the common case carries no strings at all.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -21,8 +21,67 @@ VALUE_DTYPE = np.dtype("<f8")
 SEQ_DTYPE = np.dtype("<i8")
 
 
+COUNTER_MAX = 2**63 - 1
+"""Counters saturate here: whatever arrives, a batch always encodes (msgpack stops at 2**64 - 1)."""
+
+
 class MalformedBatch(ValueError):
     """A batch message that does not follow the format above."""
+
+
+def saturate(value: int) -> int:
+    """``value`` clamped to ``0..COUNTER_MAX``."""
+    return 0 if value < 0 else min(value, COUNTER_MAX)
+
+
+def saturated(counters: Any) -> Any:
+    """A copy of a (nested) counters mapping with every integer clamped by :func:`saturate`."""
+    if isinstance(counters, dict):
+        return {key: saturated(value) for key, value in counters.items()}
+    if type(counters) is int:
+        return saturate(counters)
+    return counters
+
+
+class ServerHealth(NamedTuple):
+    """What the receiver knows of one server in its current run (totals of that run)."""
+
+    ips: tuple[str, ...] = ()
+    lost: int = 0
+    """Samples missing from the agent's sequence numbers."""
+    duplicates: int = 0
+    rejected: int = 0
+    """Samples refused by the time window (future, too_old)."""
+    skew: float = 0.0
+    """Arrival time minus the sample's ts of the newest sample, in seconds."""
+    seq_resets: int = 0
+    """Sequence jumps too large for the time elapsed: counted here instead of as loss."""
+    name_conflict: bool = False
+    """Two agents interleave their sequences under this name right now."""
+
+    def to_wire(self) -> list[Any]:
+        return [
+            list(self.ips),
+            saturate(self.lost),
+            saturate(self.duplicates),
+            saturate(self.rejected),
+            float(self.skew),
+            saturate(self.seq_resets),
+            bool(self.name_conflict),
+        ]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> ServerHealth:
+        ips, lost, duplicates, rejected, skew, resets, conflict = raw
+        return cls(
+            tuple(str(a) for a in ips),
+            int(lost),
+            int(duplicates),
+            int(rejected),
+            float(skew),
+            int(resets),
+            bool(conflict),
+        )
 
 
 @dataclass(slots=True)
@@ -37,9 +96,8 @@ class Batch:
     seq: np.ndarray = field(default_factory=lambda: np.empty(0, SEQ_DTYPE))
     names: list[tuple[int, str]] = field(default_factory=list)
     full_names: bool = False
-    servers: list[tuple[int, list[str], int, int, float, int]] = field(default_factory=list)
-    """Per-server state that changed: ``(id, ips, lost, duplicates, skew_seconds, rejected)``,
-    totals of the receiver run."""
+    servers: list[tuple[int, ServerHealth]] = field(default_factory=list)
+    """Per-server state that changed, as ``(id, health)``: totals of the receiver run."""
     counters: dict[str, Any] = field(default_factory=dict)
     """The receiver's running totals, so the aggregator can report them."""
 
@@ -57,8 +115,8 @@ class Batch:
             "sent": self.sent,
             "names": self.names,
             "full_names": self.full_names,
-            "servers": self.servers,
-            "counters": self.counters,
+            "servers": [[server_id, *health.to_wire()] for server_id, health in self.servers],
+            "counters": saturated(self.counters),
         }
         return [
             KIND,
@@ -93,8 +151,8 @@ class Batch:
                 names=[(int(i), str(n)) for i, n in header["names"]],
                 full_names=bool(header["full_names"]),
                 servers=[
-                    (int(i), [str(a) for a in ips], int(lost), int(dup), float(skew), int(rej))
-                    for i, ips, lost, dup, skew, rej in header["servers"]
+                    (int(entry[0]), ServerHealth.from_wire(entry[1:]))
+                    for entry in header["servers"]
                 ],
                 counters=dict(header["counters"]),
             )

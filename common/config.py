@@ -1,12 +1,22 @@
-"""Command-line helpers: every flag's default can come from a ``SERVERTRACK_*`` variable."""
+"""Command-line helpers: every flag's default can come from a ``SERVERTRACK_*`` variable, and every
+value, from the command line or the environment, is checked with a clear message (never a
+traceback): ``servertrack run --api-port 99999`` stops with "must be a TCP port from 1 to 65535".
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
+
+ENDPOINT_RE = re.compile(
+    r"(?:tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s]+):(?P<port>\d+|\*)|ipc://\S+)"
+)
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"", "0", "false", "no", "off"}
 
 
 def env_name(parser: argparse.ArgumentParser, flag: str) -> str:
@@ -18,6 +28,75 @@ def env_name(parser: argparse.ArgumentParser, flag: str) -> str:
     return "_".join(("SERVERTRACK", command, flag.lstrip("-"))).upper().replace("-", "_")
 
 
+def port(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port from 1 to 65535, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {text!r}")
+    return value
+
+
+def endpoint(text: str) -> str:
+    """A ZeroMQ endpoint this project binds or connects: ``tcp://HOST:PORT`` or ``ipc://PATH``."""
+    match = ENDPOINT_RE.fullmatch(text)
+    if match is None or (match["port"] not in (None, "*") and not 1 <= int(match["port"]) <= 65535):
+        raise argparse.ArgumentTypeError(
+            f"must be tcp://HOST:PORT (port 1 to 65535) or ipc://PATH, got {text!r}"
+        )
+    return text
+
+
+def optional_endpoint(text: str) -> str:
+    """An endpoint, or ``''`` for none."""
+    return text if text == "" else endpoint(text)
+
+
+def _from_env(kind: Callable[[str], Any], variable: str) -> Callable[[str], Any]:
+    """``kind`` for a value read from ``variable``: its error message names the variable."""
+
+    def convert(text: str) -> Any:
+        try:
+            return kind(text)
+        except (argparse.ArgumentTypeError, ValueError) as err:
+            raise argparse.ArgumentTypeError(f"{variable}={text!r}: {err}") from None
+
+    convert.__name__ = getattr(kind, "__name__", "value")
+    return convert
+
+
 def add_option(
     parser: argparse.ArgumentParser,
     flag: str,
@@ -26,29 +105,39 @@ def add_option(
     kind: Callable[[str], Any] = str,
     **extra: Any,
 ) -> None:
-    """Add ``flag`` whose default is read from its environment variable when set."""
+    """Add ``flag`` whose default is read from its environment variable when set.
+
+    The variable's text is converted (and checked) like a command-line value, only when the flag
+    is not given on the command line; a bad value stops the command with a usage message.
+    """
     variable = env_name(parser, flag)
     raw = os.environ.get(variable)
-    value = kind(raw) if raw is not None else default
+    choices = extra.get("choices")
+    if raw is not None and choices is not None and raw not in choices:
+        parser.error(f"{variable}={raw!r}: must be one of {', '.join(map(str, choices))}")
     parser.add_argument(
         flag,
-        type=kind,
-        default=value,
+        type=kind if raw is None else _from_env(kind, variable),
+        default=default if raw is None else raw,
         help=f"{help_text} (env {variable}, default {default})",
         **extra,
     )
 
 
 def add_switch(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
-    """A boolean flag; its variable turns it on with ``1``, ``true`` or ``yes``."""
+    """A boolean flag; its variable turns it on with ``1``, ``true``, ``yes`` or ``on``."""
     variable = env_name(parser, flag)
-    on = os.environ.get(variable, "").lower() in {"1", "true", "yes"}
-    parser.add_argument(flag, action="store_true", default=on, help=f"{help_text} (env {variable})")
+    raw = os.environ.get(variable, "").strip().lower()
+    if raw not in TRUE | FALSE:
+        parser.error(f"{variable}={raw!r}: must be one of 1, true, yes, on, 0, false, no, off")
+    parser.add_argument(
+        flag, action="store_true", default=raw in TRUE, help=f"{help_text} (env {variable})"
+    )
 
 
 def setup_logging(level: str = "INFO") -> None:
     """Configure logging once, from a daemon's ``main``."""
-    logging.basicConfig(
-        level=os.environ.get("SERVERTRACK_LOG_LEVEL", level).upper(),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    chosen = os.environ.get("SERVERTRACK_LOG_LEVEL", level).upper()
+    if chosen not in logging.getLevelNamesMapping():
+        chosen = level
+    logging.basicConfig(level=chosen, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,8 +22,23 @@ from dataclasses import dataclass, field
 
 from servertrack.agent.curve import load_keys
 from servertrack.api.auth import TokenFileError, read_token_file
-from servertrack.common.config import add_option, add_switch, setup_logging
-from servertrack.common.lifecycle import stop_on_signals
+from servertrack.common.config import (
+    add_option,
+    add_switch,
+    port,
+    positive_float,
+    positive_int,
+    setup_logging,
+)
+from servertrack.common.lifecycle import (
+    EXIT_CONFIG,
+    LockHeld,
+    die_with_parent,
+    fatal,
+    hold_lock,
+    stop_on_signals,
+)
+from servertrack.common.limits import DEFAULT_MAX_SERVERS
 from servertrack.receiver import curve
 
 log = logging.getLogger("servertrack.host")
@@ -44,7 +60,9 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env={**os.environ, **self.env})
+        self.process = subprocess.Popen(
+            self.argv, env={**os.environ, **self.env}, preexec_fn=die_with_parent
+        )
         self.started = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
@@ -54,12 +72,14 @@ class Child:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="servertrack run", description=__doc__)
-    add_option(parser, "--api-port", 8080, "HTTP API port", int)
-    add_option(parser, "--ingest-port", 5556, "port the agents connect to", int)
+    add_option(parser, "--api-port", 8080, "HTTP API port", port)
+    add_option(parser, "--ingest-port", 5556, "port the agents connect to", port)
     add_option(parser, "--bind", "127.0.0.1", "address the API and the ingest socket listen on")
     add_switch(parser, "--no-agent", "do not start a local agent")
     add_switch(parser, "--accept-pickle", "receiver: also accept the legacy pickle.gz format")
-    add_option(parser, "--retention", 300.0, "receiver: seconds of batches kept for replay", float)
+    add_option(
+        parser, "--retention", 300.0, "receiver: seconds of batches kept for replay", positive_float
+    )
     add_option(
         parser,
         "--data-dir",
@@ -67,8 +87,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "aggregator: where its snapshot lives (default ~/.local/state/servertrack/port-<api "
         "port>; '' for no snapshots)",
     )
-    add_option(parser, "--snapshot-interval", 30.0, "aggregator: seconds between snapshots", float)
-    add_option(parser, "--threads", 64, "api: waitress worker threads", int)
+    add_option(
+        parser, "--snapshot-interval", 30.0, "aggregator: seconds between snapshots", positive_float
+    )
+    add_option(parser, "--threads", 64, "api: waitress worker threads", positive_int)
+    add_option(
+        parser,
+        "--max-servers",
+        DEFAULT_MAX_SERVERS,
+        "receiver and aggregator: server names tracked at most (new ones beyond are refused)",
+        positive_int,
+    )
     add_option(
         parser, "--token-file", None, "api: file holding the bearer token POST requests need"
     )
@@ -78,7 +107,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         None,
         "api: file holding the bearer token GET requests need (not /health, /openapi.json)",
     )
-    add_option(parser, "--agent-interval", 1.0, "agent: seconds between samples", float)
+    add_option(parser, "--agent-interval", 1.0, "agent: seconds between samples", positive_float)
     add_option(parser, "--agent-name", None, "agent: server name (default: this host's FQDN)")
     add_option(
         parser, "--agent-format", "msgpack", "agent: wire format", choices=["msgpack", "pickle.gz"]
@@ -108,15 +137,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def snapshot_args(args: argparse.Namespace) -> list[str]:
-    """The aggregator's snapshot flags: a file under the data directory, one per API port so
-    that hosts side by side keep theirs apart."""
-    data_dir = args.data_dir
-    if data_dir == "":
-        return []
-    if data_dir is None:
+def data_dir_of(args: argparse.Namespace) -> str | None:
+    """The data directory (one per API port by default, so hosts side by side keep theirs
+    apart), or None for memory only."""
+    if args.data_dir == "":
+        return None
+    if args.data_dir is None:
         state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-        data_dir = os.path.join(state, "servertrack", f"port-{args.api_port}")
+        return os.path.join(state, "servertrack", f"port-{args.api_port}")
+    return os.path.abspath(args.data_dir)
+
+
+def snapshot_args(args: argparse.Namespace) -> list[str]:
+    """The aggregator's snapshot flags: a file under the data directory."""
+    data_dir = data_dir_of(args)
+    if data_dir is None:
+        return []
     return [
         "--snapshot",
         os.path.join(data_dir, "aggregator.npz"),
@@ -144,6 +180,8 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
         query,
         "--retention",
         str(args.retention),
+        "--max-servers",
+        str(args.max_servers),
     ]
     if args.accept_pickle:
         receiver.append("--accept-pickle")
@@ -173,7 +211,7 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
         elif args.agent_curve_secret:
             raise curve.CurveConfigError("--agent-curve-secret needs --curve-secret")
     except (OSError, ValueError) as err:
-        raise SystemExit(f"servertrack run: {err}") from err
+        fatal(f"servertrack run: {err}")
     api_tokens = []
     for flag, path in (
         ("--token-file", args.token_file),
@@ -183,7 +221,7 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
             try:  # refuse here rather than restart an api that cannot start, forever
                 read_token_file(path)
             except TokenFileError as err:
-                raise SystemExit(f"servertrack run: {err}") from err
+                fatal(f"servertrack run: {err}")
             api_tokens += [flag, os.path.abspath(path)]
     children = [
         Child(
@@ -197,6 +235,8 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 query,
                 "--receiver-control",
                 control,
+                "--max-servers",
+                str(args.max_servers),
                 *snapshot_args(args),
             ],
         ),
@@ -238,8 +278,9 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
     return children
 
 
-def supervise(children: list[Child], stop: threading.Event) -> None:
-    """Keep every child running until ``stop`` is set, then stop them all."""
+def supervise(children: list[Child], stop: threading.Event) -> int:
+    """Keep every child running until ``stop`` is set, then stop them all. A child that exits
+    with ``EXIT_CONFIG`` cannot run as configured: the host stops and returns that code."""
     try:
         for child in children:
             child.start()
@@ -250,8 +291,11 @@ def supervise(children: list[Child], stop: threading.Event) -> None:
                     if now - child.started > STABLE_AFTER:
                         child.backoff = 0.5
                     continue
+                code = child.process.returncode if child.process else None
+                if code == EXIT_CONFIG:
+                    log.error("%s cannot run as configured (see above); stopping", child.name)
+                    return EXIT_CONFIG
                 if child.restart_at == 0.0:
-                    code = child.process.returncode if child.process else None
                     log.warning(
                         "%s exited with %s; restarting in %.1f s", child.name, code, child.backoff
                     )
@@ -261,6 +305,7 @@ def supervise(children: list[Child], stop: threading.Event) -> None:
                     child.restart_at = 0.0
                     child.restarts += 1
                     child.start()
+        return 0
     finally:
         shutdown(children)
 
@@ -284,24 +329,56 @@ def main(argv: list[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
 
+def check_ports(args: argparse.Namespace) -> None:
+    """Stop with a message naming the port when the API or ingest port is taken, before anything
+    is started or written."""
+    if args.api_port == args.ingest_port:
+        fatal(f"servertrack run: --api-port and --ingest-port are both {args.api_port}")
+    host = "0.0.0.0" if args.bind in ("0.0.0.0", "*") else args.bind
+    for flag, number in (("--api-port", args.api_port), ("--ingest-port", args.ingest_port)):
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, number))
+        except OSError as err:
+            fatal(
+                f"servertrack run: {flag} {number} on {host} is not available ({err.strerror}); "
+                "is another servertrack run using it?"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     if args.data_dir != "" and args.retention <= args.snapshot_interval:
-        raise SystemExit(
-            "--retention must be longer than --snapshot-interval, or a crash between "
-            "two snapshots could lose batches the receiver no longer holds"
+        fatal(
+            "servertrack run: --retention must be longer than --snapshot-interval, or a crash "
+            "between two snapshots could lose batches the receiver no longer holds"
         )
-    own_dir = args.runtime_dir is None
-    runtime_dir = tempfile.mkdtemp(prefix="servertrack-") if own_dir else args.runtime_dir
-    os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+    check_ports(args)
+    locks = []
+    try:
+        data_dir = data_dir_of(args)
+        if data_dir is not None:
+            locks.append(hold_lock(os.path.join(data_dir, "host.lock"), "data directory"))
+        own_dir = args.runtime_dir is None
+        runtime_dir = tempfile.mkdtemp(prefix="servertrack-") if own_dir else args.runtime_dir
+        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+        locks.append(hold_lock(os.path.join(runtime_dir, "host.lock"), "runtime directory"))
+    except LockHeld as err:
+        fatal(f"servertrack run: {err}")
+    except OSError as err:
+        fatal(f"servertrack run: {err}")
     stop = threading.Event()
     try:
         children = plan(args, runtime_dir)
         shown = "127.0.0.1" if args.bind in ("0.0.0.0", "*") else args.bind
         print(f"ServerTrack API on http://{shown}:{args.api_port}  (Ctrl-C stops)", flush=True)
         with stop_on_signals(stop):
-            supervise(children, stop)
+            code = supervise(children, stop)
     finally:
         if own_dir:
             shutil.rmtree(runtime_dir, ignore_errors=True)
-    return 0
+        for lock in locks:
+            lock.close()
+    return code

@@ -23,6 +23,18 @@ class Unavailable(RuntimeError):
     """The peer did not answer within the deadline."""
 
 
+class BindError(OSError):
+    """An endpoint could not be bound (in use, or an address this host does not have)."""
+
+
+def bind(sock: zmq.Socket, endpoint: str) -> None:
+    """``sock.bind(endpoint)``, or :class:`BindError` naming the endpoint."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as err:
+        raise BindError(f"cannot bind {endpoint}: {err}") from None
+
+
 class RpcClient:
     """A REQ socket for one thread; ``call`` sends a msgpack request and waits for the reply."""
 
@@ -107,12 +119,17 @@ def bind_router(context: zmq.Context, endpoint: str) -> zmq.Socket:
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-    sock.bind(endpoint)
+    try:
+        bind(sock, endpoint)
+    except BindError:
+        sock.close(linger=0)
+        raise
     return sock
 
 
 def serve_one(sock: zmq.Socket, handler: Any) -> None:
-    """Read one request from a ROUTER socket and send ``handler(request)``'s bytes back."""
+    """Read one request from a ROUTER socket and send ``handler(request)``'s bytes back; a
+    handler that returns None sends nothing (the client has given up already)."""
     frames = sock.recv_multipart()
     try:
         request = msgpack.unpackb(frames[-1])
@@ -120,5 +137,7 @@ def serve_one(sock: zmq.Socket, handler: Any) -> None:
     except Exception as err:  # a bad request must never stop the daemon
         log.warning("refused request: %s", err)
         reply = msgpack.packb({"error": "bad_request", "message": str(err)})
+    if reply is None:
+        return
     with contextlib.suppress(zmq.Again):  # the client has gone; its REQ socket times out
         sock.send_multipart([*frames[:-1], reply], flags=zmq.NOBLOCK)

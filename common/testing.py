@@ -1,17 +1,15 @@
-"""Test helpers that ship with the project: a fake clock, a free loopback port and a rollup oracle.
+"""Test helpers that ship with the project: a fake clock, free loopback ports, and real
+processes (``servertrack run`` and its daemons) started, probed and stopped with deadlines.
 
-:func:`oracle_buckets` is a deliberately naive re-statement of the bucket rules in plain Python
-(no numpy, nothing from :mod:`servertrack.aggregator`), so the real rollups can be checked
-against it: it groups the raw samples of one server by bucket in a dict and keeps the buckets
-that are inside the windows at ``now``.
+The rollup oracle lives in :mod:`servertrack.common.oracle`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,21 +17,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
+import zmq
 
-MINUTE = 60
-HOUR = 3600
-MINUTES_SHOWN = 60
-HOURS_SHOWN = 24
-
-RawSample = tuple[str, float, float | None, float | None]
-"""``(fqdn, ts, cpu, ram)`` with ``None`` for a metric the sample does not carry."""
+from servertrack.common import wire
+from servertrack.common.buckets import MINUTE, oldest_accepted_ts
+from servertrack.common.oracle import RawSample
+from servertrack.common.sample import Sample
 
 
 class FakeClock:
@@ -61,64 +56,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def iso_z(ts: float) -> str:
-    """``ts`` as ``2026-11-22T10:01:00Z``, with microseconds only when there are some."""
-    moment = datetime.fromtimestamp(ts, tz=UTC)
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _start(ts: float, width: int) -> int:
-    """Start of the bucket of ``width`` seconds holding ``ts``: ``ts - ts % width``."""
-    return int(ts - ts % width)
-
-
-def _bucket(start: int, group: list[RawSample]) -> dict[str, Any]:
-    bucket: dict[str, Any] = {"start": iso_z(start)}
-    for index, metric in ((2, "cpu"), (3, "ram")):
-        values = [sample[index] for sample in group if sample[index] is not None]
-        if values:
-            bucket[metric] = math.fsum(values) / len(values)
-            bucket[f"{metric}_min"] = min(values)
-            bucket[f"{metric}_max"] = max(values)
-        else:
-            bucket[metric] = bucket[f"{metric}_min"] = bucket[f"{metric}_max"] = None
-        bucket[f"{metric}_samples"] = len(values)
-    bucket["samples"] = len(group)
-    return bucket
-
-
-def _window(samples: list[RawSample], now: float, width: int, shown: int) -> list[dict[str, Any]]:
-    newest = _start(now, width)
-    oldest = newest - (shown - 1) * width
-    groups: dict[int, list[RawSample]] = {}
-    for sample in samples:
-        start = _start(sample[1], width)
-        if oldest <= start <= newest:
-            groups.setdefault(start, []).append(sample)
-    return [_bucket(start, groups[start]) for start in sorted(groups)]
-
-
-def oracle_buckets(
-    samples: Iterable[RawSample], now: float, fqdn: str | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """The minute and hour buckets one server should show at ``now``, in the shape of ``view()``.
-
-    ``samples`` are the raw samples the server sent (those of other servers are skipped when
-    ``fqdn`` is given). Only non-empty buckets inside the windows are returned, oldest first: the
-    60 minute buckets and the 24 hour buckets up to and including the ones holding ``now``. Means
-    are taken over raw samples; ``samples`` counts raw samples, whichever metrics they carry.
-    The stream is assumed to respect the acceptance rule (``ts`` at most 60 s ahead of the clock
-    when sent); anything older than the windows is simply not shown.
-    """
-    mine = [sample for sample in samples if fqdn is None or sample[0] == fqdn]
-    return {
-        "minutes": _window(mine, now, MINUTE, MINUTES_SHOWN),
-        "hours": _window(mine, now, HOUR, HOURS_SHOWN),
-    }
 
 
 # -- real processes on loopback, for end-to-end tests and benchmarks ----------------------------
@@ -268,32 +205,40 @@ def launch_host(workdir: Path, *extra: str, name: str = "host") -> HostUnderTest
     return host
 
 
-EXACT_FIELDS = ("samples", "cpu_samples", "ram_samples", "cpu_min", "cpu_max", "ram_min", "ram_max")
+def view_at_stable_minute(host: HostUnderTest, name: str) -> tuple[dict[str, Any], float]:
+    """GET a server's loads together with a ``now`` in the same minute as the answer."""
+    for _ in range(3):
+        before = time.time()
+        status, body = host.get(f"/servers/{name}/loads")
+        after = time.time()
+        if status != 200:
+            raise AssertionError(f"GET {name} answered {status}: {body}")
+        if int(before // MINUTE) == int(after // MINUTE):
+            return body, after
+    raise AssertionError("could not read within one minute")
 
 
-def bucket_differences(
-    view: dict[str, Any], expected: dict[str, list[dict[str, Any]]], rel_tol: float = 1e-12
-) -> list[str]:
-    """How a ``GET /servers/{name}/loads`` answer differs from :func:`oracle_buckets`, as
-    readable lines (none when they agree): the same buckets in the same order, counts and
-    extremes exactly equal, means equal within ``rel_tol``, ``null`` where the oracle has none."""
-    problems = []
-    for scale in ("minutes", "hours"):
-        got, want = view[scale], expected[scale]
-        if [b["start"] for b in got] != [b["start"] for b in want]:
-            problems.append(
-                f"{scale}: buckets {[b['start'] for b in got]} != {[b['start'] for b in want]}"
-            )
-            continue
-        for have, bucket in zip(got, want, strict=True):
-            start = bucket["start"]
-            for key in EXACT_FIELDS:
-                if have[key] != bucket[key]:
-                    problems.append(f"{scale} {start} {key}: {have[key]} != {bucket[key]}")
-            for key in ("cpu", "ram"):
-                if (have[key] is None) != (bucket[key] is None) or (
-                    bucket[key] is not None
-                    and not math.isclose(have[key], bucket[key], rel_tol=rel_tol)
-                ):
-                    problems.append(f"{scale} {start} {key}: {have[key]!r} != {bucket[key]!r}")
-    return problems
+def warm_up(pub: zmq.Socket, host: HostUnderTest, deadline: float = 10.0) -> None:
+    """Publish throw-away samples until the receiver sees one (PUB drops until connected)."""
+    end = time.monotonic() + deadline
+    seq = 0
+    while time.monotonic() < end:
+        pub.send_multipart(wire.encode(Sample("warm-up", time.time(), 1.0, 1.0, seq)))
+        seq += 1
+        status, stats = host.get("/stats")
+        if status == 200 and stats["receiver"].get("received", {}).get("zmq", 0) > 0:
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the receiver never saw the warm-up samples")
+
+
+def random_history(rng: random.Random, name: str, now: float, count: int) -> list[RawSample]:
+    """Samples over the whole 24-hour window and the last minutes, some with one metric."""
+    oldest = oldest_accepted_ts(now)
+    out: list[RawSample] = []
+    for index in range(count):
+        ts = rng.uniform(oldest, now) if index % 3 else rng.uniform(now - 300, now)
+        cpu = round(rng.uniform(0, 100), 3) if index % 7 else None
+        ram = round(rng.uniform(0, 100), 3) if index % 11 or cpu is None else None
+        out.append((name, ts, cpu, ram))
+    return out

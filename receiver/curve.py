@@ -8,6 +8,8 @@ accepted, whatever the authenticator says.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,11 +50,32 @@ def load_secret(path: str) -> tuple[bytes, bytes]:
 
 
 def check_config(secret: str | None, authorized_keys: str | None) -> None:
-    """Fail early, before any socket, on incomplete flags or unusable key paths."""
+    """Fail early, before any socket, on incomplete flags or unusable key paths; warn about a
+    secret readable by other users or a keys directory others may write to (anyone who can
+    add a file there can admit an agent)."""
     if check_flags(secret, authorized_keys):
         load_secret(str(secret))
         if not Path(str(authorized_keys)).is_dir():
             raise CurveConfigError(f"authorized keys directory {authorized_keys} does not exist")
+        warn_permissions(str(secret), str(authorized_keys))
+
+
+def warn_permissions(secret: str, authorized_keys: str) -> list[str]:
+    """Log (and return) a warning for each risky permission of the receiver's key files."""
+    warnings = []
+    try:
+        if os.stat(secret).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warnings.append(f"secret key file {secret} can be read by other users (chmod 600 it)")
+        if os.stat(authorized_keys).st_mode & stat.S_IWOTH:
+            warnings.append(
+                f"authorized keys directory {authorized_keys} can be written by any user, who "
+                "could admit an agent (chmod o-w it)"
+            )
+    except OSError:  # pragma: no cover - they were readable a moment ago
+        pass
+    for text in warnings:
+        log.warning("%s", text)
+    return warnings
 
 
 def write_public_key(secret: str, path: str) -> str:

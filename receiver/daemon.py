@@ -15,8 +15,8 @@ import zmq
 from servertrack.common import rpc
 from servertrack.common.buckets import Clock
 from servertrack.common.lifecycle import Ticker
-from servertrack.common.sample import InvalidSample, make_sample
-from servertrack.common.wire import MAX_PAYLOAD, MSGPACK
+from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
+from servertrack.common.wire import MSGPACK
 from servertrack.receiver import curve
 from servertrack.receiver.state import ReceiverState
 
@@ -26,8 +26,16 @@ DRAIN_LIMIT = 4096
 """Messages read per wake-up before looking at the other sockets and the clock again."""
 RESUME_PATIENCE = 3.0
 """Seconds a starting receiver keeps asking the aggregator for sequence numbers."""
+CONTROL_BUDGET = 0.1
+"""Seconds of requests (HTTP records) served before the clock and the agents are looked at again,
+so no request load can hold up the one-second batches."""
 MAX_FRAMES = 8
 """Frames of one message kept for the decoder (which refuses any count but 2)."""
+MAX_WIRE_MESSAGE = 1024 * 1024
+"""libzmq's limit on one incoming frame. Frames above ``MAX_PAYLOAD`` (16 KiB) and up to this are
+read and counted as ``too_large``; libzmq itself drops the connection of a peer that sends a larger
+one (the agent reconnects), so the limit is far above any real sample and any valid message that
+follows an oversized one is still read."""
 
 
 @dataclass(slots=True)
@@ -40,6 +48,8 @@ class ReceiverConfig:
     retention: float = 300.0
     rcvhwm: int = 1_000_000
     batch_hwm: int = 8
+    max_servers: int = DEFAULT_MAX_SERVERS
+    dedup_limit: int = DEFAULT_DEDUP_LIMIT
     curve_secret: str | None = None
     authorized_keys: str | None = None
     aggregator_query: str | None = None
@@ -59,7 +69,11 @@ class ReceiverDaemon:
         self.context = context or zmq.Context.instance()
         self.clock = clock
         self.state = ReceiverState(
-            clock, accept_pickle=config.accept_pickle, retention=config.retention
+            clock,
+            accept_pickle=config.accept_pickle,
+            retention=config.retention,
+            max_servers=config.max_servers,
+            dedup_limit=config.dedup_limit,
         )
         self.stop = threading.Event()
         self._push: zmq.Socket | None = None
@@ -73,10 +87,10 @@ class ReceiverDaemon:
             auth = curve.secure(sub, self.config.curve_secret, self.config.authorized_keys)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
-            sub.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD + 256)
+            sub.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_MESSAGE)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             self.resume()
-            sub.bind(self.config.bind)
+            rpc.bind(sub, self.config.bind)
             control = rpc.bind_router(ctx, self.config.control)
             push = ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
@@ -102,10 +116,11 @@ class ReceiverDaemon:
             if sub in ready:
                 self._drain(sub)
             if control in ready:
-                for _ in range(64):
-                    if not control.poll(0, zmq.POLLIN):
-                        break
+                end = time.monotonic() + min(CONTROL_BUDGET, ticker.remaining())
+                while control.poll(0, zmq.POLLIN):
                     rpc.serve_one(control, self._handle)
+                    if time.monotonic() >= end:
+                        break
             if ticker.due():
                 self.flush(push)
 
@@ -181,7 +196,7 @@ class ReceiverDaemon:
     def _handle(self, request: Any) -> bytes:
         op = request.get("op") if isinstance(request, dict) else None
         if op == "record":
-            return msgpack.packb(self._record(request.get("samples")))
+            return msgpack.packb(self.state.record(request.get("samples"), self.clock()))
         if op == "names":
             return msgpack.packb({"epoch": self.state.epoch, "names": self.state.all_names()})
         if op == "replay":
@@ -191,28 +206,18 @@ class ReceiverDaemon:
         return msgpack.packb({"error": "bad_request", "message": f"unknown op {op!r}"})
 
     def _replay(self, epoch: Any, after: int) -> dict[str, Any]:
-        """Push again the retained batches numbered above ``after`` (for a restarted aggregator).
-        The aggregator applies each batch once, whatever arrives twice."""
+        """Push again the retained batches numbered above ``after`` (for a restarted aggregator;
+        all of them for one that has applied none, ``epoch`` None). The aggregator applies each
+        batch once, whatever arrives twice."""
         index = self.state.index
         first = index.peekitem(0)[0] if index else self.state.batches
         reply = {"epoch": self.state.epoch, "first": first, "last": self.state.batches - 1}
         sent = 0
-        if epoch == self.state.epoch and self._push is not None:
-            for frames in self.state.batches_after(after):
+        if epoch in (self.state.epoch, None) and self._push is not None:
+            for frames in self.state.batches_after(after if epoch is not None else -1):
                 try:
                     self._push.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break  # the aggregator will ask again for the rest
                 sent += 1
         return {**reply, "sent": sent}
-
-    def _record(self, rows: Any) -> dict[str, Any]:
-        if not isinstance(rows, list):
-            return {"error": "bad_request", "message": "samples must be a list"}
-        try:
-            samples = [make_sample(*row) for row in rows]
-        except (InvalidSample, TypeError) as err:
-            reason = getattr(err, "reason", "bad_request")
-            self.state.rejected[reason] += 1
-            return {"error": reason, "message": str(err)}
-        return self.state.offer_many(samples, self.clock())

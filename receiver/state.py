@@ -1,12 +1,25 @@
 """The receiver's state as one I/O-free object: validation, de-duplication, loss and batching.
 
-De-duplication: an agent numbers its samples (``seq``) from 0 on each run and ZeroMQ delivers one
-connection's messages in order, so per server it is enough to keep the last seq and its ts:
-- ``seq > last``: new; ``seq - last - 1`` samples are counted as lost;
-- ``seq <= last`` with a later ts: the agent restarted, a new run begins;
-- ``seq <= last`` otherwise: a duplicate.
+Sequences: an agent numbers its samples (``seq``) from 0 on each run and ZeroMQ delivers one
+connection's messages in order, so per server the receiver follows the *stream* of sequence numbers:
+- ``seq`` one above the last: the next sample (the fast path);
+- a larger jump: ``seq - last - 1`` samples were lost, unless the jump is more than the agent could
+  have sent in the time since its last sample (``MAX_SAMPLE_RATE``): that is an agent reset (a
+  corrupt or hostile counter), counted as ``seq_resets``, never as billions of lost samples;
+- ``seq`` not above the last with a later ts: a new stream (the agent restarted);
+- otherwise a duplicate.
+An agent that restarted leaves its old stream behind for ``STREAM_IDLE`` seconds. If an old stream
+carries on while a newer one does too, two agents report under one name: the server is flagged
+``name_conflict`` for ``CONFLICT_HOLD`` seconds, every sample of both is accepted, and no gap is
+counted as loss meanwhile (which agent missed what cannot be told apart).
+
 Samples without seq (HTTP, other sources) are de-duplicated by (server, ts) over ``dedup_horizon``
-seconds of arrivals.
+seconds of arrivals, in at most ``dedup_limit`` remembered keys; past that the oldest are forgotten
+early and counted as ``dedup_evicted``.
+
+Memory is bounded by configuration: at most ``max_servers`` names (a new name beyond it is refused
+and counted as ``server_limit``), servers silent for ``SERVER_IDLE`` seconds are forgotten, and the
+time index keeps ``retention`` seconds of batches.
 """
 
 from __future__ import annotations
@@ -15,60 +28,111 @@ import time
 import uuid
 from array import array
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import numpy as np
 from sortedcontainers import SortedDict
 
 from servertrack.common import wire
-from servertrack.common.batch import Batch
+from servertrack.common.batch import Batch, ServerHealth
 from servertrack.common.buckets import (
+    HOUR,
+    HOUR_WINDOW,
     MAX_FUTURE_SECONDS,
     Clock,
     oldest_accepted_ts,
     time_verdict,
 )
-from servertrack.common.sample import MAX_SEQ, InvalidSample, Sample, sample_from_mapping
+from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
+from servertrack.common.sample import (
+    MAX_SEQ,
+    InvalidSample,
+    Sample,
+    make_sample,
+    sample_from_mapping,
+)
 
 NAN = float("nan")
 SOURCES = ("zmq", "http")
+MAX_SAMPLE_RATE = 1000.0
+"""Samples per second no agent exceeds: a seq jump beyond this rate times the time elapsed (plus
+``GAP_SLACK``) cannot be loss."""
+GAP_SLACK = 1000
+STREAM_IDLE = 600.0
+"""Seconds an agent's previous sequence stream is remembered after it stopped."""
+CONFLICT_HOLD = 600.0
+"""Seconds a server stays flagged ``name_conflict`` after the last interleaved sample."""
+MAX_STREAMS = 4
+SERVER_IDLE = (HOUR_WINDOW + 1) * HOUR
+"""A server silent this long has nothing left in any window: the receiver forgets it."""
+EVICT_EVERY = 60.0
 
 
-def _nonzero(counts: Counter[str], **more: int) -> dict[str, int]:
-    return {key: value for key, value in {**counts, **more}.items() if value}
+def _seen(stream: list[Any], seq: int, ts: float) -> bool:
+    """Whether ``(seq, ts)`` is a sample ``stream`` (``[last seq, last ts, arrival, first seq,
+    first ts]``) has already delivered: its newest one exactly, an older one at the stream's own
+    cadence (within 2 %), or one from before anything seen of it. Another agent's sample under the
+    same name fits none of these (but for its very first one, at most)."""
+    last, last_ts, _, first, first_ts = stream
+    if seq > last:
+        return False
+    if seq == last:
+        return ts == last_ts
+    if first <= seq and first < last:
+        interval = (last_ts - first_ts) / (last - first)
+        expected = last_ts - (last - seq) * interval
+        return abs(ts - expected) <= max(0.01, 0.02 * abs(interval))
+    return ts <= first_ts
 
 
 class ServerState:
     """What the receiver remembers of one server."""
 
     __slots__ = (
+        "conflict_until",
         "duplicates",
+        "first_seq",
+        "first_seq_ts",
         "id",
         "ips",
         "ips_raw",
+        "last_arrival",
         "last_seq",
         "last_seq_ts",
         "lost",
-        "recent_ts",
-        "recent_ts_order",
+        "recent",
         "rejected",
+        "seen",
+        "seq_resets",
         "skew",
+        "streams",
     )
 
-    def __init__(self, server_id: int) -> None:
+    def __init__(self, server_id: int, now: float) -> None:
         self.id = server_id
         self.last_seq = -1
         self.last_seq_ts = float("-inf")
+        self.last_arrival = float("-inf")
+        """Arrival of the newest numbered sample (``-inf`` when resumed from the aggregator)."""
+        self.first_seq = -1
+        self.first_seq_ts = float("-inf")
+        """Where the newest stream began (to tell an old repeat from another agent's sample)."""
+        self.streams: list[list[Any]] | None = None
+        """Earlier sequence streams still remembered, each ``[seq, ts, arrival, first seq, first
+        ts]``."""
         self.lost = 0
         self.duplicates = 0
         self.rejected = 0
         """Samples of this server refused by the time window (future, too_old)."""
+        self.seq_resets = 0
+        self.conflict_until = float("-inf")
         self.skew = 0.0
+        self.seen = now
         self.ips: tuple[str, ...] = ()
         self.ips_raw: list[str] | None = None
-        self.recent_ts: set[float] = set()
-        self.recent_ts_order: deque[tuple[float, float]] = deque()
+        self.recent: set[Hashable] | None = None
+        """De-duplication keys of recent seq-less samples."""
 
 
 class ReceiverState:
@@ -81,27 +145,36 @@ class ReceiverState:
         retention: float = 300.0,
         dedup_horizon: float = 600.0,
         epoch: str | None = None,
+        max_servers: int = DEFAULT_MAX_SERVERS,
+        dedup_limit: int = DEFAULT_DEDUP_LIMIT,
     ) -> None:
         self.clock = clock
         self.accept_pickle = accept_pickle
         self.retention = retention
         self.dedup_horizon = dedup_horizon
+        self.max_servers = max_servers
+        self.dedup_limit = dedup_limit
         self.epoch = epoch or uuid.uuid4().hex
         self.servers: dict[str, ServerState] = {}
-        self.names: list[str] = []
+        self.names: list[str | None] = []
+        self.free_ids: list[int] = []
         self.new_names: list[tuple[int, str]] = []
         self.changed: set[int] = set()
-        self.with_recent_ts: set[int] = set()
+        self.conflicted: set[ServerState] = set()
         self.received: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.zmq_received = 0
         self.zmq_accepted = 0
         """The hot path's counters, kept apart from the Counters (a plain int is cheapest)."""
-        self.rejected: Counter[str] = Counter()
+        self.rejected: dict[str, Counter[str]] = {source: Counter() for source in SOURCES}
         self.duplicates = 0
         self.lost = 0
+        self.seq_resets = 0
+        self.evicted = 0
+        self.dedup_evicted = 0
         self.batches = 0
         self.forward_dropped = 0
+        self._recent: deque[tuple[float, ServerState, Hashable]] = deque()
         self._ids = array("i")
         self._ts = array("d")
         self._cpu = array("d")
@@ -109,6 +182,7 @@ class ReceiverState:
         self._seq = array("q")
         self._window_now = float("nan")
         self._oldest = 0.0
+        self._next_evict = float("-inf")
         self.index: SortedDict = SortedDict()
         """Recent batches: number → (flush time, frames), kept ``retention`` seconds for replay."""
 
@@ -133,7 +207,7 @@ class ReceiverState:
             try:
                 data = wire.unpack_limited(payload)
             except Exception:  # every msgpack failure is one reason
-                self.rejected["msgpack"] += 1
+                self.rejected["zmq"]["msgpack"] += 1
                 return "msgpack"
             if type(data) is dict:
                 get = data.get
@@ -167,24 +241,47 @@ class ReceiverState:
                 data = wire.decode(frames, self.accept_pickle)
             sample = sample_from_mapping(data)
         except (wire.MalformedMessage, InvalidSample) as err:
-            self.rejected[err.reason] += 1
+            self.rejected["zmq"][err.reason] += 1
             return err.reason
         return self._admit(sample, now, "zmq")
 
-    def check(self, sample: Sample, now: float) -> str | None:
-        """The reason ``sample`` would be refused by the time policy, if any."""
-        return time_verdict(sample.ts, now)
+    def reject(self, reason: str, count: int = 1, source: str = "zmq") -> None:
+        """Count ``count`` samples refused for ``reason`` before they reached the state."""
+        if source == "zmq":
+            self.zmq_received += count
+        else:
+            self.received[source] += count
+        self.rejected[source][reason] += count
+
+    def record(self, rows: Any, now: float) -> dict[str, Any]:
+        """A record from the API: ``[[fqdn, ts, cpu, ram], ...]``, validated again here (the
+        receiver trusts no peer) and taken all or nothing with :meth:`offer_many`."""
+        if not isinstance(rows, list):
+            self.reject("bad_request", 1, "http")
+            return {"error": "bad_request", "message": "samples must be a list"}
+        try:
+            samples = [make_sample(*row) for row in rows]
+        except (InvalidSample, TypeError) as err:
+            reason = getattr(err, "reason", "bad_request")
+            self.reject(reason, len(rows), "http")
+            return {"error": reason, "message": str(err)}
+        return self.offer_many(samples, now)
 
     def offer_many(self, samples: Iterable[Sample], now: float, source: str = "http") -> dict:
-        """All-or-nothing intake of validated samples (HTTP): any outside the window refuses all."""
+        """All-or-nothing intake of validated samples (HTTP): any sample outside the time window
+        or from a server beyond ``max_servers`` refuses all of them."""
         samples = list(samples)
-        for index, sample in enumerate(samples):
-            reason = self.check(sample, now)
-            if reason is not None:
-                self.received[source] += len(samples)
-                self.rejected[reason] += len(samples)
-                return {"error": reason, "index": index}
         self.received[source] += len(samples)
+        new_names = set()
+        for index, sample in enumerate(samples):
+            reason = time_verdict(sample.ts, now)
+            if reason is None and sample.fqdn not in self.servers:
+                new_names.add(sample.fqdn)
+                if len(self.servers) + len(new_names) > self.max_servers:
+                    reason = "server_limit"
+            if reason is not None:
+                self.rejected[source][reason] += len(samples)
+                return {"error": reason, "index": index}
         outcome = Counter(self._admit(sample, now, source) for sample in samples)
         return {"accepted": outcome[None], "duplicates": outcome["duplicate"]}
 
@@ -193,10 +290,12 @@ class ReceiverState:
         server = self.servers.get(sample.fqdn)
         if server is None:
             reason = time_verdict(sample.ts, now)
+            if reason is None and len(self.servers) >= self.max_servers:
+                reason = "server_limit"
             if reason is not None:
-                self.rejected[reason] += 1
+                self.rejected[source][reason] += 1
                 return reason
-            server = self._register(sample.fqdn)
+            server = self._register(sample.fqdn, now)
         verdict = self._admit_known(
             server, sample.ts, sample.cpu, sample.ram, sample.seq, now, source
         )
@@ -220,28 +319,26 @@ class ReceiverState:
             self._window_now = now
             self._oldest = oldest_accepted_ts(now)
         if ts > now + MAX_FUTURE_SECONDS:
-            return self._out_of_window(server, "future")
+            return self._out_of_window(server, "future", source)
         if ts < self._oldest:
-            return self._out_of_window(server, "too_old")
+            return self._out_of_window(server, "too_old", source)
         if seq is not None:
-            last = server.last_seq
-            if seq > last:
-                if last >= 0 and seq > last + 1:
-                    gap = seq - last - 1
-                    server.lost += gap
-                    self.lost += gap
-                    self.changed.add(server.id)
-            elif ts <= server.last_seq_ts:
+            if seq == server.last_seq + 1 and seq and server.streams is None:
+                server.last_seq = seq
+                server.last_seq_ts = ts
+                server.last_arrival = now
+            elif self._sequence(server, seq, ts, now):
                 return self._duplicate(server)
-            server.last_seq = seq
-            server.last_seq_ts = ts
         else:
-            if ts in server.recent_ts:
+            recent = server.recent
+            if recent is None:
+                recent = server.recent = set()
+            elif ts in recent:
                 return self._duplicate(server)
-            server.recent_ts.add(ts)
-            server.recent_ts_order.append((now, ts))
-            self.with_recent_ts.add(server.id)
+            recent.add(ts)
+            self._remember_key(server, ts, now)
         server.skew = now - ts
+        server.seen = now
         self._ids.append(server.id)
         self._ts.append(ts)
         self._cpu.append(NAN if cpu is None else cpu)
@@ -253,8 +350,74 @@ class ReceiverState:
             self.accepted[source] += 1
         return None
 
-    def _out_of_window(self, server: ServerState, reason: str) -> str:
-        self.rejected[reason] += 1
+    def _sequence(self, server: ServerState, seq: int, ts: float, now: float) -> bool:
+        """The slow path of sequence numbers (see the module docstring); True for a duplicate."""
+        others = server.streams or []
+        if others:
+            others[:] = [s for s in others if now - s[2] <= STREAM_IDLE]
+        newest = [server.last_seq, server.last_seq_ts, server.last_arrival]
+        newest += [server.first_seq, server.first_seq_ts]
+        streams = [newest, *others] if server.last_seq >= 0 else others
+        if any(_seen(stream, seq, ts) for stream in streams):
+            return True
+        best = None  # the stream this sample continues: the highest one below it
+        for stream in streams:
+            if stream[0] < seq and (best is None or stream[0] > best[0]):
+                best = stream
+        if best is not None:
+            gap = seq - best[0] - 1
+            elapsed = now - best[2] if best[2] > float("-inf") else ts - best[1]
+            if gap <= MAX_SAMPLE_RATE * max(elapsed, 0.0) + GAP_SLACK:
+                if best is not newest:  # an older stream carries on beside the newest: two agents
+                    others.remove(best)
+                    if server.last_seq >= 0:
+                        others.append(newest)
+                    server.conflict_until = now + CONFLICT_HOLD
+                    if server not in self.conflicted:
+                        self.conflicted.add(server)
+                        self.changed.add(server.id)
+                if gap > 0 and now >= server.conflict_until:
+                    server.lost += gap
+                    self.lost += gap
+                    self.changed.add(server.id)
+                self._set_newest(server, seq, ts, now, others, best[3], best[4])
+                return False
+            if not any(stream[0] >= seq for stream in streams):  # past every stream: a reset
+                server.seq_resets += 1
+                self.seq_resets += 1
+                self.changed.add(server.id)
+        if server.last_seq >= 0:  # the agent restarted, or another one uses this name
+            others.append(newest)
+            if len(others) >= MAX_STREAMS:
+                others.remove(min(others, key=lambda stream: stream[2]))
+        self._set_newest(server, seq, ts, now, others, seq, ts)
+        return False
+
+    @staticmethod
+    def _set_newest(
+        server: ServerState,
+        seq: int,
+        ts: float,
+        now: float,
+        others: list[list[Any]],
+        first_seq: int,
+        first_ts: float,
+    ) -> None:
+        server.last_seq, server.last_seq_ts, server.last_arrival = seq, ts, now
+        server.first_seq, server.first_seq_ts = first_seq, first_ts
+        server.streams = others or None
+
+    def _remember_key(self, server: ServerState, key: Hashable, now: float) -> None:
+        recent = self._recent
+        recent.append((now, server, key))
+        if len(recent) > self.dedup_limit:
+            _, owner, old = recent.popleft()
+            if owner.recent is not None:
+                owner.recent.discard(old)
+            self.dedup_evicted += 1
+
+    def _out_of_window(self, server: ServerState, reason: str, source: str) -> str:
+        self.rejected[source][reason] += 1
         server.rejected += 1
         self.changed.add(server.id)
         return reason
@@ -265,10 +428,14 @@ class ReceiverState:
         self.changed.add(server.id)
         return "duplicate"
 
-    def _register(self, fqdn: str) -> ServerState:
-        server = ServerState(len(self.names))
+    def _register(self, fqdn: str, now: float) -> ServerState:
+        if self.free_ids:
+            server = ServerState(self.free_ids.pop(), now)
+            self.names[server.id] = fqdn
+        else:
+            server = ServerState(len(self.names), now)
+            self.names.append(fqdn)
         self.servers[fqdn] = server
-        self.names.append(fqdn)
         self.new_names.append((server.id, fqdn))
         self.changed.add(server.id)
         return server
@@ -278,32 +445,46 @@ class ReceiverState:
         return len(self._ids)
 
     def counters(self) -> dict[str, Any]:
+        received = {**self.received, "zmq": self.zmq_received}
+        accepted = {**self.accepted, "zmq": self.zmq_accepted}
         return {
-            "received": _nonzero(self.received, zmq=self.zmq_received),
-            "accepted": _nonzero(self.accepted, zmq=self.zmq_accepted),
-            "rejected": dict(self.rejected),
+            "received": {source: received.get(source, 0) for source in SOURCES},
+            "accepted": {source: accepted.get(source, 0) for source in SOURCES},
+            "rejected": {source: dict(counts) for source, counts in self.rejected.items()},
             "duplicates": self.duplicates,
             "lost": self.lost,
-            "servers_seen": len(self.names),
+            "seq_resets": self.seq_resets,
+            "name_conflicts": len(self.conflicted),
+            "servers_seen": len(self.servers),
+            "servers_evicted": self.evicted,
+            "dedup_keys": len(self._recent),
+            "dedup_evicted": self.dedup_evicted,
             "batches": self.batches,
             "forward_dropped": self.forward_dropped,
         }
 
+    def health(self, server: ServerState, now: float) -> ServerHealth:
+        return ServerHealth(
+            server.ips,
+            server.lost,
+            server.duplicates,
+            server.rejected,
+            server.skew,
+            server.seq_resets,
+            now < server.conflict_until,
+        )
+
     def flush(self, now: float) -> Batch:
         """Cut everything accepted since the last flush into the next numbered batch."""
+        for server in [s for s in self.conflicted if now >= s.conflict_until]:
+            self.conflicted.discard(server)
+            if self.names[server.id] is not None:
+                self.changed.add(server.id)
         servers = []
         for server_id in sorted(self.changed):
-            server = self.servers[self.names[server_id]]
-            servers.append(
-                (
-                    server_id,
-                    list(server.ips),
-                    server.lost,
-                    server.duplicates,
-                    server.skew,
-                    server.rejected,
-                )
-            )
+            name = self.names[server_id]
+            if name is not None:
+                servers.append((server_id, self.health(self.servers[name], now)))
         batch = Batch(
             epoch=self.epoch,
             number=self.batches,
@@ -322,7 +503,10 @@ class ReceiverState:
         self.changed = set()
         self._ids, self._ts, self._cpu, self._ram = array("i"), array("d"), array("d"), array("d")
         self._seq = array("q")
-        self._expire_recent_ts(now)
+        self._expire_recent(now)
+        if now >= self._next_evict:
+            self._next_evict = now + EVICT_EVERY
+            self._evict_silent(now)
         return batch
 
     def remember(self, batch: Batch, frames: list[bytes], now: float) -> None:
@@ -335,27 +519,45 @@ class ReceiverState:
         """Frames of the retained batches numbered above ``number``, oldest first."""
         return [self.index[key][1] for key in self.index.irange(minimum=number + 1)]
 
-    def resume_sequences(self, names: list[str], seqs: list[int], stamps: list[float]) -> int:
+    def resume_sequences(
+        self, names: list[str], seqs: list[int], stamps: list[float], now: float | None = None
+    ) -> int:
         """Take over the newest seq of servers not seen yet in this run (from the aggregator),
         so that samples lost while no receiver ran show up as seq gaps. Returns how many."""
+        now = self.clock() if now is None else now
         taken = 0
         for name, seq, ts in zip(names, seqs, stamps, strict=True):
-            if name in self.servers:
+            if name in self.servers or len(self.servers) >= self.max_servers:
                 continue  # this run has seen it already: its own state is newer
-            server = self._register(name)
+            server = self._register(name, now)
             server.last_seq, server.last_seq_ts = int(seq), float(ts)
+            server.first_seq, server.first_seq_ts = int(seq), float(ts)
             taken += 1
         return taken
 
     def all_names(self) -> list[tuple[int, str]]:
-        return list(enumerate(self.names))
+        return [(server_id, name) for server_id, name in enumerate(self.names) if name is not None]
 
-    def _expire_recent_ts(self, now: float) -> None:
+    def _expire_recent(self, now: float) -> None:
         horizon = now - self.dedup_horizon
-        for server_id in list(self.with_recent_ts):
-            server = self.servers[self.names[server_id]]
-            order = server.recent_ts_order
-            while order and order[0][0] < horizon:
-                server.recent_ts.discard(order.popleft()[1])
-            if not order:
-                self.with_recent_ts.discard(server_id)
+        recent = self._recent
+        while recent and recent[0][0] < horizon:
+            _, server, key = recent.popleft()
+            if server.recent is not None:
+                server.recent.discard(key)
+                if not server.recent:
+                    server.recent = None
+
+    def _evict_silent(self, now: float) -> None:
+        """Forget servers that sent nothing accepted for ``SERVER_IDLE`` seconds; their ids are
+        given to new names later (announced again in that batch's ``names``)."""
+        cutoff = now - SERVER_IDLE
+        silent = [name for name, server in self.servers.items() if server.seen < cutoff]
+        for name in silent:
+            server = self.servers.pop(name)
+            server.recent = None
+            self.conflicted.discard(server)
+            self.names[server.id] = None
+            self.free_ids.append(server.id)
+            self.changed.discard(server.id)
+        self.evicted += len(silent)

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 
-from servertrack.common.testing import ChildProcess as Process
 from servertrack.common.testing import HostUnderTest as Host
-from servertrack.common.testing import http_json as http
-from servertrack.common.testing import launch_host, wait_until
-from servertrack.common.testing import servertrack_argv as servertrack
-
-__all__ = ["Host", "Process", "http", "servertrack", "wait_for"]
-
-
-def wait_for(predicate: Callable[[], Any], deadline: float, what: str, step: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy, failing the test after ``deadline``."""
-    try:
-        return wait_until(predicate, deadline, what, step)
-    except TimeoutError as err:
-        pytest.fail(str(err))
+from servertrack.common.testing import launch_host
 
 
 @pytest.fixture

@@ -1,11 +1,9 @@
-"""The Falcon API over an in-process backend: a real ReceiverState feeding a real Rollups.
+"""The Falcon API over an in-process backend: the real receiver and aggregator states.
 
-Every request goes through ``falcon.testing.TestClient`` over ``create_app``. The backend here
-does in one call what the receiver and the aggregator do over ZeroMQ: ``record`` offers the
-samples to a :class:`ReceiverState`, flushes the batch at once and applies it to a
-:class:`Rollups` by name (as ``AggregatorDaemon.apply`` does); ``query`` answers like
-``AggregatorDaemon.answer``. Both share one fake clock with the app, so the time window the API
-applies and the one the rollups use are the same.
+Every request goes through ``falcon.testing.TestClient`` over ``create_app``. The backend
+(``tests/support.py``) does in one call what the receiver and the aggregator do over ZeroMQ, with
+their own code, and shares one fake clock with the app, so the time window the API applies and
+the one the rollups use are the same.
 """
 
 from __future__ import annotations
@@ -14,15 +12,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pytest
 from falcon import testing
 
-from servertrack.aggregator.rollups import Rollups
 from servertrack.api.app import MAX_BATCH, MAX_BODY, create_app
-from servertrack.api.backend import Unavailable
-from servertrack.common.sample import Sample
-from servertrack.receiver.state import ReceiverState
+from tests.support import Clock, DownBackend, InProcessBackend, PingRaises
 
 MINUTE = 60
 HOUR = 3600
@@ -30,89 +24,6 @@ T0 = 1_699_999_200.0
 """An hour start (2023-11-14T22:00:00Z)."""
 NOW = T0 + 30 * MINUTE + 15.0
 """22:30:15, in the middle of both an hour and a minute bucket."""
-
-
-# -- test doubles -------------------------------------------------------------------------------
-class Clock:
-    """A settable clock, shared by the app and the backend."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = float(now)
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class InProcessBackend:
-    """Receiver state and rollups wired directly, with every ``record`` flushed and applied."""
-
-    def __init__(self, clock: Clock, receiver_clock: Clock | None = None) -> None:
-        self.clock = clock
-        self.state = ReceiverState(clock=receiver_clock or clock)
-        self.rollups = Rollups(clock)
-        self.calls: list[list[Sample]] = []
-
-    def record(self, samples: list[Sample]) -> dict[str, Any]:
-        self.calls.append(list(samples))
-        reply = self.state.offer_many(samples, self.state.clock())
-        if "error" in reply:
-            return reply
-        batch = self.state.flush(self.state.clock())
-        now = self.rollups.advance(self.clock())
-        rows = np.array(
-            [self.rollups.row_for(self.state.names[i]) for i in batch.ids.tolist()], np.int64
-        )
-        self.rollups.apply(rows, batch.ts, batch.cpu, batch.ram, now)
-        return reply
-
-    def query(self, request: dict[str, Any]) -> dict[str, Any]:
-        op = request.get("op")
-        now = self.clock()
-        if op == "view":
-            view = self.rollups.view(str(request.get("name")), now)
-            if view is None:
-                return {"status": 404}
-            return {"status": 200, "body": json.dumps(view).encode()}
-        if op == "servers":
-            servers = [{"server": name, "seen": seen} for name, seen in self.rollups.servers(now)]
-            return {"status": 200, "body": json.dumps({"servers": servers}).encode()}
-        if op == "stats":
-            return {"status": 200, "body": json.dumps(self.state.counters()).encode()}
-        return {"status": 400}
-
-    def ping(self) -> dict[str, Any]:
-        return {"receiver": {"ok": True}, "aggregator": {"ok": True, "batch_age": 0.0}}
-
-
-class DownBackend:
-    """A backend whose receiver and/or aggregator does not answer, like ``ZmqBackend`` then."""
-
-    def __init__(self, receiver_up: bool = False, aggregator_up: bool = False) -> None:
-        self.receiver_up = receiver_up
-        self.aggregator_up = aggregator_up
-
-    def record(self, samples: list[Sample]) -> dict[str, Any]:
-        if not self.receiver_up:
-            raise Unavailable("receiver did not answer within 500 ms")
-        return {"accepted": len(samples), "duplicates": 0}
-
-    def query(self, request: dict[str, Any]) -> dict[str, Any]:
-        if not self.aggregator_up:
-            raise Unavailable("aggregator did not answer within 500 ms")
-        return {"status": 200, "body": b"{}"}
-
-    def ping(self) -> dict[str, Any]:
-        def part(up: bool) -> dict[str, Any]:
-            return {"ok": True} if up else {"ok": False, "error": "did not answer within 500 ms"}
-
-        return {"receiver": part(self.receiver_up), "aggregator": part(self.aggregator_up)}
-
-
-class PingRaises(DownBackend):
-    """A backend whose ``ping`` itself raises ``Unavailable``."""
-
-    def ping(self) -> dict[str, Any]:
-        raise Unavailable("nobody answered the ping")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -123,7 +34,7 @@ def iso(ts: float) -> str:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(NOW)
 
 
 @pytest.fixture
@@ -350,12 +261,18 @@ def test_servers_lists_what_was_posted(client: testing.TestClient) -> None:
 
 
 def test_stats_passes_counters_through(client: testing.TestClient) -> None:
-    """GET /stats returns the backend's counters as JSON."""
+    """GET /stats returns the receiver's and aggregator's counters, and the API's own refusals
+    by reason (samples, for a batch)."""
     post(client, "x", {"cpu": 1})
+    post(client, "x", {"cpu": 101})
+    post_batch(client, [{"server": "y", "cpu": 1}, {"server": "y", "cpu": "high"}])
     result = client.simulate_get("/stats")
     assert result.status_code == 200
     assert result.headers["content-type"].startswith("application/json")
-    assert result.json["accepted"] == {"http": 1}
+    body = result.json
+    assert body["receiver"]["accepted"] == {"zmq": 0, "http": 1}
+    assert body["aggregator"]["applied"] == 1
+    assert body["api"]["rejected"] == {"bad_cpu": 3}
 
 
 # -- unknown and bad server names ---------------------------------------------------------------
@@ -614,7 +531,7 @@ def test_one_bad_item_refuses_the_whole_batch(
     ]
     assert_error(post_batch(client, batch), status, reason, index=2)
     assert backend.calls == []
-    assert backend.state.counters()["accepted"] == {}
+    assert backend.state.counters()["accepted"] == {"zmq": 0, "http": 0}
     assert_absent(client, "good-1", "good-2", "bad", "good-3")
 
 
@@ -657,7 +574,7 @@ def test_body_of_exactly_the_limit_is_read(client: testing.TestClient) -> None:
 
 # -- backend unavailable and health -------------------------------------------------------------
 def down_client(backend: DownBackend) -> testing.TestClient:
-    return testing.TestClient(create_app(backend, Clock()))
+    return testing.TestClient(create_app(backend, Clock(NOW)))
 
 
 @pytest.mark.parametrize(
@@ -708,11 +625,11 @@ def test_health_is_200_when_both_parts_are_ok(client: testing.TestClient) -> Non
     ids=["receiver-down", "aggregator-down", "both-down"],
 )
 def test_health_is_503_when_a_part_is_down(receiver_up: bool, aggregator_up: bool) -> None:
-    """/health is 503 with status degraded when either part does not answer."""
+    """/health is 503 with status unavailable when either part does not answer."""
     result = down_client(DownBackend(receiver_up, aggregator_up)).simulate_get("/health")
     assert result.status_code == 503
     assert result.headers["content-type"].startswith("application/json")
-    assert result.json["status"] == "degraded"
+    assert result.json["status"] == "unavailable"
     assert result.json["receiver"]["ok"] is receiver_up
     assert result.json["aggregator"]["ok"] is aggregator_up
 

@@ -19,7 +19,7 @@ from servertrack.api.app import MAX_BATCH, MAX_BODY, create_app
 from servertrack.api.auth import TokenFileError, read_token_file
 from servertrack.common import host
 from servertrack.common.sample import valid_fqdn
-from tests.test_api_app import Clock, InProcessBackend
+from tests.support import Clock, InProcessBackend, assert_fatal
 
 RECORD = "rec-0123456789abcdef"
 READ = "read-fedcba9876543210"
@@ -34,7 +34,7 @@ OPEN = ["/health", "/openapi.json"]
 def make_client(
     record_token: str | None = None, read_token: str | None = None
 ) -> tuple[testing.TestClient, InProcessBackend]:
-    clock = Clock()
+    clock = Clock(1_800_000_000.0)
     backend = InProcessBackend(clock)
     app = create_app(backend, clock, record_token=record_token, read_token=read_token)
     return testing.TestClient(app), backend
@@ -174,12 +174,13 @@ def test_missing_token_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flag", ["--token-file", "--read-token-file"])
-def test_api_refuses_to_start_with_an_unusable_token_file(tmp_path: Path, flag: str) -> None:
+def test_api_refuses_to_start_with_an_unusable_token_file(
+    tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``servertrack api`` exits with a message before it listens when a token file is bad."""
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    with pytest.raises(SystemExit, match="empty"):
-        api_main.main([flag, str(empty), "--port", "0"])
+    assert_fatal(capsys, lambda: api_main.main([flag, str(empty), "--port", "1"]), "empty")
 
 
 def run_args(*argv: str) -> argparse.Namespace:
@@ -201,10 +202,12 @@ def test_run_passes_token_files_to_the_api(tmp_path: Path) -> None:
         assert name == "api" or not {"--token-file", "--read-token-file"} & set(child.argv)
 
 
-def test_run_refuses_a_missing_token_file(tmp_path: Path) -> None:
+def test_run_refuses_a_missing_token_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``servertrack run`` refuses at once, instead of restarting an api that cannot start."""
-    with pytest.raises(SystemExit, match="cannot read token file"):
-        host.plan(run_args("--token-file", str(tmp_path / "missing")), str(tmp_path))
+    args = run_args("--token-file", str(tmp_path / "missing"))
+    assert_fatal(capsys, lambda: host.plan(args, str(tmp_path)), "cannot read token file")
 
 
 # -- the OpenAPI document -----------------------------------------------------------------------

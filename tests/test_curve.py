@@ -15,10 +15,13 @@ import zmq
 import zmq.auth
 
 from servertrack.common import cli, host
+from servertrack.common.testing import ChildProcess as Process
+from servertrack.common.testing import HostUnderTest as Host
 from servertrack.common.testing import free_port
+from servertrack.common.testing import servertrack_argv as servertrack
 from servertrack.receiver import curve
 from servertrack.receiver.daemon import ReceiverConfig, ReceiverDaemon
-from tests.conftest import Host, Process, servertrack, wait_for
+from tests.support import assert_fatal, wait_for
 
 e2e = pytest.mark.e2e
 """Tests that start real daemons as child processes."""
@@ -303,12 +306,13 @@ def test_plan_gives_the_agent_the_receivers_public_key_only(tmp_path: Path, keys
     assert agent[agent.index("--curve-secret") + 1] == str(agent_secret)
 
 
-def test_plan_refuses_half_a_curve_set_up(tmp_path: Path, keys: Keys) -> None:
-    with pytest.raises(SystemExit, match="needs --agent-curve-secret"):
-        host.plan(run_args(keys), str(tmp_path))
-    args = host.build_parser().parse_args(["--curve-secret", str(keys.receiver_secret)])
-    with pytest.raises(SystemExit, match="go together"):
-        host.plan(args, str(tmp_path))
+def test_plan_refuses_half_a_curve_set_up(
+    tmp_path: Path, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = run_args(keys)
+    assert_fatal(capsys, lambda: host.plan(args, str(tmp_path)), "needs --agent-curve-secret")
+    half = host.build_parser().parse_args(["--curve-secret", str(keys.receiver_secret)])
+    assert_fatal(capsys, lambda: host.plan(half, str(tmp_path)), "go together")
     assert host.plan(run_args(keys, "--no-agent"), str(tmp_path))
 
 

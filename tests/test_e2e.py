@@ -13,60 +13,24 @@ import pytest
 import zmq
 
 from servertrack.common import wire
-from servertrack.common.buckets import MINUTE, oldest_accepted_ts
+from servertrack.common.oracle import RawSample, oracle_buckets
 from servertrack.common.sample import Sample
-from servertrack.common.testing import (
-    RawSample,
-    bucket_differences,
-    free_port,
-    oracle_buckets,
-    wait_until,
-)
-from tests.conftest import Host, Process, http, servertrack, wait_for
+from servertrack.common.testing import ChildProcess as Process
+from servertrack.common.testing import HostUnderTest as Host
+from servertrack.common.testing import free_port, random_history, view_at_stable_minute, wait_until
+from servertrack.common.testing import http_json as http
+from servertrack.common.testing import servertrack_argv as servertrack
+from servertrack.common.testing import warm_up as _warm_up
+from tests.support import assert_matches_oracle, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-def assert_matches_oracle(view: dict[str, Any], expected: dict[str, list[dict[str, Any]]]) -> None:
-    assert bucket_differences(view, expected) == []
-
-
-def view_at_stable_minute(host: Host, name: str) -> tuple[dict[str, Any], float]:
-    """GET a server's loads together with a ``now`` in the same minute as the answer."""
-    for _ in range(3):
-        before = time.time()
-        status, body = host.get(f"/servers/{name}/loads")
-        after = time.time()
-        assert status == 200, body
-        if int(before // MINUTE) == int(after // MINUTE):
-            return body, after
-    pytest.fail("could not read within one minute")
-
-
 def warm_up(pub: zmq.Socket, host: Host) -> None:
-    """Publish throw-away samples until the receiver sees one (PUB drops until connected)."""
-    deadline = time.monotonic() + 10
-    seq = 0
-    while time.monotonic() < deadline:
-        pub.send_multipart(wire.encode(Sample("warm-up", time.time(), 1.0, 1.0, seq)))
-        seq += 1
-        status, stats = host.get("/stats")
-        if status == 200 and stats["receiver"].get("received", {}).get("zmq", 0) > 0:
-            return
-        time.sleep(0.05)
-    pytest.fail("the receiver never saw the warm-up samples")
-
-
-def random_history(rng: random.Random, name: str, now: float, count: int) -> list[RawSample]:
-    """Samples over the whole 24-hour window and the last minutes, some with one metric."""
-    oldest = oldest_accepted_ts(now)
-    out: list[RawSample] = []
-    for index in range(count):
-        ts = rng.uniform(oldest, now) if index % 3 else rng.uniform(now - 300, now)
-        cpu = round(rng.uniform(0, 100), 3) if index % 7 else None
-        ram = round(rng.uniform(0, 100), 3) if index % 11 or cpu is None else None
-        out.append((name, ts, cpu, ram))
-    return out
+    try:
+        _warm_up(pub, host)
+    except TimeoutError as err:
+        pytest.fail(str(err))
 
 
 def accepted_total(host: Host) -> int:

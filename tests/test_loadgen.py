@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Host, servertrack
+from servertrack.common.testing import HostUnderTest as Host
+from servertrack.common.testing import servertrack_argv as servertrack
 
 pytestmark = pytest.mark.e2e
 

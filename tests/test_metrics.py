@@ -20,8 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from servertrack.api.app import create_app
 from servertrack.api.metrics import StatsCollector
+from servertrack.common.counters import (
+    AGGREGATOR_DROP_REASONS,
+    REJECT_REASONS,
+    STATS_ONLY,
+    declared,
+)
 from servertrack.common.testing import ChildProcess, HostUnderTest, free_port, wait_until
-from tests.test_api_app import Clock, DownBackend, InProcessBackend
+from tests.support import Clock, DownBackend, InProcessBackend
 
 SHARED = Path(
     os.environ.get("SERVERTRACK_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")
@@ -32,9 +38,11 @@ STATS: dict[str, Any] = {
     "receiver": {
         "received": {"zmq": 120, "http": 7},
         "accepted": {"zmq": 100},
-        "rejected": {"bad_cpu": 3, "too_old": 17},
+        "rejected": {"zmq": {"bad_cpu": 3, "too_old": 17}, "http": {"future": 2}},
         "duplicates": 2,
         "lost": 5,
+        "seq_resets": 1,
+        "name_conflicts": 1,
         "servers_seen": 4,
         "batches": 30,
         "forward_dropped": 1,
@@ -43,7 +51,7 @@ STATS: dict[str, Any] = {
         "applied": 99,
         "expired": 1,
         "batches": 29,
-        "unknown_server": 6,
+        "dropped": {"unknown_server": 6},
         "batches_lost": 2,
         "servers_tracked": 3,
         "flush_lag_seconds": 0.004,
@@ -54,6 +62,13 @@ STATS: dict[str, Any] = {
         "batch_size_last": 12,
         "batch_size_max": 40,
         "last_batch_age_seconds": 0.3,
+        "snapshot_errors": 4,
+    },
+    "api": {
+        "rejected": {"future": 3, "bad_json": 1},
+        "requests_abandoned": 5,
+        "connections_closed": {"slow_request": 7},
+        "rss_bytes": 1234,
     },
 }
 
@@ -67,35 +82,50 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def scrape(stats: dict[str, Any], rss: int | None = 1234) -> str:
+def scrape(stats: dict[str, Any]) -> str:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(lambda: stats, lambda: rss))
+    registry.register(StatsCollector(lambda: stats))
     return generate_latest(registry).decode()
+
+
+def rejected(source: str, reason: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return ("servertrack_samples_rejected_total", (("reason", reason), ("source", source)))
 
 
 # -- the collector ------------------------------------------------------------------------------
 def test_collector_exports_the_stats_counters() -> None:
-    """Each /stats counter shows under its Prometheus name, labelled by source or reason."""
+    """Each /stats counter shows under its Prometheus name, labelled by source or reason; the
+    API's own refusals join the receiver's under ``source="http"``, added up."""
     got = samples(scrape(STATS))
     assert got[("servertrack_samples_received_total", (("source", "zmq"),))] == 120
     assert got[("servertrack_samples_received_total", (("source", "http"),))] == 7
     assert got[("servertrack_samples_accepted_total", (("source", "zmq"),))] == 100
     assert got[("servertrack_samples_accepted_total", (("source", "http"),))] == 0
-    assert got[("servertrack_samples_rejected_total", (("reason", "bad_cpu"),))] == 3
-    assert got[("servertrack_samples_rejected_total", (("reason", "too_old"),))] == 17
+    assert got[rejected("zmq", "bad_cpu")] == 3
+    assert got[rejected("zmq", "too_old")] == 17
+    assert got[rejected("http", "future")] == 2 + 3
+    assert got[rejected("http", "bad_json")] == 1
     assert got[("servertrack_samples_duplicate_total", ())] == 2
     assert got[("servertrack_samples_lost_total", ())] == 5
-    assert got[("servertrack_batches_forward_dropped_total", ())] == 1
+    assert got[("servertrack_sequence_resets_total", ())] == 1
+    assert got[("servertrack_servers_name_conflict", ())] == 1
+    assert got[("servertrack_samples_forward_dropped_total", ())] == 1
     assert got[("servertrack_batches_lost_total", ())] == 2
     assert got[("servertrack_samples_applied_total", ())] == 99
     assert got[("servertrack_samples_expired_total", ())] == 1
     assert got[("servertrack_aggregator_dropped_total", (("reason", "unknown_server"),))] == 6
+    assert got[("servertrack_aggregator_dropped_total", (("reason", "server_limit"),))] == 0
+    assert got[("servertrack_snapshot_errors_total", ())] == 4
     assert got[("servertrack_servers_tracked", ())] == 3
     assert got[("servertrack_batch_flush_lag_p50_seconds", ())] == 0.002
     assert got[("servertrack_batch_flush_lag_p99_seconds", ())] == 0.009
     assert got[("servertrack_batch_flush_lag_max_seconds", ())] == 0.011
     assert got[("servertrack_batch_size_samples", ())] == 12
     assert got[("servertrack_batch_size_max_samples", ())] == 40
+    assert got[("servertrack_http_requests_abandoned_total", ())] == 5
+    closed = "servertrack_http_connections_closed_total"
+    assert got[(closed, (("reason", "slow_request"),))] == 7
+    assert got[(closed, (("reason", "idle"),))] == 0
     assert got[("servertrack_process_rss_bytes", (("process", "api"),))] == 1234
 
 
@@ -111,6 +141,7 @@ def test_daemon_rss_is_exported_when_the_stats_carry_it() -> None:
     got = samples(scrape(STATS))
     assert ("servertrack_process_rss_bytes", (("process", "receiver"),)) not in got
     with_rss = {
+        **STATS,
         "receiver": {**STATS["receiver"], "rss_bytes": 10_000},
         "aggregator": {**STATS["aggregator"], "rss_bytes": 20_000},
     }
@@ -121,16 +152,34 @@ def test_daemon_rss_is_exported_when_the_stats_carry_it() -> None:
 
 def test_empty_stats_before_the_first_batch_still_scrape() -> None:
     """Before any batch (empty receiver counters, null lags) the exposition is still valid."""
-    text = scrape({"receiver": {}, "aggregator": {"flush_lag_p50_seconds": None}}, rss=None)
+    text = scrape({"receiver": {}, "aggregator": {"flush_lag_p50_seconds": None}})
     got = samples(text)
     assert got[("servertrack_samples_received_total", (("source", "zmq"),))] == 0
     assert not any(name.startswith("servertrack_batch_flush_lag") for name, _ in got)
 
 
+def test_the_daemons_stats_are_exactly_the_declared_counters() -> None:
+    """What the receiver, the aggregator and the API put in /stats is what
+    ``common/counters.py`` declares (the /metrics and OpenAPI derivations rely on it)."""
+    clock = Clock(1_800_000_000.0)
+    backend = InProcessBackend(clock)
+    client = testing.TestClient(create_app(backend, clock))
+    client.simulate_post("/servers/web-1/loads", json={"cpu": 5})
+    client.simulate_post("/servers/web-1/loads", json={"cpu": 500})
+    stats = client.simulate_get("/stats").json
+    for section in ("receiver", "aggregator", "api"):
+        keys = set(stats[section]) - {key for sec, key in STATS_ONLY if sec == section}
+        missing = set(declared(section)) - keys
+        assert keys <= set(declared(section)) and missing <= {"rss_bytes"}, (section, keys)
+    assert set(stats["aggregator"]["dropped"]) == set(AGGREGATOR_DROP_REASONS)
+    reasons = {reason for counts in stats["receiver"]["rejected"].values() for reason in counts}
+    assert reasons | set(stats["api"]["rejected"]) <= set(REJECT_REASONS)
+
+
 # -- the endpoint -------------------------------------------------------------------------------
 def test_metrics_endpoint_serves_the_prometheus_text_format() -> None:
     """/metrics answers in Prometheus' content type, with the API process's own metrics."""
-    clock = Clock()
+    clock = Clock(1_800_000_000.0)
     client = testing.TestClient(create_app(InProcessBackend(clock), clock))
     client.simulate_post("/servers/web-1/loads", json={"cpu": 5})
     result = client.simulate_get("/metrics")
@@ -142,7 +191,7 @@ def test_metrics_endpoint_serves_the_prometheus_text_format() -> None:
 
 def test_each_app_has_its_own_registry() -> None:
     """Two apps in one process both serve /metrics: nothing is registered globally."""
-    clock = Clock()
+    clock = Clock(1_800_000_000.0)
     clients = [testing.TestClient(create_app(InProcessBackend(clock), clock)) for _ in range(2)]
     for client in clients:
         assert client.simulate_get("/metrics").status_code == 200
@@ -150,7 +199,7 @@ def test_each_app_has_its_own_registry() -> None:
 
 def test_metrics_is_503_json_when_the_aggregator_does_not_answer() -> None:
     """Without stats there is nothing to scrape: a 503 JSON error, like the other reads."""
-    client = testing.TestClient(create_app(DownBackend(), Clock()))
+    client = testing.TestClient(create_app(DownBackend(), Clock(1_800_000_000.0)))
     result = client.simulate_get("/metrics")
     assert result.status_code == 503
     assert result.json["reason"] == "backend_unavailable"
@@ -158,13 +207,10 @@ def test_metrics_is_503_json_when_the_aggregator_does_not_answer() -> None:
 
 # -- a live host, promtool and Prometheus -------------------------------------------------------
 def tool(name: str) -> str:
-    """The path of ``name``; skipped when it is missing, except in CI where it must be there."""
+    """The path of ``name``; the test fails when it is missing (``make test`` installs it)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not found (make test installs Debian's prometheus package)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"{name} not found (make test installs Debian's prometheus package)")
     return path
 
 

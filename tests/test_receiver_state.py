@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from servertrack.common import wire
-from servertrack.common.batch import Batch, MalformedBatch
+from servertrack.common.batch import Batch, MalformedBatch, ServerHealth
 from servertrack.common.sample import InvalidSample, Sample, sample_from_mapping
 from servertrack.common.testing import FakeClock
 from servertrack.receiver.state import ReceiverState
@@ -89,9 +89,14 @@ def _fresh_names() -> None:
     NAMES.clear()
 
 
-def entries(batch: Batch) -> dict[int, tuple[int, list[str], int, int, float]]:
+def entries(batch: Batch) -> dict[int, ServerHealth]:
     """``batch.servers`` keyed by server id."""
-    return {entry[0]: entry for entry in batch.servers}
+    return dict(batch.servers)
+
+
+def nonzero(counts: dict[str, int]) -> dict[str, int]:
+    """A by-source counter without its zero entries."""
+    return {key: value for key, value in counts.items() if value}
 
 
 def same_floats(got: list[float], want: list[float]) -> bool:
@@ -102,7 +107,7 @@ def same_floats(got: list[float], want: list[float]) -> bool:
 
 
 def total_rejected(state: ReceiverState) -> int:
-    return sum(state.rejected.values())
+    return sum(sum(counts.values()) for counts in state.rejected.values())
 
 
 # -- accepted samples ---------------------------------------------------------------------------
@@ -127,7 +132,7 @@ def test_accepted_samples_appear_in_flushed_batch() -> None:
     assert same_floats([row[3] for row in got], [21.25, NAN, 44.0])
     assert batch.ids.dtype == np.int32 and batch.ts.dtype == np.float64
     assert state.pending() == 0
-    assert state.counters()["accepted"] == {"zmq": 3}
+    assert nonzero(state.counters()["accepted"]) == {"zmq": 3}
 
 
 def test_flush_after_flush_is_empty() -> None:
@@ -173,9 +178,9 @@ def test_server_entry_carries_ips_and_skew() -> None:
     state = ReceiverState()
     state.offer_frames(frames_for(ts=T0, seq=0, ip=("10.0.0.7", "fe80::1")), T0 + 3)
     batch = cut(state, T0 + 3)
-    (entry,) = batch.servers
-    assert entry[1] == ["10.0.0.7", "fe80::1"]
-    assert entry[4] == pytest.approx(3.0)
+    ((_, health),) = batch.servers
+    assert health.ips == ("10.0.0.7", "fe80::1")
+    assert health.skew == pytest.approx(3.0)
 
 
 # -- sequence numbers ---------------------------------------------------------------------------
@@ -191,13 +196,13 @@ def test_seq_gap_counts_lost_in_total_and_per_server() -> None:
 
     assert state.counters()["lost"] == 2
     assert first.counters["lost"] == 2
-    assert entries(first)[ids["a.example"]][2] == 2
-    assert entries(first)[ids["b.example"]][2] == 0
+    assert entries(first)[ids["a.example"]].lost == 2
+    assert entries(first)[ids["b.example"]].lost == 0
 
     assert state.offer_frames(frames_for("a.example", T0 + 20, seq=10), T0 + 20) is None
     second = cut(state, T0 + 20)
     assert state.counters()["lost"] == 7
-    assert entries(second)[ids["a.example"]][2] == 7  # running total for the server
+    assert entries(second)[ids["a.example"]].lost == 7  # running total for the server
     assert ids["b.example"] not in entries(second)  # b did not change
     assert len(first) == 6 and len(second) == 1
 
@@ -214,7 +219,7 @@ def test_agent_restart_is_accepted_not_duplicate() -> None:
     counters = state.counters()
     assert counters["duplicates"] == 0
     assert counters["lost"] == 0
-    assert counters["accepted"] == {"zmq": 8}
+    assert nonzero(counters["accepted"]) == {"zmq": 8}
     assert [row[1] for row in rows(batch)][-2:] == [T0 + 8, T0 + 9]
     assert [row[2] for row in rows(batch)][-2:] == [77.0, 78.0]
 
@@ -230,10 +235,10 @@ def test_exact_duplicate_is_counted_and_not_forwarded() -> None:
     assert len(batch) == 1
     assert state.counters()["duplicates"] == 1
     assert batch.counters["duplicates"] == 1
-    (entry,) = batch.servers
-    assert entry[3] == 1
-    assert state.counters()["received"] == {"zmq": 2}
-    assert state.counters()["accepted"] == {"zmq": 1}
+    ((_, health),) = batch.servers
+    assert health.duplicates == 1
+    assert nonzero(state.counters()["received"]) == {"zmq": 2}
+    assert nonzero(state.counters()["accepted"]) == {"zmq": 1}
 
 
 def test_older_seq_with_older_ts_is_duplicate() -> None:
@@ -273,8 +278,8 @@ def test_offer_many_deduplicates_seqless_samples() -> None:
         "accepted": 1,
         "duplicates": 2,
     }
-    assert state.counters()["accepted"] == {"http": 4}
-    assert state.counters()["received"] == {"http": 6}
+    assert nonzero(state.counters()["accepted"]) == {"http": 4}
+    assert nonzero(state.counters()["received"]) == {"http": 6}
     assert len(cut(state, T0 + 10)) == 4
 
 
@@ -297,7 +302,7 @@ def test_future_and_too_old_samples_rejected_by_reason() -> None:
         assert state.offer_frames(frames_for(ts=ts, seq=seq), now) == expected, ts
     batch = cut(state, now)
 
-    assert dict(state.rejected) == {"future": 2, "too_old": 2}
+    assert state.counters()["rejected"]["zmq"] == {"future": 2, "too_old": 2}
     assert sorted(row[1] for row in rows(batch)) == [oldest, now, now + 60]
 
 
@@ -316,9 +321,9 @@ def test_offer_many_is_all_or_nothing() -> None:
     assert len(batch) == 0
     assert batch.names == []
     assert state.counters()["servers_seen"] == 0
-    assert state.counters()["accepted"] == {}
-    assert state.counters()["received"] == {"http": 4}
-    assert dict(state.rejected) == {"future": 4}
+    assert nonzero(state.counters()["accepted"]) == {}
+    assert nonzero(state.counters()["received"]) == {"http": 4}
+    assert state.counters()["rejected"] == {"zmq": {}, "http": {"future": 4}}
 
     # nothing was remembered for de-duplication either: the valid ones go through afterwards
     assert state.offer_many([samples[0], samples[1], samples[3]], now) == {
@@ -404,9 +409,9 @@ def test_malformed_message_counted_by_reason_and_not_forwarded(
     state = ReceiverState(accept_pickle=False)
     assert state.offer_frames(frames, T0) == reason
     counters = state.counters()
-    assert counters["received"] == {"zmq": 1}
-    assert counters["rejected"] == {reason: 1}
-    assert counters["accepted"] == {}
+    assert nonzero(counters["received"]) == {"zmq": 1}
+    assert counters["rejected"]["zmq"] == {reason: 1}
+    assert nonzero(counters["accepted"]) == {}
     assert counters["servers_seen"] == 0
     batch = cut(state, T0)
     assert len(batch) == 0 and batch.names == [] and batch.servers == []
@@ -422,8 +427,8 @@ def test_malformed_from_known_server_refused_alike(frames: list[bytes], reason: 
     assert state.offer_frames(frames_for("web-1.example", T0 - 10, seq=0), T0) is None
     cut(state, T0)
     assert state.offer_frames(frames, T0) == reason
-    assert state.counters()["rejected"] == {reason: 1}
-    assert state.counters()["accepted"] == {"zmq": 1}
+    assert state.counters()["rejected"]["zmq"] == {reason: 1}
+    assert nonzero(state.counters()["accepted"]) == {"zmq": 1}
     batch = cut(state, T0)
     assert len(batch) == 0 and batch.servers == []
 
@@ -446,7 +451,7 @@ def test_known_server_messages_accepted_like_first_one() -> None:
 
     assert state.offer_frames(packed(valid_map(ts=T0 + 4, seq=4, ip=["10.0.0.2"])), T0 + 4) is None
     moved = cut(state, T0 + 4)
-    assert [entry[1] for entry in moved.servers] == [["10.0.0.2"]]
+    assert [health.ips for _, health in moved.servers] == [("10.0.0.2",)]
 
 
 @pytest.mark.parametrize(
@@ -465,7 +470,7 @@ def test_refused_sample_does_not_change_server_addresses(ts: float, seq: int, re
     assert state.offer_frames(frames_for(ts=ts, seq=seq, ip=("10.9.9.9",)), T0) == reason
     batch = cut(state, T0 + 1)
     assert len(batch) == 0
-    assert all(entry[1] == ["10.0.0.1"] for entry in batch.servers), batch.servers
+    assert all(health.ips == ("10.0.0.1",) for _, health in batch.servers), batch.servers
     assert state.servers["web-1.example"].ips == ("10.0.0.1",)
 
 
@@ -489,7 +494,7 @@ def test_malformed_pickle_counted_by_reason(payload: bytes, reason: str) -> None
     """With pickle enabled, a bad pickle.gz payload is refused by reason and nothing forwarded."""
     state = ReceiverState(accept_pickle=True)
     assert state.offer_frames([wire.PICKLE_GZ, payload], T0) == reason
-    assert state.counters()["rejected"] == {reason: 1}
+    assert state.counters()["rejected"]["zmq"] == {reason: 1}
     assert len(cut(state, T0)) == 0
 
 
@@ -498,7 +503,7 @@ def test_pickle_ts_too_large_for_a_float_is_rejected_as_bad_ts() -> None:
     state = ReceiverState(accept_pickle=True)
     frames = [wire.PICKLE_GZ, gz_pickle(valid_map(ts=10**400))]
     assert state.offer_frames(frames, T0) == "bad_ts"
-    assert state.counters()["rejected"] == {"bad_ts": 1}
+    assert state.counters()["rejected"]["zmq"] == {"bad_ts": 1}
 
 
 def test_pickle_gz_accepted_when_enabled() -> None:
@@ -511,7 +516,7 @@ def test_pickle_gz_accepted_when_enabled() -> None:
     got = rows(batch)
     assert got[0][:3] == ("legacy.example", T0 - 4, 12.0)
     assert math.isnan(got[0][3])
-    assert state.counters()["rejected"] == {}
+    assert state.counters()["rejected"]["zmq"] == {}
 
 
 # -- batches on the wire and the replay index ---------------------------------------------------
@@ -537,10 +542,10 @@ def test_batch_encode_decode_round_trip() -> None:
     np.testing.assert_array_equal(back.seq, [0, 3, 0])
     assert len(back) == 3
     assert back.names == batch.names
-    assert back.servers == [tuple(entry) for entry in batch.servers]
+    assert back.servers == batch.servers
     assert back.counters == batch.counters
     assert back.counters["lost"] == 2 and back.counters["duplicates"] == 1
-    assert back.counters["rejected"] == {"future": 1}
+    assert back.counters["rejected"]["zmq"] == {"future": 1}
     assert back.full_names is False
 
 
@@ -754,16 +759,17 @@ def test_fuzz_every_message_is_counted_and_never_raises(seed: int, accept_pickle
     received = sum(counters["received"].values())
     accepted = sum(counters["accepted"].values())
     assert received == 5000
-    assert received == accepted + sum(counters["rejected"].values()) + counters["duplicates"]
+    rejected = counters["rejected"]["zmq"]
+    assert received == accepted + sum(rejected.values()) + counters["duplicates"]
     assert accepted == outcomes[None] == forwarded
     assert counters["duplicates"] == outcomes["duplicate"]
-    assert dict(counters["rejected"]) == {
+    assert rejected == {
         reason: count for reason, count in outcomes.items() if reason not in (None, "duplicate")
     }
     # the generator reaches the interesting paths, so the invariant is not vacuous
     assert accepted > 100 and counters["duplicates"] > 10 and counters["lost"] > 0
-    assert {"msgpack", "frames", "bad_ts", "future", "too_old"} <= set(counters["rejected"])
-    assert ("pickle_disabled" in counters["rejected"]) is not accept_pickle
+    assert {"msgpack", "frames", "bad_ts", "future", "too_old"} <= set(rejected)
+    assert ("pickle_disabled" in rejected) is not accept_pickle
 
 
 def test_time_window_refusals_are_counted_per_server() -> None:
@@ -773,5 +779,5 @@ def test_time_window_refusals_are_counted_per_server() -> None:
     cut(state, T0)
     assert state.offer_frames(frames_for(ts=T0 + 3600, seq=1), T0) == "future"
     assert state.offer_frames(frames_for(ts=T0 - 48 * HOUR, seq=2), T0) == "too_old"
-    (entry,) = cut(state, T0 + 1).servers
-    assert entry[5] == 2
+    ((_, health),) = cut(state, T0 + 1).servers
+    assert health.rejected == 2

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from servertrack.aggregator.rollups import ApplyResult, Rollups
 from servertrack.common.buckets import iso_utc, time_verdict
-from servertrack.common.testing import FakeClock, RawSample, iso_z, oracle_buckets
+from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
+from servertrack.common.testing import FakeClock
 
 MINUTE = 60
 HOUR = 3600

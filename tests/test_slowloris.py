@@ -1,15 +1,19 @@
-"""A client that trickles a request (slow-loris) is cut off by waitress' channel timeout."""
+"""No client can starve the API: trickled requests and idle keep-alive connections are closed after
+bounded times, and with hundreds of them open a new client is still answered within a second."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from servertrack.common.testing import (
     ChildProcess,
+    HostUnderTest,
     free_port,
     http_json,
     servertrack_argv,
@@ -17,35 +21,156 @@ from servertrack.common.testing import (
 )
 
 pytestmark = pytest.mark.e2e
+ATTACKERS = 300
 
 
-def test_trickled_request_is_closed_after_the_channel_timeout(tmp_path: Path) -> None:
-    """Half a request line and nothing more: the API closes the connection within the timeout
-    plus waitress' 1 s clean-up tick, and keeps serving others."""
+def api_beside(host: HostUnderTest, workdir: Path, *flags: str) -> tuple[ChildProcess, str]:
+    """A second ``servertrack api`` over ``host``'s receiver and aggregator, with ``flags``."""
+    runtime = workdir / "host0-rt"
     port = free_port()
     api = ChildProcess(
         servertrack_argv(
             "api",
             "--port",
             str(port),
-            "--channel-timeout",
-            "2",
             "--receiver-control",
-            f"tcp://127.0.0.1:{free_port()}",
+            f"ipc://{runtime}/receiver-control",
             "--aggregator-query",
-            f"tcp://127.0.0.1:{free_port()}",
+            f"ipc://{runtime}/query",
+            *flags,
         ),
-        tmp_path / "api.log",
+        workdir / "api.log",
     ).start()
     base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_json("GET", base + "/health")[0] == 200, 20, "the api")
+    return api, base
+
+
+def connect(port: int, count: int) -> list[socket.socket]:
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sockets.append(sock)
+    return sockets
+
+
+@pytest.fixture
+def trickle() -> Iterator[Callable[[list[socket.socket], float], None]]:
+    """Sends one header byte to each socket every ``every`` seconds, in the background."""
+    stop = threading.Event()
+    threads = []
+
+    def start(sockets: list[socket.socket], every: float) -> None:
+        def run() -> None:
+            while not stop.wait(every):
+                for sock in sockets:
+                    try:
+                        sock.send(b"x")
+                    except OSError:
+                        continue
+
+        for sock in sockets:
+            sock.send(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=10)
+
+
+def closed_by_server(sock: socket.socket, deadline: float) -> bool:
+    """True once the server has closed ``sock`` (EOF or reset), waiting up to ``deadline`` s."""
+    sock.settimeout(deadline)
     try:
-        wait_until(lambda: http_json("GET", base + "/health")[0] == 503, 20, "the api")
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # no blank line: never ends
-            began = time.monotonic()
-            closed = sock.recv(1024) == b""  # blocks until the server hangs up (or 10 s)
-            waited = time.monotonic() - began
-        assert closed and waited < 6.0
-        assert http_json("GET", base + "/health")[0] == 503  # still serving
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def health_time(base: str) -> float:
+    began = time.monotonic()
+    status, _ = http_json("GET", base + "/health", timeout=10)
+    assert status == 200
+    return time.monotonic() - began
+
+
+def test_a_trickled_request_is_cut_after_the_request_timeout(
+    start_host: Callable[..., HostUnderTest], tmp_path: Path, trickle: Callable
+) -> None:
+    """A header trickled one byte every 0.5 s keeps the connection busy, but the request must
+    arrive whole within --request-timeout: the server closes it then and counts it."""
+    host = start_host("--no-agent")
+    api, base = api_beside(host, tmp_path, "--request-timeout", "2")
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        (sock,) = connect(port, 1)
+        trickle([sock], 0.5)
+        began = time.monotonic()
+        assert closed_by_server(sock, 10)
+        assert time.monotonic() - began < 6
+        sock.close()
+        stats = http_json("GET", base + "/stats")[1]
+        assert stats["api"]["connections_closed"]["slow_request"] == 1
     finally:
+        api.stop()
+
+
+def test_hundreds_of_slow_and_idle_clients_starve_nobody(
+    start_host: Callable[..., HostUnderTest], tmp_path: Path, trickle: Callable
+) -> None:
+    """300 trickling and 300 idle keep-alive connections: a new client's /health is answered
+    within 1 s every time, and both kinds are closed after their timeouts."""
+    host = start_host("--no-agent")
+    api, base = api_beside(host, tmp_path, "--request-timeout", "6", "--idle-timeout", "6")
+    port = int(base.rsplit(":", 1)[1])
+    slow = idle = []
+    try:
+        slow = connect(port, ATTACKERS)
+        trickle(slow, 3.0)
+        idle = connect(port, ATTACKERS)
+        for sock in idle:  # one complete request each, then nothing: idle keep-alive
+            sock.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        times = []
+        for _ in range(8):
+            times.append(health_time(base))
+            time.sleep(0.25)
+        assert max(times) < 1.0, times
+        began = time.monotonic()
+        assert all(closed_by_server(sock, 15) for sock in slow + idle)
+        assert time.monotonic() - began < 15
+        closed = http_json("GET", base + "/stats")[1]["api"]["connections_closed"]
+        assert closed["slow_request"] >= ATTACKERS and closed["idle"] >= ATTACKERS
+    finally:
+        for sock in slow + idle:
+            sock.close()
+        api.stop()
+
+
+def test_at_the_connection_limit_the_longest_idle_makes_room(
+    start_host: Callable[..., HostUnderTest], tmp_path: Path
+) -> None:
+    """With --connection-limit 50 and 80 idle connections opened, a new client is answered at
+    once: the longest-idle connections were closed to let newcomers in."""
+    host = start_host("--no-agent")
+    api, base = api_beside(host, tmp_path, "--connection-limit", "50", "--idle-timeout", "60")
+    port = int(base.rsplit(":", 1)[1])
+    idle = []
+    try:
+        idle = connect(port, 80)
+        time.sleep(0.5)
+        assert max(health_time(base) for _ in range(5)) < 1.0
+        closed = http_json("GET", base + "/stats")[1]["api"]["connections_closed"]
+        assert closed["evicted"] >= 30
+        assert closed_by_server(idle[0], 5)  # the oldest went first
+    finally:
+        for sock in idle:
+            sock.close()
         api.stop()

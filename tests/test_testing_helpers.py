@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from servertrack.common.testing import bucket_differences, oracle_buckets
+from servertrack.common.oracle import bucket_differences, oracle_buckets
 
 NOW = 1_800_000_000.0
 SAMPLES = [("a", NOW - 90, 10.0, None), ("a", NOW - 20, 20.0, 40.0), ("a", NOW - 4000, 5.0, 1.0)]

@@ -30,7 +30,7 @@ def one_input(data: bytes) -> None:
     counters = STATE.counters()
     handled = (
         sum(counters["accepted"].values())
-        + sum(counters["rejected"].values())
+        + sum(counters["rejected"]["zmq"].values())
         + counters["duplicates"]
     )
     if sum(counters["received"].values()) != before + 1 or handled != before + 1:

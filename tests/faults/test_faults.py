@@ -15,9 +15,10 @@ import zmq
 
 from servertrack.agent.publisher import Agent, AgentConfig
 from servertrack.common.buckets import oldest_accepted_ts
-from servertrack.common.testing import RawSample
-from tests.conftest import Host, wait_for
-from tests.test_e2e import assert_matches_oracle, oracle_buckets, view_at_stable_minute
+from servertrack.common.oracle import RawSample, oracle_buckets
+from servertrack.common.testing import HostUnderTest as Host
+from servertrack.common.testing import view_at_stable_minute
+from tests.support import assert_matches_oracle, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -228,7 +229,7 @@ def test_agent_clock_skew_is_measured_and_future_samples_counted(
 
         def counted() -> dict[str, Any] | None:
             stats = host.get("/stats")[1]
-            return stats if stats["receiver"]["rejected"].get("future", 0) >= 3 else None
+            return stats if stats["receiver"]["rejected"]["zmq"].get("future", 0) >= 3 else None
 
         wait_for(counted, 10, "future samples to be counted")
         health = host.get("/servers/behind.example/loads")[1]["health"]

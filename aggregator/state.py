@@ -1,0 +1,371 @@
+"""The aggregator's state as one I/O-free object: receiver ids, the batch ledger, the answers.
+
+:class:`AggregatorState` owns everything the aggregator knows besides its sockets: which row of the
+store each receiver id stands for, which receiver batches were applied (each exactly once), each
+server's health, the counters, and what goes into and comes out of a snapshot. The daemon around
+it only moves bytes and keeps the schedule; every method here takes ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from servertrack.aggregator.ledger import BatchLedger
+from servertrack.aggregator.rollups import REFUSED
+from servertrack.aggregator.store import RollupStore
+from servertrack.common.batch import Batch, ServerHealth
+from servertrack.common.buckets import Clock, iso_utc
+from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, declared
+
+APPLY_SLICE = 32_768
+"""Samples applied between two looks at the query socket, so a large batch (or the first sight
+of many servers) never holds a query for more than a few milliseconds."""
+LAG_HISTORY = 60
+"""Batches (one a second) over which flush-lag percentiles are reported: the last minute."""
+STALE_BATCHES = 10.0
+"""Seconds without a batch after which the host reports itself degraded."""
+COUNTED = ("lost", "duplicates", "rejected", "seq_resets")
+"""Per-server counters that add up over receiver runs."""
+UNKNOWN = -1
+COUNTED_HERE = declared(AGGREGATOR)
+
+
+def counted(health: ServerHealth) -> tuple[int, ...]:
+    return tuple(getattr(health, name) for name in COUNTED)
+
+
+def _percentile(values: deque[float], percent: float) -> float | None:
+    return float(np.percentile(values, percent)) if values else None
+
+
+class ReceiverIds:
+    """Translates one receiver run's server ids into store rows."""
+
+    def __init__(self) -> None:
+        self.epoch: str | None = None
+        self.names: dict[int, str] = {}
+        self.id_of: dict[str, int] = {}
+        self.rows = np.full(0, UNKNOWN, np.int64)
+        self.evictions_seen = 0
+        self.servers: dict[int, ServerHealth] = {}
+        """Receiver id → the server's health in the current receiver run."""
+
+    def reset(self, epoch: str) -> dict[str, tuple[int, ...]]:
+        """Start a new receiver run; returns the finished run's counters by name."""
+        finished = {
+            self.names[server_id]: counted(health)
+            for server_id, health in self.servers.items()
+            if server_id in self.names
+        }
+        self.epoch = epoch
+        self.names.clear()
+        self.id_of.clear()
+        self.servers.clear()
+        self.rows = np.full(0, UNKNOWN, np.int64)
+        return finished
+
+    def learn(self, pairs: list[tuple[int, str]], store: RollupStore) -> None:
+        if not pairs:
+            return
+        top = max(server_id for server_id, _ in pairs)
+        if top >= self.rows.size:
+            bigger = np.full(max(top + 1, self.rows.size * 2), UNKNOWN, np.int64)
+            bigger[: self.rows.size] = self.rows
+            self.rows = bigger
+        for server_id, name in pairs:
+            previous = self.names.get(server_id)
+            if previous is not None and previous != name:  # the receiver reused a freed id
+                self.id_of.pop(previous, None)
+                self.servers.pop(server_id, None)
+            self.names[server_id] = name
+            self.id_of[name] = server_id
+            self.rows[server_id] = store.row_for(name)
+
+    def rebuild(self, store: RollupStore) -> None:
+        """Look every row up again (rows are released when a server falls silent)."""
+        self.rows[:] = UNKNOWN
+        self.learn(list(self.names.items()), store)
+
+    def unknown_in(self, batch: Batch) -> bool:
+        """Whether ``batch`` holds ids this map cannot name (the receiver must be asked)."""
+        if not len(batch):
+            return False
+        return bool(batch.ids.max() >= self.rows.size or (self.rows[batch.ids] == UNKNOWN).any())
+
+
+class AggregatorState:
+    """Applies receiver batches to a store, exactly once each, and answers queries over it."""
+
+    def __init__(self, store: RollupStore, clock: Clock = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.ids = ReceiverIds()
+        self.ledger = BatchLedger()
+        self.counters: Counter[str] = Counter()
+        self.receiver_counters: dict[str, Any] = {}
+        self.last_batch_sent = 0.0
+        self.last_batch_applied = 0.0
+        self.flush_lag = 0.0
+        self.recent_lags: deque[float] = deque(maxlen=LAG_HISTORY)
+        self.recent_sizes: deque[int] = deque(maxlen=LAG_HISTORY)
+        self.newest_number = -1
+        self.health_before: dict[str, tuple[int, ...]] = {}
+        """Counters of earlier receiver runs, by server name."""
+        self.snapshot_taken = 0.0
+        self.snapshot_error: str | None = None
+        """Why the last snapshot could not be written, until one is written again."""
+        self.started = clock()
+        self.rss_bytes: int | None = None
+        """The process's resident memory, set by the daemon (this object does no I/O)."""
+
+    # -- batches ------------------------------------------------------------------------------
+    def needs_names(self, batch: Batch) -> bool:
+        """True when ``batch`` comes from the current receiver run but holds ids that were never
+        announced here (the daemon then asks the receiver for its names)."""
+        if batch.epoch != self.ids.epoch:
+            return False
+        self.ids.learn(batch.names, self.store)
+        return self.ids.unknown_in(batch)
+
+    def learn_names(self, epoch: str, pairs: list[tuple[int, str]]) -> None:
+        """The receiver's full name table, asked for by the daemon."""
+        if epoch == self.ids.epoch:
+            self.ids.learn(pairs, self.store)
+
+    def apply(self, batch: Batch, now: float | None = None) -> None:
+        """Apply ``batch`` at once (see :meth:`apply_in_slices`)."""
+        for _ in self.apply_in_slices(batch, now):
+            pass
+
+    def apply_in_slices(self, batch: Batch, now: float | None = None) -> Iterator[None]:
+        """Apply ``batch`` unless it was applied already, yielding between slices of
+        ``APPLY_SLICE`` samples so the caller can answer queries in between."""
+        now = self.clock() if now is None else now
+        if not self.ledger.admit(batch.epoch, batch.number):
+            self.counters["batches_already_applied"] += 1
+            return
+        ids = self.ids
+        if batch.epoch != ids.epoch:
+            for name, counts in ids.reset(batch.epoch).items():
+                before = self.health_before.get(name, (0,) * len(COUNTED))
+                self.health_before[name] = tuple(a + b for a, b in zip(before, counts, strict=True))
+            self.newest_number = -1
+        ids.learn(batch.names, self.store)
+        if ids.evictions_seen != self.store.evictions:
+            ids.rebuild(self.store)
+            ids.evictions_seen = self.store.evictions
+            self._forget_evicted()
+        known_size = min(ids.rows.size, int(batch.ids.max()) + 1) if len(batch) else 0
+        rows = np.full(len(batch), UNKNOWN, np.int64)
+        if known_size:
+            inside = batch.ids < known_size
+            rows[inside] = ids.rows[batch.ids[inside]]
+        usable = rows >= 0
+        if not usable.all():
+            self.counters["unknown_server"] += int(np.count_nonzero(rows == UNKNOWN))
+            self.counters["server_limit"] += int(np.count_nonzero(rows == REFUSED))
+            rows, ts, cpu, ram = (
+                rows[usable],
+                batch.ts[usable],
+                batch.cpu[usable],
+                batch.ram[usable],
+            )
+            seq = batch.numbered()[usable]
+        else:
+            ts, cpu, ram, seq = batch.ts, batch.cpu, batch.ram, batch.numbered()
+        for start in range(0, rows.size, APPLY_SLICE):
+            end = start + APPLY_SLICE
+            result = self.store.apply(
+                rows[start:end], ts[start:end], cpu[start:end], ram[start:end], now, seq[start:end]
+            )
+            self.counters["applied"] += result.applied
+            self.counters["expired"] += result.expired
+            if end < rows.size:
+                yield
+        self.counters["batches"] += 1
+        if batch.number < self.newest_number:
+            return  # a re-sent batch: its totals are older than those already known
+        self.newest_number = batch.number
+        for server_id, health in batch.servers:
+            ids.servers[server_id] = health
+        self.receiver_counters = batch.counters
+        self.last_batch_sent = batch.sent
+        self.last_batch_applied = now
+        self.flush_lag = now - batch.sent
+        self.recent_lags.append(self.flush_lag)
+        self.recent_sizes.append(len(batch))
+
+    def malformed_batch(self) -> None:
+        self.counters["malformed_batch"] += 1
+
+    def batch_error(self) -> None:
+        self.counters["batch_error"] += 1
+
+    def _forget_evicted(self) -> None:
+        """Drop the health totals of servers the store released (silent for 24 hours)."""
+        tracks = self.store.tracks
+        for name in [n for n in self.health_before if not tracks(n)]:
+            del self.health_before[name]
+
+    # -- recovery -----------------------------------------------------------------------------
+    def replay_request(self) -> dict[str, Any]:
+        """What to ask the receiver for: every retained batch after the last one applied (all
+        of them when this aggregator has applied none)."""
+        return {"op": "replay", "epoch": self.ledger.epoch, "after": self.ledger.applied_upto}
+
+    def replay_answered(self, reply: dict[str, Any]) -> None:
+        epoch = reply.get("epoch")
+        if self.ledger.epoch is None and isinstance(epoch, str):
+            self.ledger.start(epoch, int(reply.get("first", 0)))
+        if epoch != self.ledger.epoch:
+            return  # the receiver restarted: the batches of its previous run are gone
+        gone = self.ledger.give_up_below(int(reply.get("first", 0)))
+        self.counters["batches_lost"] += gone
+        self.counters["batches_replayed"] += int(reply.get("sent", 0))
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def snapshot_meta(self, now: float) -> dict[str, Any]:
+        """The bookkeeping that goes into a snapshot beside the store's arrays."""
+        return {
+            "ledger": self.ledger.to_dict(),
+            "receiver_names": sorted(self.ids.names.items()),
+            "servers": sorted((k, v.to_wire()) for k, v in self.ids.servers.items()),
+            "health_before": self.health_before,
+            "counters": dict(self.counters),
+            "newest_number": self.newest_number,
+            "taken": now,
+        }
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Take the store's content and this state's bookkeeping back from a snapshot (KeyError,
+        TypeError or ValueError when it does not fit: nothing is changed then)."""
+        ledger = BatchLedger.from_dict(meta["ledger"])
+        names = [(int(i), str(n)) for i, n in meta["receiver_names"]]
+        servers = {int(k): ServerHealth.from_wire(v) for k, v in meta["servers"]}
+        before = {
+            str(k): (*map(int, v), *(0,) * (len(COUNTED) - len(v)))
+            for k, v in meta["health_before"].items()
+        }
+        counters = Counter({str(k): int(v) for k, v in meta["counters"].items()})
+        newest, taken = int(meta["newest_number"]), float(meta["taken"])
+        self.store.restore(arrays)
+        self.ledger = ledger
+        self.ids = ReceiverIds()
+        self.ids.epoch = ledger.epoch
+        self.ids.learn(names, self.store)
+        self.ids.evictions_seen = self.store.evictions
+        self.ids.servers = servers
+        self.health_before = before
+        self.counters.update(counters)
+        self.newest_number = newest
+        self.snapshot_taken = taken
+
+    def snapshot_written(self, taken: float) -> None:
+        self.snapshot_taken = taken
+        self.snapshot_error = None
+
+    def snapshot_failed(self, why: str) -> None:
+        self.counters["snapshot_errors"] += 1
+        self.snapshot_error = why
+
+    def snapshot_quarantined(self) -> None:
+        self.counters["snapshots_quarantined"] += 1
+
+    # -- answers ------------------------------------------------------------------------------
+    def answer(self, request: Any, now: float, wall: float | None = None) -> bytes | None:
+        """The msgpack reply to one query, or None when its deadline (wall clock ``wall``) has
+        passed: the client gave up, so the work is not done and nothing is sent."""
+        op = request.get("op") if isinstance(request, dict) else None
+        deadline = request.get("deadline") if isinstance(request, dict) else None
+        if isinstance(deadline, int | float) and (wall if wall is not None else now) > deadline:
+            self.counters["queries_expired"] += 1
+            return None
+        if op == "view":
+            view = self.store.view(str(request.get("name")), now)
+            if view is None:
+                return msgpack.packb({"status": 404})
+            view["health"] = self.server_health(view["server"])
+            return msgpack.packb({"status": 200, "body": json.dumps(view).encode()})
+        if op == "servers":
+            return msgpack.packb({"status": 200, "body": self.servers_page(request, now)})
+        if op == "stats":
+            return msgpack.packb({"status": 200, "body": json.dumps(self.stats(now)).encode()})
+        if op == "sequences":
+            names, seqs, stamps = self.store.sequences()
+            return msgpack.packb({"names": names, "seq": seqs.tolist(), "ts": stamps.tolist()})
+        if op == "ping":
+            return msgpack.packb(self.ping(now))
+        return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
+
+    def servers_page(self, request: dict[str, Any], now: float) -> bytes:
+        limit = request.get("limit")
+        limit = limit if type(limit) is int and limit > 0 else 1000
+        after = request.get("after")
+        after = after if isinstance(after, str) else None
+        page, total, more = self.store.servers_page(now, after, limit)
+        servers = [{"server": name, "last_seen": iso_utc(seen)} for name, seen in page]
+        following = page[-1][0] if more and page else None
+        return json.dumps({"servers": servers, "total": total, "next_cursor": following}).encode()
+
+    def server_health(self, name: str) -> dict[str, Any]:
+        totals = list(self.health_before.get(name, (0,) * len(COUNTED)))
+        known = self.ids.servers.get(self.ids.id_of.get(name, -1))
+        if known is not None:
+            totals = [a + b for a, b in zip(totals, counted(known), strict=True)]
+        return {
+            "ip": list(known.ips) if known else [],
+            **dict(zip(COUNTED, totals, strict=True)),
+            "skew_seconds": known.skew if known else None,
+            "name_conflict": known.name_conflict if known else False,
+        }
+
+    def problems(self, now: float) -> list[str]:
+        """What makes the host degraded: it serves, but something needs attention."""
+        found = []
+        if self.snapshot_error is not None:
+            found.append(f"snapshot: {self.snapshot_error}")
+        if self.last_batch_applied and now - self.last_batch_applied > STALE_BATCHES:
+            found.append(f"no batch from the receiver for {now - self.last_batch_applied:.0f} s")
+        return found
+
+    def ping(self, now: float) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "batch_age": now - self.last_batch_applied if self.last_batch_applied else None,
+            "problems": self.problems(now),
+        }
+
+    def stats(self, now: float) -> dict[str, Any]:
+        counters = {
+            key: 0 for key, c in COUNTED_HERE.items() if c.kind == "counter" and not c.labels
+        }
+        counters.update(self.counters)
+        dropped = {reason: counters.pop(reason, 0) for reason in AGGREGATOR_DROP_REASONS}
+        return {
+            "receiver": self.receiver_counters,
+            "aggregator": {
+                **counters,
+                "dropped": dropped,
+                "servers_tracked": self.store.server_count(),
+                **({"rss_bytes": self.rss_bytes} if self.rss_bytes is not None else {}),
+                "flush_lag_seconds": self.flush_lag,
+                "flush_lag_p50_seconds": _percentile(self.recent_lags, 50),
+                "flush_lag_p99_seconds": _percentile(self.recent_lags, 99),
+                "flush_lag_max_seconds": max(self.recent_lags, default=None),
+                "flush_lag_recent_seconds": [round(lag, 4) for lag in self.recent_lags],
+                "batch_size_last": self.recent_sizes[-1] if self.recent_sizes else 0,
+                "batch_size_max": max(self.recent_sizes, default=0),
+                "snapshot_age_seconds": now - self.snapshot_taken if self.snapshot_taken else None,
+                "applied_upto_batch": self.ledger.applied_upto,
+                "last_batch_age_seconds": now - self.last_batch_applied
+                if self.last_batch_applied
+                else None,
+            },
+        }

@@ -1,0 +1,48 @@
+"""The API process's own counters (the ``api`` section of ``/stats``), shared by its threads.
+
+They count what never reaches the receiver: records refused by the API itself (by reason, as
+source ``http``), requests dropped because their client had gone, and connections the HTTP server
+closed. A lock guards them; each update holds it for a dictionary increment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from typing import Any
+
+import psutil
+
+
+class ApiStats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rejected: Counter[str] = Counter()
+        self._closed: Counter[str] = Counter()
+        self._abandoned = 0
+        self._process = psutil.Process()
+
+    def rejected(self, reason: str, samples: int = 1) -> None:
+        """``samples`` records refused for ``reason`` (all the items of a refused batch)."""
+        with self._lock:
+            self._rejected[reason] += samples
+
+    def abandoned(self) -> None:
+        with self._lock:
+            self._abandoned += 1
+
+    def connection_closed(self, reason: str) -> None:
+        with self._lock:
+            self._closed[reason] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            section: dict[str, Any] = {
+                "rejected": dict(self._rejected),
+                "requests_abandoned": self._abandoned,
+                "connections_closed": dict(self._closed),
+            }
+        with contextlib.suppress(psutil.Error):  # /proc unreadable: leave it out
+            section["rss_bytes"] = int(self._process.memory_info().rss)
+        return section
