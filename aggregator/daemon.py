@@ -119,6 +119,7 @@ class AggregatorDaemon:
                 self.save_snapshot()
             if second.due():
                 self.state.rss_bytes = int(self._process.memory_info().rss)
+                self.state.housekeeping(self.clock())
             self.reap_snapshot()
             if self.state.ledger.missing() and time.monotonic() - self.replay_asked > REPLAY_PAUSE:
                 self.ask_replay()

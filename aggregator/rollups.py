@@ -181,6 +181,7 @@ class Rollups:
         self.applied_total = 0
         self.evictions = 0
         """Bumped whenever rows are released, so callers caching rows know to look them up again."""
+        self._swept_minute = np.iinfo(np.int64).min
 
     # -- rows ---------------------------------------------------------------------------------
     def row_for(self, name: str) -> int:
@@ -214,11 +215,21 @@ class Rollups:
 
     # -- time ---------------------------------------------------------------------------------
     def advance(self, now: float | None = None) -> float:
-        """Move both windows to ``now`` and forget servers silent for the whole 24 hours."""
+        """Move both windows to ``now`` (reads and writes do this; it releases nothing)."""
         now = self.clock() if now is None else now
-        if self._move_windows(now):
-            self._evict_silent(now)
+        self._move_windows(now)
         return now
+
+    def evict_silent(self, now: float | None = None) -> int:
+        """Forget the servers silent for the whole 24-hour window (at most once a minute) and
+        return how many. Rows are released only here, never inside :meth:`apply` or a read: a
+        row created for a batch must not be released before that whole batch is applied, or
+        its samples would land in a row another server gets next."""
+        now = self.advance(now)
+        if self.minutes.current == self._swept_minute:
+            return 0
+        self._swept_minute = self.minutes.current
+        return self._evict_silent(now)
 
     def _move_windows(self, now: float) -> bool:
         minute = int(now // MINUTE)
@@ -228,14 +239,14 @@ class Rollups:
         self.hours.advance(int(now // HOUR))
         return True
 
-    def _evict_silent(self, now: float) -> None:
+    def _evict_silent(self, now: float) -> int:
         used = len(self.name_of)
         silent = np.flatnonzero(self.last_seen[:used] < oldest_accepted_ts(now))
         if silent.size == 0:
-            return
+            return 0
         gone = [row for row in silent.tolist() if self.name_of[row] is not None]
         if not gone:
-            return
+            return 0
         rows = np.asarray(gone)
         self.minutes.clear_rows(rows)
         self.hours.clear_rows(rows)
@@ -249,6 +260,7 @@ class Rollups:
         self.last_seq[rows] = -1
         self.last_seq_ts[rows] = -np.inf
         self.evictions += 1
+        return len(gone)
 
     # -- writes -------------------------------------------------------------------------------
     def apply(
@@ -267,7 +279,7 @@ class Rollups:
         counted as ``expired``.
         """
         now = self.clock() if now is None else now
-        moved = self._move_windows(now)
+        self._move_windows(now)
         rows = np.asarray(rows, dtype=np.int64)
         if seq is not None:
             self._note_seq(rows, np.asarray(ts, np.float64), np.asarray(seq, np.int64))
@@ -292,8 +304,6 @@ class Rollups:
         np.maximum.at(self.last_seen, rows, ts)
         self.expired_total += expired
         self.applied_total += int(rows.size)
-        if moved:  # only now: rows created for this batch have their last-seen time
-            self._evict_silent(now)
         return ApplyResult(applied=int(rows.size), expired=expired)
 
     def _note_seq(self, rows: np.ndarray, ts: np.ndarray, seq: np.ndarray) -> None:
@@ -317,15 +327,18 @@ class Rollups:
     def record(
         self, name: str, ts: float, cpu: float | None, ram: float | None, now: float | None = None
     ) -> ApplyResult:
-        """Apply one sample (a convenience over :meth:`apply`)."""
+        """Apply one sample as a batch of its own (a convenience over :meth:`apply`), then
+        release silent servers as the aggregator does between batches."""
         row = self.row_for(name)
-        return self.apply(
+        result = self.apply(
             np.array([row]),
             np.array([ts]),
             np.array([np.nan if cpu is None else cpu]),
             np.array([np.nan if ram is None else ram]),
             now,
         )
+        self.evict_silent(now)
+        return result
 
     # -- reads --------------------------------------------------------------------------------
     def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:

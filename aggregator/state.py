@@ -190,6 +190,7 @@ class AggregatorState:
             if end < rows.size:
                 yield
         self.counters["batches"] += 1
+        self.store.evict_silent(now)  # only now: every row of this batch has its samples
         if batch.number < self.newest_number:
             return  # a re-sent batch: its totals are older than those already known
         self.newest_number = batch.number
@@ -201,6 +202,11 @@ class AggregatorState:
         self.flush_lag = now - batch.sent
         self.recent_lags.append(self.flush_lag)
         self.recent_sizes.append(len(batch))
+
+    def housekeeping(self, now: float) -> None:
+        """Between batches, about once a second: release servers silent for 24 hours even when
+        no batch comes."""
+        self.store.evict_silent(now)
 
     def malformed_batch(self) -> None:
         self.counters["malformed_batch"] += 1

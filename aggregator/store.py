@@ -23,6 +23,10 @@ class RollupStore(Protocol):
 
     def advance(self, now: float | None = None) -> float: ...
 
+    def evict_silent(self, now: float | None = None) -> int:
+        """Release the servers silent for 24 hours; called between batches, never inside one."""
+        ...
+
     def apply(
         self,
         rows: np.ndarray,
