@@ -39,7 +39,7 @@ def feed(rollups: Rollups, batch: list[RawSample], now: float | None = None) -> 
 
 
 def assert_view(view: dict[str, Any] | None, expected: Expected, where: str = "") -> None:
-    """``view`` equals the oracle's buckets: means and sums within 1e-12 relative, the rest exact."""
+    """``view`` equals the oracle's buckets: means and sums to 1e-12 relative, the rest exact."""
     if not expected["hours"]:
         assert view is None, f"{where}: expected no data, got {view}"
         return
