@@ -117,7 +117,7 @@ class Forwarder:
             self.config.interval,
             self.sink.target,
             self.config.prefix,
-            f"resuming after {iso_utc(done)}"
+            f"windows before {iso_utc(done)} already handled"
             if done is not None
             else f"no earlier state: starting {self.schedule.backfill} s back",
         )
