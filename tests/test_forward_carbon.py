@@ -230,6 +230,7 @@ def test_recorded_samples_reach_whisper_with_the_exact_means(
                 assert found[key] == bucket["cpu_sum"] / bucket["cpu_samples"]
 
     forward.stop()
+    assert forward.process is not None and forward.process.returncode == 0, forward.log()
     counters = exit_counters(forward.log())
     assert counters["points_sent"] == str(len(expected))
     assert counters["dropped"] == "0" and counters["skipped"] == "0"

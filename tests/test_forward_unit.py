@@ -4,8 +4,10 @@ fake Grok: days of windows in seconds, with the sink and the API failing in ever
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ import pytest
 
 from servertrack.common.testing import FakeClock, iso_z
 from servertrack.forward.daemon import ForwardConfig, Forwarder
+from servertrack.forward.main import main as forward_main
+from servertrack.forward.main import parse_graphite
 from servertrack.forward.points import (
     MalformedAnswer,
     WindowCollector,
@@ -328,11 +332,15 @@ def assert_in_order_and_once(grok: FakeGrok) -> None:
 
 
 # -- the three-day run --------------------------------------------------------------------------
-def test_three_days_with_sink_outages_flapping_api_outages_and_a_restart(tmp_path: Path) -> None:
+def test_three_days_with_sink_outages_flapping_api_outages_and_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Three days of 5-minute windows: Grok down for 5 hours and flapping (with writes cut in
     the middle) for 4, the API down for 2 hours (windows beyond --backfill are skipped) and for
     10 minutes (caught up), a restart while Grok is down. Every window arrives once, in order,
-    with the exact means, or is counted; the counters add up."""
+    with the exact means, or is counted; the counters add up, one log line per window and the
+    counters every hour."""
+    caplog.set_level(logging.INFO, logger="servertrack.forward")
     rig = make_rig(tmp_path)
     day = START - START % DAY
     rig.grok.down = [
@@ -390,6 +398,26 @@ def test_three_days_with_sink_outages_flapping_api_outages_and_a_restart(tmp_pat
     for run in rig.runs:
         errors.update(run.counters.api_errors)
     assert errors["http_503"] >= 2
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("servertrack.forward")]
+    kinds = Counter(
+        "sent"
+        if re.match(r"window \S+: \d+ points sent \(", m)
+        else "dropped"
+        if re.match(r"window \S+: \d+ of \d+ points sent, \d+ dropped", m)
+        else "empty"
+        if re.match(r"window \S+: no samples", m)
+        else "hourly"
+        if m.startswith("counters: ")
+        else "exit"
+        if m.startswith("counters at exit: ")
+        else "other"
+        for m in messages
+    )
+    assert kinds["sent"] == count["windows_sent"]
+    assert kinds["dropped"] == count["windows_dropped"]
+    assert kinds["empty"] == count["windows_empty"]
+    assert kinds["exit"] == 2
+    assert 3 * 24 - 2 <= kinds["hourly"] <= 3 * 24
 
 
 def test_a_full_queue_drops_the_oldest_points_and_counts_them(tmp_path: Path) -> None:
@@ -507,6 +535,28 @@ def test_a_state_file_that_cannot_be_written_holds_the_points_back(tmp_path: Pat
     rig.run_until(forwarder, START + 200)
     forwarder.shutdown()
     assert rig.grok.arrival and StateFile(blocked).load() is not None
+
+
+def test_servers_outside_the_glob_are_not_read_nor_counted_in_the_fleet() -> None:
+    """--servers web-0[0-2]*: only those servers' points, and fleet figures over them only."""
+    rig = make_rig(None)
+    rig.config.servers = "web-0[0-2]*"
+    forwarder = rig.start()
+    rig.run_until(forwarder, START + 600)
+    forwarder.shutdown()
+    chosen = FakeFleet(rig.wall, SERVERS[:3])
+    names = {name for name, _, _ in rig.grok.arrival}
+    assert {n.split(".")[1] for n in names} <= {
+        "web-00_example_com",
+        "web-01_example_com",
+        "web-02_example_com",
+        "_fleet",
+    }
+    window_one = math.ceil((START - 3300) / 300) * 300
+    for name, ts, value in rig.grok.arrival:
+        want = expected_points(chosen, ts, 300, "st")
+        assert math.isclose(value, want[name], rel_tol=1e-12), (name, ts)
+    assert {ts for _, ts, _ in rig.grok.arrival} >= {window_one, window_one + 300}
 
 
 # -- hourly windows -----------------------------------------------------------------------------
@@ -714,3 +764,39 @@ def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
     assert len(set(delays[-5:])) == 5, "capped delays are still jittered"
     backoff.reset()
     assert backoff.next_delay() <= 1.0
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_the_graphite_target_is_a_tcp_url() -> None:
+    assert parse_graphite("tcp://grok.example.com:2003") == ("grok.example.com", 2003)
+    assert parse_graphite("tcp://[::1]:2103") == ("::1", 2103)
+    assert parse_graphite("tcp://carbon") == ("carbon", 2003)
+    for bad in (None, "", "http://h:2003", "tcp://:2003", "tcp://h:99999", "tcp://h:2003/x"):
+        with pytest.raises(ValueError, match="--graphite"):
+            parse_graphite(bad)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--interval", "420"], "--interval"),
+        (["--backfill", "4000"], "--backfill"),
+        (["--prefix", "a..b"], "--prefix"),
+        (["--graphite", "udp://h:2003"], "--graphite"),
+        (["--api", "localhost:8080"], "--api"),
+    ],
+)
+def test_bad_flags_stop_the_command_with_a_message(
+    flags: list[str], message: str, tmp_path: Path
+) -> None:
+    argv = ["--graphite", "tcp://127.0.0.1:2003", "--state", str(tmp_path / "s"), *flags]
+    with pytest.raises(SystemExit) as stopped:
+        forward_main(argv)
+    assert str(stopped.value).startswith("servertrack forward:") and message in str(stopped.value)
+
+
+def test_a_broken_state_file_stops_the_command_with_a_message(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("garbage")
+    with pytest.raises(SystemExit, match="move it away"):
+        forward_main(["--graphite", "tcp://127.0.0.1:2003", "--state", str(state)])
