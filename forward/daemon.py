@@ -162,6 +162,10 @@ class Forwarder:
         plan = self.schedule.plan(now)
         if plan.done_until is None:
             return
+        if self.schedule.done_until is None:
+            # First run: from here on, windows that fall out of --backfill before they could be
+            # read (the API down from the start) are counted as skipped too.
+            self.schedule.done_until = plan.windows[0]
         late = 0
         windows: list[WindowPoints] = []
         if plan.windows:

@@ -496,6 +496,30 @@ def test_a_long_stop_skips_the_windows_beyond_backfill(tmp_path: Path) -> None:
     forwarder.shutdown()
 
 
+def test_windows_lost_to_an_api_down_from_the_first_start_are_counted(tmp_path: Path) -> None:
+    """The API is down for the first two hours: the windows that fall out of --backfill before
+    it answers are counted as skipped, none unaccounted for."""
+    rig = make_rig(tmp_path)
+    rig.fleet.down = [(START, START + 2 * HOUR)]
+    forwarder = rig.start()
+    rig.run_until(forwarder, START + 2 * HOUR + 600)
+    forwarder.shutdown()
+    done_until = StateFile(tmp_path / "state.json").load()
+    assert done_until is not None
+    window_one = math.ceil((START - 3300) / 300) * 300
+    count = forwarder.snapshot()
+    status = classify(rig, window_one, done_until)
+    assert count["skipped"] == len(status["absent"]) + sum(
+        1 for t in status["empty"] if t < START + 2 * HOUR - 3300
+    )
+    assert count["skipped"] >= (2 * HOUR - 300) // 300 - 1
+    assert (
+        count["windows_sent"] + count["windows_empty"] + count["skipped"]
+        == (done_until - window_one) // 300
+    )
+    assert all(t < START + 2 * HOUR - 3300 + 30 for t in status["absent"])
+
+
 def test_an_unusable_answer_sends_nothing_and_is_read_again(tmp_path: Path) -> None:
     """A bucket without sums (an API from before them) fails the read, which is counted and
     retried; nothing of that window is sent until the API answers properly."""
