@@ -130,11 +130,14 @@ class Ring:
             counts = {metric: int(f[f"{metric}_count"][row, slot]) for metric in METRICS}
             for metric, count in counts.items():
                 if count:
-                    bucket[metric] = float(f[f"{metric}_sum"][row, slot]) / count
+                    total = float(f[f"{metric}_sum"][row, slot])
+                    bucket[metric] = total / count
+                    bucket[f"{metric}_sum"] = total
                     bucket[f"{metric}_min"] = float(f[f"{metric}_min"][row, slot])
                     bucket[f"{metric}_max"] = float(f[f"{metric}_max"][row, slot])
                 else:
-                    bucket[metric] = bucket[f"{metric}_min"] = bucket[f"{metric}_max"] = None
+                    bucket[metric] = bucket[f"{metric}_sum"] = None
+                    bucket[f"{metric}_min"] = bucket[f"{metric}_max"] = None
                 bucket[f"{metric}_samples"] = count
             bucket["samples"] = int(f["samples"][row, slot])
             out.append(bucket)

@@ -140,17 +140,26 @@ SCHEMAS: dict[str, Schema] = {
         "required": [
             "start",
             "samples",
-            *(f"{m}{s}" for m in ("cpu", "ram") for s in ("", "_min", "_max", "_samples")),
+            *(f"{m}{s}" for m in ("cpu", "ram") for s in ("", "_sum", "_min", "_max", "_samples")),
         ],
         "additionalProperties": False,
         "properties": {
             "start": {"type": "string", "description": "Bucket start, ISO 8601 UTC with Z."},
             "samples": COUNT,
             **{f"{m}{s}": NULLABLE_NUMBER for m in ("cpu", "ram") for s in ("", "_min", "_max")},
+            **{
+                f"{m}_sum": {
+                    **NULLABLE_NUMBER,
+                    "description": f"Float64 sum of the raw {m} values (null with no samples), "
+                    "so means over several buckets can be computed exactly.",
+                }
+                for m in ("cpu", "ram")
+            },
             "cpu_samples": COUNT,
             "ram_samples": COUNT,
         },
-        "description": "Means over raw samples; a metric with no samples is null.",
+        "description": "Means over raw samples (mean = sum / samples); a metric with no "
+        "samples is null.",
     },
     "ServerLoads": {
         "type": "object",

@@ -17,6 +17,10 @@ COMMANDS = {
     "api": ("servertrack.api.main", "the HTTP API on waitress"),
     "loadgen": ("servertrack.agent.loadgen", "simulate a fleet and check the answers"),
     "keys": ("servertrack.common.keys", "generate a CURVE key pair"),
+    "forward": (
+        "servertrack.forward.main",
+        "stream per-window means to Graphite or Grok (plaintext protocol)",
+    ),
 }
 
 

@@ -40,11 +40,14 @@ def _bucket(start: int, group: list[RawSample]) -> dict[str, Any]:
     for index, metric in ((2, "cpu"), (3, "ram")):
         values = [sample[index] for sample in group if sample[index] is not None]
         if values:
-            bucket[metric] = math.fsum(values) / len(values)
+            total = math.fsum(values)
+            bucket[metric] = total / len(values)
+            bucket[f"{metric}_sum"] = total
             bucket[f"{metric}_min"] = min(values)
             bucket[f"{metric}_max"] = max(values)
         else:
-            bucket[metric] = bucket[f"{metric}_min"] = bucket[f"{metric}_max"] = None
+            bucket[metric] = bucket[f"{metric}_sum"] = None
+            bucket[f"{metric}_min"] = bucket[f"{metric}_max"] = None
         bucket[f"{metric}_samples"] = len(values)
     bucket["samples"] = len(group)
     return bucket
@@ -88,7 +91,8 @@ def bucket_differences(
 ) -> list[str]:
     """How a ``GET /servers/{name}/loads`` answer differs from :func:`oracle_buckets`, as
     readable lines (none when they agree): the same buckets in the same order, counts and
-    extremes exactly equal, means equal within ``rel_tol``, ``null`` where the oracle has none."""
+    extremes exactly equal, means and sums equal within ``rel_tol``, ``null`` where the oracle
+    has none."""
     problems = []
     for scale in ("minutes", "hours"):
         got, want = view[scale], expected[scale]
@@ -102,7 +106,7 @@ def bucket_differences(
             for key in EXACT_FIELDS:
                 if have[key] != bucket[key]:
                     problems.append(f"{scale} {start} {key}: {have[key]} != {bucket[key]}")
-            for key in ("cpu", "ram"):
+            for key in ("cpu", "ram", "cpu_sum", "ram_sum"):
                 if (have[key] is None) != (bucket[key] is None) or (
                     bucket[key] is not None
                     and not math.isclose(have[key], bucket[key], rel_tol=rel_tol)

@@ -43,7 +43,7 @@ def feed(rollups: Rollups, batch: list[RawSample], now: float | None = None) -> 
 
 
 def assert_view(view: dict[str, Any] | None, expected: Expected, where: str = "") -> None:
-    """``view`` equals the oracle's buckets: means within 1e-12 relative, everything else exact."""
+    """``view`` equals the oracle's buckets: means and sums to 1e-12 relative, the rest exact."""
     if not expected["hours"]:
         assert view is None, f"{where}: expected no data, got {view}"
         return
@@ -54,7 +54,7 @@ def assert_view(view: dict[str, Any] | None, expected: Expected, where: str = ""
         for have, should in zip(got, want, strict=True):
             assert set(have) == set(should), f"{where} {kind} {should['start']}"
             for field, value in should.items():
-                if field in ("cpu", "ram") and value is not None:
+                if field in ("cpu", "ram", "cpu_sum", "ram_sum") and value is not None:
                     assert math.isclose(have[field], value, rel_tol=1e-12, abs_tol=0.0), (
                         f"{where} {kind} {should['start']} {field}: {have[field]} != {value}"
                     )

@@ -24,6 +24,17 @@ def test_a_mean_off_in_the_ninth_digit_is_reported() -> None:
     assert len(bucket_differences(view, expected)) == 1
 
 
+def test_a_sum_off_or_missing_is_reported() -> None:
+    """A sum beyond the tolerance, and a sum given where the oracle has none, are differences."""
+    expected = oracle_buckets(SAMPLES, NOW)
+    view = copy.deepcopy(expected)
+    view["hours"][-1]["cpu_sum"] *= 1 + 1e-9
+    assert len(bucket_differences(view, expected)) == 1
+    zero = copy.deepcopy(expected)
+    next(b for b in zero["minutes"] if b["ram_sum"] is None)["ram_sum"] = 0.0
+    assert len(bucket_differences(zero, expected)) == 1
+
+
 def test_missing_buckets_nulls_and_counts_are_reported() -> None:
     """A missing bucket, a 0 instead of null and a wrong count are all differences."""
     expected = oracle_buckets(SAMPLES, NOW)

@@ -1,0 +1,1 @@
+"""``servertrack forward``: stream per-window means to Graphite or Grok (plaintext protocol)."""

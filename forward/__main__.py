@@ -1,0 +1,5 @@
+import sys
+
+from servertrack.forward.main import main
+
+sys.exit(main())
