@@ -20,6 +20,7 @@ import numpy as np
 import psutil
 import zmq
 
+from servertrack.aggregator.fleet import FleetAnswers
 from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.snapshot import read_snapshot, write_snapshot
@@ -126,6 +127,7 @@ class AggregatorDaemon:
         self.recent_sizes: deque[int] = deque(maxlen=LAG_HISTORY)
         self.started = clock()
         self.ledger = BatchLedger()
+        self.fleet = FleetAnswers()
         self.newest_number = -1
         self.health_before: dict[str, tuple[int, ...]] = {}
         """Lost, duplicate and rejected counts of earlier receiver runs, by server name."""
@@ -382,6 +384,8 @@ class AggregatorDaemon:
                 for name, seen in self.store.servers(now)
             ]
             return msgpack.packb({"status": 200, "body": json.dumps({"servers": servers}).encode()})
+        if op in ("fleet", "grid"):
+            return self.fleet.answer(op, self.store, request, now)
         if op == "stats":
             return msgpack.packb({"status": 200, "body": json.dumps(self.stats(now)).encode()})
         if op == "sequences":

@@ -10,8 +10,11 @@ import falcon
 
 from servertrack.api.auth import TokenAuth
 from servertrack.api.backend import Backend, Unavailable
+from servertrack.api.errors import BadRequest
+from servertrack.api.fleet import FleetResource, GridResource
 from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
+from servertrack.api.ui import add_pages
 from servertrack.common.buckets import Clock, time_verdict
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
 
@@ -199,7 +202,9 @@ class Health:
         resp.media = {"status": "ok" if healthy else "degraded", **parts}
 
 
-def _bad_input(req: falcon.Request, resp: falcon.Response, err: BadInput, params: Any) -> None:
+def _bad_input(
+    req: falcon.Request, resp: falcon.Response, err: BadInput | BadRequest, params: Any
+) -> None:
     resp.status = err.status
     body: dict[str, Any] = {
         "title": err.status[4:],
@@ -262,6 +267,9 @@ def create_app(
     app.add_route("/stats", Passthrough(backend, "stats"))
     app.add_route("/health", Health(backend))
     app.add_route("/metrics", MetricsResource(make_registry(backend)))
+    app.add_route("/fleet", FleetResource(backend))
+    app.add_route("/fleet/grid", GridResource(backend))
+    add_pages(app)
     document = build_document(
         max_batch=MAX_BATCH,
         max_body=MAX_BODY,
@@ -272,5 +280,6 @@ def create_app(
     app.add_sink(_unrouted_server_path, r"^/servers/.+")
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(BadInput, _bad_input)
+    app.add_error_handler(BadRequest, _bad_input)
     app.add_error_handler(Unavailable, _unavailable)
     return app
