@@ -13,6 +13,8 @@ from typing import Any
 
 import falcon
 
+from servertrack.api.ui import STATIC_FOLDERS, STATIC_PREFIX, load_assets
+from servertrack.api.ui import static_names as served_names
 from servertrack.common.fleet import (
     DEFAULT_LIMIT,
     DEFAULT_ORDER,
@@ -504,16 +506,17 @@ def build_document(
                 )
             },
             "/": {
-                "get": _operation(
+                method: _operation(
                     "The fleet overview page (HTML; no token needed, its data is read from "
                     "/fleet and /fleet/grid)",
                     {"200": {"description": "The page.", "content": HTML}},
                     None,
                     backend=False,
                 )
+                for method in ("get", "head")
             },
             "/ui/servers/{name}": {
-                "get": _operation(
+                method: _operation(
                     "One server's page with its 60-minute and 24-hour charts (HTML; no token "
                     "needed, its data is read from /servers/{name}/loads)",
                     {
@@ -525,7 +528,9 @@ def build_document(
                     parameters=[name_param],
                     backend=False,
                 )
+                for method in ("get", "head")
             },
+            **static_paths(),
             "/health": {
                 "get": _operation(
                     "Whether the receiver and the aggregator answer (no token needed)",
@@ -564,6 +569,33 @@ def build_document(
             },
         },
     }
+
+
+def static_paths() -> dict[str, Schema]:
+    """The dashboard's static files, one path per served folder, file names enumerated."""
+    assets = load_assets()
+    paths: dict[str, Schema] = {}
+    for folder in STATIC_FOLDERS:
+        names = served_names(assets, folder)
+        types = sorted({assets[folder + name].content_type.split(";")[0] for name in names})
+        content = {kind: {"schema": {"type": "string"}} for kind in types}
+        parameter = {"name": "name", "in": "path", "required": True, "schema": {"enum": names}}
+        paths[f"{STATIC_PREFIX}{folder}{{name}}"] = {
+            method: _operation(
+                "A file of the dashboard (no token needed): strong ETag, If-None-Match gives "
+                "304; ?v= with the current version makes it cacheable for a year",
+                {
+                    "200": {"description": "The file.", "content": content},
+                    "304": {"description": "The client's copy (If-None-Match) is current."},
+                    "404": _error("No such file."),
+                },
+                None,
+                parameters=[parameter],
+                backend=False,
+            )
+            for method in ("get", "head")
+        }
+    return paths
 
 
 FLEET_PARAMETERS: list[Schema] = [

@@ -22,6 +22,8 @@ from servertrack.api.errors import BadRequest
 from servertrack.common.sample import valid_fqdn
 
 STATIC_PREFIX = "/ui/static/"
+STATIC_FOLDERS = ("", "vendor/uplot/")
+"""Folders under ``api/static`` served, each as one route ``/ui/static/<folder>{name}``."""
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'; "
     "object-src 'none'"
@@ -105,14 +107,24 @@ def send(req: falcon.Request, resp: falcon.Response, asset: Asset, cache_control
     resp.content_type = asset.content_type
 
 
+def static_names(assets: dict[str, Asset], folder: str) -> list[str]:
+    """The files served from ``folder`` (pages are served at their own paths)."""
+    return sorted(
+        name[len(folder) :]
+        for name in assets
+        if name.startswith(folder) and "/" not in name[len(folder) :] and not name.endswith(".html")
+    )
+
+
 class StaticFiles:
-    """``GET /ui/static/{path}``: CSS, scripts, the vendored chart library, icons."""
+    """``GET /ui/static/{name}`` and ``/ui/static/vendor/uplot/{name}``: CSS, scripts, the
+    vendored chart library and its licence, the icon."""
 
-    def __init__(self, assets: dict[str, Asset]) -> None:
-        self.assets = {name: a for name, a in assets.items() if not name.endswith(".html")}
+    def __init__(self, assets: dict[str, Asset], folder: str) -> None:
+        self.assets = {name: assets[folder + name] for name in static_names(assets, folder)}
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, path: str) -> None:
-        asset = self.assets.get(path)
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        asset = self.assets.get(name)
         if asset is None:
             raise falcon.HTTPNotFound(description=f"no such file: {req.path}")
         current = req.get_param("v") == asset.tag[:12]
@@ -157,4 +169,5 @@ def add_pages(app: falcon.App, assets: dict[str, Asset] | None = None) -> None:
     assets = assets if assets is not None else load_assets()
     app.add_route("/", OverviewPage(assets[PAGES["overview"]]))
     app.add_route("/ui/servers/{name}", ServerPage(assets[PAGES["server"]]))
-    app.add_route(STATIC_PREFIX + "{path:path}", StaticFiles(assets))
+    for folder in STATIC_FOLDERS:
+        app.add_route(f"{STATIC_PREFIX}{folder}{{name}}", StaticFiles(assets, folder))

@@ -14,10 +14,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 from falcon import testing
 
+from servertrack.aggregator.fleet import FleetAnswers
 from servertrack.aggregator.rollups import Rollups
 from servertrack.api.app import MAX_BATCH, MAX_BODY, create_app
 from servertrack.api.backend import Unavailable
@@ -50,6 +52,7 @@ class InProcessBackend:
         self.clock = clock
         self.state = ReceiverState(clock=receiver_clock or clock)
         self.rollups = Rollups(clock)
+        self.fleet = FleetAnswers()
         self.calls: list[list[Sample]] = []
 
     def record(self, samples: list[Sample]) -> dict[str, Any]:
@@ -78,6 +81,8 @@ class InProcessBackend:
             return {"status": 200, "body": json.dumps({"servers": servers}).encode()}
         if op == "stats":
             return {"status": 200, "body": json.dumps(self.state.counters()).encode()}
+        if op in ("fleet", "grid"):
+            return msgpack.unpackb(self.fleet.answer(op, self.rollups, request, now))
         return {"status": 400}
 
     def ping(self) -> dict[str, Any]:
