@@ -21,11 +21,15 @@
     cursors: [null],
   };
   state.order = ["asc", "desc"].includes(params.get("order")) ? params.get("order") : DEFAULT_ORDER[state.sort];
-  if (["50", "100", "500"].includes(params.get("limit"))) state.limit = Number(params.get("limit"));
+  const asked = Number(params.get("limit"));
+  if (Number.isInteger(asked) && asked >= 1 && asked <= 1000) state.limit = asked;
 
   const filter = document.getElementById("filter");
   const limitSelect = document.getElementById("limit");
   filter.value = state.q;
+  if (![...limitSelect.options].some((option) => option.value === String(state.limit))) {
+    limitSelect.add(new Option(String(state.limit), String(state.limit)));
+  }
   limitSelect.value = String(state.limit);
 
   function remember() {
