@@ -58,8 +58,10 @@
     const minute = summary.minute;
     const start = new Date(minute.start);
     const hhmm = start.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    document.getElementById("mean-minute").textContent = minute.current ? `minute ${hhmm}` : `minute ${hhmm} (current has no sample yet)`;
-    document.getElementById("mean-samples").textContent = `${minute.samples} samples`;
+    document.getElementById("mean-minute").textContent = minute.current ? `minute ${hhmm}` : `minute ${hhmm} (the current one has no sample yet)`;
+    document.getElementById("mean-samples").textContent = `over ${minute.samples} samples`;
+    document.getElementById("mean-minute").title = `mean over the ${minute.cpu_samples} cpu samples of every server in this minute`;
+    document.getElementById("mean-samples").title = `mean over the ${minute.ram_samples} ram samples of every server in this minute`;
     document.getElementById("mean-cpu").replaceChildren(chip(minute.cpu, "fleet cpu"));
     document.getElementById("mean-ram").replaceChildren(chip(minute.ram, "fleet ram"));
     const list = document.getElementById("hottest");
