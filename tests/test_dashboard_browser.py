@@ -320,6 +320,26 @@ def test_a_server_that_stops_reporting_turns_stale(page: webdriver.Chrome, fleet
     assert int(page.find_element(By.ID, "count-stale").text) >= 2
 
 
+def test_refreshing_pauses_while_the_tab_is_hidden(page: webdriver.Chrome, fleet: Fleet) -> None:
+    """No request while hidden; one at once when the tab shows again, then every 5 s."""
+    open_overview(page, fleet)
+    refreshed = "return Number(document.body.dataset.refreshed || 0)"
+    start = page.execute_script(refreshed)
+    wait_for(page, "a refresh by itself", lambda d: d.execute_script(refreshed) > start)
+    page.execute_script(
+        "Object.defineProperty(document, 'hidden', {value: true, configurable: true});"
+        "document.dispatchEvent(new Event('visibilitychange'));"
+    )
+    hidden_at = page.execute_script(refreshed)
+    time.sleep(6.0)  # more than one refresh interval
+    assert page.execute_script(refreshed) == hidden_at
+    page.execute_script(
+        "Object.defineProperty(document, 'hidden', {value: false, configurable: true});"
+        "document.dispatchEvent(new Event('visibilitychange'));"
+    )
+    wait_for(page, "a refresh on showing", lambda d: d.execute_script(refreshed) > hidden_at)
+
+
 # -- one server ------------------------------------------------------------------------------------
 def test_a_server_page_draws_both_charts_and_shows_a_bucket_on_hover(
     page: webdriver.Chrome, fleet: Fleet, tmp_path: Path
