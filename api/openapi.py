@@ -86,7 +86,8 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "Short machine-readable cause: bad_json, not_an_object, "
                 "not_a_list, unknown_field, bad_fqdn, too_large, too_many, bad_cpu, bad_ram, "
                 "bad_ts, no_metrics, future, too_old, unknown_server, unauthorized, not_found, "
-                "backend_unavailable, ...",
+                "backend_unavailable, bad_sort, bad_order, bad_q, bad_limit, bad_cursor, "
+                "unknown_parameter, ...",
             },
             "description": {"type": "string"},
             "index": {**COUNT, "description": "The refused item of a batch."},

@@ -87,12 +87,14 @@ def parse_fleet_query(params: Mapping[str, Any]) -> FleetQuery:
             "unknown_parameter",
             f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(PARAMETERS))}",
         )
-    sort = _single(params, "sort") or "status"
+    sort = _single(params, "sort")
+    sort = "status" if sort is None else sort
     if sort not in SORT_COLUMNS:
         raise BadFleetQuery(
             "bad_sort", f"sort must be one of {', '.join(SORT_COLUMNS)}, got {sort!r}"
         )
-    order = _single(params, "order") or DEFAULT_ORDER[sort]
+    order = _single(params, "order")
+    order = DEFAULT_ORDER[sort] if order is None else order
     if order not in ("asc", "desc"):
         raise BadFleetQuery("bad_order", f"order must be asc or desc, got {order!r}")
     q = _single(params, "q") or ""
@@ -108,7 +110,7 @@ def parse_fleet_query(params: Mapping[str, Any]) -> FleetQuery:
             raise BadFleetQuery("bad_limit", f"limit must be 1 to {MAX_LIMIT}, got {limit}")
     cursor = _single(params, "cursor")
     offset = 0
-    if cursor:
+    if cursor is not None:
         if not cursor.isascii() or not cursor.isdigit() or len(cursor) > MAX_CURSOR_DIGITS:
             raise BadFleetQuery(
                 "bad_cursor", "cursor must be a next_cursor value from an earlier answer"
@@ -121,13 +123,9 @@ def query_from_request(request: Mapping[str, Any]) -> FleetQuery:
     """The :class:`FleetQuery` an aggregator request carries (as built by ``to_request``),
     checked again: the aggregator trusts no peer."""
     try:
-        params = {
-            "sort": str(request.get("sort", "status")),
-            "order": str(request.get("order", "asc")),
-            "q": str(request.get("q", "")),
-            "limit": str(int(request.get("limit", DEFAULT_LIMIT))),
-            "cursor": str(int(request.get("offset", 0))),
-        }
+        params = {key: str(request[key]) for key in ("sort", "order", "q") if key in request}
+        params["limit"] = str(int(request.get("limit", DEFAULT_LIMIT)))
+        params["cursor"] = str(int(request.get("offset", 0)))
     except (TypeError, ValueError) as err:
         raise BadFleetQuery("bad_request", f"malformed fleet request: {err}") from err
     return parse_fleet_query(params)
