@@ -379,6 +379,12 @@ class Rollups:
     def tracks(self, name: str) -> bool:
         return name in self.row_of
 
+    def fleet_table(self, now: float | None = None) -> Any:
+        """The dashboard's table of every server (see :mod:`servertrack.aggregator.fleet`)."""
+        from servertrack.aggregator.fleet import fleet_table  # it reads these rings
+
+        return fleet_table(self, self.advance(now))
+
     def server_count(self) -> int:
         return len(self.row_of)
 

@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from servertrack.aggregator.fleet import FleetAnswers
 from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import REFUSED
 from servertrack.aggregator.store import RollupStore
@@ -122,6 +123,8 @@ class AggregatorState:
         self.snapshot_error: str | None = None
         """Why the last snapshot could not be written, until one is written again."""
         self.started = clock()
+        self.fleet = FleetAnswers()
+        """The dashboard's table, cached between batches."""
         self.rss_bytes: int | None = None
         """The process's resident memory, set by the daemon (this object does no I/O)."""
 
@@ -262,6 +265,7 @@ class AggregatorState:
         counters = Counter({str(k): int(v) for k, v in meta["counters"].items()})
         newest, taken = int(meta["newest_number"]), float(meta["taken"])
         self.store.restore(arrays)
+        self.fleet = FleetAnswers()
         self.ledger = ledger
         self.ids = ReceiverIds()
         self.ids.epoch = ledger.epoch
@@ -301,6 +305,8 @@ class AggregatorState:
             return msgpack.packb({"status": 200, "body": json.dumps(view).encode()})
         if op == "servers":
             return msgpack.packb({"status": 200, "body": self.servers_page(request, now)})
+        if op in ("fleet", "grid"):
+            return self.fleet.answer(op, self.store, request, now)
         if op == "stats":
             return msgpack.packb({"status": 200, "body": json.dumps(self.stats(now)).encode()})
         if op == "sequences":

@@ -50,6 +50,10 @@ class RollupStore(Protocol):
 
     def tracks(self, name: str) -> bool: ...
 
+    def fleet_table(self, now: float | None = None) -> Any:
+        """Every tracked server's row of the dashboard (``aggregator.fleet.FleetTable``)."""
+        ...
+
     def server_count(self) -> int: ...
 
     def snapshot(self) -> dict[str, np.ndarray] | None:

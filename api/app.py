@@ -23,9 +23,11 @@ from servertrack.api.errors import (
     serialize_error,
     status_reason,
 )
+from servertrack.api.fleet import FleetResource, GridResource
 from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
 from servertrack.api.stats import ApiStats
+from servertrack.api.ui import add_pages
 from servertrack.common.buckets import Clock, time_verdict
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
 
@@ -316,6 +318,8 @@ def create_app(
         "/stats": Stats(backend, stats),
         "/health": Health(backend),
         "/metrics": MetricsResource(make_registry(backend, stats)),
+        "/fleet": FleetResource(backend),
+        "/fleet/grid": GridResource(backend),
         "/openapi.json": OpenApiResource(
             build_document(
                 max_batch=MAX_BATCH,
@@ -329,6 +333,7 @@ def create_app(
         if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
             resource.on_head = resource.on_get
         app.add_route(path, resource)
+    add_pages(app)
     app.add_sink(_unrouted_server_path, r"^/servers/.+")
     app.set_error_serializer(serialize_error)
     app.add_error_handler(falcon.HTTPError, _count_refusals(stats))

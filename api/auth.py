@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health", "/openapi.json"})
 """Never need a token: health checks and schema discovery."""
+OPEN_PAGES = ("/ui/",)
+"""Read without a token: the dashboard's pages and files (``/`` and under ``/ui/``), since a
+browser cannot send a bearer header when it navigates. They hold no data: the data they fetch
+(``/fleet``, ``/servers/{name}/loads``) needs the read token as every read does."""
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods under the read token; every other method is under the record token."""
 REALM = "servertrack"
@@ -73,9 +77,11 @@ class TokenAuth:
         self.read_token = read_token.encode() if read_token else None
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if req.path in OPEN_PATHS:
-            return
         reads = req.method in READ_METHODS
+        if req.path in OPEN_PATHS or (
+            reads and (req.path == "/" or req.path.startswith(OPEN_PAGES))
+        ):
+            return
         token = self.read_token if reads else self.record_token
         if token is None:
             return

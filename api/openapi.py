@@ -13,7 +13,22 @@ from typing import Any
 
 import falcon
 
+from servertrack.api.ui import STATIC_FOLDERS, STATIC_PREFIX, load_assets
+from servertrack.api.ui import static_names as served_names
 from servertrack.common.counters import COUNTERS, REJECT_REASONS, STATS_ONLY
+from servertrack.common.fleet import (
+    DEFAULT_LIMIT,
+    DEFAULT_ORDER,
+    DOWN_AFTER,
+    HOTTEST,
+    MAX_CURSOR_DIGITS,
+    MAX_FILTER,
+    MAX_LIMIT,
+    SORT_COLUMNS,
+    SPARKLINE_MINUTES,
+    STALE_AFTER,
+    STATUSES,
+)
 from servertrack.common.sample import FQDN_RE
 
 FQDN_PATTERN = f"^{FQDN_RE.pattern}$"
@@ -68,6 +83,9 @@ OTHER_REASONS = (
     "bad_limit",
     "bad_cursor",
     "unknown_parameter",
+    "bad_sort",
+    "bad_order",
+    "bad_q",
 )
 
 
@@ -239,6 +257,137 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
 }
+STATUS_TEXT = (
+    f"`live`: last sample less than {STALE_AFTER:.0f} s ago; `stale`: {STALE_AFTER:.0f} s to "
+    f"{DOWN_AFTER:.0f} s; `down`: {DOWN_AFTER:.0f} s or more (listed until the server has had "
+    "no data for 24 hours). Ages are taken from the aggregator's clock."
+)
+CURRENT_TEXT = (
+    "The mean of the server's newest minute bucket (of the last 60) holding this metric; "
+    "null when none does."
+)
+SCHEMAS["FleetRow"] = {
+    "type": "object",
+    "required": ["server", "cpu", "ram", "last_seen", "age_seconds", "status", "sparkline"],
+    "additionalProperties": False,
+    "properties": {
+        "server": {"type": "string"},
+        "cpu": {**NULLABLE_NUMBER, "description": CURRENT_TEXT},
+        "ram": {**NULLABLE_NUMBER, "description": CURRENT_TEXT},
+        "last_seen": {"type": "string", "description": "Newest sample's ts, ISO 8601 UTC."},
+        "age_seconds": {"type": "number", "minimum": 0},
+        "status": {"enum": list(STATUSES), "description": STATUS_TEXT},
+        "sparkline": {
+            "type": "array",
+            "minItems": SPARKLINE_MINUTES,
+            "maxItems": SPARKLINE_MINUTES,
+            "items": NULLABLE_NUMBER,
+            "description": "cpu mean of each of the last 60 minutes, oldest first (the first "
+            "starts at `sparkline_start`), rounded to 0.1; null where a minute has no cpu sample.",
+        },
+    },
+}
+SCHEMAS["FleetPage"] = {
+    "type": "object",
+    "required": [
+        "now",
+        "summary",
+        "sparkline_start",
+        "sort",
+        "order",
+        "q",
+        "limit",
+        "total",
+        "next_cursor",
+        "rows",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "now": {"type": "string", "description": "The aggregator's clock when answering."},
+        "summary": {
+            "type": "object",
+            "required": ["servers", "live", "stale", "down", "minute", "hottest"],
+            "additionalProperties": False,
+            "properties": {
+                "servers": COUNT,
+                "live": COUNT,
+                "stale": COUNT,
+                "down": COUNT,
+                "minute": {
+                    "type": "object",
+                    "description": "The fleet's mean over the raw samples of every server in the "
+                    "minute bucket holding now (sum of sums / sum of counts), or in the previous "
+                    "minute while the current one has no sample yet (`current` says which).",
+                    "required": [
+                        "start",
+                        "current",
+                        "samples",
+                        "cpu_samples",
+                        "ram_samples",
+                        "cpu",
+                        "ram",
+                    ],
+                    "additionalProperties": False,
+                    "properties": {
+                        "start": {"type": "string"},
+                        "current": {"type": "boolean"},
+                        "samples": COUNT,
+                        "cpu_samples": COUNT,
+                        "ram_samples": COUNT,
+                        "cpu": NULLABLE_NUMBER,
+                        "ram": NULLABLE_NUMBER,
+                    },
+                },
+                "hottest": {
+                    "type": "array",
+                    "maxItems": HOTTEST,
+                    "description": f"The {HOTTEST} live servers with the highest current cpu.",
+                    "items": {
+                        "type": "object",
+                        "required": ["server", "cpu"],
+                        "additionalProperties": False,
+                        "properties": {"server": {"type": "string"}, "cpu": {"type": "number"}},
+                    },
+                },
+            },
+        },
+        "sparkline_start": {
+            "type": "string",
+            "description": "Start of the sparklines' first minute.",
+        },
+        "sort": {"enum": list(SORT_COLUMNS)},
+        "order": {"enum": ["asc", "desc"]},
+        "q": {"type": "string"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+        "total": {**COUNT, "description": "Servers matching the filter."},
+        "next_cursor": {
+            "type": ["string", "null"],
+            "description": "Pass as `cursor` for the next page; null on the last page.",
+        },
+        "rows": {"type": "array", "maxItems": MAX_LIMIT, "items": _ref("FleetRow")},
+    },
+}
+SCHEMAS["FleetGrid"] = {
+    "type": "object",
+    "required": ["now", "servers", "cpu", "status"],
+    "additionalProperties": False,
+    "description": "Every tracked server, in name order, as parallel arrays.",
+    "properties": {
+        "now": {"type": "string"},
+        "servers": {"type": "array", "items": {"type": "string"}},
+        "cpu": {
+            "type": "array",
+            "items": NULLABLE_NUMBER,
+            "description": "Current cpu (see FleetRow.cpu), rounded to 0.1.",
+        },
+        "status": {
+            "type": "string",
+            "pattern": "^[dsl]*$",
+            "description": "One letter per server: d (down), s (stale), l (live). " + STATUS_TEXT,
+        },
+    },
+}
+HTML: Schema = {"text/html": {"schema": {"type": "string"}}}
 
 
 def _operation(
@@ -395,6 +544,53 @@ def build_document(
                     read,
                 )
             },
+            "/fleet": {
+                "get": _operation(
+                    "One page of the fleet overview, sorted and filtered, with the summary",
+                    {
+                        "200": _json(_ref("FleetPage"), "The page and the fleet's summary."),
+                        "400": _error(
+                            "A bad parameter: reason bad_sort, bad_order, bad_q, bad_limit, "
+                            "bad_cursor or unknown_parameter."
+                        ),
+                    },
+                    read,
+                    parameters=FLEET_PARAMETERS,
+                )
+            },
+            "/fleet/grid": {
+                "get": _operation(
+                    "Every server's current cpu and status, compact, for the heat grid",
+                    {"200": _json(_ref("FleetGrid"), "All servers, in name order.")},
+                    read,
+                )
+            },
+            "/": {
+                method: _operation(
+                    "The fleet overview page (HTML; no token needed, its data is read from "
+                    "/fleet and /fleet/grid)",
+                    {"200": {"description": "The page.", "content": HTML}},
+                    None,
+                    backend=False,
+                )
+                for method in ("get", "head")
+            },
+            "/ui/servers/{name}": {
+                method: _operation(
+                    "One server's page with its 60-minute and 24-hour charts (HTML; no token "
+                    "needed, its data is read from /servers/{name}/loads)",
+                    {
+                        "200": {"description": "The page.", "content": HTML},
+                        "400": _error("Bad server name."),
+                        "404": _error("A name with '/' in it."),
+                    },
+                    None,
+                    parameters=[name_param],
+                    backend=False,
+                )
+                for method in ("get", "head")
+            },
+            **static_paths(),
             "/health": {
                 "get": _operation(
                     "Whether the receiver and the aggregator answer (no token needed)",
@@ -446,6 +642,69 @@ def _head_of(get: Schema) -> Schema:
         for status, answer in get["responses"].items()
     }
     return {**get, "summary": f"{get['summary']} (headers only)", "responses": responses}
+
+
+def static_paths() -> dict[str, Schema]:
+    """The dashboard's static files, one path per served folder, file names enumerated."""
+    assets = load_assets()
+    paths: dict[str, Schema] = {}
+    for folder in STATIC_FOLDERS:
+        names = served_names(assets, folder)
+        types = sorted({assets[folder + name].content_type.split(";")[0] for name in names})
+        content = {kind: {"schema": {"type": "string"}} for kind in types}
+        parameter = {"name": "name", "in": "path", "required": True, "schema": {"enum": names}}
+        paths[f"{STATIC_PREFIX}{folder}{{name}}"] = {
+            method: _operation(
+                "A file of the dashboard (no token needed): strong ETag, If-None-Match gives "
+                "304; ?v= with the current version makes it cacheable for a year",
+                {
+                    "200": {"description": "The file.", "content": content},
+                    "304": {"description": "The client's copy (If-None-Match) is current."},
+                    "404": _error("No such file."),
+                },
+                None,
+                parameters=[parameter],
+                backend=False,
+            )
+            for method in ("get", "head")
+        }
+    return paths
+
+
+FLEET_PARAMETERS: list[Schema] = [
+    {
+        "name": "sort",
+        "in": "query",
+        "schema": {"enum": list(SORT_COLUMNS), "default": "status"},
+        "description": "Column to sort by. `status` sorts down, stale, live (ascending), then "
+        "by cpu, highest first. Ties are in name order; servers without a value come last.",
+    },
+    {
+        "name": "order",
+        "in": "query",
+        "schema": {"enum": ["asc", "desc"]},
+        "description": "Default: "
+        + ", ".join(f"{column} {order}" for column, order in DEFAULT_ORDER.items())
+        + ".",
+    },
+    {
+        "name": "q",
+        "in": "query",
+        "schema": {"type": "string", "maxLength": MAX_FILTER},
+        "description": "Case-insensitive substring of the server name.",
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "schema": {"type": "string", "pattern": f"^[0-9]{{1,{MAX_CURSOR_DIGITS}}}$"},
+        "description": "The `next_cursor` of the previous page.",
+    },
+]
 
 
 class OpenApiResource:
