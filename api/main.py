@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                 pass
         # Stop accepting, let in-flight requests finish, then leave the loop thread behind.
         server.close()
-        server.task_dispatcher.shutdown(timeout=5)
+        server.task_dispatcher.shutdown(timeout=2)
         backend.close()
     finally:
         context.destroy(linger=0)
