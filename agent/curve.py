@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 
 import zmq
-import zmq.auth
-from zmq.utils.monitor import recv_monitor_message
+
+from servertrack.common.curve_keys import load_pair, load_public
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,10 @@ def check_flags(secret: str | None, server_key: str | None) -> bool:
 
 
 def load_keys(secret: str, server_key: str) -> tuple[bytes, bytes, bytes]:
-    """``(public, secret, server public)``: the agent's pair from its secret certificate file and
-    the receiver's public key from ``server_key`` (only its public key is read).
-
-    OSError or ValueError when a file is missing or holds no usable key.
-    """
-    public, secret_key = zmq.auth.load_certificate(secret)
-    if secret_key is None:
-        raise ValueError(f"{secret} holds only a public key; give the agent's secret file")
-    server_public, _ = zmq.auth.load_certificate(server_key)
-    return public, secret_key, server_public
+    """``(public, secret, server public)``: the agent's pair from its secret key file and the
+    receiver's public key from ``server_key``; ``KeyFileError`` (a ValueError) when unusable."""
+    public, secret_key = load_pair(secret)
+    return public, secret_key, load_public(server_key)
 
 
 def apply_keys(sock: zmq.Socket, secret: str, server_key: str) -> None:
@@ -91,6 +85,9 @@ class HandshakeRetry:
 
     def poll(self) -> None:
         """Read the waiting monitor events; reconnect if a refused handshake is due a retry."""
+        # PERF: imported here, only with CURVE on: it pulls in asyncio (~6 MB of an agent's RSS).
+        from zmq.utils.monitor import recv_monitor_message
+
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:

@@ -6,19 +6,20 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import zmq
 
 from servertrack.agent import curve
 from servertrack.agent.probe import node_addresses
-from servertrack.common import wire
+from servertrack.common import endpoints, wire
 from servertrack.common.buckets import Clock
 from servertrack.common.lifecycle import Ticker
 from servertrack.common.sample import Sample
 
 log = logging.getLogger(__name__)
+FIRST_SAMPLE_WAIT = 0.25
+"""Seconds the first sample waits for the receiver's subscription (then it goes anyway)."""
 ADDRESS_REFRESH = 60.0
 """Seconds between two look-ups of the node's addresses (they rarely change)."""
 
@@ -29,9 +30,11 @@ class Probe(Protocol):
     def ram(self) -> float: ...
 
 
-@dataclass(slots=True)
-class AgentConfig:
-    connect: str = "tcp://127.0.0.1:5556"
+class AgentConfig(NamedTuple):
+    """The agent's settings. PERF: a NamedTuple, not a dataclass: ``dataclasses`` imports
+    ``inspect``, about a megabyte of an agent's resident memory."""
+
+    connect: str = endpoints.INGEST
     interval: float = 1.0
     name: str | None = None
     format: str = "msgpack"
@@ -77,7 +80,13 @@ class Agent:
         return sample
 
     def run(self) -> None:
-        pub = self.context.socket(zmq.PUB)
+        """Publish until ``stop``. The first sample leaves as soon as the receiver has
+        subscribed (at most ``FIRST_SAMPLE_WAIT`` after start), the next ones every interval.
+
+        The socket is an XPUB: a PUB that also hands over the receiver's subscription, so the
+        first sample is not sent into a connection still being set up (where a PUB drops it).
+        """
+        pub = self.context.socket(zmq.XPUB)
         retry = None
         try:
             pub.setsockopt(zmq.LINGER, 0)
@@ -92,10 +101,15 @@ class Agent:
                 self.config.connect,
                 self.config.interval,
             )
+            if pub.poll(int(FIRST_SAMPLE_WAIT * 1000), zmq.POLLIN):
+                self._read_subscriptions(pub)
             ticker = Ticker(self.config.interval)
+            if not self.stop.is_set():
+                pub.send_multipart(wire.encode(self.sample(), self.config.format))
             while not self.stop.wait(self._wait(ticker, retry)):
                 if retry is not None:
                     retry.poll()
+                self._read_subscriptions(pub)
                 if ticker.due():
                     # A PUB socket never blocks: at the high-water mark it drops the message.
                     pub.send_multipart(wire.encode(self.sample(), self.config.format))
@@ -104,6 +118,12 @@ class Agent:
                 retry.close()
             pub.close(linger=0)
             log.info("agent stopped after %d samples", self.seq)
+
+    @staticmethod
+    def _read_subscriptions(pub: zmq.Socket) -> None:
+        """Consume the (re)subscriptions an XPUB hands over, so they never pile up."""
+        while pub.poll(0, zmq.POLLIN):
+            pub.recv(zmq.NOBLOCK)
 
     @staticmethod
     def _wait(ticker: Ticker, retry: curve.HandshakeRetry | None) -> float:

@@ -8,14 +8,8 @@ with :func:`hmac.compare_digest` so the answer time does not tell how much of a 
 from __future__ import annotations
 
 import hmac
-import logging
-import os
-import stat
-from pathlib import Path
 
 import falcon
-
-log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health", "/openapi.json"})
 """Never need a token: health checks and schema discovery."""
@@ -26,34 +20,6 @@ browser cannot send a bearer header when it navigates. They hold no data: the da
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods under the read token; every other method is under the record token."""
 REALM = "servertrack"
-
-
-class TokenFileError(ValueError):
-    """A token file that cannot be used: the API refuses to start."""
-
-
-def read_token_file(path: str | os.PathLike[str]) -> str:
-    """The token in ``path``: its first line, stripped. Refuses a missing file or empty token.
-
-    The token must be printable ASCII without spaces, as a Bearer token in a header has to be.
-    """
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise TokenFileError(f"cannot read token file {str(file)!r}: {err}") from err
-    lines = text.splitlines()
-    token = lines[0].strip() if lines else ""
-    if not token:
-        raise TokenFileError(f"token file {str(file)!r} is empty (the token is its first line)")
-    if not token.isascii() or not token.isprintable() or " " in token:
-        raise TokenFileError(f"the token in {str(file)!r} must be printable ASCII without spaces")
-    try:
-        if file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("token file %s can be read by other users (chmod 600 it)", file)
-    except OSError:  # pragma: no cover - it was readable a moment ago
-        pass
-    return token
 
 
 def _matches(presented: str, token: bytes) -> bool:

@@ -9,7 +9,6 @@ import threading
 import zmq
 
 from servertrack.api.app import REQUEST_DEADLINE, create_app
-from servertrack.api.auth import TokenFileError, read_token_file
 from servertrack.api.backend import ZmqBackend
 from servertrack.api.server import CONNECTION_LIMIT, IDLE_TIMEOUT, REQUEST_TIMEOUT, make_waitress
 from servertrack.api.stats import ApiStats
@@ -23,6 +22,7 @@ from servertrack.common.config import (
     setup_logging,
 )
 from servertrack.common.lifecycle import fatal, stop_on_signals
+from servertrack.common.tokens import TokenFileError, read_token_file
 
 log = logging.getLogger(__name__)
 

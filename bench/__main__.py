@@ -24,8 +24,8 @@ from typing import Any
 import zmq
 
 from bench import http_bench, ingest
-from servertrack.agent.loadgen import send_fleet
 from servertrack.common.testing import launch_host
+from servertrack.loadgen.fleet import send_fleet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_STEPS = [50_000, 100_000, 125_000, 150_000, 175_000, 200_000, 250_000, 300_000]

@@ -5,7 +5,6 @@ their parent."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
@@ -51,6 +50,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
 def die_with_parent() -> None:
     """In a child before ``exec`` (``preexec_fn``): the kernel sends it SIGTERM when the process
     that started it dies, even by ``kill -9``, so no child outlives its supervisor (Linux)."""
+    import ctypes  # only in the supervisor's children, before exec
+
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -65,7 +65,7 @@ READY_DEADLINE = 30.0
 
 def servertrack_argv(*args: str) -> list[str]:
     """The command line that runs ``servertrack ARGS`` with this interpreter."""
-    return [sys.executable, "-m", "servertrack.common.cli", *args]
+    return [sys.executable, "-m", "servertrack.host.cli", *args]
 
 
 def http_json(

@@ -13,9 +13,9 @@ import contextlib
 import logging
 from urllib.parse import urlsplit
 
-from servertrack.api.auth import TokenFileError, read_token_file
 from servertrack.common.config import add_option, setup_logging
 from servertrack.common.lifecycle import stop_on_signals
+from servertrack.common.tokens import TokenFileError, read_token_file
 from servertrack.forward.daemon import ForwardConfig, Forwarder
 from servertrack.forward.points import check_prefix
 from servertrack.forward.sink import GraphiteSink, PointQueue

@@ -18,13 +18,15 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from servertrack.common.curve_keys import KeyFileError, load_pair, load_public, write_public
+
 log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL = 1.0
 """Seconds between two looks at the authorized keys directory."""
 
 
-class CurveConfigError(ValueError):
+class CurveConfigError(KeyFileError):
     """The CURVE flags are incomplete, or a key file or directory cannot be used."""
 
 
@@ -39,14 +41,11 @@ def check_flags(secret: str | None, authorized_keys: str | None) -> bool:
 
 
 def load_secret(path: str) -> tuple[bytes, bytes]:
-    """``(public, secret)`` from a secret certificate file written by ``servertrack keys``."""
+    """``(public, secret)`` from the receiver's secret key file."""
     try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as err:
-        raise CurveConfigError(f"cannot read the key pair in {path}: {err}") from None
-    if secret is None:
-        raise CurveConfigError(f"{path} holds only a public key; give the secret file")
-    return public, secret
+        return load_pair(path)
+    except KeyFileError as err:
+        raise CurveConfigError(str(err)) from None
 
 
 def check_config(secret: str | None, authorized_keys: str | None) -> None:
@@ -82,12 +81,7 @@ def write_public_key(secret: str, path: str) -> str:
     """Write the public half of the pair in ``secret`` to ``path`` as a public certificate (what
     an agent takes as ``--server-key``) and return ``path``."""
     public, _ = load_secret(secret)
-    text = (
-        "#   ZeroMQ CURVE Public Certificate: the receiver's key, for agents' --server-key\n"
-        "metadata\ncurve\n"
-        f'    public-key = "{public.decode("ascii")}"\n'
-    )
-    Path(path).write_text(text, encoding="utf-8")
+    write_public(public, path, "the receiver's key, for agents' --server-key")
     return path
 
 
@@ -146,7 +140,7 @@ class AuthorizedKeys:
         keys, complete = set(), True
         for name, _, _ in listing:
             try:
-                public, _ = zmq.auth.load_certificate(self.directory / name)
+                public = load_public(self.directory / name)
             except (OSError, ValueError) as err:
                 log.warning("skipping authorized key %s: %s", name, err)
                 complete = False

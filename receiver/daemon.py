@@ -12,7 +12,7 @@ import msgpack
 import psutil
 import zmq
 
-from servertrack.common import rpc
+from servertrack.common import endpoints, rpc
 from servertrack.common.buckets import Clock
 from servertrack.common.lifecycle import Ticker
 from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
@@ -40,9 +40,9 @@ follows an oversized one is still read."""
 
 @dataclass(slots=True)
 class ReceiverConfig:
-    bind: str = "tcp://127.0.0.1:5556"
-    control: str = "ipc:///tmp/servertrack-receiver-control"
-    aggregator: str = "ipc:///tmp/servertrack-batches"
+    bind: str = endpoints.INGEST
+    control: str = endpoints.RECEIVER_CONTROL
+    aggregator: str = endpoints.AGGREGATOR_BATCHES
     accept_pickle: bool = False
     flush_interval: float = 1.0
     retention: float = 300.0

@@ -188,11 +188,11 @@ def test_stop_makes_run_return_within_one_interval(harness: Harness) -> None:
 
 def test_stop_interrupts_a_long_interval(harness: Harness) -> None:
     """With a long interval, ``stop`` ends the wait at once instead of sleeping out the interval."""
-    _, endpoint = harness.bind_sub()
+    sub, endpoint = harness.bind_sub()
     config = AgentConfig(connect=endpoint, interval=5.0, name=NAME)
     agent = Agent(config, FixedProbe(), context=harness.context, clock=FakeClock(T_FAKE))
     thread = harness.start(agent)
-    time.sleep(0.2)
+    assert sub.poll(2000)  # the first sample arrived: the agent now waits out the interval
     assert thread.is_alive()
 
     stopped_at = time.monotonic()
@@ -202,7 +202,21 @@ def test_stop_interrupts_a_long_interval(harness: Harness) -> None:
 
     assert not thread.is_alive()
     assert elapsed < config.interval / 2
-    assert agent.seq == 0  # the first tick was never due
+    assert agent.seq == 1  # the first sample leaves at once; the next one was never due
+
+
+def test_the_first_sample_leaves_as_soon_as_the_receiver_listens(harness: Harness) -> None:
+    """No interval of silence at start: the first sample reaches a listening receiver within
+    0.3 s of ``run()``, without being lost to a connection still being set up."""
+    sub, endpoint = harness.bind_sub()
+    config = AgentConfig(connect=endpoint, interval=5.0, name=NAME)
+    agent = Agent(config, FixedProbe(), context=harness.context)
+    began = time.monotonic()
+    harness.start(agent)
+    assert sub.poll(2000)
+    arrived = time.monotonic() - began
+    assert sample_from_mapping(wire.decode(sub.recv_multipart())).seq == 0
+    assert arrived < 0.3
 
 
 def test_stop_before_run_returns_immediately(harness: Harness) -> None:

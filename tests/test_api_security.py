@@ -16,9 +16,9 @@ from openapi_spec_validator import validate
 
 from servertrack.api import main as api_main
 from servertrack.api.app import MAX_BATCH, MAX_BODY, create_app
-from servertrack.api.auth import TokenFileError, read_token_file
-from servertrack.common import host
 from servertrack.common.sample import valid_fqdn
+from servertrack.common.tokens import TokenFileError, read_token_file
+from servertrack.host import supervisor as host
 from tests.support import Clock, InProcessBackend, assert_fatal
 
 RECORD = "rec-0123456789abcdef"

@@ -14,10 +14,10 @@ import numpy as np
 
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import APPLY_SLICE, AggregatorState
-from servertrack.common import wire
 from servertrack.common.batch import Batch
 from servertrack.common.oracle import RawSample, bucket_differences, oracle_buckets
 from servertrack.common.testing import FakeClock
+from servertrack.loadgen.encoding import name_block, pack_many
 from servertrack.receiver.state import ReceiverState
 
 SERVERS = 3 * APPLY_SLICE + 1000
@@ -31,7 +31,7 @@ def test_batches_across_minute_edges_match_the_oracle_for_every_checked_server()
     aggregator = AggregatorState(Rollups(clock), clock)
     rng = np.random.default_rng(7)
     names = [f"edge-{index:06d}.example" for index in range(SERVERS)]
-    block = wire.name_block(names)
+    block = name_block(names)
     seq = np.zeros(SERVERS, np.uint64)
     offsets = (np.arange(SERVERS) % 997) / 997  # samples spread over the second, some ahead
     sent: dict[int, list[RawSample]] = {index: [] for index in CHECKED}
@@ -44,7 +44,7 @@ def test_batches_across_minute_edges_match_the_oracle_for_every_checked_server()
         cpu = np.round(rng.uniform(0, 100, SERVERS), 1)
         ram = np.round(rng.uniform(0, 100, SERVERS), 1)
         stamps = now + offsets
-        buffer, width = wire.pack_many(block, stamps, cpu, ram, seq)
+        buffer, width = pack_many(block, stamps, cpu, ram, seq)
         seq += 1
         for index in range(live):
             receiver.offer_msgpack(buffer[index * width : (index + 1) * width], now)

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from servertrack.common.keys import generate
+from servertrack.common.curve_keys import generate_pair
 from servertrack.common.lifecycle import EXIT_CONFIG
 from servertrack.common.testing import (
     ChildProcess,
@@ -223,7 +223,7 @@ def test_a_port_in_use_stops_a_standalone_daemon_with_a_message(tmp_path: Path) 
 
 
 def test_risky_key_permissions_are_warned_about(tmp_path: Path) -> None:
-    _, secret = generate(str(tmp_path), "receiver")
+    _, secret = generate_pair(str(tmp_path), "receiver")
     agents = tmp_path / "agents"
     agents.mkdir()
     assert curve.warn_permissions(str(secret), str(agents)) == []

@@ -20,8 +20,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from servertrack.agent.curve import load_keys
-from servertrack.api.auth import TokenFileError, read_token_file
 from servertrack.common.config import (
     add_option,
     add_switch,
@@ -30,6 +28,7 @@ from servertrack.common.config import (
     positive_int,
     setup_logging,
 )
+from servertrack.common.curve_keys import load_pair
 from servertrack.common.lifecycle import (
     EXIT_CONFIG,
     LockHeld,
@@ -39,6 +38,7 @@ from servertrack.common.lifecycle import (
     stop_on_signals,
 )
 from servertrack.common.limits import DEFAULT_MAX_SERVERS
+from servertrack.common.tokens import TokenFileError, read_token_file
 from servertrack.receiver import curve
 
 log = logging.getLogger("servertrack.host")
@@ -200,7 +200,7 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 # The agent gets the receiver's public key only, written next to the sockets.
                 server_key = os.path.join(runtime_dir, "receiver.key")
                 curve.write_public_key(args.curve_secret, server_key)
-                agent_public = load_keys(args.agent_curve_secret, server_key)[0]
+                agent_public = load_pair(args.agent_curve_secret)[0]
                 if agent_public not in curve.AuthorizedKeys(args.authorized_keys).keys:
                     log.warning(
                         "the local agent's public key is not in %s: copy its .key file there",

@@ -8,14 +8,11 @@ directory, the receiver's to each agent's ``--server-key``).
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
-from pathlib import Path
-
-import zmq.auth
 
 from servertrack.common.config import add_option, add_switch
+from servertrack.common.curve_keys import generate_pair
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -26,28 +23,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def generate(directory: str, name: str, force: bool = False) -> tuple[Path, Path]:
-    """Create the pair with ``zmq.auth.create_certificates``; returns (public, secret) paths.
-
-    The files are created under umask 077 so that the secret is never readable by others, not
-    even for a moment; the public file is made world-readable afterwards.
-    """
-    if not name or name.startswith(".") or "/" in name or os.sep in name:
-        raise ValueError(f"bad key name {name!r}: use a plain file name such as the host's FQDN")
-    folder = Path(directory)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    existing = [p for p in (folder / f"{name}.key", folder / f"{name}.key_secret") if p.exists()]
-    if existing and not force:
-        raise FileExistsError(f"{existing[0]} exists; use --force to replace the key pair")
-    previous = os.umask(0o077)
-    try:
-        public, secret = zmq.auth.create_certificates(folder, name)
-    finally:
-        os.umask(previous)
-    os.chmod(public, 0o644)
-    return Path(public), Path(secret)
-
-
 def main(argv: list[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
@@ -55,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     name = args.name or socket.getfqdn()
     try:
-        public, secret = generate(args.directory, name, args.force)
+        public, secret = generate_pair(args.directory, name, args.force)
     except (OSError, ValueError) as err:
         print(f"servertrack keys: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,5 @@
+import sys
+
+from servertrack.host.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""`servertrack loadgen`: a simulated fleet that checks every number a host reports."""

@@ -1,0 +1,5 @@
+import sys
+
+from servertrack.loadgen.fleet import main
+
+sys.exit(main())
