@@ -206,8 +206,8 @@ def test_stop_interrupts_a_long_interval(harness: Harness) -> None:
 
 
 def test_the_first_sample_leaves_as_soon_as_the_receiver_listens(harness: Harness) -> None:
-    """No interval of silence at start: the first sample reaches a listening receiver within
-    0.3 s of ``run()``, without being lost to a connection still being set up."""
+    """No interval of silence at start: the first sample reaches a listening receiver at once
+    (``make bench`` measures it from process start), not lost to a connection being set up."""
     sub, endpoint = harness.bind_sub()
     config = AgentConfig(connect=endpoint, interval=5.0, name=NAME)
     agent = Agent(config, FixedProbe(), context=harness.context)
@@ -216,7 +216,7 @@ def test_the_first_sample_leaves_as_soon_as_the_receiver_listens(harness: Harnes
     assert sub.poll(2000)
     arrived = time.monotonic() - began
     assert sample_from_mapping(wire.decode(sub.recv_multipart())).seq == 0
-    assert arrived < 0.3
+    assert arrived < 1.0  # the interval is 5 s: a first sample due only then would fail
 
 
 def test_stop_before_run_returns_immediately(harness: Harness) -> None:
@@ -291,9 +291,19 @@ def test_psutil_probe_returns_percent_floats() -> None:
 
 
 def test_node_addresses_have_no_loopback() -> None:
-    """The node's own addresses leave out loopback, carry no scope suffix and fit a sample."""
+    """The node's own addresses are every non-loopback address of its interfaces, without scope
+    suffix, and fit a sample (this machine has some, so the list cannot be empty)."""
+    expected = {
+        entry.address.split("%", 1)[0]
+        for entries in psutil.net_if_addrs().values()
+        for entry in entries
+        if entry.family in (socket.AF_INET, socket.AF_INET6)
+        and not ipaddress.ip_address(entry.address.split("%", 1)[0]).is_loopback
+    }
+    assert expected, "this test needs a machine with an address besides loopback"
     addresses = node_addresses()
-    assert len(addresses) == len(set(addresses)) <= MAX_IPS
+    assert addresses and set(addresses) <= expected
+    assert len(addresses) == min(len(expected), MAX_IPS) == len(set(addresses))
     for address in addresses:
         assert "%" not in address
         assert not ipaddress.ip_address(address).is_loopback, address

@@ -12,6 +12,7 @@ import psutil
 import pytest
 import zmq
 
+from servertrack.agent.probe import node_addresses
 from servertrack.common import wire
 from servertrack.common.oracle import RawSample, oracle_buckets
 from servertrack.common.sample import Sample
@@ -84,14 +85,12 @@ def test_single_post_shows_up_within_two_seconds(start_host: Callable[..., Host]
     host = start_host("--no-agent")
     status, body = host.post("/servers/web-1.example/loads", {"cpu": 12.5, "ram": 40.0})
     assert (status, body["accepted"]) == (202, 1)
-    began = time.monotonic()
-    wait_for(
+    wait_for(  # within 2 s: the one-second batch plus a margin
         lambda: host.get("/servers/web-1.example/loads")[0] == 200,
         2.0,
         "the load in GET",
         step=0.05,
     )
-    assert time.monotonic() - began < 2.0
     view = host.get("/servers/web-1.example/loads")[1]
     assert view["minutes"][-1]["cpu"] == 12.5 and view["minutes"][-1]["ram"] == 40.0
 
@@ -202,7 +201,8 @@ def test_real_agent_reports_this_machine(start_host: Callable[..., Host]) -> Non
     minute = view["minutes"][-1]
     assert minute["samples"] >= 1
     assert 0.0 <= minute["cpu"] <= 100.0 and 0.0 < minute["ram"] <= 100.0
-    assert all(not ip.startswith("127.") for ip in view["health"]["ip"])
+    ips = view["health"]["ip"]
+    assert ips and set(ips) == set(node_addresses())  # the agent runs on this very machine
 
 
 def test_sigterm_stops_every_process_within_the_deadline(start_host: Callable[..., Host]) -> None:
@@ -210,8 +210,7 @@ def test_sigterm_stops_every_process_within_the_deadline(start_host: Callable[..
     host = start_host("--agent-interval", "0.5")
     children = psutil.Process(host.process.pid).children(recursive=True)
     assert len(children) == 4
-    took = host.process.stop(deadline=10)
-    assert took < 10
+    host.process.stop(deadline=10)  # raises (after killing) past the deadline
     assert host.process.process.returncode == 0
     _gone, alive = psutil.wait_procs(children, timeout=5)
     assert alive == []

@@ -31,11 +31,6 @@ INTERVAL = 60
 PREFIX = "e2e"
 SERVERS = ("web-1.example.com", "db.example.com", "cache_1")
 
-needs_carbon = pytest.mark.skipif(
-    not (CARBON.exists() and WHISPER_FETCH.exists()),
-    reason="Debian's graphite-carbon and python3-whisper are needed (make test installs them)",
-)
-
 
 def carbon_config(root: Path, line_port: int, query_port: int) -> Path:
     """A carbon.conf with everything under ``root`` and listeners on loopback only."""
@@ -79,6 +74,9 @@ CARBON_METRIC_INTERVAL = 0
 @pytest.fixture
 def carbon(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A carbon-cache on a free loopback port: ``(line port, whisper directory)``."""
+    assert CARBON.exists() and WHISPER_FETCH.exists(), (
+        "Debian's graphite-carbon and python3-whisper are needed (make test installs them)"
+    )
     root = tmp_path / "carbon"
     line_port = free_port()
     conf = carbon_config(root, line_port, free_port())
@@ -135,7 +133,6 @@ def exit_counters(log: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", line.split("counters at exit:")[1]))
 
 
-@needs_carbon
 def test_recorded_samples_reach_whisper_with_the_exact_means(
     start_host: Callable[..., Host],
     carbon: tuple[int, Path],

@@ -38,7 +38,6 @@ def load_series(path: Path) -> list[tuple[float, float]]:
         ]
 
 
-@pytest.mark.skipif(not SERIES.exists(), reason=f"NAB data not found at {SERIES}")
 def test_replayed_nab_series_has_exact_hourly_means(start_host: Callable[..., Host]) -> None:
     """The last day of a real CPU series, shifted to end now, gives the same hourly means as a
     direct calculation over the CSV rows."""
