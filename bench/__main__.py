@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from bench import http_bench, ingest
+from bench import agent_bench, http_bench, ingest
 from servertrack.common.testing import launch_host
 from servertrack.loadgen.fleet import send_fleet
 
@@ -33,6 +33,8 @@ QUICK_STEPS = [50_000, 100_000]
 CARBON_FULL_STEPS = [5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000]
 CARBON_QUICK_STEPS = [1_000, 2_000]
 GET_INGEST_RATE = 100_000
+SECTIONS = ("core", "agent")
+"""``core``: ingest, carbon, apply, memory and HTTP; ``agent``: the agent beside the floor."""
 
 
 def machine() -> dict[str, Any]:
@@ -133,7 +135,42 @@ def verdict(value: float | None, target: float, higher_is_better: bool = True) -
     return "met" if met else "**not met**"
 
 
+def agent_rows(agent: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [
+        (
+            "agent resident memory (MB), beside the bare floor "
+            f"(pyzmq+psutil+msgpack+PUB: {agent['floor_rss_mb']} MB)",
+            "≤ 22",
+            f"{agent['agent_rss_mb']}",
+            verdict(agent["agent_rss_mb"], 22, False),
+        ),
+        (
+            f"agent CPU at a 1 s interval over {agent['cpu_window_s']:.0f} s (% of one core)",
+            "≤ 0.2",
+            f"{agent['agent_cpu_percent']}",
+            verdict(agent["agent_cpu_percent"], 0.2, False),
+        ),
+        (
+            "agent's first sample, from process start to the receiver (s, median of 7)",
+            "≤ 0.3",
+            f"{agent['first_sample_s_median']} (max {agent['first_sample_s_max']})",
+            verdict(agent["first_sample_s_median"], 0.3, False),
+        ),
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
+    rows = []
+    if "ingest_servertrack" in results:
+        rows += core_rows(results)
+    if "agent" in results:
+        rows += agent_rows(results["agent"])
+    lines = ["| figure | target | measured | |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def core_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     st = results["ingest_servertrack"]["sustained_per_s"]
     bare = results["ingest_bare"]["sustained_per_s"]
     carbon = results["carbon"].get("sustained_datapoints_per_s")
@@ -207,9 +244,7 @@ def table(results: dict[str, Any]) -> str:
         ),
         ("GET req/s while ingesting 100k samples/s", "", f"{get_load['requests_per_s']:,.0f}", ""),
     ]
-    lines = ["| figure | target | measured | |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(lines)
+    return rows
 
 
 def report(results: dict[str, Any]) -> str:
@@ -238,7 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short holds, few steps")
     parser.add_argument("--hold", type=float, help="seconds per ingest step (default 60)")
     parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default all: {', '.join(SECTIONS)})",
+    )
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        parser.error(f"unknown section(s): {', '.join(sorted(only - set(SECTIONS)))}")
     hold = args.hold or (15.0 if args.quick else 60.0)
     steps = QUICK_STEPS if args.quick else FULL_STEPS
     results: dict[str, Any] = {
@@ -249,26 +292,32 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="servertrack-bench-") as tmp:
         work = Path(tmp)
-        print("apply and memory ...", flush=True)
-        results["apply"] = rollups_figure("apply", 200_000)
-        results["memory"] = rollups_figure("memory", 100_000)
-        print("bare pyzmq ceiling ...", flush=True)
-        results["ingest_bare"] = ingest.sweep("bare", work, steps, hold, args.publishers)
-        print("ServerTrack ingest ...", flush=True)
-        results["ingest_servertrack"] = ingest.sweep(
-            "servertrack", work, steps, hold, args.publishers
-        )
-        print("carbon-cache ...", flush=True)
-        results["carbon"] = carbon_figures(
-            CARBON_QUICK_STEPS if args.quick else CARBON_FULL_STEPS, hold, work
-        )
-        print("HTTP ...", flush=True)
-        results["http"] = http_figures(work, 10.0 if args.quick else 20.0)
+        if "core" in only:
+            print("apply and memory ...", flush=True)
+            results["apply"] = rollups_figure("apply", 200_000)
+            results["memory"] = rollups_figure("memory", 100_000)
+            print("bare pyzmq ceiling ...", flush=True)
+            results["ingest_bare"] = ingest.sweep("bare", work, steps, hold, args.publishers)
+            print("ServerTrack ingest ...", flush=True)
+            results["ingest_servertrack"] = ingest.sweep(
+                "servertrack", work, steps, hold, args.publishers
+            )
+            print("carbon-cache ...", flush=True)
+            results["carbon"] = carbon_figures(
+                CARBON_QUICK_STEPS if args.quick else CARBON_FULL_STEPS, hold, work
+            )
+            print("HTTP ...", flush=True)
+            results["http"] = http_figures(work, 10.0 if args.quick else 20.0)
+        if "agent" in only:
+            print("agent ...", flush=True)
+            results["agent"] = agent_bench.measure(15.0 if args.quick else 60.0)
     text = report(results)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
-    (RESULTS / f"{stamp}-{results['mode']}.md").write_text(text)
-    (RESULTS / "latest.md").write_text(text)
+    name = results["mode"] if only == set(SECTIONS) else "-".join(sorted(only))
+    (RESULTS / f"{stamp}-{name}.md").write_text(text)
+    if only == set(SECTIONS):
+        (RESULTS / "latest.md").write_text(text)
     print(text)
     return 0
 

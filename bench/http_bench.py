@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from servertrack.api.main import make_server
+from servertrack.api.server import make_waitress
+from servertrack.api.stats import ApiStats
 from servertrack.common.testing import (
     ChildProcess,
     free_port,
@@ -332,7 +333,7 @@ def serve_bare(port: int) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    server = make_server(bare_app, "127.0.0.1", port, WAITRESS_THREADS)
+    server = make_waitress(bare_app, "127.0.0.1", port, WAITRESS_THREADS, ApiStats())
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
