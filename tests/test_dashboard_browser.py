@@ -87,6 +87,8 @@ def page(browser: webdriver.Chrome) -> Iterator[webdriver.Chrome]:
     yield browser
     errors = console_errors(browser, getattr(browser, "allowed_console", ()))
     browser.allowed_console = ()
+    browser.get("about:blank")  # no page keeps polling a host the next test no longer has
+    browser.get_log("browser")
     assert errors == [], errors
 
 
@@ -444,6 +446,12 @@ def test_the_read_token_is_asked_once_and_sent_as_a_bearer_token(
 
 
 # -- a large fleet ---------------------------------------------------------------------------------
+def fleet_total(host: HostUnderTest) -> int | None:
+    """Servers the overview counts, or None while the host is busy (a 503)."""
+    status, body = host.get("/fleet?limit=1")
+    return body["total"] if status == 200 else None
+
+
 def test_ten_thousand_servers_are_interactive_within_1_5_s(
     page: webdriver.Chrome, tmp_path: Path
 ) -> None:
@@ -461,7 +469,7 @@ def test_ten_thousand_servers_are_interactive_within_1_5_s(
                 for minute in range(2)
             ]
             assert host.post("/loads", body)[0] == 202
-        wait_until(lambda: host.get("/fleet?limit=1")[1]["total"] == 10_000, WAIT, "10,000 servers")
+        wait_until(lambda: fleet_total(host) == 10_000, WAIT, "10,000 servers")
         hottest = max(servers, key=lambda name: (cpu[name], name))
         page.get(f"{host.api}/")
         wait_for(
