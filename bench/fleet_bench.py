@@ -35,7 +35,8 @@ from servertrack.aggregator.fleet import fleet_table
 from servertrack.aggregator.rollups import Rollups
 from servertrack.api.app import create_app
 from servertrack.api.backend import ZmqBackend
-from servertrack.api.main import make_server
+from servertrack.api.server import make_waitress
+from servertrack.api.stats import ApiStats
 from servertrack.common.testing import FakeClock, free_port
 
 NOW = 1_800_000_030.0
@@ -91,7 +92,7 @@ def measure(servers: int, repeats: int) -> dict[str, Any]:
         aggregator = threading.Thread(target=daemon.run, name="aggregator", daemon=True)
         aggregator.start()
         backend = ZmqBackend(config.receiver_control, config.query, 5.0, context)
-        server = make_server(create_app(backend, clock), "127.0.0.1", free_port(), 4)
+        server = make_waitress(create_app(backend, clock), "127.0.0.1", free_port(), 4, ApiStats())
         serving = threading.Thread(target=server.run, name="waitress", daemon=True)
         serving.start()
         connection = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=30)
