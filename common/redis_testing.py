@@ -214,8 +214,9 @@ class RedisClusterUnderTest:
         maps = []
         for node in self.running_nodes():
             client = node.client(timeout=1.0)
-            info = client.execute_command("CLUSTER INFO").decode()
-            if "cluster_state:ok" not in info:
+            info = client.execute_command("CLUSTER INFO")  # parsed into a dict by redis-py
+            state = info.get("cluster_state") if isinstance(info, dict) else None
+            if state != "ok":
                 return False
             maps.append(self._owners(client))
             replication = client.info("replication")

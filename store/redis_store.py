@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 import redis
-from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 
 from servertrack.common.buckets import (
     HOUR,
@@ -434,22 +434,39 @@ class RedisStore:
         return 0
 
     def _run_simple(self, works: list[NodeWork], what: str) -> None:
-        """Commands whose only expected trouble is a connection or a moved slot."""
-        run_pipelines(works)
-        for work in works:
-            if work.error is not None:
-                raise StoreUnavailable(f"{what} on {work.node.name}: {work.error}")
-            for reply in work.replies:
-                if isinstance(reply, AskError | ClusterDownError | TryAgainError):
-                    self.topology.refresh()
-                    raise StoreUnavailable(f"{what} on {work.node.name}: {reply}")
-                if isinstance(reply, ResponseError):
-                    raise StoreUnavailable(f"{what} refused by {work.node.name}: {reply}")
+        """Commands whose only expected trouble is a connection or a moved slot: after a moved
+        slot the map is read again and the commands sent once more to the new owners."""
+        for attempt in range(2):
+            run_pipelines(works)
+            moved: list[bytes] = []
+            for work in works:
+                if work.error is not None:
+                    raise StoreUnavailable(f"{what} on {work.node.name}: {work.error}")
+                for command, reply in zip(work.commands, work.replies, strict=True):
+                    if isinstance(reply, AskError | ClusterDownError | TryAgainError):
+                        moved.append(command)
+                    elif isinstance(reply, ResponseError):
+                        raise StoreUnavailable(f"{what} refused by {work.node.name}: {reply}")
+            if not moved:
+                return
+            if attempt == 0:
+                self.topology.refresh()
+                works = self._regroup(moved)
+        raise StoreUnavailable(f"{what}: the cluster keeps moving the slots written")
+
+    def _regroup(self, commands: list[bytes]) -> list[NodeWork]:
+        """Commands (FCALL st_touch / st_prune, whose first key names the slot) per owner."""
+        works: dict[NodeKey, NodeWork] = {}
+        for command in commands:
+            node = self.topology.node_for_slot(slot_of(_first_key(command)))
+            works.setdefault(node.key, NodeWork(node, [])).commands.append(command)
+        return list(works.values())
 
     # -- reads --------------------------------------------------------------------------------
     def _read_keys(self, commands: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
-        """Run read commands ``(slot, args)`` pipelined per node; replies in order. A slot that
-        moved makes the map be read again and the commands run once more."""
+        """Run read commands ``(slot, args)`` pipelined per node; replies in order. A command
+        answered ASK is sent to the importing node after ASKING; a slot that moved makes the
+        map be read again and the commands run once more."""
         for attempt in range(2):
             groups: dict[NodeKey, tuple[Node, list[int]]] = {}
             for k, (slot, _) in enumerate(commands):
@@ -457,25 +474,48 @@ class RedisStore:
                 groups.setdefault(node.key, (node, []))[1].append(k)
             out: list[Any] = [None] * len(commands)
             moved = False
+            asked: dict[NodeKey, list[int]] = {}
             for node, positions in groups.values():
-                pipe = node.client.pipeline(transaction=False)
-                for k in positions:
-                    pipe.execute_command(*commands[k][1])
-                try:
-                    replies = pipe.execute(raise_on_error=False)
-                except CONNECTION_ERRORS as err:
-                    raise StoreUnavailable(f"redis at {node.name}: {err}") from err
-                for k, reply in zip(positions, replies, strict=True):
-                    if isinstance(reply, AskError | ClusterDownError | TryAgainError):
+                for k, reply in zip(
+                    positions, self._pipeline(node, commands, positions), strict=True
+                ):
+                    if isinstance(reply, MovedError | ClusterDownError | TryAgainError):
                         moved = True
-                    elif isinstance(reply, ResponseError):
-                        raise StoreUnavailable(f"redis at {node.name}: {reply}")
+                    elif isinstance(reply, AskError):
+                        asked.setdefault((reply.host, int(reply.port)), []).append(k)
+                    out[k] = reply
+            for key, positions in asked.items():
+                node = self.topology.node(key)
+                replies = self._pipeline(node, commands, positions, asking=True)
+                for k, reply in zip(positions, replies, strict=True):
+                    moved = moved or isinstance(reply, AskError | ClusterDownError | TryAgainError)
                     out[k] = reply
             if not moved:
+                for reply in out:
+                    if isinstance(reply, ResponseError):
+                        raise StoreUnavailable(f"redis refused a read: {reply}")
                 return out
             if attempt == 0:
                 self.topology.refresh()
         raise StoreUnavailable("the cluster keeps moving the slots read")
+
+    @staticmethod
+    def _pipeline(
+        node: Node,
+        commands: list[tuple[int, tuple[Any, ...]]],
+        positions: list[int],
+        asking: bool = False,
+    ) -> list[Any]:
+        pipe = node.client.pipeline(transaction=False)
+        for k in positions:
+            if asking:
+                pipe.execute_command("ASKING")
+            pipe.execute_command(*commands[k][1])
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except CONNECTION_ERRORS as err:
+            raise StoreUnavailable(f"redis at {node.name}: {err}") from err
+        return replies[1::2] if asking else replies
 
     def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:
         """A server's minute and hour buckets, last-seen time and health merged over writers,
@@ -607,3 +647,9 @@ def _on_shard(shard: int, command: str, which: int, *args: Any) -> tuple[int, tu
     """A read command on shard ``shard``'s index (``which`` 0) or summary (1) key."""
     key = shard_keys(shard)[which]
     return slot_of(key), (command, key, *args)
+
+
+def _first_key(command: bytes) -> bytes:
+    """The first key of a packed ``FCALL name numkeys key ...`` command."""
+    parts = command.split(b"\r\n")
+    return parts[8]
