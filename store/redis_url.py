@@ -97,11 +97,9 @@ def parse_store_url(url: str, password: str | None = None) -> StoreAddress:
             "redis+cluster://HOST:PORT[,HOST:PORT...]"
         )
     cluster, tls = SCHEMES[scheme.lower()]
-    # urllib's urlsplit does not take several hosts: split the netloc off by hand.
-    netloc, _, tail = rest.partition("/")
-    path, _, query = tail.partition("?")
-    if "?" in netloc:
-        netloc, _, query = netloc.partition("?")
+    # urllib's urlsplit does not take several hosts: split the parts off by hand.
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
     if "#" in query or "#" in path:
         raise BadStoreUrl(f"fragments are not allowed in {url!r}")
     username = url_password = None

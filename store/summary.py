@@ -32,15 +32,16 @@ RECORD_SIZE = RECORD_DTYPE.itemsize
 
 
 class SparkRing:
-    """Per local row, the cpu and ram means of the minutes ``current - 59 .. current + 1``,
-    NaN where unknown. One column per minute slot, shared by every row (the window moves for
-    all rows at once), as in the in-memory rollups."""
+    """Per local row, the cpu and ram means of the minutes ``current - 59 .. current + 1`` as
+    record values (u16 hundredths, NO_VALUE where unknown): 244 bytes a server. One column per
+    minute slot, shared by every row (the window moves for all rows at once), as in the
+    in-memory rollups."""
 
     def __init__(self, capacity: int = 1024) -> None:
         self.bucket_of_slot = np.full(MINUTE_SLOTS, -1, np.int64)
         self.current = -1
-        self.cpu = np.full((capacity, MINUTE_SLOTS), np.nan, np.float32)
-        self.ram = np.full((capacity, MINUTE_SLOTS), np.nan, np.float32)
+        self.cpu = np.full((capacity, MINUTE_SLOTS), NO_VALUE, np.uint16)
+        self.ram = np.full((capacity, MINUTE_SLOTS), NO_VALUE, np.uint16)
 
     @property
     def capacity(self) -> int:
@@ -49,13 +50,13 @@ class SparkRing:
     def grow(self, capacity: int) -> None:
         for name in ("cpu", "ram"):
             old = getattr(self, name)
-            bigger = np.full((capacity, MINUTE_SLOTS), np.nan, np.float32)
+            bigger = np.full((capacity, MINUTE_SLOTS), NO_VALUE, np.uint16)
             bigger[: old.shape[0]] = old
             setattr(self, name, bigger)
 
     def clear_rows(self, rows: np.ndarray) -> None:
-        self.cpu[rows] = np.nan
-        self.ram[rows] = np.nan
+        self.cpu[rows] = NO_VALUE
+        self.ram[rows] = NO_VALUE
 
     def advance(self, minute: int) -> None:
         """Make ``minute`` the newest minute shown; columns of minutes that left are cleared."""
@@ -66,8 +67,8 @@ class SparkRing:
         expected = first + (np.arange(MINUTE_SLOTS) - first) % MINUTE_SLOTS
         stale = np.flatnonzero(self.bucket_of_slot != expected)
         if stale.size:
-            self.cpu[:, stale] = np.nan
-            self.ram[:, stale] = np.nan
+            self.cpu[:, stale] = NO_VALUE
+            self.ram[:, stale] = NO_VALUE
             self.bucket_of_slot[stale] = expected[stale]
 
     def note(self, rows: np.ndarray, cells: np.ndarray) -> None:
@@ -85,7 +86,7 @@ class SparkRing:
             for metric in ("cpu", "ram"):
                 count = cells[f"{metric}_count"]
                 mean = np.where(count > 0, cells[f"{metric}_sum"] / count, np.nan)
-                getattr(self, metric)[rows, slots] = mean
+                getattr(self, metric)[rows, slots] = quantize(mean)
 
     def records(self, rows: np.ndarray, last_seen: np.ndarray) -> np.ndarray:
         """Summary records of ``rows``: the minutes ending with each one's last-seen minute."""
@@ -99,8 +100,7 @@ class SparkRing:
         known = self.bucket_of_slot[slots] == minutes
         picked = np.broadcast_to(rows[:, None], slots.shape)
         for metric in ("cpu", "ram"):
-            means = np.where(known, getattr(self, metric)[picked, slots], np.nan)
-            out[metric] = quantize(means)
+            out[metric] = np.where(known, getattr(self, metric)[picked, slots], NO_VALUE)
         return out
 
 
