@@ -506,16 +506,24 @@ class RedisStore:
         positions: list[int],
         asking: bool = False,
     ) -> list[Any]:
-        pipe = node.client.pipeline(transaction=False)
+        """The commands at ``positions`` on ``node`` in one round trip (HGETALL answers as
+        dicts), each after ``ASKING`` when asked to."""
+        parts = []
         for k in positions:
             if asking:
-                pipe.execute_command("ASKING")
-            pipe.execute_command(*commands[k][1])
+                parts.append(ASKING)
+            parts.append(pack(*commands[k][1]))
         try:
-            replies = pipe.execute(raise_on_error=False)
+            replies = node.request(b"".join(parts), len(parts))
         except CONNECTION_ERRORS as err:
             raise StoreUnavailable(f"redis at {node.name}: {err}") from err
-        return replies[1::2] if asking else replies
+        if asking:
+            replies = replies[1::2]
+        for n, k in enumerate(positions):
+            if commands[k][1][0] == "HGETALL" and isinstance(replies[n], list):
+                flat = replies[n]
+                replies[n] = dict(zip(flat[::2], flat[1::2], strict=True))
+        return replies
 
     def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:
         """A server's minute and hour buckets, last-seen time and health merged over writers,
