@@ -27,8 +27,12 @@ from servertrack.store.roster import Roster
 APPLIED_HEAD = struct.Struct("<Id")
 """Start of an applied answer: hour samples refused as older than the ring, last_seen."""
 FLAG_SEED, FLAG_CONFIRM, FLAG_HEALTH = 1, 2, 4
-FCALL_MERGE = b"*16\r\n$5\r\nFCALL\r\n$8\r\nst_merge\r\n$1\r\n3\r\n"
-NO_HEALTH_ARGS = b"$0\r\n\r\n$0\r\n\r\n"
+GROUP_SIZE = 16
+"""Servers per st_merge call at most."""
+NO_HEALTH = b"$0\r\n\r\n"
+CONTROL = struct.Struct("<dddd")
+"""A server's scalars in a merge call: first, last, flags, health batch number (the head
+follows: last_seen, seq, seq_ts)."""
 HEAD_SIZE = HEAD_DTYPE.itemsize
 
 
@@ -57,7 +61,8 @@ class MergeResult:
 
 
 class Call:
-    """One Function call: st_merge for a server (``row`` >= 0) or st_health (``row`` = -1)."""
+    """One server's part of an st_merge call (``row`` >= 0), or an st_health call (``row`` =
+    -1, sent on its own)."""
 
     __slots__ = (
         "_packed",
@@ -92,14 +97,44 @@ class Call:
         """The node an ASK redirection named, for the next round only."""
 
     def packed(self) -> bytes:
-        if self._packed is None:
-            assert self.source is not None
-            self._packed = self.source.pack(self.index)
+        """The whole command of an st_health call."""
+        assert self._packed is not None
         return self._packed
+
+    def parts(self) -> tuple[bytes, bytes]:
+        """This server's keys and arguments in an st_merge call."""
+        assert self.source is not None
+        return self.source.parts(self.index)
+
+
+class Group:
+    """Up to :data:`GROUP_SIZE` servers' merges in one st_merge call, packed when sent.
+    PERF: per call Redis spends ~3 µs parsing the command and entering the Function, a third
+    of a one-server merge; a group pays it once. Groups stay small so that a reader waits
+    behind one for a few hundred microseconds at most."""
+
+    __slots__ = ("calls", "merge")
+
+    def __init__(self, merge: MergeCalls, calls: list[Call]) -> None:
+        self.merge = merge
+        self.calls = calls
+
+    def packed(self) -> bytes:
+        keys, args = [], []
+        for call in self.calls:
+            key_part, arg_part = call.parts()
+            keys.append(key_part)
+            args.append(arg_part)
+        count = len(self.calls)
+        head = b"*%d\r\n$5\r\nFCALL\r\n$8\r\nst_merge\r\n%s" % (
+            3 + 7 * count + 2,
+            bulk(b"%d" % (3 * count)),
+        )
+        return b"".join((head, *keys, self.merge.writer_arg, self.merge.now_arg, *args))
 
 
 class FoldCalls:
-    """Packs the st_merge call of server ``k`` of one fold, on demand."""
+    """Packs server ``k``'s keys and arguments of one fold, on demand."""
 
     def __init__(self, merge: MergeCalls, folded: Folded, rows: np.ndarray) -> None:
         self.merge = merge
@@ -114,24 +149,22 @@ class FoldCalls:
         self.flags: list[int] = []
         self.health_args: list[bytes] = []
 
-    def pack(self, k: int) -> bytes:
+    def parts(self, k: int) -> tuple[bytes, bytes]:
         merge = self.merge
         mb, hb = self.minute_bounds, self.hour_bounds
-        return b"".join(
+        control = (
+            CONTROL.pack(self.first[k], self.last[k], self.flags[k], merge.top)
+            + self.head_raw[k * HEAD_SIZE : (k + 1) * HEAD_SIZE]
+        )
+        args = b"".join(
             (
-                FCALL_MERGE,
-                merge.roster.keys[self.rows[k]],
-                merge.writer_arg,
-                merge.number(self.first[k]),
-                merge.number(self.last[k]),
-                merge.now_arg,
-                merge.number(self.flags[k]),
-                bulk(self.head_raw[k * HEAD_SIZE : (k + 1) * HEAD_SIZE]),
+                bulk(control),
                 bulk(self.minute_raw[mb[k] * CELL_SIZE : mb[k + 1] * CELL_SIZE]),
                 bulk(self.hour_raw[hb[k] * CELL_SIZE : hb[k + 1] * CELL_SIZE]),
                 self.health_args[k],
             )
         )
+        return merge.roster.keys[self.rows[k]], args
 
 
 class MergeCalls:
@@ -157,7 +190,6 @@ class MergeCalls:
         self.names = names
         self.writer_arg = bulk(writer.encode())
         self.now_arg = bulk(repr(now).encode())
-        self.top_arg = bulk(b"%d" % top)
         self.confirm = FLAG_CONFIRM if confirm else 0
         self._numbers: dict[int, bytes] = {}
         self.done: list[int] = []
@@ -195,9 +227,9 @@ class MergeCalls:
             if record is not None:
                 flags |= FLAG_HEALTH
                 call.health = True
-                source.health_args.append(self.top_arg + bulk(record.encode()))
+                source.health_args.append(bulk(record.encode()))
             else:
-                source.health_args.append(NO_HEALTH_ARGS)
+                source.health_args.append(NO_HEALTH)
             source.flags.append(flags)
             out.append(call)
         return out

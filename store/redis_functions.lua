@@ -17,7 +17,7 @@ Redis 7.0 does not let a library reach struct, math, string, tonumber or unpack 
 so they are bound on the first call.
 ]]
 
-local VERSION = '1'
+local VERSION = '2'
 
 local CELL = '<I4I4I4I4dddddd'
 local CELL_SIZE = 64
@@ -25,6 +25,7 @@ local MINUTE_SLOTS = 61
 local HOUR_SLOTS = 25
 local META = '<dddI4I4'
 local GUARD = '<dd'
+local CONTROL = '<ddddddd'
 local HEALTH_HEAD = '<ddd'
 local HEALTH_HEAD_SIZE = 24
 local EMPTY_RING = nil
@@ -39,26 +40,26 @@ local function bind()
   EMPTY_RING = srep('\0', CELL_SIZE * MINUTE_SLOTS)
 end
 
--- Adds cell `new` into `old` when both hold the same bucket. Returns the cell to store, or nil
--- when `old` holds a newer bucket (the new one has left the ring).
-local function combine(new, old)
-  if old == nil or old == false or #old < CELL_SIZE then
-    return new
+-- Adds the cell at `pos` of `buf` into `old` when both hold the same bucket. Returns the cell
+-- to store (nil when `old` holds a newer bucket: the new one has left the ring), the new cell's
+-- stamp and its sample count. PERF: reading the new cell in place spares a 64-byte string.
+local function combine(buf, pos, old)
+  local s1, n1, cc1, rc1, cs1, cmin1, cmax1, rs1, rmin1, rmax1 = sunpack(CELL, buf, pos)
+  if old and #old >= CELL_SIZE then
+    local s0, n0, cc0, rc0, cs0, cmin0, cmax0, rs0, rmin0, rmax0 = sunpack(CELL, old)
+    if s0 == s1 then
+      if cmin0 < cmin1 then cmin1 = cmin0 end
+      if cmax0 > cmax1 then cmax1 = cmax0 end
+      if rmin0 < rmin1 then rmin1 = rmin0 end
+      if rmax0 > rmax1 then rmax1 = rmax0 end
+      return spack(CELL, s1, n0 + n1, cc0 + cc1, rc0 + rc1, cs0 + cs1, cmin1, cmax1,
+        rs0 + rs1, rmin1, rmax1), s1, n1
+    end
+    if s0 > s1 then
+      return nil, s1, n1
+    end
   end
-  local s0, n0, cc0, rc0, cs0, cmin0, cmax0, rs0, rmin0, rmax0 = sunpack(CELL, old)
-  local s1, n1, cc1, rc1, cs1, cmin1, cmax1, rs1, rmin1, rmax1 = sunpack(CELL, new)
-  if s0 < s1 then
-    return new
-  end
-  if s0 > s1 then
-    return nil
-  end
-  if cmin0 < cmin1 then cmin1 = cmin0 end
-  if cmax0 > cmax1 then cmax1 = cmax0 end
-  if rmin0 < rmin1 then rmin1 = rmin0 end
-  if rmax0 > rmax1 then rmax1 = rmax0 end
-  return spack(CELL, s1, n0 + n1, cc0 + cc1, rc0 + rc1, cs0 + cs1, cmin1, cmax1,
-    rs0 + rs1, rmin1, rmax1)
+  return ssub(buf, pos, pos + CELL_SIZE - 1), s1, n1
 end
 
 -- Milliseconds from `now` until the end of `bucket` (of `width` seconds) plus `keep` buckets.
@@ -104,27 +105,24 @@ local function store_health(hkey, ikey, writer, number, hour, now, record)
 end
 
 --[[
-st_merge: apply one writer's folded batches [first, last] to one server, exactly once.
-KEYS: m, h, i.  ARGV: writer, first, last, now, flags, head, minute cells, hour cells,
-  health batch number, health record.
-  head: last_seen f64, seq f64 (-1 = none), seq_ts f64 of the samples folded.
+st_merge: apply one writer's folded batches to several servers, each exactly once.
+KEYS: m, h, i of each server.  ARGV: writer, now, then per server: control, minute cells,
+  hour cells, health record. Control (7 f64): first, last, flags, health batch number, then
+  the head of the samples folded: last_seen, seq (-1 = none), seq_ts.
+  [first, last]: the range of the writer's batch numbers folded into the call.
   flags: 1 = answer with the whole minute ring (to seed the writer's summary), 2 = also write
   the guard when nothing is applied (so that a WAIT covers the earlier apply), 4 = store the
   health record (kept per writer unless a higher batch number already wrote one).
-When nothing is applied (every batch of the call was applied before, or some were: the caller
-re-folds those above) the answer is the last batch number applied, an integer (with flag 1:
-[that number, last_seen f64 followed by the ring]). When applied, a string: hour samples refused because the hour slot
-holds a newer hour (u32), last_seen (f64), then the minute cells as merged (with flag 1, the
-whole ring, unless this call created it).
+Answers one reply per server. When nothing is applied (every batch of the call was applied
+before, or some were: the caller re-folds those above) it is the last batch number applied, an
+integer (with flag 1: [that number, last_seen f64 followed by the ring]). When applied, a
+string: hour samples refused because the hour slot holds a newer hour (u32), last_seen (f64),
+then the minute cells as merged (with flag 1, the whole ring, unless this call created it).
+A server's keys share a hash tag; in a cluster all servers of one call share a slot.
 ]]
-local function merge(keys, args)
-  if spack == nil then bind() end
-  local mkey, hkey, ikey = keys[1], keys[2], keys[3]
-  local writer = args[1]
-  local wfield = 'w:' .. writer
-  local first, last, now, flags = tonum(args[2]), tonum(args[3]), tonum(args[4]), tonum(args[5])
-  local head, mcells, hcells = args[6], args[7], args[8]
-  local hour_now = floor(now / 3600)
+local function merge_one(mkey, hkey, ikey, writer, wfield, now, hour_now, args, a)
+  local first, last, flags, health_number, seen, new_seq, new_seq_ts = sunpack(CONTROL, args[a])
+  local mcells, hcells = args[a + 1], args[a + 2]
 
   local nh = #hcells / CELL_SIZE
   local fields = {wfield, 's'}
@@ -132,7 +130,12 @@ local function merge(keys, args)
     local stamp = sunpack('<I4', hcells, k * CELL_SIZE + 1)
     fields[k + 3] = stamp % HOUR_SLOTS
   end
-  local got = redis.call('HMGET', hkey, tunpack(fields))
+  local got
+  if nh == 1 then  -- the common case, without unpack()
+    got = redis.call('HMGET', hkey, wfield, 's', fields[3])
+  else
+    got = redis.call('HMGET', hkey, tunpack(fields))
+  end
   if got[1] then
     local applied = sunpack(GUARD, got[1])
     if first <= applied then
@@ -140,7 +143,7 @@ local function merge(keys, args)
         redis.call('HSET', hkey, wfield, got[1])
       end
       if flags % 8 >= 4 then
-        store_health(hkey, ikey, writer, tonum(args[9]), hour_now, now, args[10])
+        store_health(hkey, ikey, writer, health_number, hour_now, now, args[a + 3])
       end
       if flags % 2 == 1 then
         local seen = -1
@@ -155,7 +158,6 @@ local function merge(keys, args)
   if got[2] then
     last_seen, seq, seq_ts, newest_m, newest_h = sunpack(META, got[2])
   end
-  local seen, new_seq, new_seq_ts = sunpack('<ddd', head)
   if seen > last_seen then last_seen = seen end
   if new_seq >= 0 and new_seq_ts >= seq_ts then
     seq, seq_ts = new_seq, new_seq_ts
@@ -166,15 +168,12 @@ local function merge(keys, args)
   local stale = 0
   local top_h = newest_h
   for k = 0, nh - 1 do
-    local cell = ssub(hcells, k * CELL_SIZE + 1, (k + 1) * CELL_SIZE)
-    local merged = combine(cell, got[k + 3])
+    local merged, stamp, samples = combine(hcells, k * CELL_SIZE + 1, got[k + 3])
     if merged then
-      local stamp = sunpack('<I4', cell)
       if stamp > top_h then top_h = stamp end
       hset[#hset + 1] = fields[k + 3]
       hset[#hset + 1] = merged
     else
-      local _, samples = sunpack('<I4I4', cell)
       stale = stale + samples
     end
   end
@@ -185,19 +184,17 @@ local function merge(keys, args)
   local top_m = newest_m
   local created = false
   for k = 0, nm - 1 do
-    local cell = ssub(mcells, k * CELL_SIZE + 1, (k + 1) * CELL_SIZE)
-    local stamp = sunpack('<I4', cell)
+    local pos = k * CELL_SIZE + 1
+    local stamp = sunpack('<I4', mcells, pos)
     local offset = (stamp % MINUTE_SLOTS) * CELL_SIZE
     local old = redis.call('GETRANGE', mkey, offset, offset + CELL_SIZE - 1)
-    local merged
+    local merged = combine(mcells, pos, old)
     if old == '' then
-      merged = cell
       created = true
-      local ring = ssub(EMPTY_RING, 1, offset) .. cell .. ssub(EMPTY_RING, offset + CELL_SIZE + 1)
+      local ring = ssub(EMPTY_RING, 1, offset) .. merged .. ssub(EMPTY_RING, offset + CELL_SIZE + 1)
       redis.call('SET', mkey, ring)
-    else
-      merged = combine(cell, old)
-      if merged then redis.call('SETRANGE', mkey, offset, merged) end
+    elseif merged then
+      redis.call('SETRANGE', mkey, offset, merged)
     end
     if merged then
       if stamp > top_m then top_m = stamp end
@@ -208,11 +205,18 @@ local function merge(keys, args)
     redis.call('PEXPIRE', mkey, ttl_ms(top_m, 60, 61, now))
   end
 
-  hset[#hset + 1] = wfield
-  hset[#hset + 1] = spack(GUARD, last, hour_now)
-  hset[#hset + 1] = 's'
-  hset[#hset + 1] = spack(META, last_seen, seq, seq_ts, top_m, top_h)
-  local added = redis.call('HSET', tunpack(hset))
+  local guard = spack(GUARD, last, hour_now)
+  local meta = spack(META, last_seen, seq, seq_ts, top_m, top_h)
+  local added
+  if #hset == 3 then  -- the common case, without unpack()
+    added = redis.call('HSET', hkey, hset[2], hset[3], wfield, guard, 's', meta)
+  else
+    hset[#hset + 1] = wfield
+    hset[#hset + 1] = guard
+    hset[#hset + 1] = 's'
+    hset[#hset + 1] = meta
+    added = redis.call('HSET', tunpack(hset))
+  end
   if top_h > newest_h or added > 0 then
     local ttl = ttl_ms(top_h, 3600, 25, now)
     redis.call('PEXPIRE', hkey, ttl)
@@ -220,7 +224,7 @@ local function merge(keys, args)
     if top_h > newest_h and newest_h > 0 then prune_writers(hkey, ikey, hour_now) end
   end
   if flags % 8 >= 4 then
-    store_health(hkey, ikey, writer, tonum(args[9]), hour_now, now, args[10])
+    store_health(hkey, ikey, writer, health_number, hour_now, now, args[a + 3])
   end
 
   local reply = spack('<I4d', stale, last_seen)
@@ -229,6 +233,19 @@ local function merge(keys, args)
     if ring then return reply .. ring end
   end
   return reply .. tconcat(out)
+end
+
+local function merge(keys, args)
+  if spack == nil then bind() end
+  local writer, now = args[1], tonum(args[2])
+  local wfield = 'w:' .. writer
+  local hour_now = floor(now / 3600)
+  local out = {}
+  for s = 0, #keys / 3 - 1 do
+    out[s + 1] = merge_one(keys[3 * s + 1], keys[3 * s + 2], keys[3 * s + 3], writer, wfield,
+      now, hour_now, args, 3 + 4 * s)
+  end
+  return out
 end
 
 --[[

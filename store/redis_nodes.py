@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,10 +229,15 @@ class NodeWork:
     error: Exception | None = None
 
 
-def run_pipelines(works: Iterable[NodeWork], chunk: int = 256) -> None:
+def run_pipelines(
+    works: Iterable[NodeWork],
+    chunk: int = 256,
+    on_reply: Callable[[NodeWork, int, Any], None] | None = None,
+) -> None:
     """Send every node its commands on the writer's connection, ``chunk`` commands per write,
-    keeping up to two chunks in flight per node, and read the replies. All nodes progress in
-    turn, so their Redis processes work at the same time."""
+    keeping up to two chunks in flight per node, and read the replies; ``on_reply(work, k,
+    reply)`` sees each reply as it is read, while Redis works on the next chunk. All nodes
+    progress in turn, so their Redis processes work at the same time."""
     active: list[tuple[NodeWork, Connection, list[int]]] = []
     for work in works:
         if not work.commands:
@@ -262,9 +267,12 @@ def run_pipelines(works: Iterable[NodeWork], chunk: int = 256) -> None:
                     replies = work.replies
                     while len(replies) < upto:
                         try:
-                            replies.append(conn.read_response(disable_decoding=True))
+                            reply = conn.read_response(disable_decoding=True)
                         except ResponseError as err:
-                            replies.append(err)
+                            reply = err
+                        replies.append(reply)
+                        if on_reply is not None:
+                            on_reply(work, len(replies) - 1, reply)
                 except CONNECTION_ERRORS as err:
                     work.error = err
             if work.error is not None:

@@ -65,7 +65,7 @@ from servertrack.common.buckets import (
     iso_utc,
     oldest_accepted_ts,
 )
-from servertrack.store.calls import Call, MergeCalls, MergeResult
+from servertrack.store.calls import GROUP_SIZE, Call, Group, MergeCalls, MergeResult
 from servertrack.store.cells import (
     BatchColumns,
     Samples,
@@ -102,6 +102,8 @@ SUMMARY_INTERVAL = 5.0
 """Seconds between two rewrites of a server's summary record."""
 FORGET_AFTER = 2 * HOUR
 """The writer forgets (from its cache) servers it has not written for this long."""
+MERGE_CHUNK = 32
+"""Merge calls (of up to 16 servers each) per write to a node."""
 MAX_ROUNDS = 8
 """Rounds of redirected, re-folded or retried calls in one merge before giving up."""
 TOUCH_CHUNK = 1000
@@ -262,7 +264,7 @@ class RedisStore:
         keep = ~np.isin(samples.rows, np.asarray(refused, np.int64))
         result.refused += int(keep.size - np.count_nonzero(keep))
         result.refused_servers += len(refused)
-        log.warning("refused %d new servers beyond --max-servers %d", len(refused), count)
+        log.warning("refused %d new servers beyond max_servers %d", len(refused), self.max_servers)
         return samples.select(keep)
 
     def _run(
@@ -279,54 +281,67 @@ class RedisStore:
                 raise StoreUnavailable(
                     f"{len(pending)} server(s) not merged after {MAX_ROUNDS} rounds"
                 )
-            works: dict[NodeKey, NodeWork] = {}
-            sent: dict[NodeKey, list[Call | None]] = {}
-            for call in pending:
-                node = call.node or self.topology.node_for_slot(call.slot)
-                work = works.get(node.key)
-                if work is None:
-                    work = works[node.key] = NodeWork(node, [])
-                    sent[node.key] = []
-                if call.node is not None:
-                    work.commands.append(ASKING)
-                    sent[node.key].append(None)
-                    call.node = None
-                work.commands.append(call)
-                sent[node.key].append(call)
-            run_pipelines(works.values())
-            retry: list[Call] = []
-            partial: dict[int, tuple[int, int]] = {}
+            answered = _Round(calls, result)
+            works, answered.sent = self._grouped(pending, calls)
+            run_pipelines(works.values(), chunk=MERGE_CHUNK, on_reply=answered.account)
             failure: Exception | None = None
-            unsettled = False
             for key, work in works.items():
                 touched[key] = work.node
-                replies = work.replies
-                for k, call in enumerate(sent[key]):
-                    if call is None:
-                        continue
-                    if k >= len(replies):
-                        retry.append(call)
-                        continue
-                    outcome = calls.outcome(call, replies[k], result, partial)
-                    if outcome != "done":
-                        retry.append(call)
-                        unsettled = unsettled or outcome == "unsettled"
-                        if outcome == "reload":
-                            self._ensure_library(work.node, force=True)
+                for item in answered.sent[key][len(work.replies) :]:  # cut short: unanswered
+                    if item is not None:
+                        answered.retry.extend(item.calls if isinstance(item, Group) else [item])
                 if work.error is not None:
                     failure = work.error
+            for node in answered.reload.values():
+                self._ensure_library(node, force=True)
             if failure is not None:
                 connection_failures += 1
                 if connection_failures > 1 or not self._transient(failure):
                     raise StoreUnavailable(f"redis did not answer: {failure}") from failure
                 self.topology.refresh()
-            if unsettled:
+            if answered.unsettled:
                 time.sleep(0.05)
                 self.topology.refresh()
-            if partial:
-                retry.extend(calls.refold(samples, partial, result))
-            pending = retry
+            if answered.partial:
+                answered.retry.extend(calls.refold(samples, answered.partial, result))
+            pending = answered.retry
         return touched
+
+    def _grouped(
+        self, pending: list[Call], calls: MergeCalls
+    ) -> tuple[dict[NodeKey, NodeWork], dict[NodeKey, list[Group | Call | None]]]:
+        """The calls as commands per node: merges in groups (one slot per group in a cluster,
+        after ASKING when a slot answered ASK), health calls alone. ``sent`` mirrors each
+        node's commands (None for an ASKING)."""
+        buckets: dict[tuple[NodeKey, int, bool], list[Call]] = {}
+        works: dict[NodeKey, NodeWork] = {}
+        sent: dict[NodeKey, list[Group | Call | None]] = {}
+        cluster = self.topology.cluster
+        for call in pending:
+            node = call.node or self.topology.node_for_slot(call.slot)
+            if node.key not in works:
+                works[node.key] = NodeWork(node, [])
+                sent[node.key] = []
+            asked = call.node is not None
+            call.node = None
+            if call.row < 0:
+                if asked:
+                    works[node.key].commands.append(ASKING)
+                    sent[node.key].append(None)
+                works[node.key].commands.append(call)
+                sent[node.key].append(call)
+                continue
+            bucket = (node.key, call.slot if cluster else 0, asked)
+            buckets.setdefault(bucket, []).append(call)
+        for (key, _, asked), members in buckets.items():
+            for start in range(0, len(members), GROUP_SIZE):
+                group = Group(calls, members[start : start + GROUP_SIZE])
+                if asked:
+                    works[key].commands.append(ASKING)
+                    sent[key].append(None)
+                works[key].commands.append(group)
+                sent[key].append(group)
+        return works, sent
 
     @staticmethod
     def _transient(error: Exception) -> bool:
@@ -357,8 +372,10 @@ class RedisStore:
             rows, cells = calls.spark_update()
             roster.spark.note(rows, unpack_cells(cells))
         done = np.unique(np.asarray(calls.done, np.int64))
+        roster.active[done] = now
+        # an index entry always comes with a record, which needs the server's last-seen time
+        done = done[np.isfinite(roster.last_seen[done])]
         if done.size:
-            roster.active[done] = now
             minute = int(now // MINUTE)
             index = done[roster.touched[done] < minute]
             due = np.union1d(done[roster.summary_due[done] <= now], index)
@@ -661,3 +678,33 @@ def _first_key(command: bytes) -> bytes:
     """The first key of a packed ``FCALL name numkeys key ...`` command."""
     parts = command.split(b"\r\n")
     return parts[8]
+
+
+class _Round:
+    """The answers of one round of merge calls, taken as they are read."""
+
+    def __init__(self, calls: MergeCalls, result: MergeResult) -> None:
+        self.calls = calls
+        self.result = result
+        self.sent: dict[NodeKey, list[Group | Call | None]] = {}
+        self.retry: list[Call] = []
+        self.partial: dict[int, tuple[int, int]] = {}
+        self.reload: dict[NodeKey, Node] = {}
+        self.unsettled = False
+
+    def account(self, work: NodeWork, k: int, reply: Any) -> None:
+        item = self.sent[work.node.key][k]
+        if item is None:  # the answer to ASKING
+            return
+        members = item.calls if isinstance(item, Group) else [item]
+        if isinstance(item, Group) and isinstance(reply, list):
+            answers = reply
+        else:  # an error for the whole call (MOVED, ...), or a single call's reply
+            answers = [reply] * len(members)
+        for call, answer in zip(members, answers, strict=True):
+            outcome = self.calls.outcome(call, answer, self.result, self.partial)
+            if outcome != "done":
+                self.retry.append(call)
+                self.unsettled = self.unsettled or outcome == "unsettled"
+                if outcome == "reload":
+                    self.reload[work.node.key] = work.node

@@ -719,3 +719,32 @@ def test_fleet_rows_show_current_means_and_a_sparkline(
                 assert math.isnan(current[k])
     first = rows.as_dicts()[0]
     assert first["server"] == sorted(names)[0] and len(first["spark"]) == 60
+
+
+def test_a_full_server_stays_compact(
+    redis_server: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
+) -> None:
+    """With all 60 minute and 24 hour buckets full and a health record, a server's keys plus its
+    share of the index and summary take under 8 KB, and its hour hash stays a listpack (every
+    value fits ``hash-max-listpack-value``)."""
+    store = open_store(redis_server.url)
+    servers = 300
+    names = [f"full-{k:04d}.example.com" for k in range(servers)]
+    stamps = [clock.now - m * MINUTE for m in range(60)]
+    stamps += [clock.now - h * HOUR for h in range(1, 24)]
+    ts = np.repeat(np.asarray(stamps), servers)
+    batch = BatchColumns(
+        0,
+        np.tile(np.arange(servers), len(stamps)),
+        ts,
+        np.full(ts.size, 1.5),
+        np.full(ts.size, 2.5),
+    )
+    health = {name: ServerHealth(ip=("192.0.2.1", "2001:db8::1"), lost=1) for name in names}
+    store.merge("w", [batch], names, health, clock.now)
+    view = store.view(names[0], clock.now)
+    assert view is not None and (len(view["minutes"]), len(view["hours"])) == (60, 24)
+    client = redis_server.client()
+    total = sum(int(client.memory_usage(key, samples=0)) for key in client.scan_iter(count=1000))
+    assert total / servers < 8192
+    assert client.object("encoding", server_keys(names[0])[1]) == b"listpack"
