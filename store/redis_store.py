@@ -15,8 +15,9 @@ it retains and a new aggregator (a new :class:`RedisStore`) folds them again, so
 live where the data lives, not in the aggregator: each server's hour hash remembers, per writer,
 the highest batch number applied to that server (``w:<writer>``).
 
-One merge call per server carries the writer, the range ``[first, last]`` of the batch numbers
-it folds and the cells. The Function, atomically with the cells it writes:
+A server's merge (one of up to 16 in a Function call) carries the writer, the range
+``[first, last]`` of the batch numbers it folds and the cells. The Function, atomically with the
+cells it writes:
 
 - ``last <= applied``: everything was applied before; nothing is written (a re-send);
 - ``first > applied``: applies the cells and sets ``applied = last``;
@@ -203,7 +204,7 @@ class RedisStore:
         health: Mapping[str, ServerHealth] | None = None,
         now: float | None = None,
     ) -> MergeResult:
-        """Fold ``batches`` of ``writer`` (one receiver run) into Redis, one call per server.
+        """Fold ``batches`` of ``writer`` (one receiver run) into Redis, one merge per server.
 
         ``names`` are the server names the batches' rows index; ``health`` the health (totals
         of this writer) of servers whose health changed. Returns the counts, or raises
