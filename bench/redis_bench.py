@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import redis
 
+from servertrack.common.batch import ServerHealth
 from servertrack.common.redis_testing import RedisClusterUnderTest, RedisServer
 from servertrack.store.cells import BatchColumns
-from servertrack.store.health import ServerHealth
 from servertrack.store.keys import SHARDS, server_keys, shard_keys
 from servertrack.store.redis_store import RedisStore, StoreUnavailable
 
@@ -202,7 +202,7 @@ def fill_all_buckets(store: RedisStore, servers: int, now: float) -> None:
     """Every server gets one sample in each of its 60 minutes and 24 hours, plus its health."""
     names = names_of(servers)
     stamps = fill_stamps(now)
-    health = {name: ServerHealth(ip=("192.0.2.10", "2001:db8::10"), lost=3) for name in names}
+    health = {name: ServerHealth(ips=("192.0.2.10", "2001:db8::10"), lost=3) for name in names}
     chunk = 5000
     for start in range(0, servers, chunk):
         rows = np.arange(start, min(servers, start + chunk))

@@ -20,6 +20,7 @@ from redis.exceptions import (
 
 from servertrack.store.cells import CELL_SIZE, HEAD_DTYPE, Folded, Samples, fold
 from servertrack.store.health import ServerHealth
+from servertrack.store.health import encode as encode_health
 from servertrack.store.keys import server_keys, slot_of
 from servertrack.store.redis_nodes import Node, StoreUnavailable, Topology, bulk, pack
 from servertrack.store.roster import Roster
@@ -227,7 +228,7 @@ class MergeCalls:
             if record is not None:
                 flags |= FLAG_HEALTH
                 call.health = True
-                source.health_args.append(bulk(record.encode()))
+                source.health_args.append(bulk(encode_health(record)))
             else:
                 source.health_args.append(NO_HEALTH)
             source.flags.append(flags)
@@ -251,7 +252,7 @@ class MergeCalls:
                 self.writer,
                 self.top,
                 repr(self.now),
-                record.encode(),
+                encode_health(record),
             )
             call = Call(-1, slot_of(hours_key), packed=command)
             call.health = True

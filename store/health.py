@@ -1,55 +1,29 @@
-"""A server's health as one writer (one receiver run) reported it, and its merge over writers."""
+"""A server's health as one writer (one receiver run) reported it (the batch's
+:class:`~servertrack.common.batch.ServerHealth`), stored per writer, and merged over writers."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+
+from servertrack.common.batch import ServerHealth
+
+__all__ = ["HEAD", "NO_HEALTH", "ServerHealth", "decode", "encode", "merged_health"]
 
 HEAD = struct.Struct("<ddd")
 """Prefix the Redis Function puts before each record: batch number, hour and time written."""
 
 
-@dataclass(slots=True, frozen=True)
-class ServerHealth:
-    """Totals of one receiver run for one server."""
+def encode(health: ServerHealth) -> bytes:
+    """One writer's record of a server's health, as the Function stores it."""
+    return msgpack.packb(health.to_wire())
 
-    ip: tuple[str, ...] = ()
-    lost: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    skew_seconds: float | None = None
-    seq_resets: int = 0
-    name_conflict: bool = False
 
-    def encode(self) -> bytes:
-        return msgpack.packb(
-            [
-                list(self.ip),
-                int(self.lost),
-                int(self.duplicates),
-                int(self.rejected),
-                self.skew_seconds,
-                int(self.seq_resets),
-                bool(self.name_conflict),
-            ]
-        )
-
-    @classmethod
-    def decode(cls, raw: bytes) -> ServerHealth:
-        ip, lost, duplicates, rejected, skew, resets, conflict = msgpack.unpackb(raw)
-        return cls(
-            tuple(str(a) for a in ip),
-            int(lost),
-            int(duplicates),
-            int(rejected),
-            None if skew is None else float(skew),
-            int(resets),
-            bool(conflict),
-        )
+def decode(raw: bytes) -> ServerHealth:
+    return ServerHealth.from_wire(msgpack.unpackb(raw))
 
 
 NO_HEALTH = ServerHealth()
@@ -67,7 +41,7 @@ def merged_health(records: Iterable[bytes]) -> dict[str, Any]:
             continue
         _, _, written = HEAD.unpack_from(raw)
         try:
-            health = ServerHealth.decode(raw[HEAD.size :])
+            health = decode(raw[HEAD.size :])
         except (ValueError, TypeError, msgpack.UnpackException):
             continue
         if written >= newest_at:
@@ -78,11 +52,11 @@ def merged_health(records: Iterable[bytes]) -> dict[str, Any]:
         resets += health.seq_resets
         conflict = conflict or health.name_conflict
     return {
-        "ip": list(newest.ip),
+        "ip": list(newest.ips),
         "lost": lost,
         "duplicates": duplicates,
         "rejected": rejected,
-        "skew_seconds": newest.skew_seconds,
+        "skew_seconds": newest.skew if newest_at > float("-inf") else None,
         "seq_resets": resets,
         "name_conflict": conflict,
     }

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from servertrack.common.batch import ServerHealth
 from servertrack.common.oracle import RawSample, bucket_differences, iso_z, oracle_buckets
 from servertrack.common.redis_testing import RedisServer
 from servertrack.common.testing import FakeClock
 from servertrack.store.cells import BatchColumns
-from servertrack.store.health import ServerHealth
 from servertrack.store.keys import server_keys
 from servertrack.store.redis_store import (
     LIBRARY_VERSION,
@@ -185,11 +185,11 @@ def test_two_writers_on_one_server_add_up(
             sent[writer].append(batch)
             health = {
                 "shared-1": ServerHealth(
-                    ip=(f"192.0.2.{1 if writer == 'old' else 2}",),
+                    ips=(f"192.0.2.{1 if writer == 'old' else 2}",),
                     lost=step,
                     duplicates=1,
                     rejected=2,
-                    skew_seconds=0.25,
+                    skew=0.25,
                     seq_resets=1 if writer == "new" else 0,
                     name_conflict=writer == "old" and step == 3,
                 )
@@ -287,7 +287,7 @@ def test_every_key_has_a_ttl_that_follows_the_newest_bucket(
     the TTL moves with it."""
     store = open_store(redis_server.url)
     fleet = Fleet([f"ttl-{k}" for k in range(40)], seed=4)
-    health = {"ttl-0": ServerHealth(ip=("192.0.2.9",))}
+    health = {"ttl-0": ServerHealth(ips=("192.0.2.9",))}
     for _ in range(3):
         store.merge("w", [fleet.batch("w", clock.now)], fleet.names, health, clock.now)
         clock.advance(20)
@@ -629,7 +629,7 @@ def test_a_full_server_stays_compact(
         np.full(ts.size, 1.5),
         np.full(ts.size, 2.5),
     )
-    health = {name: ServerHealth(ip=("192.0.2.1", "2001:db8::1"), lost=1) for name in names}
+    health = {name: ServerHealth(ips=("192.0.2.1", "2001:db8::1"), lost=1) for name in names}
     store.merge("w", [batch], names, health, clock.now)
     view = store.view(names[0], clock.now)
     assert view is not None and (len(view["minutes"]), len(view["hours"])) == (60, 24)

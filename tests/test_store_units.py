@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from servertrack.common.batch import ServerHealth
 from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
 from servertrack.store.cells import (
     CELL_DTYPE,
@@ -20,7 +21,7 @@ from servertrack.store.cells import (
     fold,
     unpack_cells,
 )
-from servertrack.store.health import HEAD, ServerHealth, merged_health
+from servertrack.store.health import HEAD, encode, merged_health
 from servertrack.store.redis_url import BadStoreUrl, parse_store_url
 from servertrack.store.summary import RECORD_SIZE, SparkRing, decode_fleet
 
@@ -194,15 +195,15 @@ def test_cells_survive_packing_byte_for_byte() -> None:
 def test_health_records_merge_over_writers() -> None:
     """Counters add up over writers, the newest writer's ip and skew win, a conflict anywhere
     shows, and an unreadable record is skipped."""
-    old = HEAD.pack(5, 1, 100.0) + ServerHealth(("a",), 1, 2, 3, 0.5, 1, True).encode()
-    new = HEAD.pack(2, 1, 200.0) + ServerHealth(("b", "c"), 10, 20, 30, None, 0).encode()
+    old = HEAD.pack(5, 1, 100.0) + encode(ServerHealth(("a",), 1, 2, 3, 0.5, 1, True))
+    new = HEAD.pack(2, 1, 200.0) + encode(ServerHealth(("b", "c"), 10, 20, 30, 0.125, 0))
     merged = merged_health([old, b"junk", HEAD.pack(0, 0, 300.0) + b"\xc1", new])
     assert merged == {
         "ip": ["b", "c"],
         "lost": 11,
         "duplicates": 22,
         "rejected": 33,
-        "skew_seconds": None,
+        "skew_seconds": 0.125,
         "seq_resets": 1,
         "name_conflict": True,
     }

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from servertrack.common.batch import ServerHealth
 from servertrack.common.redis_testing import RedisClusterUnderTest
 from servertrack.common.testing import FakeClock, wait_until
-from servertrack.store.health import ServerHealth
 from servertrack.store.keys import server_keys, slot_of
 from servertrack.store.redis_store import RedisStore, StoreUnavailable
 from tests.store_support import HOUR, T0, Fleet, assert_matches, one_each, sample_count
