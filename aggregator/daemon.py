@@ -27,6 +27,7 @@ from servertrack.common import endpoints, rpc
 from servertrack.common.batch import Batch, MalformedBatch
 from servertrack.common.buckets import Clock
 from servertrack.common.lifecycle import Ticker
+from servertrack.store.redis_nodes import StoreUnavailable
 
 log = logging.getLogger(__name__)
 MAX_BATCH_BYTES = 512 * 2**20
@@ -38,6 +39,8 @@ QUERY_BUDGET = 0.05
 """Seconds of queries answered before the batch socket is looked at again."""
 SLICE_QUERY_BUDGET = 0.01
 """The same between two slices of a large batch."""
+STORE_BACKOFF_MAX = 5.0
+"""Longest pause between two attempts to reach an unavailable store."""
 
 
 @dataclass(slots=True)
@@ -49,6 +52,8 @@ class AggregatorConfig:
     snapshot: str | None = None
     snapshot_interval: float = 30.0
     max_servers: int | None = None
+    store_flush: float = 1.0
+    """Seconds between two writes of what the store holds back (Redis); nothing in memory."""
 
 
 class AggregatorDaemon:
@@ -74,6 +79,9 @@ class AggregatorDaemon:
         self._writer_pid = 0
         self._writer_pipe = -1
         self._writer_taken = 0.0
+        self.store_retry_at = float("-inf")
+        self.store_backoff = 0.0
+        self.store_down = False
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
         )
@@ -101,6 +109,7 @@ class AggregatorDaemon:
             self._loop(pull, query)
         finally:
             self.save_snapshot(wait=True)
+            self.flush_store()  # a clean stop leaves nothing held (the receiver keeps copies)
             self.receiver.close()
             for sock in (pull, query):
                 if sock is not None:
@@ -114,7 +123,10 @@ class AggregatorDaemon:
         poller.register(query, zmq.POLLIN)
         snapshots = Ticker(self.config.snapshot_interval)
         second = Ticker(1.0)
+        flushes = Ticker(self.config.store_flush)
         while not self.stop.is_set():
+            if flushes.due() and time.monotonic() >= self.store_retry_at:
+                self.flush_store()
             if snapshots.due():
                 self.save_snapshot()
             if second.due():
@@ -145,6 +157,22 @@ class AggregatorDaemon:
 
     def _answer(self, request: object) -> bytes | None:
         return self.state.answer(request, self.clock(), time.time())
+
+    def flush_store(self) -> None:
+        """Write what the store holds back; when the store is out of reach, keep it all and
+        try again after a pause that doubles up to ``STORE_BACKOFF_MAX``."""
+        try:
+            self.state.flush_store(self.clock())
+        except StoreUnavailable as err:
+            self.store_backoff = min(STORE_BACKOFF_MAX, max(0.5, 2 * self.store_backoff))
+            self.store_retry_at = time.monotonic() + self.store_backoff
+            if not self.store_down:
+                log.error("the store does not answer (%s); holding batches, retrying", err)
+            self.store_down = True
+            return
+        if self.store_down:
+            log.info("the store answers again")
+        self.store_down, self.store_backoff = False, 0.0
 
     # -- batches ------------------------------------------------------------------------------
     def handle_batch(self, frames: list[bytes]) -> None:

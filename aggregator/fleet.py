@@ -155,6 +155,38 @@ def fleet_table(rollups: Rollups, now: float) -> FleetTable:
     )
 
 
+def table_from_rows(rows: Any) -> FleetTable:
+    """The table from a store's summary rows (``servertrack.store.summary.FleetRows``): current
+    values and sparklines as the summary holds them (0.01 % steps), the fleet's minute mean from
+    the exact sums and counts it carries."""
+    mean = MinuteMean(rows.minute, True, 0, 0, 0, None, None)
+    for minute, current in ((rows.minute, True), (rows.minute - 1, False)):
+        totals = rows.totals.get(minute)
+        if not totals or (not totals["samples"] and current):
+            continue
+        cpu_n, ram_n = int(totals["cpu_count"]), int(totals["ram_count"])
+        mean = MinuteMean(
+            minute,
+            current,
+            int(totals["samples"]),
+            cpu_n,
+            ram_n,
+            totals["cpu_sum"] / cpu_n if cpu_n else None,
+            totals["ram_sum"] / ram_n if ram_n else None,
+        )
+        break
+    return FleetTable(
+        names=list(rows.names),
+        lower=[name.lower() for name in rows.names],
+        cpu=rows.cpu,
+        ram=rows.ram,
+        last_seen=rows.last_seen,
+        sparkline=np.round(rows.cpu_minutes, SPARKLINE_DECIMALS),
+        first_minute=rows.minute - SPARKLINE_MINUTES + 1,
+        mean=mean,
+    )
+
+
 def table_of(store: Any, now: float) -> FleetTable:
     """The fleet table of any store (each store knows how to build it from its own data)."""
     table: FleetTable = store.fleet_table(now)
@@ -267,11 +299,7 @@ class FleetAnswers:
     def table(self, store: Any, now: float) -> FleetTable:
         """The cached table, rebuilt when a batch was applied, rows were released, the minute
         moved or the store was replaced (a restored snapshot)."""
-        key = (
-            getattr(store, "applied_total", None),
-            getattr(store, "evictions", None),
-            int(now // MINUTE),
-        )
+        key = store.fleet_version(now)
         if self._table is None or store is not self._store or key != self._key:
             self._table = table_of(store, now)
             self._store, self._key = store, key

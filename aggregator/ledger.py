@@ -17,17 +17,30 @@ class BatchLedger:
     epoch: str | None = None
     applied_upto: int = -1
     applied_beyond: set[int] = field(default_factory=set)
+    fresh: bool = True
+    """Nothing restored and no replay answered yet: where this aggregator's batches begin is not
+    known (the receiver's oldest retained batch, learned from its replay answer)."""
 
     def start(self, epoch: str, first: int) -> None:
-        """A ledger with nothing applied begins at batch ``first`` of ``epoch`` (the oldest the
-        receiver still holds): batches before it were never this aggregator's to apply."""
-        if self.epoch is None:
-            self.epoch, self.applied_upto, self.applied_beyond = epoch, first - 1, set()
+        """A fresh ledger begins at batch ``first`` of ``epoch`` (the oldest the receiver still
+        holds): batches before it were never this aggregator's to apply, and are not counted
+        as lost. Batches admitted before (live ones that came first) stay admitted."""
+        if not self.fresh:
+            return
+        self.fresh = False
+        if self.epoch not in (None, epoch):
+            self.applied_beyond = set()
+        self.epoch = epoch
+        self.applied_upto = max(self.applied_upto, first - 1)
+        self.applied_beyond = {n for n in self.applied_beyond if n > self.applied_upto}
+        while self.applied_upto + 1 in self.applied_beyond:
+            self.applied_upto += 1
+            self.applied_beyond.discard(self.applied_upto)
 
     def admit(self, epoch: str, number: int) -> bool:
         """True if batch ``number`` of ``epoch`` is new (and records it as applied)."""
         if self.epoch is None:
-            self.start(epoch, number)
+            self.epoch = epoch
         elif epoch != self.epoch:
             self.epoch, self.applied_upto, self.applied_beyond = epoch, -1, set()
         if number <= self.applied_upto or number in self.applied_beyond:
@@ -39,8 +52,9 @@ class BatchLedger:
         return True
 
     def missing(self) -> bool:
-        """Some batch below one already applied has not been seen."""
-        return bool(self.applied_beyond)
+        """Some batch below one already applied has not been seen (or, fresh, the receiver has
+        not said yet where this aggregator's batches begin)."""
+        return self.fresh or bool(self.applied_beyond)
 
     def give_up_below(self, first_available: int) -> int:
         """The receiver no longer holds batches below ``first_available``: stop waiting for
@@ -65,4 +79,6 @@ class BatchLedger:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchLedger:
-        return cls(data["epoch"], int(data["applied_upto"]), set(data["applied_beyond"]))
+        """A restored ledger is not fresh: it knows where it stands."""
+        applied = int(data["applied_upto"])
+        return cls(data["epoch"], applied, set(data["applied_beyond"]), fresh=False)

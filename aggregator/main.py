@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 
 import zmq
 
 from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
+from servertrack.aggregator.redis_rollups import RedisRollups
+from servertrack.aggregator.store import RollupStore
 from servertrack.common import endpoints, rpc
 from servertrack.common.config import (
     add_option,
@@ -18,6 +21,10 @@ from servertrack.common.config import (
 )
 from servertrack.common.lifecycle import fatal, hold_lock, stop_on_signals
 from servertrack.common.limits import DEFAULT_MAX_SERVERS
+from servertrack.store.options import MEMORY, add_store_options, store_password
+from servertrack.store.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -53,7 +60,25 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "servers tracked at most; samples of new ones beyond it are dropped (server_limit)",
         positive_int,
     )
+    add_store_options(parser, writer=True)
     return parser
+
+
+def make_store(args: argparse.Namespace) -> RollupStore | None:
+    """The store of ``--store``: None for the in-memory default (the daemon builds it)."""
+    if args.store == MEMORY:
+        return None
+    try:
+        redis = RedisStore(
+            args.store,
+            password=store_password(args),
+            max_servers=args.max_servers,
+            wait_replicas=args.store_wait_replicas,
+            timeout=args.store_timeout,
+        )
+    except ValueError as err:
+        fatal(f"servertrack aggregator: {err}")
+    return RedisRollups(redis, hold=args.store_hold)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
         snapshot=args.snapshot,
         snapshot_interval=args.snapshot_interval,
         max_servers=args.max_servers,
+        store_flush=args.store_flush,
     )
+    store = make_store(args)
+    if store is not None and args.snapshot:
+        log.info("the rollups live in %s: no snapshot is written", args.store)
+        config.snapshot = None
     lock = None
     if args.snapshot:
         try:
@@ -78,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             fatal(f"servertrack aggregator: {err}")
     try:
         with zmq.Context() as context:
-            daemon = AggregatorDaemon(config, context=context)
+            daemon = AggregatorDaemon(config, store, context=context)
             with stop_on_signals(daemon.stop), contextlib.suppress(KeyboardInterrupt):
                 try:
                     daemon.run()

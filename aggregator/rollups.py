@@ -274,8 +274,10 @@ class Rollups:
         ram: np.ndarray,
         now: float | None = None,
         seq: np.ndarray | None = None,
+        origin: tuple[str, int] | None = None,
     ) -> ApplyResult:
-        """Add samples given as parallel arrays (NaN = metric absent) for existing rows.
+        """Add samples given as parallel arrays (NaN = metric absent) for existing rows
+        (``origin``, the batch's identity, is not needed here: the ledger applies it once).
         ``seq`` (-1 = none), in arrival order, updates each server's newest seq.
 
         Samples whose hour bucket is outside the window at ``now`` are not applied and are
@@ -378,6 +380,16 @@ class Rollups:
 
     def tracks(self, name: str) -> bool:
         return name in self.row_of
+
+    def note_health(self, epoch: str, health: dict[str, Any]) -> None:
+        """The aggregator keeps health itself when the rollups are in its memory."""
+
+    def flush(self, now: float | None = None) -> None:
+        """Nothing is held back: every sample was applied by :meth:`apply`."""
+
+    def fleet_version(self, now: float) -> tuple[int, ...]:
+        """Changes whenever the fleet table would: a batch applied, rows released, a new minute."""
+        return (self.applied_total, self.evictions, int(now // MINUTE))
 
     def fleet_table(self, now: float | None = None) -> Any:
         """The dashboard's table of every server (see :mod:`servertrack.aggregator.fleet`)."""

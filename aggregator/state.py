@@ -24,6 +24,7 @@ from servertrack.aggregator.store import RollupStore
 from servertrack.common.batch import Batch, ServerHealth
 from servertrack.common.buckets import Clock, iso_utc
 from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, declared
+from servertrack.store.redis_nodes import StoreUnavailable
 
 APPLY_SLICE = 32_768
 """Samples applied between two looks at the query socket, so a large batch (or the first sight
@@ -125,6 +126,7 @@ class AggregatorState:
         self.started = clock()
         self.fleet = FleetAnswers()
         """The dashboard's table, cached between batches."""
+        self.store_flush_seconds: float | None = None
         self.rss_bytes: int | None = None
         """The process's resident memory, set by the daemon (this object does no I/O)."""
 
@@ -186,7 +188,13 @@ class AggregatorState:
         for start in range(0, rows.size, APPLY_SLICE):
             end = start + APPLY_SLICE
             result = self.store.apply(
-                rows[start:end], ts[start:end], cpu[start:end], ram[start:end], now, seq[start:end]
+                rows[start:end],
+                ts[start:end],
+                cpu[start:end],
+                ram[start:end],
+                now,
+                seq[start:end],
+                origin=(batch.epoch, batch.number),
             )
             self.counters["applied"] += result.applied
             self.counters["expired"] += result.expired
@@ -199,12 +207,31 @@ class AggregatorState:
         self.newest_number = batch.number
         for server_id, health in batch.servers:
             ids.servers[server_id] = health
+        if batch.servers:
+            changed = {ids.names[i]: h for i, h in batch.servers if i in ids.names}
+            self.store.note_health(batch.epoch, changed)
         self.receiver_counters = batch.counters
         self.last_batch_sent = batch.sent
         self.last_batch_applied = now
         self.flush_lag = now - batch.sent
         self.recent_lags.append(self.flush_lag)
         self.recent_sizes.append(len(batch))
+
+    def flush_store(self, now: float) -> None:
+        """Write what the store holds back (Redis); raises StoreUnavailable, keeping it all."""
+        began = time.monotonic()
+        try:
+            result = self.store.flush(now)
+        except Exception:
+            self.counters["store_errors"] += 1
+            raise
+        if result is None:
+            return
+        self.counters["applied"] += result.applied
+        self.counters["expired"] += result.expired
+        self.counters["server_limit"] += result.refused
+        self.counters["store_flushes"] += 1
+        self.store_flush_seconds = time.monotonic() - began
 
     def housekeeping(self, now: float) -> None:
         """Between batches, about once a second: release servers silent for 24 hours even when
@@ -227,12 +254,15 @@ class AggregatorState:
     def replay_request(self) -> dict[str, Any]:
         """What to ask the receiver for: every retained batch after the last one applied (all
         of them when this aggregator has applied none)."""
-        return {"op": "replay", "epoch": self.ledger.epoch, "after": self.ledger.applied_upto}
+        ledger = self.ledger
+        epoch = None if ledger.fresh else ledger.epoch
+        return {"op": "replay", "epoch": epoch, "after": ledger.applied_upto}
 
     def replay_answered(self, reply: dict[str, Any]) -> None:
         epoch = reply.get("epoch")
-        if self.ledger.epoch is None and isinstance(epoch, str):
-            self.ledger.start(epoch, int(reply.get("first", 0)))
+        if not isinstance(epoch, str):
+            return
+        self.ledger.start(epoch, int(reply.get("first", 0)))  # only when fresh
         if epoch != self.ledger.epoch:
             return  # the receiver restarted: the batches of its previous run are gone
         gone = self.ledger.give_up_below(int(reply.get("first", 0)))
@@ -291,12 +321,19 @@ class AggregatorState:
     # -- answers ------------------------------------------------------------------------------
     def answer(self, request: Any, now: float, wall: float | None = None) -> bytes | None:
         """The msgpack reply to one query, or None when its deadline (wall clock ``wall``) has
-        passed: the client gave up, so the work is not done and nothing is sent."""
-        op = request.get("op") if isinstance(request, dict) else None
+        passed: the client gave up, so the work is not done and nothing is sent. A store out of
+        reach answers ``{"status": 503}``."""
         deadline = request.get("deadline") if isinstance(request, dict) else None
         if isinstance(deadline, int | float) and (wall if wall is not None else now) > deadline:
             self.counters["queries_expired"] += 1
             return None
+        try:
+            return self._answer(request, now)
+        except StoreUnavailable as err:
+            return msgpack.packb({"status": 503, "message": f"the store does not answer: {err}"})
+
+    def _answer(self, request: Any, now: float) -> bytes:
+        op = request.get("op") if isinstance(request, dict) else None
         if op == "view":
             view = self.store.view(str(request.get("name")), now)
             if view is None:
@@ -338,6 +375,12 @@ class AggregatorState:
             "name_conflict": known.name_conflict if known else False,
         }
 
+    def _server_count(self) -> int | None:
+        try:
+            return self.store.server_count()
+        except Exception:  # a store out of reach: the count is unknown, the rest still shows
+            return None
+
     def problems(self, now: float) -> list[str]:
         """What makes the host degraded: it serves, but something needs attention."""
         found = []
@@ -365,7 +408,10 @@ class AggregatorState:
             "aggregator": {
                 **counters,
                 "dropped": dropped,
-                "servers_tracked": self.store.server_count(),
+                "servers_tracked": self._server_count(),
+                "store_pending": getattr(self.store, "pending_samples", 0),
+                "store_dropped": getattr(self.store, "dropped", 0),
+                "store_flush_seconds": self.store_flush_seconds,
                 **({"rss_bytes": self.rss_bytes} if self.rss_bytes is not None else {}),
                 "flush_lag_seconds": self.flush_lag,
                 "flush_lag_p50_seconds": _percentile(self.recent_lags, 50),

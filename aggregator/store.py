@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from servertrack.aggregator.rollups import ApplyResult
+from servertrack.common.batch import ServerHealth
 
 
 class RollupStore(Protocol):
@@ -35,7 +36,21 @@ class RollupStore(Protocol):
         ram: np.ndarray,
         now: float | None = None,
         seq: np.ndarray | None = None,
-    ) -> ApplyResult: ...
+        origin: tuple[str, int] | None = None,
+    ) -> ApplyResult:
+        """Add samples (or hold them: then ``flush`` writes them and counts them applied).
+        ``origin`` is the batch's (receiver epoch, batch number)."""
+        ...
+
+    def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
+        """The health of servers as receiver run ``epoch`` reports it (a store that serves
+        readers of its own keeps it; the in-memory one leaves it to the aggregator)."""
+        ...
+
+    def flush(self, now: float | None = None) -> Any:
+        """Write out what is held (``None`` when the store holds nothing back); raises
+        ``StoreUnavailable`` when the store cannot be reached (everything stays held)."""
+        ...
 
     def sequences(self) -> tuple[list[str], np.ndarray, np.ndarray]: ...
 
@@ -49,6 +64,10 @@ class RollupStore(Protocol):
         ...
 
     def tracks(self, name: str) -> bool: ...
+
+    def fleet_version(self, now: float) -> Any:
+        """A value that changes whenever :meth:`fleet_table` would answer differently."""
+        ...
 
     def fleet_table(self, now: float | None = None) -> Any:
         """Every tracked server's row of the dashboard (``aggregator.fleet.FleetTable``)."""

@@ -50,7 +50,10 @@ class ZmqBackend:
         aggregator skips it (this side has given up by then: it waits at most the timeout)."""
         client = self.aggregator.get()
         give_up = time.time() + client.timeout_ms / 1000
-        return client.call({**request, "deadline": min(give_up, deadline or give_up)})
+        reply = client.call({**request, "deadline": min(give_up, deadline or give_up)})
+        if isinstance(reply, dict) and reply.get("status") == 503:
+            raise Unavailable(str(reply.get("message", "the aggregator's store does not answer")))
+        return reply
 
     def ping(self) -> dict[str, Any]:
         status: dict[str, Any] = {}

@@ -9,9 +9,10 @@ import threading
 import zmq
 
 from servertrack.api.app import REQUEST_DEADLINE, create_app
-from servertrack.api.backend import ZmqBackend
+from servertrack.api.backend import Backend, ZmqBackend
 from servertrack.api.server import CONNECTION_LIMIT, IDLE_TIMEOUT, REQUEST_TIMEOUT, make_waitress
 from servertrack.api.stats import ApiStats
+from servertrack.api.store_backend import StoreBackend
 from servertrack.common import endpoints
 from servertrack.common.config import (
     add_option,
@@ -23,6 +24,8 @@ from servertrack.common.config import (
 )
 from servertrack.common.lifecycle import fatal, stop_on_signals
 from servertrack.common.tokens import TokenFileError, read_token_file
+from servertrack.store.options import MEMORY, add_store_options, store_password
+from servertrack.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +72,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_option(
         parser,
         "--receiver-control",
-        endpoints.RECEIVER_CONTROL,
-        "receiver control endpoint",
+        None,
+        f"receiver control endpoint, for records (default {endpoints.RECEIVER_CONTROL}; with a "
+        "Redis --store: none, records answer 503)",
         endpoint,
     )
     add_option(
         parser,
         "--aggregator-query",
-        endpoints.AGGREGATOR_QUERY,
-        "aggregator query endpoint",
+        None,
+        f"aggregator query endpoint (default {endpoints.AGGREGATOR_QUERY}; with a Redis --store "
+        "reads go to Redis and this gives /stats and the daemons' health)",
         endpoint,
     )
     add_option(
@@ -107,7 +112,41 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "file whose first line is the bearer token GET requests need (/health and "
         "/openapi.json stay open; default: none needed)",
     )
+    add_store_options(parser, writer=False)
     return parser
+
+
+def make_backend(args: argparse.Namespace, context: zmq.Context) -> Backend:
+    """ZeroMQ to the host's daemons (the in-memory store), or Redis straight for reads."""
+    receiver = args.receiver_control
+    aggregator = args.aggregator_query
+    if args.store == MEMORY:
+        return ZmqBackend(
+            receiver or endpoints.RECEIVER_CONTROL,
+            aggregator or endpoints.AGGREGATOR_QUERY,
+            args.backend_timeout,
+            context,
+            record_timeout=args.record_timeout,
+        )
+    if bool(receiver) != bool(aggregator):
+        fatal(
+            "servertrack api: with a Redis --store, give --receiver-control and "
+            "--aggregator-query together (a host's daemons) or neither (a read replica)"
+        )
+    daemons = None
+    if receiver and aggregator:
+        daemons = ZmqBackend(
+            receiver, aggregator, args.backend_timeout, context, record_timeout=args.record_timeout
+        )
+    try:
+        store = RedisStore(
+            args.store,
+            password=store_password(args),
+            timeout=min(args.store_timeout, args.backend_timeout * 2),
+        )
+    except ValueError as err:
+        fatal(f"servertrack api: {err}")
+    return StoreBackend(store, daemons)
 
 
 def read_tokens(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -137,13 +176,7 @@ def run(args: argparse.Namespace) -> int:
     record_token, read_token = read_tokens(args)
     context = zmq.Context()
     try:
-        backend = ZmqBackend(
-            args.receiver_control,
-            args.aggregator_query,
-            args.backend_timeout,
-            context,
-            record_timeout=args.record_timeout,
-        )
+        backend = make_backend(args, context)
         stats = ApiStats()
         app = create_app(
             backend,

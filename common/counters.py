@@ -219,6 +219,37 @@ COUNTERS: tuple[Counter, ...] = (
         "Unreadable snapshots moved aside at start (renamed, never deleted).",
     ),
     _g(AGGREGATOR, "servers_tracked", "servertrack_servers_tracked", "Servers with data in 24 h."),
+    _g(
+        AGGREGATOR,
+        "store_pending",
+        "servertrack_store_pending_samples",
+        "Samples held for the next merge into Redis (0 with the in-memory store).",
+    ),
+    _c(
+        AGGREGATOR,
+        "store_dropped",
+        "servertrack_store_dropped_samples",
+        "Samples dropped while Redis could not be reached for too long (the receiver may still "
+        "hold their batches).",
+    ),
+    _c(
+        AGGREGATOR,
+        "store_flushes",
+        "servertrack_store_flushes",
+        "Merges of held batches into Redis that succeeded.",
+    ),
+    _c(
+        AGGREGATOR,
+        "store_errors",
+        "servertrack_store_errors",
+        "Merges into Redis that failed (Redis unreachable or too slow); retried with backoff.",
+    ),
+    _g(
+        AGGREGATOR,
+        "store_flush_seconds",
+        "servertrack_store_flush_seconds",
+        "Seconds the last merge into Redis took.",
+    ),
     *(
         _g(
             AGGREGATOR,

@@ -175,8 +175,11 @@ class HostUnderTest:
     def child(self, name: str) -> psutil.Process:
         """The child process running daemon ``name`` (receiver, aggregator, api, agent)."""
         for child in psutil.Process(self.process.pid).children():
-            if f"servertrack.{name}" in " ".join(child.cmdline()):
-                return child
+            try:
+                if f"servertrack.{name}" in " ".join(child.cmdline()):
+                    return child
+            except psutil.Error:  # a child that just died and is not reaped yet
+                continue
         raise LookupError(f"no {name} child")
 
 

@@ -40,6 +40,7 @@ from servertrack.common.lifecycle import (
 from servertrack.common.limits import DEFAULT_MAX_SERVERS
 from servertrack.common.tokens import TokenFileError, read_token_file
 from servertrack.receiver import curve
+from servertrack.store.options import MEMORY, add_store_options, store_password
 
 log = logging.getLogger("servertrack.host")
 STOP_GRACE = 10.0
@@ -127,6 +128,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         None,
         "agent: its CURVE secret key file (needed with --curve-secret unless --no-agent)",
     )
+    add_store_options(parser, writer=True)
     add_option(
         parser,
         "--runtime-dir",
@@ -159,6 +161,20 @@ def snapshot_args(args: argparse.Namespace) -> list[str]:
         "--snapshot-interval",
         str(args.snapshot_interval),
     ]
+
+
+def store_args(args: argparse.Namespace, writer: bool) -> list[str]:
+    """The ``--store`` flags of the aggregator (``writer``) or the API; none for memory."""
+    if args.store == MEMORY:
+        return []
+    flags = ["--store", args.store, "--store-timeout", str(args.store_timeout)]
+    if args.store_password_file:
+        flags += ["--store-password-file", os.path.abspath(args.store_password_file)]
+    if writer:
+        flags += ["--store-flush", str(args.store_flush)]
+        flags += ["--store-wait-replicas", str(args.store_wait_replicas)]
+        flags += ["--store-hold", str(args.store_hold)]
+    return flags
 
 
 def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
@@ -223,6 +239,10 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
             except TokenFileError as err:
                 fatal(f"servertrack run: {err}")
             api_tokens += [flag, os.path.abspath(path)]
+    try:  # a store password that cannot be read stops the host here, not in a restart loop
+        store_password(args)
+    except ValueError as err:
+        fatal(f"servertrack run: {err}")
     children = [
         Child(
             "aggregator",
@@ -237,7 +257,8 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 control,
                 "--max-servers",
                 str(args.max_servers),
-                *snapshot_args(args),
+                *(snapshot_args(args) if args.store == MEMORY else []),
+                *store_args(args, writer=True),
             ],
         ),
         Child("receiver", receiver),
@@ -257,6 +278,7 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 "--aggregator-query",
                 query,
                 *api_tokens,
+                *store_args(args, writer=False),
             ],
         ),
     ]
@@ -350,7 +372,7 @@ def check_ports(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    if args.data_dir != "" and args.retention <= args.snapshot_interval:
+    if args.store == MEMORY and args.data_dir != "" and args.retention <= args.snapshot_interval:
         fatal(
             "servertrack run: --retention must be longer than --snapshot-interval, or a crash "
             "between two snapshots could lose batches the receiver no longer holds"

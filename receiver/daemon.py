@@ -174,6 +174,12 @@ class ReceiverDaemon:
                         return
                     self.stop.wait(0.2)
                     continue
+                if "names" not in reply:  # the aggregator's store did not answer
+                    if time.monotonic() > deadline:
+                        log.warning("starting without sequence numbers: %s", reply)
+                        return
+                    self.stop.wait(0.2)
+                    continue
                 taken = self.state.resume_sequences(reply["names"], reply["seq"], reply["ts"])
                 log.info("resumed the sequence numbers of %d servers", taken)
                 return

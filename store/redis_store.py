@@ -184,6 +184,14 @@ class RedisStore:
         log.info("loaded function library version %s on %s", LIBRARY_VERSION, node.name)
         return True
 
+    def ping(self) -> None:
+        """Every master answers a PING within the timeout, or StoreUnavailable."""
+        for node in self.topology.masters():
+            try:
+                node.client.ping()
+            except CONNECTION_ERRORS as err:
+                raise StoreUnavailable(f"redis at {node.name}: {err}") from err
+
     def library_version(self) -> str | None:
         """The library version the first master runs (None when it has none)."""
         node = self.topology.masters()[0]

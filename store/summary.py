@@ -5,16 +5,18 @@ answered them after each merge (the cells as merged, every writer's samples incl
 every few seconds packs them into a record in the server's index shard (a hash, one field per
 server), so the whole fleet is read with one HGETALL per shard instead of two reads per server.
 
-Record (252 bytes, little endian, so that the value fits Redis' 256-byte allocation): last_seen
-f64, then the cpu means and the ram means of the 61 minutes ending with the minute of last_seen
-(oldest first), as u16 hundredths of a percent (65535 = no sample). No minute after last_seen's
-can hold a sample, so a reader realigns the record to its own clock from last_seen alone. The
-sparkline is for the eye, so a 0.01 % step is plenty; the exact means stay in the cells.
+Record (308 bytes, little endian): last_seen f64, then the cpu means and the ram means of the
+61 minutes ending with the minute of last_seen (oldest first), as u16 hundredths of a percent
+(65535 = no sample), then the exact totals (samples, and for cpu and ram the float64 sum and the
+count) of the two newest of those minutes. No minute after last_seen's can hold a sample, so a
+reader realigns the record to its own clock from last_seen alone. The sparkline is for the eye,
+so a 0.01 % step is plenty; the fleet's mean of a minute is the sum of the exact sums over the
+sum of the counts (never a mean of means).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,27 @@ SHOWN = MINUTE_WINDOW
 KEPT = MINUTE_SLOTS
 """Minutes in a record: 61, so a sample up to 60 s ahead of a reader's clock is covered."""
 NO_VALUE = 0xFFFF
-RECORD_DTYPE = np.dtype([("last_seen", "<f8"), ("cpu", "<u2", (KEPT,)), ("ram", "<u2", (KEPT,))])
+TOTALS_DTYPE = np.dtype(
+    [
+        ("samples", "<u4"),
+        ("cpu_sum", "<f8"),
+        ("cpu_count", "<u4"),
+        ("ram_sum", "<f8"),
+        ("ram_count", "<u4"),
+    ]
+)
+"""One minute's exact totals for one server."""
+EXACT = 2
+"""Minutes whose exact totals a record carries: its newest two."""
+EXACT_SLOTS = 3
+RECORD_DTYPE = np.dtype(
+    [
+        ("last_seen", "<f8"),
+        ("cpu", "<u2", (KEPT,)),
+        ("ram", "<u2", (KEPT,)),
+        ("totals", TOTALS_DTYPE, (EXACT,)),
+    ]
+)
 RECORD_SIZE = RECORD_DTYPE.itemsize
 
 
@@ -42,6 +64,9 @@ class SparkRing:
         self.current = -1
         self.cpu = np.full((capacity, MINUTE_SLOTS), NO_VALUE, np.uint16)
         self.ram = np.full((capacity, MINUTE_SLOTS), NO_VALUE, np.uint16)
+        self.totals = np.zeros((capacity, EXACT_SLOTS), TOTALS_DTYPE)
+        """The exact totals of minutes ``current - 1 .. current + 1`` (slot = minute % 3)."""
+        self.totals_minute = np.full(EXACT_SLOTS, -1, np.int64)
 
     @property
     def capacity(self) -> int:
@@ -53,10 +78,14 @@ class SparkRing:
             bigger = np.full((capacity, MINUTE_SLOTS), NO_VALUE, np.uint16)
             bigger[: old.shape[0]] = old
             setattr(self, name, bigger)
+        totals = np.zeros((capacity, EXACT_SLOTS), TOTALS_DTYPE)
+        totals[: self.totals.shape[0]] = self.totals
+        self.totals = totals
 
     def clear_rows(self, rows: np.ndarray) -> None:
         self.cpu[rows] = NO_VALUE
         self.ram[rows] = NO_VALUE
+        self.totals[rows] = np.zeros(1, TOTALS_DTYPE)
 
     def advance(self, minute: int) -> None:
         """Make ``minute`` the newest minute shown; columns of minutes that left are cleared."""
@@ -70,6 +99,11 @@ class SparkRing:
             self.cpu[:, stale] = NO_VALUE
             self.ram[:, stale] = NO_VALUE
             self.bucket_of_slot[stale] = expected[stale]
+        for wanted in range(minute - 1, minute + 2):
+            slot = wanted % EXACT_SLOTS
+            if self.totals_minute[slot] != wanted:
+                self.totals[:, slot] = np.zeros(1, TOTALS_DTYPE)
+                self.totals_minute[slot] = wanted
 
     def note(self, rows: np.ndarray, cells: np.ndarray) -> None:
         """Take the means of ``cells`` (``rows[k]`` owns ``cells[k]``) for minutes in the ring;
@@ -82,6 +116,13 @@ class SparkRing:
         if not fits.any():
             return
         rows, slots, cells = rows[fits], slots[fits], cells[fits]
+        stamps = stamps[fits]
+        exact = self.totals_minute[stamps % EXACT_SLOTS] == stamps
+        if exact.any():
+            target = self.totals[rows[exact], (stamps[exact] % EXACT_SLOTS)]
+            for field in TOTALS_DTYPE.names:
+                target[field] = cells[field][exact]
+            self.totals[rows[exact], (stamps[exact] % EXACT_SLOTS)] = target
         with np.errstate(invalid="ignore", divide="ignore"):
             for metric in ("cpu", "ram"):
                 count = cells[f"{metric}_count"]
@@ -101,6 +142,13 @@ class SparkRing:
         picked = np.broadcast_to(rows[:, None], slots.shape)
         for metric in ("cpu", "ram"):
             out[metric] = np.where(known, getattr(self, metric)[picked, slots], NO_VALUE)
+        for k in range(EXACT):  # the record's two newest minutes: newest - 1, newest
+            minute = newest - (EXACT - 1) + k
+            slot = minute % EXACT_SLOTS
+            held = self.totals_minute[slot] == minute
+            values = self.totals[rows, slot]
+            values[~held] = np.zeros(1, TOTALS_DTYPE)
+            out["totals"][:, k] = values
         return out
 
 
@@ -124,6 +172,9 @@ class FleetRows:
     cpu_minutes: np.ndarray
     ram_minutes: np.ndarray
     minute: int
+    totals: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Exact fleet totals (``samples``, ``cpu_sum``, ``cpu_count``, ``ram_sum``, ``ram_count``)
+    of the minutes ``minute`` and ``minute - 1``, summed over every server's record."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -177,7 +228,16 @@ def decode_fleet(names: list[str], raw: list[bytes], now: float) -> FleetRows:
         out = np.full(columns.shape, np.nan)
         out[inside] = scaled[rows[inside], columns[inside]]
         aligned[metric] = out
+    totals: dict[int, dict[str, float]] = {}
+    for wanted in (minute - 1, minute):
+        sums = dict.fromkeys(TOTALS_DTYPE.names, 0.0)
+        for k in range(EXACT):
+            holds = newest - (EXACT - 1) + k == wanted
+            for name in TOTALS_DTYPE.names:
+                sums[name] += float(records["totals"][name][holds, k].sum())
+        totals[wanted] = sums
     return FleetRows(
+        totals=totals,
         names=kept_names,
         last_seen=records["last_seen"].astype(np.float64),
         cpu=_newest(aligned["cpu"]),

@@ -15,7 +15,7 @@ from servertrack.common.testing import FakeClock
 
 def test_each_batch_is_admitted_once_whatever_the_order() -> None:
     """Re-sent and out-of-order batches are admitted exactly once each."""
-    ledger = BatchLedger()
+    ledger = BatchLedger(fresh=False)
     order = [0, 1, 4, 2, 4, 1, 3, 5, 0]
     admitted = [number for number in order if ledger.admit("e", number)]
     assert sorted(admitted) == [0, 1, 2, 3, 4, 5]
@@ -24,7 +24,7 @@ def test_each_batch_is_admitted_once_whatever_the_order() -> None:
 
 def test_a_gap_is_missing_until_filled_or_given_up() -> None:
     """A gap shows as missing; giving up below the receiver's oldest batch counts the gap."""
-    ledger = BatchLedger()
+    ledger = BatchLedger(fresh=False)
     for number in (0, 1, 5, 6):
         ledger.admit("e", number)
     assert ledger.missing()
@@ -37,10 +37,24 @@ def test_a_gap_is_missing_until_filled_or_given_up() -> None:
 
 def test_a_new_receiver_run_starts_a_new_ledger() -> None:
     """Batch numbers of a new epoch are admitted even if the old epoch had them."""
-    ledger = BatchLedger()
+    ledger = BatchLedger(fresh=False)
     assert ledger.admit("old", 0) and ledger.admit("old", 1)
     assert ledger.admit("new", 0)
     assert BatchLedger.from_dict(ledger.to_dict()) == ledger
+
+
+def test_a_fresh_ledger_begins_where_the_receiver_says_and_counts_no_loss() -> None:
+    """A new aggregator may see live batches before the receiver answers its replay request:
+    they stay admitted, the replayed older ones are admitted too, and batches older than the
+    receiver's oldest were never this aggregator's (not lost)."""
+    ledger = BatchLedger()
+    assert ledger.missing()  # until the receiver says where to begin
+    assert ledger.admit("e", 41) and ledger.admit("e", 42)
+    ledger.start("e", 38)
+    assert ledger.give_up_below(38) == 0
+    assert [n for n in (38, 39, 40, 41) if ledger.admit("e", n)] == [38, 39, 40]
+    assert (ledger.applied_upto, ledger.missing()) == (42, False)
+    assert not ledger.fresh and BatchLedger.from_dict(ledger.to_dict()).fresh is False
 
 
 def test_snapshot_round_trip_keeps_every_bucket(tmp_path: Path) -> None:

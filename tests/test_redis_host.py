@@ -1,0 +1,220 @@
+"""Monitoring hosts and API replicas on one real redis-server (``--store redis://...``).
+
+Everything here is real: ``servertrack run`` hosts and ``servertrack api`` replicas as child
+processes, a ``redis-server`` started on a free loopback port, HTTP and ZeroMQ on loopback.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from servertrack.common import wire
+from servertrack.common.oracle import RawSample, oracle_buckets
+from servertrack.common.redis_testing import RedisServer
+from servertrack.common.sample import Sample
+from servertrack.common.testing import (
+    ChildProcess,
+    HostUnderTest,
+    free_port,
+    http_json,
+    random_history,
+    servertrack_argv,
+    view_at_stable_minute,
+    wait_until,
+    warm_up,
+)
+from tests.support import assert_matches_oracle, wait_for
+
+pytestmark = pytest.mark.e2e
+VISIBLE = 10.0
+"""Seconds within which a sample recorded on one host shows on every API (flush + batch)."""
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", options=("--appendonly", "yes", "--save", ""))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """``servertrack api --store URL`` processes (read replicas); stopped afterwards."""
+    started: list[ChildProcess] = []
+
+    def start(store: str, *extra: str) -> str:
+        port = free_port()
+        process = ChildProcess(
+            servertrack_argv("api", "--port", str(port), "--store", store, *extra),
+            tmp_path / f"replica{len(started)}.log",
+        ).start()
+        started.append(process)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_json("GET", base + "/health")[0] == 200, 30, "the replica")
+        return base
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def loads(base: str, name: str) -> tuple[int, Any]:
+    return http_json("GET", f"{base}/servers/{name}/loads")
+
+
+def shown(base: str, name: str, samples: int) -> dict[str, Any] | None:
+    """The server's view on ``base`` once it holds ``samples`` samples in its hours."""
+    status, view = loads(base, name)
+    if status == 200 and sum(b["samples"] for b in view["hours"]) == samples:
+        return view
+    return None
+
+
+def pid_of(host: HostUnderTest, daemon: str) -> int | None:
+    try:
+        return host.child(daemon).pid
+    except LookupError:  # between a death and the restart
+        return None
+
+
+def test_views_in_redis_mode_match_the_oracle(
+    start_host: Callable[..., HostUnderTest],
+    redis_server: RedisServer,
+    zmq_context: zmq.Context,
+) -> None:
+    """Random history over the whole 24-hour window (HTTP) and live samples (ZeroMQ): every
+    bucket read back from Redis equals the oracle's."""
+    host = start_host("--no-agent", "--store", redis_server.url)
+    rng = random.Random(9)
+    now = time.time()
+    sent: list[RawSample] = []
+    for name in ("alpha.example", "beta.example"):
+        history = random_history(rng, name, now, 400)
+        items = [
+            {"server": s[0], "ts": s[1], **({"cpu": s[2]} if s[2] is not None else {}),
+             **({"ram": s[3]} if s[3] is not None else {})}
+            for s in history
+        ]  # fmt: skip
+        assert host.post("/loads", items)[0] == 202
+        sent += history
+    pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(host.ingest)
+    warm_up(pub, host)
+    for seq in range(20):
+        sample = Sample("gamma.example", time.time(), rng.uniform(0, 100), rng.uniform(0, 100), seq)
+        pub.send_multipart(wire.encode(sample))
+        sent.append((sample.fqdn, sample.ts, sample.cpu, sample.ram))
+    pub.close()
+    for name, count in (("alpha.example", 400), ("beta.example", 400), ("gamma.example", 20)):
+        wait_for(lambda n=name, c=count: shown(host.api, n, c), VISIBLE, f"{name} in Redis")
+        view, at = view_at_stable_minute(host, name)
+        assert_matches_oracle(view, oracle_buckets(sent, at, name))
+
+
+def test_two_hosts_and_replicas_answer_alike_for_every_server(
+    start_host: Callable[..., HostUnderTest],
+    redis_server: RedisServer,
+    replicas: Callable[..., str],
+) -> None:
+    """Two hosts write one Redis: each API (and a read replica) answers for the other's servers,
+    and a server recorded through both hosts adds up exactly."""
+    first = start_host("--no-agent", "--store", redis_server.url)
+    second = start_host("--no-agent", "--store", redis_server.url)
+    replica = replicas(redis_server.url)
+    now = time.time()
+    assert first.post("/loads", [{"server": "only-a", "ts": now - 5, "cpu": 10.0}])[0] == 202
+    assert second.post("/loads", [{"server": "only-b", "ts": now - 5, "cpu": 20.0}])[0] == 202
+    shared = [("both", now - 3, 30.0, None), ("both", now - 2, 60.0, 50.0)]
+    assert first.post("/servers/both/loads", {"ts": now - 3, "cpu": 30.0})[0] == 202
+    assert second.post("/servers/both/loads", {"ts": now - 2, "cpu": 60.0, "ram": 50.0})[0] == 202
+    bases = (first.api, second.api, replica)
+    for base in bases:
+        for name, count in (("only-a", 1), ("only-b", 1), ("both", 2)):
+            wait_for(lambda b=base, n=name, c=count: shown(b, n, c), VISIBLE, f"{name} on {base}")
+    views = [loads(base, "both")[1] for base in bases]
+    assert views[0]["minutes"] == views[1]["minutes"] == views[2]["minutes"]
+    assert views[0]["hours"][-1]["cpu"] == 45.0 and views[0]["hours"][-1]["ram_samples"] == 1
+    pages = [http_json("GET", base + "/servers")[1] for base in bases]
+    assert all(page["total"] == 3 for page in pages)
+    assert pages[0]["servers"] == pages[1]["servers"] == pages[2]["servers"]
+    expected = oracle_buckets(shared, time.time(), "both")
+    assert views[2]["hours"][-1]["samples"] == expected["hours"][-1]["samples"]
+    fleet = http_json("GET", replica + "/fleet")[1]
+    assert fleet["total"] == 3 and fleet["summary"]["live"] == 3
+
+
+def test_a_read_replica_refuses_records_and_checks_only_the_store(
+    redis_server: RedisServer, replicas: Callable[..., str]
+) -> None:
+    replica = replicas(redis_server.url)
+    status, body = http_json("POST", replica + "/servers/x/loads", {"cpu": 1.0})
+    assert (status, body["reason"]) == (503, "backend_unavailable")
+    health = http_json("GET", replica + "/health")[1]
+    assert health == {"status": "ok", "store": {"ok": True}}
+
+
+def test_redis_stopped_for_ten_seconds_loses_nothing_acknowledged(
+    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
+) -> None:
+    """While Redis is down, records are still taken (202) and reads answer 503 within a
+    second; when it is back, the aggregator's held batches are merged: nothing is lost."""
+    host = start_host("--no-agent", "--store", redis_server.url, "--store-timeout", "0.5")
+    assert host.post("/servers/before/loads", {"cpu": 1.0})[0] == 202
+    wait_for(lambda: shown(host.api, "before", 1), VISIBLE, "the first sample")
+    redis_server.stop()
+    began = time.monotonic()
+    status, body = loads(host.api, "before")
+    assert time.monotonic() - began < 1.0
+    assert (status, body["reason"]) == (503, "backend_unavailable")
+    acked = 0
+    outage_end = time.monotonic() + 10
+    while time.monotonic() < outage_end:
+        status, _ = host.post("/servers/during/loads", {"ts": time.time(), "cpu": 2.0})
+        acked += status == 202
+        time.sleep(0.5)
+    assert acked >= 15
+    redis_server.start()
+    wait_for(lambda: shown(host.api, "during", acked), 30, "every sample of the outage")
+    assert shown(host.api, "before", 1)
+    stats = http_json("GET", host.api + "/stats")[1]["aggregator"]
+    assert stats["store_errors"] > 0 and stats["store_dropped"] == 0
+
+
+def test_aggregator_killed_loses_nothing_and_doubles_nothing(
+    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
+) -> None:
+    """kill -9 of the aggregator: the receiver sends its retained batches again, the Redis
+    guards apply each exactly once, so every sample shows once."""
+    host = start_host("--no-agent", "--store", redis_server.url)
+    for index in range(10):
+        assert host.post("/servers/steady/loads", {"ts": time.time() - index, "cpu": 5.0})[0] == 202
+    wait_for(lambda: shown(host.api, "steady", 10), VISIBLE, "ten samples")
+    aggregator = host.child("aggregator")
+    aggregator.send_signal(signal.SIGKILL)
+    assert host.post("/servers/steady/loads", {"ts": time.time(), "cpu": 5.0})[0] == 202
+    wait_for(lambda: pid_of(host, "aggregator") not in (None, aggregator.pid), 30, "a new one")
+    wait_for(lambda: shown(host.api, "steady", 11), 30, "eleven samples, each once")
+    time.sleep(2)  # re-sent batches have had time to arrive: still eleven
+    assert shown(host.api, "steady", 11)
+
+
+def test_every_key_of_a_host_has_a_ttl(
+    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
+) -> None:
+    host = start_host("--no-agent", "--store", redis_server.url)
+    assert host.post("/loads", [{"server": f"t{i}", "cpu": 1.0} for i in range(20)])[0] == 202
+    wait_for(lambda: http_json("GET", host.api + "/servers")[1]["total"] == 20, VISIBLE, "20")
+    client = redis_server.client()
+    keys = list(client.scan_iter(count=1000))
+    assert len(keys) > 20
+    assert all(client.pttl(key) > 0 for key in keys), [k for k in keys if client.pttl(k) <= 0]
