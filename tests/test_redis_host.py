@@ -6,6 +6,7 @@ processes, a ``redis-server`` started on a free loopback port, HTTP and ZeroMQ o
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import time
@@ -17,7 +18,7 @@ import pytest
 import zmq
 
 from servertrack.common import wire
-from servertrack.common.oracle import RawSample, oracle_buckets
+from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
 from servertrack.common.redis_testing import RedisServer
 from servertrack.common.sample import Sample
 from servertrack.common.testing import (
@@ -218,3 +219,32 @@ def test_every_key_of_a_host_has_a_ttl(
     keys = list(client.scan_iter(count=1000))
     assert len(keys) > 20
     assert all(client.pttl(key) > 0 for key in keys), [k for k in keys if client.pttl(k) <= 0]
+
+
+def test_the_fleets_minute_mean_in_redis_mode_is_over_raw_samples(
+    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
+) -> None:
+    """Two hosts, servers with different sample counts in one minute: the overview's minute
+    mean is the sum of every sample over their number, not a mean of the servers' means."""
+    first = start_host("--no-agent", "--store", redis_server.url)
+    second = start_host("--no-agent", "--store", redis_server.url)
+    minute = time.time() // 60 * 60
+    if time.time() - minute > 40:  # keep every sample and the reads inside one minute
+        time.sleep(61 - (time.time() - minute))
+        minute = time.time() // 60 * 60
+    sent = [("busy", minute + k, 90.0 - k) for k in range(6)] + [("idle", minute + 1, 10.0)]
+    for host, (name, ts, cpu) in zip([first, second] * 4, sent, strict=False):
+        assert host.post(f"/servers/{name}/loads", {"ts": ts, "cpu": cpu})[0] == 202
+    exact = math.fsum(cpu for _, _, cpu in sent) / len(sent)
+
+    def summary() -> dict[str, Any] | None:
+        status, body = http_json("GET", second.api + "/fleet")
+        if status != 200:
+            return None
+        minute_mean: dict[str, Any] = body["summary"]["minute"]
+        return minute_mean if minute_mean["samples"] == 7 else None
+
+    mean = wait_for(summary, 20, "the minute's 7 samples in the summary")
+    assert mean["start"] == iso_z(minute) and mean["cpu_samples"] == 7
+    assert math.isclose(mean["cpu"], exact, rel_tol=1e-12)
+    assert not math.isclose(mean["cpu"], (sum(90.0 - k for k in range(6)) / 6 + 10.0) / 2)
