@@ -9,6 +9,7 @@ ingest. A query whose client has given up (its deadline passed) is skipped unans
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
@@ -41,6 +42,9 @@ SLICE_QUERY_BUDGET = 0.01
 """The same between two slices of a large batch."""
 STORE_BACKOFF_MAX = 5.0
 """Longest pause between two attempts to reach an unavailable store."""
+STOP_FLUSH_WAIT = 30.0
+"""Seconds a stop waits for the write in progress before the last one (then it gives up: the
+receiver still holds those batches and sends them again to the next aggregator)."""
 
 
 @dataclass(slots=True)
@@ -82,6 +86,8 @@ class AggregatorDaemon:
         self.store_retry_at = float("-inf")
         self.store_backoff = 0.0
         self.store_down = False
+        self._flusher: concurrent.futures.ThreadPoolExecutor | None = None
+        self._flush: tuple[object, concurrent.futures.Future[object], float] | None = None
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
         )
@@ -109,7 +115,7 @@ class AggregatorDaemon:
             self._loop(pull, query)
         finally:
             self.save_snapshot(wait=True)
-            self.flush_store()  # a clean stop leaves nothing held (the receiver keeps copies)
+            self.finish_store()  # a clean stop leaves nothing held (the receiver keeps copies)
             self.receiver.close()
             for sock in (pull, query):
                 if sock is not None:
@@ -125,8 +131,9 @@ class AggregatorDaemon:
         second = Ticker(1.0)
         flushes = Ticker(self.config.store_flush)
         while not self.stop.is_set():
+            self.reap_flush()
             if flushes.due() and time.monotonic() >= self.store_retry_at:
-                self.flush_store()
+                self.start_flush()
             if snapshots.due():
                 self.save_snapshot()
             if second.due():
@@ -158,23 +165,62 @@ class AggregatorDaemon:
     def _answer(self, request: object) -> bytes | None:
         return self.state.answer(request, self.clock(), time.time())
 
-    def flush_store(self) -> None:
-        """Write what the store holds back; when the store is out of reach, keep it all and
-        try again after a pause that doubles up to ``STORE_BACKOFF_MAX``."""
-        try:
-            self.state.flush_store(self.clock())
-        except StoreUnavailable as err:
+    def start_flush(self) -> None:
+        """Hand what the store holds back to the writer thread (one write at a time), so that
+        queries are answered while Redis takes it."""
+        if self._flush is not None:
+            return
+        job = self.state.take_flush(self.clock())
+        if job is None:
+            return
+        if self._flusher is None:
+            self._flusher = concurrent.futures.ThreadPoolExecutor(1, "store-writer")
+        self._flush = (job, self._flusher.submit(job.run), time.monotonic())
+
+    def reap_flush(self, wait: float = 0.0) -> bool:
+        """Count the write in progress once it is over (waiting up to ``wait`` seconds); False
+        while it still runs."""
+        if self._flush is None:
+            return True
+        job, future, began = self._flush
+        if not future.done():
+            concurrent.futures.wait([future], timeout=wait)
+            if not future.done():
+                return False
+        self._flush = None
+        error = future.exception()
+        self.state.settle_flush(job, error, time.monotonic() - began)
+        self._store_answered(error)
+        return True
+
+    def finish_store(self) -> None:
+        """At stop: the write in progress, then one last write of what came in meanwhile."""
+        if not self.reap_flush(wait=STOP_FLUSH_WAIT):
+            log.error("the store write did not finish within %s s; leaving it", STOP_FLUSH_WAIT)
+        else:
+            try:
+                self.state.flush_store(self.clock())
+            except Exception as err:
+                self._store_answered(err)
+        if self._flusher is not None:
+            self._flusher.shutdown(wait=False)
+
+    def _store_answered(self, error: BaseException | None) -> None:
+        """After a write: when it failed, keep everything and try again after a pause that
+        doubles up to ``STORE_BACKOFF_MAX``."""
+        if error is not None:
             self.store_backoff = min(STORE_BACKOFF_MAX, max(0.5, 2 * self.store_backoff))
             self.store_retry_at = time.monotonic() + self.store_backoff
-            if not self.store_down:
-                log.error("the store does not answer (%s); holding batches, retrying", err)
+            if not isinstance(error, StoreUnavailable):
+                log.error("the store write failed", exc_info=error)
+            elif not self.store_down:
+                log.error("the store does not answer (%s); holding batches, retrying", error)
             self.store_down = True
             return
         if self.store_down:
             log.info("the store answers again")
         self.store_down, self.store_backoff = False, 0.0
 
-    # -- batches ------------------------------------------------------------------------------
     def handle_batch(self, frames: list[bytes]) -> None:
         try:
             batch = Batch.decode(frames)

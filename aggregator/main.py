@@ -68,17 +68,19 @@ def make_store(args: argparse.Namespace) -> RollupStore | None:
     """The store of ``--store``: None for the in-memory default (the daemon builds it)."""
     if args.store == MEMORY:
         return None
+    password = store_password(args)
     try:
-        redis = RedisStore(
+        writer = RedisStore(
             args.store,
-            password=store_password(args),
+            password=password,
             max_servers=args.max_servers,
             wait_replicas=args.store_wait_replicas,
             timeout=args.store_timeout,
         )
+        reader = RedisStore(args.store, password=password, timeout=args.store_timeout)
     except ValueError as err:
         fatal(f"servertrack aggregator: {err}")
-    return RedisRollups(redis, hold=args.store_hold)
+    return RedisRollups(writer, hold=args.store_hold, reader=reader)
 
 
 def main(argv: list[str] | None = None) -> int:

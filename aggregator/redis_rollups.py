@@ -9,13 +9,19 @@ whatever is sent again (the guards live in Redis). A flush that fails keeps ever
 next one; what is held is bounded by ``max_pending`` samples, beyond which the oldest batches are
 dropped and counted (the receiver still holds them for its ``--retention`` and sends them again
 when asked).
+
+A flush is three steps so that the daemon can run the slow middle one on a thread of its own and
+keep answering queries: :meth:`RedisRollups.take` moves what is held into a :class:`FlushJob`,
+:meth:`FlushJob.run` merges it into Redis through the writer's own connection (and touches
+nothing else), and :meth:`RedisRollups.settle` counts it, or puts back in front what Redis did
+not take. Reads use a second connection, so the two never share a client.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +47,48 @@ class FlushResult:
     batches: int = 0
 
 
+@dataclass(slots=True)
+class WriterPart:
+    """What one receiver run (``writer``) has to merge: its held batches and health."""
+
+    writer: str
+    batches: dict[tuple[str, int], list[BatchColumns]]
+    health: dict[str, ServerHealth]
+    done: bool = False
+
+
+@dataclass
+class FlushJob:
+    """Held batches on their way to Redis (see the module docstring)."""
+
+    store: RedisStore
+    parts: list[WriterPart]
+    names: list[str]
+    now: float
+    samples: int
+    held_since: dict[tuple[str, int], float]
+    result: FlushResult = field(default_factory=FlushResult)
+
+    def run(self) -> FlushResult:
+        """Merge every part, oldest receiver run first; raises StoreUnavailable at the first
+        part Redis does not take (the parts before it stay done)."""
+        if not self.store.opened:
+            self.store.open()
+        for part in self.parts:
+            batches = [columns for key in sorted(part.batches) for columns in part.batches[key]]
+            merged = self.store.merge(
+                part.writer, batches, self.names, part.health or None, self.now
+            )
+            part.done = True
+            self.result.applied += merged.applied
+            self.result.expired += merged.expired
+            self.result.refused += merged.refused
+            self.result.already_applied += merged.already_applied
+            self.result.invalid += merged.invalid
+            self.result.batches += len(part.batches)
+        return self.result
+
+
 class RedisRollups:
     """Batches held for Redis, and reads from it (see the module docstring)."""
 
@@ -50,14 +98,17 @@ class RedisRollups:
         clock: Clock = time.time,
         max_pending: int = DEFAULT_MAX_PENDING,
         hold: float = 300.0,
+        reader: RedisStore | None = None,
     ) -> None:
-        self.redis = store
+        self.writer = store
+        self.redis = reader if reader is not None else store
+        """The connection reads go through (the writer's own when no reader is given: then
+        flushes must run on the reading thread)."""
         self.clock = clock
         self.max_pending = max_pending
         self.hold = hold
         """Seconds a batch may wait for Redis (the receiver's retention: it can send it again
         for that long, so holding it longer would not save anything)."""
-        self.opened = False
         self.row_of: dict[str, int] = {}
         self.name_of: list[str | None] = []
         self.used_at: list[float] = []
@@ -67,6 +118,7 @@ class RedisRollups:
         """(receiver epoch, batch number) → the batch's columns (one per apply slice)."""
         self.held_since: dict[tuple[str, int], float] = {}
         self.pending_samples = 0
+        self.in_flight: FlushJob | None = None
         self.health: dict[str, dict[str, ServerHealth]] = {}
         """Receiver epoch → server name → health to write with the next flush."""
         self.dropped = 0
@@ -103,7 +155,10 @@ class RedisRollups:
             return 0
         self._next_sweep = now + 60.0
         cutoff = now - FORGET_ROWS_AFTER
-        held = {int(row) for batches in self.pending.values() for b in batches for row in b.rows}
+        held_batches = list(self.pending.values())
+        if self.in_flight is not None:
+            held_batches += [b for part in self.in_flight.parts for b in part.batches.values()]
+        held = {int(row) for batches in held_batches for b in batches for row in b.rows}
         gone = [
             row
             for row, name in enumerate(self.name_of)
@@ -150,7 +205,7 @@ class RedisRollups:
         self.held_since.setdefault(origin, now)
         self.pending_samples += len(columns)
         while self.pending and (
-            (self.pending_samples > self.max_pending and len(self.pending) > 1)
+            (self.held_samples > self.max_pending and len(self.pending) > 1)
             or now - self.held_since[next(iter(self.pending))] > self.hold
         ):
             key, dropped = self.pending.popitem(last=False)
@@ -163,41 +218,70 @@ class RedisRollups:
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
         self.health.setdefault(epoch, {}).update(health)
 
-    def flush(self, now: float | None = None) -> FlushResult:
-        """Merge everything held into Redis, oldest receiver run first; StoreUnavailable (from
-        the store) leaves it all held for the next call."""
+    def take(self, now: float | None = None) -> FlushJob | None:
+        """Move everything held into a job for :meth:`FlushJob.run`; None when nothing is held
+        or a job is still out."""
+        if self.in_flight is not None or not (self.pending or self.health):
+            return None
         now = self.advance(now)
-        result = FlushResult()
-        if not self.opened:
-            self.redis.open()  # StoreUnavailable while Redis is down
-            self.opened = True
         writers = list(dict.fromkeys(epoch for epoch, _ in self.pending))
         writers += [epoch for epoch in self.health if epoch not in writers]
+        parts = []
         for writer in writers:
-            keys = sorted(key for key in self.pending if key[0] == writer)
-            batches = [part for key in keys for part in self.pending[key]]
-            health = self.health.get(writer)
-            if not batches and not health:
+            keys = [key for key in self.pending if key[0] == writer]
+            parts.append(
+                WriterPart(
+                    writer,
+                    {key: self.pending.pop(key) for key in keys},
+                    self.health.pop(writer, {}),
+                )
+            )
+        held_since, self.held_since = self.held_since, {}
+        job = FlushJob(self.writer, parts, self._names(), now, self.pending_samples, held_since)
+        self.pending_samples = 0
+        self.in_flight = job
+        return job
+
+    def settle(self, job: FlushJob) -> FlushResult:
+        """After :meth:`FlushJob.run`: what Redis did not take is held again, ahead of what came
+        in meanwhile (health reported meanwhile is newer and wins)."""
+        assert job is self.in_flight, "settle the job take() handed out"
+        self.in_flight = None
+        back: OrderedDict[tuple[str, int], list[BatchColumns]] = OrderedDict()
+        since: dict[tuple[str, int], float] = {}
+        for part in job.parts:
+            if part.done:
                 continue
-            merged = self.redis.merge(writer, batches, self._names(), health or None, now)
-            for key in keys:
-                self.pending_samples -= sum(len(part) for part in self.pending.pop(key))
-                del self.held_since[key]
-            self.health.pop(writer, None)
-            result.applied += merged.applied
-            result.expired += merged.expired
-            result.refused += merged.refused
-            result.already_applied += merged.already_applied
-            result.invalid += merged.invalid
-            result.batches += len(keys)
-        return result
+            for key, batches in part.batches.items():
+                back[key] = batches
+                since[key] = job.held_since[key]
+                self.pending_samples += sum(len(columns) for columns in batches)
+            if part.health:
+                self.health[part.writer] = {**part.health, **self.health.get(part.writer, {})}
+        if back:
+            for key, batches in self.pending.items():
+                back.setdefault(key, []).extend(batches)
+            self.pending = back
+            self.held_since = {**since, **self.held_since}
+        return job.result
+
+    @property
+    def held_samples(self) -> int:
+        """Samples waiting for Redis: held, and on their way in a job."""
+        out = self.in_flight.samples if self.in_flight is not None else 0
+        return self.pending_samples + out
+
+    def _reader(self) -> RedisStore:
+        if not self.redis.opened:
+            self.redis.open()  # StoreUnavailable while Redis is down
+        return self.redis
 
     def _names(self) -> list[str]:
         return [name or "" for name in self.name_of]
 
     # -- reads --------------------------------------------------------------------------------
     def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:
-        view = self.redis.view(name, self.advance(now))
+        view = self._reader().view(name, self.advance(now))
         if view is not None:
             view.pop("health", None)  # the aggregator answers with its own health record
         return view
@@ -205,14 +289,14 @@ class RedisRollups:
     def servers_page(
         self, now: float | None, after: str | None, limit: int
     ) -> tuple[list[tuple[str, float]], int, bool]:
-        rows, total, following = self.redis.servers(self.advance(now), limit, after)
+        rows, total, following = self._reader().servers(self.advance(now), limit, after)
         return rows, total, following is not None
 
     def server_count(self) -> int:
-        return self.redis.server_count()
+        return self._reader().server_count()
 
     def sequences(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        return self.redis.sequences()
+        return self._reader().sequences()
 
     def fleet_version(self, now: float) -> int:
         """Redis changes under other writers too: the table is read again every second."""
@@ -221,7 +305,7 @@ class RedisRollups:
     def fleet_table(self, now: float | None = None) -> Any:
         from servertrack.aggregator.fleet import table_from_rows
 
-        return table_from_rows(self.redis.fleet_rows(self.advance(now)))
+        return table_from_rows(self._reader().fleet_rows(self.advance(now)))
 
     # -- snapshots: Redis keeps the data ------------------------------------------------------
     def snapshot(self) -> None:

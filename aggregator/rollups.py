@@ -384,8 +384,11 @@ class Rollups:
     def note_health(self, epoch: str, health: dict[str, Any]) -> None:
         """The aggregator keeps health itself when the rollups are in its memory."""
 
-    def flush(self, now: float | None = None) -> None:
+    def take(self, now: float | None = None) -> None:
         """Nothing is held back: every sample was applied by :meth:`apply`."""
+
+    def settle(self, job: Any) -> None:
+        raise ValueError("the in-memory store hands out no jobs")
 
     def fleet_version(self, now: float) -> tuple[int, ...]:
         """Changes whenever the fleet table would: a batch applied, rows released, a new minute."""

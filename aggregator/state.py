@@ -218,20 +218,37 @@ class AggregatorState:
         self.recent_sizes.append(len(batch))
 
     def flush_store(self, now: float) -> None:
-        """Write what the store holds back (Redis); raises StoreUnavailable, keeping it all."""
-        began = time.monotonic()
-        try:
-            result = self.store.flush(now)
-        except Exception:
-            self.counters["store_errors"] += 1
-            raise
-        if result is None:
+        """Write what the store holds back (Redis) on this thread; raises StoreUnavailable,
+        keeping what Redis did not take."""
+        job = self.take_flush(now)
+        if job is None:
             return
+        began = time.monotonic()
+        error: BaseException | None = None
+        try:
+            job.run()
+        except BaseException as err:
+            error = err
+            raise
+        finally:
+            self.settle_flush(job, error, time.monotonic() - began)
+
+    def take_flush(self, now: float) -> Any:
+        """What the store holds back, as a job whose ``run()`` may go on another thread (it
+        touches nothing of this state); None when there is nothing to write or a job is out."""
+        return self.store.take(now)
+
+    def settle_flush(self, job: Any, error: BaseException | None, seconds: float) -> None:
+        """Count a job's outcome; what it did not write is held again."""
+        result = self.store.settle(job)
         self.counters["applied"] += result.applied
         self.counters["expired"] += result.expired
         self.counters["server_limit"] += result.refused
+        if error is not None:
+            self.counters["store_errors"] += 1
+            return
         self.counters["store_flushes"] += 1
-        self.store_flush_seconds = time.monotonic() - began
+        self.store_flush_seconds = seconds
 
     def housekeeping(self, now: float) -> None:
         """Between batches, about once a second: release servers silent for 24 hours even when
@@ -409,7 +426,7 @@ class AggregatorState:
                 **counters,
                 "dropped": dropped,
                 "servers_tracked": self._server_count(),
-                "store_pending": getattr(self.store, "pending_samples", 0),
+                "store_pending": getattr(self.store, "held_samples", 0),
                 "store_dropped": getattr(self.store, "dropped", 0),
                 "store_flush_seconds": self.store_flush_seconds,
                 **({"rss_bytes": self.rss_bytes} if self.rss_bytes is not None else {}),

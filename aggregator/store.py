@@ -47,9 +47,15 @@ class RollupStore(Protocol):
         readers of its own keeps it; the in-memory one leaves it to the aggregator)."""
         ...
 
-    def flush(self, now: float | None = None) -> Any:
-        """Write out what is held (``None`` when the store holds nothing back); raises
-        ``StoreUnavailable`` when the store cannot be reached (everything stays held)."""
+    def take(self, now: float | None = None) -> Any:
+        """What is held back, as a job whose ``run()`` writes it out (raising
+        ``StoreUnavailable`` when the store cannot be reached); ``None`` when nothing is held
+        (always, for a store that applies everything at once)."""
+        ...
+
+    def settle(self, job: Any) -> Any:
+        """After ``job.run()``, whether it succeeded or not: what it did not write is held
+        again. Returns the counts of what it wrote (``applied``, ``expired``, ``refused``)."""
         ...
 
     def sequences(self) -> tuple[list[str], np.ndarray, np.ndarray]: ...

@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from bench import agent_bench, fleet_bench, http_bench, ingest
+from bench import agent_bench, fleet_bench, http_bench, ingest, redis_bench, redis_http
 from servertrack.common.testing import launch_host
 from servertrack.loadgen.fleet import send_fleet
 
@@ -33,9 +33,10 @@ QUICK_STEPS = [50_000, 100_000]
 CARBON_FULL_STEPS = [5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000]
 CARBON_QUICK_STEPS = [1_000, 2_000]
 GET_INGEST_RATE = 100_000
-SECTIONS = ("core", "agent", "fleet")
+SECTIONS = ("core", "agent", "fleet", "redis")
 """``core``: ingest, carbon, apply, memory and HTTP; ``agent``: the agent beside the floor;
-``fleet``: the dashboard's first page for 10,000 servers."""
+``fleet``: the dashboard's first page for 10,000 servers, in memory and in Redis mode;
+``redis``: the Redis store (one redis-server and a 3-master cluster) and HTTP reads from it."""
 
 
 def machine() -> dict[str, Any]:
@@ -174,6 +175,34 @@ def fleet_rows(fleet: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def redis_http_rows(figures: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    idle, busy = figures["get_idle"], figures["get_under_ingest"]
+    return [
+        (
+            "Redis mode: GET /servers/{name}/loads p50 / p99 at 64 connections, idle (ms), req/s",
+            "",
+            f"{idle['p50_ms']} / {idle['p99_ms']}, {idle['requests_per_s']:,.0f}/s",
+            "",
+        ),
+        (
+            "Redis mode: the same while ingesting "
+            f"{figures['ingest_samples_per_s']:,} samples/s into the same Redis (ms), req/s",
+            "",
+            f"{busy['p50_ms']} / {busy['p99_ms']}, {busy['requests_per_s']:,.0f}/s",
+            "",
+        ),
+    ]
+
+
+def redis_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The Redis store's own table (one row per line), then the reads over HTTP."""
+    rows = []
+    for line in redis_bench.table(results["redis"]).splitlines()[2:]:
+        a, b, c, d = (cell.strip() for cell in line.strip("|").split("|"))
+        rows.append((a, b, c, d))
+    return rows + redis_http_rows(results["redis_http"])
+
+
 def table(results: dict[str, Any]) -> str:
     rows = []
     if "ingest_servertrack" in results:
@@ -181,7 +210,9 @@ def table(results: dict[str, Any]) -> str:
     if "agent" in results:
         rows += agent_rows(results["agent"])
     if "fleet" in results:
-        rows += fleet_rows(results["fleet"])
+        rows += fleet_rows(results["fleet"]) + fleet_rows(results["fleet_redis"])
+    if "redis" in results:
+        rows += redis_rows(results)
     lines = ["| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -331,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         if "fleet" in only:
             print("dashboard fleet page ...", flush=True)
             results["fleet"] = fleet_bench.measure(10_000, 5 if args.quick else 15)
+            results["fleet_redis"] = fleet_bench.measure_redis(10_000, 5 if args.quick else 15)
+        if "redis" in only:
+            print("Redis store ...", flush=True)
+            results["redis"] = redis_bench.run(args.quick)
+            print("HTTP reads in Redis mode ...", flush=True)
+            results["redis_http"] = redis_http.measure(seconds=10.0 if args.quick else 20.0)
     text = report(results)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")

@@ -48,7 +48,10 @@ def measure(ingest_rate: int = 37_500, seconds: float = 20.0) -> dict[str, Any]:
                 if feeder.is_alive():
                     feeder.kill()
                     feeder.join(timeout=10)
-            stats = host.get("/stats")[1]["aggregator"]
+            status, body = host.get("/stats")
+            if status != 200:
+                raise RuntimeError(f"/stats answered {status}: {body}")
+            stats = body["aggregator"]
             figures["store_errors"] = stats.get("store_errors")
             figures["store_dropped"] = stats.get("store_dropped")
             figures["flush_lag_p99_seconds"] = stats.get("flush_lag_p99_seconds")

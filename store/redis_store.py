@@ -141,6 +141,8 @@ class RedisStore:
         self.topology = Topology(self.address, timeout)
         self.roster = Roster()
         self.library_loads = 0
+        self.opened = False
+        """True once :meth:`open` succeeded (a flush opens its store on first use)."""
         self._prune_shard = 0
         self._forgotten_at = float("-inf")
 
@@ -159,6 +161,7 @@ class RedisStore:
             len(self.topology.masters()),
             LIBRARY_VERSION,
         )
+        self.opened = True
 
     def close(self) -> None:
         self.topology.close()

@@ -226,7 +226,7 @@ def test_summary_records_realign_to_the_readers_minute() -> None:
     cells["ram_sum"] = [33.0, 0.0, 0.0]
     ring.note(np.array([1, 1, 1]), cells)
     record = ring.records(np.array([1]), np.array([(minute + 1) * MINUTE + 5.0]))
-    assert record.itemsize == RECORD_SIZE == 252
+    assert record.itemsize == RECORD_SIZE == 308
     same = decode_fleet(["x"], [record.tobytes()], NOW)
     assert same.cpu_minutes[0, -3:].tolist()[0] == 25.0
     assert math.isnan(same.cpu_minutes[0, -2]) and same.cpu_minutes[0, -1] == 12.35

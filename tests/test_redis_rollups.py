@@ -1,0 +1,113 @@
+"""The aggregator's Redis-backed store: batches held, handed out as a write job, and held again
+(in order, ahead of newer ones) when Redis does not take them. A real redis-server, paused with
+SIGSTOP for the outage; the views checked with the oracle."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servertrack.aggregator.redis_rollups import RedisRollups
+from servertrack.common.redis_testing import RedisServer
+from servertrack.common.testing import FakeClock
+from servertrack.store.cells import BatchColumns
+from servertrack.store.redis_store import RedisStore, StoreUnavailable
+from tests.store_support import T0, Fleet, assert_matches
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.resume()
+    server.stop()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0 + 30.0)
+
+
+@pytest.fixture
+def rollups(redis_server: RedisServer, clock: FakeClock) -> Iterator[RedisRollups]:
+    writer = RedisStore(redis_server.url, clock=clock, timeout=0.3)
+    reader = RedisStore(redis_server.url, clock=clock, timeout=0.3)
+    store = RedisRollups(writer, clock, reader=reader)
+    yield store
+    writer.close()
+    reader.close()
+
+
+def hold(store: RedisRollups, writer: str, batch: BatchColumns, fleet: Fleet) -> None:
+    rows = [store.row_for(fleet.names[k]) for k in batch.rows.tolist()]
+    store.apply(rows, batch.ts, batch.cpu, batch.ram, seq=batch.seq, origin=(writer, batch.number))
+
+
+def test_a_job_redis_refuses_is_held_again_ahead_of_newer_batches(
+    redis_server: RedisServer, rollups: RedisRollups, clock: FakeClock
+) -> None:
+    fleet = Fleet([f"node-{k}" for k in range(40)], seed=7)
+    for _ in range(3):
+        hold(rollups, "run-a", fleet.batch("run-a", clock()), fleet)
+        clock.advance(1.0)
+    held = rollups.held_samples
+    assert held > 0
+    job = rollups.take()
+    assert job is not None
+    assert rollups.pending_samples == 0 and rollups.held_samples == held
+    hold(rollups, "run-a", fleet.batch("run-a", clock()), fleet)  # arrives while the job is out
+    assert rollups.take() is None, "one job at a time"
+    redis_server.pause()
+    with pytest.raises(StoreUnavailable):
+        job.run()
+    result = rollups.settle(job)
+    assert result.applied == 0
+    assert list(rollups.pending) == [("run-a", n) for n in range(4)]
+    assert rollups.held_samples == len(fleet.raw)
+
+    redis_server.resume()
+    job = rollups.take()
+    assert job is not None
+    job.run()
+    result = rollups.settle(job)
+    assert rollups.held_samples == 0 and not rollups.pending
+    assert result.batches == 4
+    assert result.applied + result.expired == len(fleet.raw)
+    assert assert_matches(rollups.redis, fleet, clock()) == len({n for n, *_ in fleet.kept})
+
+
+def test_reads_go_on_while_a_job_writes_on_another_thread(
+    rollups: RedisRollups, clock: FakeClock
+) -> None:
+    fleet = Fleet([f"host-{k}" for k in range(3000)], seed=3)
+    for _ in range(2):
+        hold(rollups, "run-b", fleet.batch("run-b", clock()), fleet)
+        clock.advance(1.0)
+    job = rollups.take()
+    assert job is not None
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            job.run()
+        except BaseException as err:  # reported below, in the test's thread
+            failure.append(err)
+
+    writer = threading.Thread(target=write, name="store-writer")
+    writer.start()
+    reads = 0
+    while writer.is_alive() and reads < 10_000:
+        rollups.servers_page(clock(), None, 10)
+        reads += 1
+    writer.join(timeout=60)
+    assert not writer.is_alive() and failure == []
+    rollups.settle(job)
+    assert reads > 0
+    sending = len({name for name, *_ in fleet.kept})
+    assert rollups.server_count() == sending
+    assert assert_matches(rollups.redis, fleet, clock()) == sending
