@@ -248,3 +248,18 @@ def test_the_fleets_minute_mean_in_redis_mode_is_over_raw_samples(
     assert mean["start"] == iso_z(minute) and mean["cpu_samples"] == 7
     assert math.isclose(mean["cpu"], exact, rel_tol=1e-12)
     assert not math.isclose(mean["cpu"], (sum(90.0 - k for k in range(6)) / 6 + 10.0) / 2)
+
+
+def test_a_record_shows_within_the_flush_and_a_batch(
+    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
+) -> None:
+    """A sample answered 202 is read back from Redis within --store-flush (1 s) plus the
+    receiver's one-second batch; one more second is allowed for a busy machine."""
+    host = start_host("--no-agent", "--store", redis_server.url, "--store-flush", "1")
+    delays = []
+    for index in range(5):
+        began = time.monotonic()
+        assert host.post(f"/servers/fresh-{index}/loads", {"ts": time.time(), "cpu": 3.0})[0] == 202
+        wait_for(lambda index=index: shown(host.api, f"fresh-{index}", 1), VISIBLE, "the sample")
+        delays.append(time.monotonic() - began)
+    assert max(delays) < 1.0 + 1.0 + 1.0, delays
