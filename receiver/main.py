@@ -108,8 +108,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         parser,
         "--graphite-rate",
         graphite.DEFAULT_RATE,
-        "Graphite lines per second one connection may send; one over it is closed "
-        "(rate_limited)",
+        "Graphite lines per second one connection may send; one over it is closed (rate_limited)",
         positive_float,
     )
     add_option(
