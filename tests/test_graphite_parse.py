@@ -284,7 +284,9 @@ def test_values_a_little_over_100_are_clamped_and_counted(metric: str) -> None:
     everything up to it is taken as it is."""
     intake, _ = intake_at(T0)
     values = [100.0, 100.001, 100.997528, 110.0, 99.5]
-    data = b"".join(b"servertrack.a.%s %r %d\n" % (metric.encode(), v, T0 - i) for i, v in enumerate(values))
+    data = b"".join(
+        b"servertrack.a.%s %r %d\n" % (metric.encode(), v, T0 - i) for i, v in enumerate(values)
+    )
     feed(intake, data, T0)
     found = points(intake.state.flush(T0), intake.state)
     assert [value for _, value in found[("a", metric)]] == [min(v, 100.0) for v in values]
