@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from bench import agent_bench, http_bench, ingest
+from bench import agent_bench, graphite_bench, http_bench, ingest
 from servertrack.common.testing import launch_host
 from servertrack.loadgen.fleet import send_fleet
 
@@ -33,8 +33,9 @@ QUICK_STEPS = [50_000, 100_000]
 CARBON_FULL_STEPS = [5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000]
 CARBON_QUICK_STEPS = [1_000, 2_000]
 GET_INGEST_RATE = 100_000
-SECTIONS = ("core", "agent")
-"""``core``: ingest, carbon, apply, memory and HTTP; ``agent``: the agent beside the floor."""
+SECTIONS = ("core", "agent", "graphite")
+"""``core``: ingest, carbon, apply, memory and HTTP; ``agent``: the agent beside the floor;
+``graphite``: Graphite plaintext ingest from one TCP client, beside carbon-cache's receiver."""
 
 
 def machine() -> dict[str, Any]:
@@ -159,12 +160,49 @@ def agent_rows(agent: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def graphite_rows(graphite: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    ours = graphite["servertrack"]
+    best = ours["sustained_lines_per_s"]
+    at_best = next((s for s in ours["steps"] if s["lines_per_s"] == best), None)
+    carbon = graphite.get("carbon", {})
+    theirs = carbon.get("sustained_datapoints_per_s")
+    failed = next((s for s in ours["steps"] if not s["sustained"]), None)
+    return [
+        (
+            "sustained Graphite plaintext ingest, one TCP client, into 1 s batches (lines/s)",
+            "≥ 100,000",
+            f"{best:,}" + (f" (not {failed['lines_per_s']:,})" if failed else ""),
+            verdict(best, 100_000),
+        ),
+        (
+            "receiver CPU at that rate (cores); flush lag p99 (s)",
+            "",
+            f"{at_best['receiver_cores']}; {at_best['flush_lag_p99_s']}" if at_best else "n/a",
+            "",
+        ),
+        (
+            "carbon-cache plaintext receiver, same lines, same steps (lines/s)",
+            "",
+            f"{theirs:,.0f}" if theirs is not None else carbon.get("error", "n/a"),
+            "",
+        ),
+        (
+            "Graphite ingest ÷ carbon-cache",
+            "",
+            f"{best / theirs:.1f}" if theirs else "n/a",
+            "",
+        ),
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
     rows = []
     if "ingest_servertrack" in results:
         rows += core_rows(results)
     if "agent" in results:
         rows += agent_rows(results["agent"])
+    if "graphite" in results:
+        rows += graphite_rows(results["graphite"])
     lines = ["| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -311,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         if "agent" in only:
             print("agent ...", flush=True)
             results["agent"] = agent_bench.measure(15.0 if args.quick else 60.0)
+        if "graphite" in only:
+            print("Graphite plaintext ingest and carbon-cache ...", flush=True)
+            results["graphite"] = graphite_bench.measure(
+                graphite_bench.QUICK_STEPS if args.quick else graphite_bench.FULL_STEPS,
+                hold,
+                work,
+            )
     text = report(results)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
