@@ -64,12 +64,18 @@ def collectd_config(workdir: Path, port: int) -> Path:
     return config
 
 
+def samples_of(host: HostUnderTest, metric: str) -> int:
+    status, view = host.get(f"/servers/{SERVER}/loads")
+    return sum(bucket[f"{metric}_samples"] for bucket in view["minutes"]) if status == 200 else 0
+
+
 def test_collectd_feeds_cpu_and_ram_through_graphite_plaintext(
     start_host: Callable[..., HostUnderTest], tmp_path: Path
 ) -> None:
     """Within seconds of collectd starting, the host shows web01_example_com with cpu and ram
     minute buckets holding samples, and /stats counts the mapped lines as accepted Graphite
-    samples and collectd's other series (load, memory states) as unmapped."""
+    samples and collectd's other series (load, memory states) as unmapped. When the receiver
+    is killed and started again, collectd connects again and its points keep coming."""
     binary = collectd_binary()
     port = free_port()
     host = start_host("--no-agent", "--graphite-port", str(port))
@@ -93,6 +99,16 @@ def test_collectd_feeds_cpu_and_ram_through_graphite_plaintext(
                 f"{err}\ncollectd:\n{collectd.log()[-3000:]}\nhost:\n{host.process.log()[-3000:]}"
             )
         receiver = host.get("/stats")[1]["receiver"]
+        before = samples_of(host, "cpu")
+        host.child("receiver").kill()
+        try:
+            wait_until(
+                lambda: samples_of(host, "cpu") >= before + 3,
+                FEED_DEADLINE,
+                "collectd's points after a receiver restart",
+            )
+        except TimeoutError as err:
+            pytest.fail(f"{err}\ncollectd:\n{collectd.log()[-3000:]}")
     finally:
         assert collectd.stop() < 10.0
     for bucket in view["minutes"]:
