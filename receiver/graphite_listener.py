@@ -44,7 +44,7 @@ DEFAULT_IDLE_TIMEOUT = 120.0
 SPARE_FILES = 256
 """Open files kept for everything but Graphite connections (sockets, the ZeroMQ context...)."""
 LOG_EVERY = 60.0
-"""Seconds between two log lines about refused connections."""
+"""Seconds between two warnings about refused or cut connections."""
 
 
 def tcp_address(endpoint: str) -> tuple[str, int]:
@@ -159,7 +159,7 @@ class GraphiteListener:
         """Close the connections silent for ``idle_timeout`` seconds (call about once a second)."""
         cutoff = self.monotonic() - self.idle_timeout
         for connection in [c for c in self.connections.values() if c.last < cutoff]:
-            log.info("closing the idle Graphite connection from %s", connection.peer)
+            log.debug("closing the idle Graphite connection from %s", connection.peer)
             self._drop(connection, "idle")
 
     # -- connections --------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class GraphiteListener:
                 return
             except OSError as err:  # out of files, or the peer gave up: try again later
                 if err.errno not in (errno.ECONNABORTED, errno.EPROTO):
-                    self._log_refusal(f"cannot accept a Graphite connection: {err}")
+                    self._warn(f"cannot accept a Graphite connection: {err}")
                     return
                 continue
             if len(self.connections) >= self.max_connections:
@@ -181,9 +181,7 @@ class GraphiteListener:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.close()
                 state.graphite_connections_refused += 1
-                self._log_refusal(
-                    f"{self.max_connections} Graphite connections open: refused {peer}"
-                )
+                self._warn(f"{self.max_connections} Graphite connections open: refused {peer}")
                 continue
             sock.setblocking(False)
             now = self.monotonic()
@@ -201,7 +199,7 @@ class GraphiteListener:
             except BlockingIOError:
                 return
             except OSError as err:
-                log.info("Graphite connection from %s failed: %s", connection.peer, err)
+                log.debug("Graphite connection from %s failed: %s", connection.peer, err)
                 self._drop(connection, "error")
                 return
             if not data:
@@ -210,10 +208,9 @@ class GraphiteListener:
             mono = self.monotonic()
             connection.last = mono
             if not self.intake.feed(connection.stream, data, now, mono):
-                log.warning(
-                    "closing the Graphite connection from %s: over %.0f lines/s",
-                    connection.peer,
-                    self.intake.rate,
+                self._warn(
+                    f"closed the Graphite connection from {connection.peer}: over "
+                    f"{self.intake.rate:.0f} lines/s"
                 )
                 self._drop(connection, "rate_limited")
                 return
@@ -230,8 +227,9 @@ class GraphiteListener:
         self.state.graphite_connections_closed[reason] += 1
         self.state.graphite_connections_open = len(self.connections)
 
-    def _log_refusal(self, message: str) -> None:
+    def _warn(self, message: str) -> None:
+        """Log a warning, at most one a minute (a client can cause them at will)."""
         now = self.monotonic()
         if now - self._logged >= LOG_EVERY:
             self._logged = now
-            log.warning("%s (logged at most once a minute)", message)
+            log.warning("%s (logged at most once a minute; the counters have them all)", message)

@@ -324,7 +324,8 @@ def test_batches_keep_their_cadence_under_a_graphite_load(
 # -- configuration ------------------------------------------------------------------------------
 def test_a_graphite_port_in_use_or_a_bad_rule_file_stops_the_receiver(tmp_path: Path) -> None:
     """A standalone receiver leaves with exit code 78 and a message naming the endpoint, or the
-    rule file and its line; ``servertrack run`` refuses a Graphite port equal to another port."""
+    rule file and its line; ``servertrack run`` refuses a Graphite port equal to another port
+    or in use, before it starts anything."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -355,18 +356,27 @@ def test_a_graphite_port_in_use_or_a_bad_rule_file_stops_the_receiver(tmp_path: 
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert f"{rules}:2: metric must be cpu or ram" in result.stderr
     assert "Traceback" not in result.stderr
+
+    def host(api: int, graphite: int) -> subprocess.CompletedProcess[str]:
+        argv = servertrack_argv(
+            "run", "--no-agent", "--api-port", str(api), "--ingest-port", str(free_port()),
+            "--graphite-port", str(graphite), "--data-dir", "",
+            "--runtime-dir", str(tmp_path / "rt"),
+        )  # fmt: skip
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
     api = free_port()
-    run = subprocess.run(
-        servertrack_argv(
-            "run", "--no-agent", "--api-port", str(api), "--graphite-port", str(api),
-            "--data-dir", "", "--runtime-dir", str(tmp_path / "rt"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )  # fmt: skip
+    run = host(api, api)
     assert run.returncode == EXIT_CONFIG, run.stderr
     assert f"--api-port and --graphite-port are both {api}" in run.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = host(free_port(), port)
+    assert run.returncode == EXIT_CONFIG, run.stderr
+    assert f"--graphite-port {port} on 127.0.0.1 is not available" in run.stderr
+    assert not (tmp_path / "rt").exists() or not any((tmp_path / "rt").iterdir())
 
 
 def test_a_standalone_receiver_takes_graphite_with_a_rule_file(
