@@ -55,8 +55,9 @@ MAX_LINE = 1024
 DEFAULT_RATE = 250_000.0
 """Lines per second one connection may send (a token bucket holding one second's worth).
 Far above any real writer (a collectd with every plugin sends a few hundred lines a second) and
-above what one receiver takes in (``make bench``: 200,000 lines/s sustained from one client on
-the 2-core test machine, not 300,000), so it cuts only a client that floods, never the bench's."""
+above what one receiver takes in (``bench.graphite_bench`` sustained 200,000 lines/s from one
+client on the 2-core test machine, not 300,000), so it cuts only a client that floods, never
+the bench's."""
 MAX_RULES = 1000
 CACHE_SIZE = 200_000
 """Paths whose mapping is remembered; the memory is emptied when it is full."""
