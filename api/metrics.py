@@ -27,6 +27,7 @@ from servertrack.common.counters import (
     AGGREGATOR_DROP_REASONS,
     CLOSE_REASONS,
     COUNTERS,
+    GRAPHITE_CLOSE_REASONS,
     SOURCES,
     Counter,
 )
@@ -38,6 +39,7 @@ ALWAYS = {
     "source": SOURCES,
     ("aggregator", "dropped"): tuple(AGGREGATOR_DROP_REASONS),
     ("api", "connections_closed"): CLOSE_REASONS,
+    ("receiver", "graphite_connections_closed"): tuple(GRAPHITE_CLOSE_REASONS),
 }
 """Label values exported even at 0, so rate() has a series from the start."""
 

@@ -19,9 +19,7 @@ Each closed connection is counted by reason in the API's ``connections_closed``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import resource
 import time
 from typing import Any
 
@@ -31,6 +29,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import WSGITask
 
 from servertrack.api.stats import ApiStats
+from servertrack.common.limits import raise_open_files_limit
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +132,6 @@ class GuardedServer(TcpWSGIServer):
             channel.handle_close()
         else:
             channel.will_close = True
-
-
-def raise_open_files_limit(wanted: int) -> int:
-    """Raise this process's soft limit of open files towards ``wanted`` (up to the hard limit);
-    returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-    return soft
 
 
 def make_waitress(

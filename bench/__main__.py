@@ -23,7 +23,15 @@ from typing import Any
 
 import zmq
 
-from bench import agent_bench, fleet_bench, http_bench, ingest, redis_bench, redis_http
+from bench import (
+    agent_bench,
+    fleet_bench,
+    graphite_bench,
+    http_bench,
+    ingest,
+    redis_bench,
+    redis_http,
+)
 from servertrack.common.testing import launch_host
 from servertrack.loadgen.fleet import send_fleet
 
@@ -33,10 +41,11 @@ QUICK_STEPS = [50_000, 100_000]
 CARBON_FULL_STEPS = [5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000]
 CARBON_QUICK_STEPS = [1_000, 2_000]
 GET_INGEST_RATE = 100_000
-SECTIONS = ("core", "agent", "fleet", "redis")
+SECTIONS = ("core", "agent", "fleet", "redis", "graphite")
 """``core``: ingest, carbon, apply, memory and HTTP; ``agent``: the agent beside the floor;
 ``fleet``: the dashboard's first page for 10,000 servers, in memory and in Redis mode;
-``redis``: the Redis store (one redis-server and a 3-master cluster) and HTTP reads from it."""
+``redis``: the Redis store (one redis-server and a 3-master cluster) and HTTP reads from it;
+``graphite``: Graphite plaintext ingest from one TCP client, beside carbon-cache's receiver."""
 
 
 def machine() -> dict[str, Any]:
@@ -194,6 +203,41 @@ def redis_http_rows(figures: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def graphite_rows(graphite: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    ours = graphite["servertrack"]
+    best = ours["sustained_lines_per_s"]
+    at_best = next((s for s in ours["steps"] if s["lines_per_s"] == best), None)
+    carbon = graphite.get("carbon", {})
+    theirs = carbon.get("sustained_datapoints_per_s")
+    failed = next((s for s in ours["steps"] if not s["sustained"]), None)
+    return [
+        (
+            "sustained Graphite plaintext ingest, one TCP client, into 1 s batches (lines/s)",
+            "≥ 100,000",
+            f"{best:,}" + (f" (not {failed['lines_per_s']:,})" if failed else " (every step)"),
+            verdict(best, 100_000),
+        ),
+        (
+            "receiver CPU at that rate (cores); flush lag p99 (s)",
+            "",
+            f"{at_best['receiver_cores']}; {at_best['flush_lag_p99_s']}" if at_best else "n/a",
+            "",
+        ),
+        (
+            "carbon-cache plaintext receiver, same lines, same steps (lines/s)",
+            "",
+            f"{theirs:,.0f}" if theirs is not None else carbon.get("error", "n/a"),
+            "",
+        ),
+        (
+            "Graphite ingest ÷ carbon-cache",
+            "",
+            f"{best / theirs:.1f}" if theirs else "n/a",
+            "",
+        ),
+    ]
+
+
 def redis_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """The Redis store's own table (one row per line), then the reads over HTTP."""
     rows = []
@@ -213,6 +257,8 @@ def table(results: dict[str, Any]) -> str:
         rows += fleet_rows(results["fleet"]) + fleet_rows(results["fleet_redis"])
     if "redis" in results:
         rows += redis_rows(results)
+    if "graphite" in results:
+        rows += graphite_rows(results["graphite"])
     lines = ["| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -368,6 +414,13 @@ def main(argv: list[str] | None = None) -> int:
             results["redis"] = redis_bench.run(args.quick)
             print("HTTP reads in Redis mode ...", flush=True)
             results["redis_http"] = redis_http.measure(seconds=10.0 if args.quick else 20.0)
+        if "graphite" in only:
+            print("Graphite plaintext ingest and carbon-cache ...", flush=True)
+            results["graphite"] = graphite_bench.measure(
+                graphite_bench.QUICK_STEPS if args.quick else graphite_bench.FULL_STEPS,
+                hold,
+                work,
+            )
     text = report(results)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")

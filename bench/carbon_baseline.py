@@ -248,7 +248,7 @@ def _server_name(i: int) -> str:
     return f"{METRIC_PREFIX}.srv{i:06d}"
 
 
-class _Fleet:
+class Fleet:
     """Pre-encoded line prefixes and values, so a tick costs one join per sender."""
 
     def __init__(self, first: int, count: int) -> None:
@@ -276,7 +276,7 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         sock.sendall(view[off : off + CHUNK_BYTES])
 
 
-def _sender_main(
+def sender_main(
     first: int, count: int, port: int, start_mono: float, base_ts: int, ticks: int, out: Any
 ) -> None:
     """Child process: send `ticks` 1-s ticks for servers [first, first+count).
@@ -292,7 +292,7 @@ def _sender_main(
         "error": None,
         "cpu_s": 0.0,
     }
-    fleet = _Fleet(first, count)
+    fleet = Fleet(first, count)
     sock = None
     try:
         sock = socket.create_connection((LOOPBACK, port), timeout=SENDER_GIVE_UP_S)
@@ -328,7 +328,7 @@ def _warm_up(servers: int, port: int, data_dir: Path, timeout: float) -> float |
     """
     t0 = time.monotonic()
     with socket.create_connection((LOOPBACK, port), timeout=SENDER_GIVE_UP_S) as sock:
-        _send_all(sock, _Fleet(0, servers).payload(0, int(time.time()) - 1))
+        _send_all(sock, Fleet(0, servers).payload(0, int(time.time()) - 1))
     missing = [
         data_dir / METRIC_PREFIX / f"srv{i:06d}" / f"{kind}.wsp"
         for i in range(servers)
@@ -503,7 +503,7 @@ def _run_step(servers: int, hold: float, root: Path, interval: int) -> dict[str,
             if count <= 0:
                 continue
             proc = ctx.Process(
-                target=_sender_main,
+                target=sender_main,
                 daemon=True,
                 args=(first, count, line_port, start_mono, base_ts, ticks, results_q),
             )

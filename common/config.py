@@ -79,6 +79,23 @@ def endpoint(text: str) -> str:
     return text
 
 
+def optional_tcp_endpoint(text: str) -> str:
+    """``tcp://HOST:PORT`` (a TCP port of its own, not ZeroMQ), or ``''`` for none."""
+    match = ENDPOINT_RE.fullmatch(text)
+    if text and (
+        match is None or match["port"] in (None, "*") or not 1 <= int(match["port"]) <= 65535
+    ):
+        raise argparse.ArgumentTypeError(
+            f"must be tcp://HOST:PORT (port 1 to 65535), or '' for none, got {text!r}"
+        )
+    return text
+
+
+def optional_port(text: str) -> int | None:
+    """A TCP port, or ``''`` for none."""
+    return None if text == "" else port(text)
+
+
 def optional_endpoint(text: str) -> str:
     """An endpoint, or ``''`` for none."""
     return text if text == "" else endpoint(text)

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-SOURCES = ("zmq", "http")
-"""Where samples come from: agents over ZeroMQ, records over HTTP."""
+SOURCES = ("zmq", "http", "graphite")
+"""Where samples come from: agents over ZeroMQ, records over HTTP, lines of Graphite plaintext
+(each line is one sample with one metric)."""
 
 REJECT_REASONS = MappingProxyType(
     {
@@ -47,6 +48,15 @@ REJECT_REASONS = MappingProxyType(
         "not_an_object": "an item that is not a JSON object",
         "too_many": "more than 10,000 items in one POST /loads",
         "bad_request": "a request the receiver could not read",
+        # Graphite plaintext lines
+        "bad_line": "a Graphite line that is not 'path value timestamp' with two numbers",
+        "unmapped": "a Graphite path that no rule maps to a server's cpu or ram",
+        "nan": "a Graphite point whose value is nan (collectd sends one for a first reading)",
+        "line_too_long": "a Graphite line over --graphite-max-line bytes (discarded up to its "
+        "newline)",
+        "partial_line": "a Graphite half line left when its connection closed",
+        "rate_limited": "Graphite lines read past --graphite-rate on a connection, which is then "
+        "closed",
     }
 )
 
@@ -144,7 +154,8 @@ COUNTERS: tuple[Counter, ...] = (
         RECEIVER,
         "dedup_keys",
         "servertrack_dedup_keys",
-        "(server, ts) keys of seq-less samples remembered for de-duplication.",
+        "(server, ts) keys of seq-less samples (and (server, ts, metric) keys of Graphite "
+        "points) remembered for de-duplication.",
     ),
     _c(
         RECEIVER,
@@ -159,6 +170,38 @@ COUNTERS: tuple[Counter, ...] = (
         "servertrack_samples_forward_dropped",
         "Samples of batches the receiver could not hand to the aggregator at once (backlog "
         "full); they stay in its time index for replay.",
+    ),
+    _c(
+        RECEIVER,
+        "graphite_clamped",
+        "servertrack_graphite_clamped",
+        "Graphite values from 100 to 110 taken as 100 (collectd's jiffies mode overshoots).",
+    ),
+    _c(
+        RECEIVER,
+        "graphite_connections",
+        "servertrack_graphite_connections",
+        "Graphite plaintext connections accepted.",
+    ),
+    _g(
+        RECEIVER,
+        "graphite_connections_open",
+        "servertrack_graphite_connections_open",
+        "Graphite plaintext connections open now.",
+    ),
+    _c(
+        RECEIVER,
+        "graphite_connections_refused",
+        "servertrack_graphite_connections_refused",
+        "Graphite connections closed at once because --graphite-max-connections were open.",
+    ),
+    _c(
+        RECEIVER,
+        "graphite_connections_closed",
+        "servertrack_graphite_connections_closed",
+        "Graphite connections that ended, by reason: the client closed it, idle past "
+        "--graphite-idle-timeout, over --graphite-rate, a socket error, or the receiver stopping.",
+        "reason",
     ),
     _rss(RECEIVER),
     # aggregator
@@ -339,6 +382,15 @@ AGGREGATOR_DROP_REASONS = MappingProxyType(
     }
 )
 CLOSE_REASONS = ("idle", "slow_request", "evicted")
+GRAPHITE_CLOSE_REASONS = MappingProxyType(
+    {
+        "client": "the client closed the connection",
+        "idle": "no byte for --graphite-idle-timeout seconds",
+        "rate_limited": "more lines than --graphite-rate allows",
+        "error": "a socket error (reset by the peer, ...)",
+        "stopping": "the receiver stopped",
+    }
+)
 
 
 def declared(section: str) -> dict[str, Counter]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from servertrack.common.config import (
     add_option,
     add_switch,
+    optional_port,
     port,
     positive_float,
     positive_int,
@@ -40,6 +41,7 @@ from servertrack.common.lifecycle import (
 from servertrack.common.limits import DEFAULT_MAX_SERVERS
 from servertrack.common.tokens import TokenFileError, read_token_file
 from servertrack.receiver import curve
+from servertrack.receiver.graphite import RuleError, load_rules
 from servertrack.store.options import MEMORY, add_store_options, store_password
 
 log = logging.getLogger("servertrack.host")
@@ -76,6 +78,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_option(parser, "--api-port", 8080, "HTTP API port", port)
     add_option(parser, "--ingest-port", 5556, "port the agents connect to", port)
     add_option(parser, "--bind", "127.0.0.1", "address the API and the ingest socket listen on")
+    add_option(
+        parser,
+        "--graphite-port",
+        None,
+        "receiver: take Graphite plaintext (collectd, netdata, Diamond) on this TCP port of "
+        "the --bind address ('' or unset: off)",
+        optional_port,
+    )
+    add_option(
+        parser,
+        "--graphite-map",
+        None,
+        "receiver: file of rules mapping Graphite paths to a server's cpu or ram",
+    )
     add_switch(parser, "--no-agent", "do not start a local agent")
     add_switch(parser, "--accept-pickle", "receiver: also accept the legacy pickle.gz format")
     add_option(
@@ -201,6 +217,15 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
     ]
     if args.accept_pickle:
         receiver.append("--accept-pickle")
+    if args.graphite_port is not None:
+        host = f"[{args.bind}]" if ":" in args.bind else args.bind
+        receiver += ["--graphite", f"tcp://{host}:{args.graphite_port}"]
+    if args.graphite_map:
+        try:  # refuse here rather than restart a receiver that cannot start, forever
+            load_rules(args.graphite_map)
+        except RuleError as err:
+            fatal(f"servertrack run: --graphite-map: {err}")
+        receiver += ["--graphite-map", os.path.abspath(args.graphite_map)]
     agent_curve = []
     try:  # refuse here rather than restart a receiver or an agent that cannot start, forever
         if curve.check_flags(args.curve_secret, args.authorized_keys):
@@ -352,12 +377,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_ports(args: argparse.Namespace) -> None:
-    """Stop with a message naming the port when the API or ingest port is taken, before anything
-    is started or written."""
-    if args.api_port == args.ingest_port:
-        fatal(f"servertrack run: --api-port and --ingest-port are both {args.api_port}")
+    """Stop with a message naming the port when the API, ingest or Graphite port is taken,
+    before anything is started or written."""
+    ports = [("--api-port", args.api_port), ("--ingest-port", args.ingest_port)]
+    if args.graphite_port is not None:
+        ports.append(("--graphite-port", args.graphite_port))
+    for index, (flag, number) in enumerate(ports):
+        for other, taken in ports[:index]:
+            if number == taken:
+                fatal(f"servertrack run: {other} and {flag} are both {number}")
     host = "0.0.0.0" if args.bind in ("0.0.0.0", "*") else args.bind
-    for flag, number in (("--api-port", args.api_port), ("--ingest-port", args.ingest_port)):
+    for flag, number in ports:
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as probe:

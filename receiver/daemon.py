@@ -1,4 +1,5 @@
-"""The receiver daemon: a SUB socket for agents, a ROUTER for requests, a PUSH of batches."""
+"""The receiver daemon: a SUB socket for agents, a ROUTER for requests, a PUSH of batches, and
+(when asked) a TCP port for Graphite plaintext, all served by one thread around one poller."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ from servertrack.common.lifecycle import Ticker
 from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
 from servertrack.common.wire import MSGPACK
 from servertrack.receiver import curve
+from servertrack.receiver.graphite import (
+    DEFAULT_RATE,
+    MAX_LINE,
+    GraphiteIntake,
+    PathMapper,
+    Rule,
+)
+from servertrack.receiver.graphite_listener import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    GraphiteListener,
+)
 from servertrack.receiver.state import ReceiverState
 
 log = logging.getLogger(__name__)
@@ -26,6 +39,9 @@ DRAIN_LIMIT = 4096
 """Messages read per wake-up before looking at the other sockets and the clock again."""
 RESUME_PATIENCE = 3.0
 """Seconds a starting receiver keeps asking the aggregator for sequence numbers."""
+GRAPHITE_BUDGET = 0.05
+"""Seconds of Graphite reading per wake-up before the clock and the other sockets are looked at
+again (never past the next flush)."""
 CONTROL_BUDGET = 0.1
 """Seconds of requests (HTTP records) served before the clock and the agents are looked at again,
 so no request load can hold up the one-second batches."""
@@ -54,6 +70,14 @@ class ReceiverConfig:
     authorized_keys: str | None = None
     aggregator_query: str | None = None
     """Where to ask, at start, for each server's newest seq (see :meth:`resume`)."""
+    graphite: str | None = None
+    """``tcp://HOST:PORT`` to take Graphite plaintext on (None: off)."""
+    graphite_rules: tuple[Rule, ...] = ()
+    """Rules of ``--graphite-map``, tried before the built-in ones."""
+    graphite_max_line: int = MAX_LINE
+    graphite_rate: float = DEFAULT_RATE
+    graphite_max_connections: int = DEFAULT_MAX_CONNECTIONS
+    graphite_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
 class ReceiverDaemon:
@@ -76,6 +100,21 @@ class ReceiverDaemon:
             dedup_limit=config.dedup_limit,
         )
         self.stop = threading.Event()
+        self.graphite: GraphiteListener | None = None
+        if config.graphite:
+            intake = GraphiteIntake(
+                self.state,
+                PathMapper(config.graphite_rules),
+                config.graphite_max_line,
+                config.graphite_rate,
+            )
+            self.graphite = GraphiteListener(
+                config.graphite,
+                intake,
+                config.graphite_max_connections,
+                config.graphite_idle_timeout,
+                clock,
+            )
         self._push: zmq.Socket | None = None
         self._process = psutil.Process()
 
@@ -91,6 +130,9 @@ class ReceiverDaemon:
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             self.resume()
             rpc.bind(sub, self.config.bind)
+            poller = zmq.Poller()
+            if self.graphite is not None:
+                self.graphite.open(poller)
             control = rpc.bind_router(ctx, self.config.control)
             push = ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
@@ -98,23 +140,29 @@ class ReceiverDaemon:
             push.connect(self.config.aggregator)
             self._push = push
             log.info("receiver listening on %s", self.config.bind)
-            self._loop(sub, control, push)
+            self._loop(poller, sub, control, push)
         finally:
+            if self.graphite is not None:
+                self.graphite.close()
             for sock in (sub, control, push):
                 if sock is not None:
                     sock.close(linger=0)
             curve.stop(auth)
             log.info("receiver stopped")
 
-    def _loop(self, sub: zmq.Socket, control: zmq.Socket, push: zmq.Socket) -> None:
-        poller = zmq.Poller()
+    def _loop(
+        self, poller: zmq.Poller, sub: zmq.Socket, control: zmq.Socket, push: zmq.Socket
+    ) -> None:
         poller.register(sub, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
         ticker = Ticker(self.config.flush_interval)
+        graphite = self.graphite
         while not self.stop.is_set():
             ready = dict(poller.poll(timeout=max(1, int(ticker.remaining() * 1000))))
             if sub in ready:
                 self._drain(sub)
+            if graphite is not None and ready:
+                graphite.serve(ready, time.monotonic() + min(GRAPHITE_BUDGET, ticker.remaining()))
             if control in ready:
                 end = time.monotonic() + min(CONTROL_BUDGET, ticker.remaining())
                 while control.poll(0, zmq.POLLIN):
@@ -123,6 +171,8 @@ class ReceiverDaemon:
                         break
             if ticker.due():
                 self.flush(push)
+                if graphite is not None:
+                    graphite.sweep()
 
     def _drain(self, sub: zmq.Socket) -> None:
         """Read up to ``DRAIN_LIMIT`` waiting messages into the state.

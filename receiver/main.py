@@ -13,14 +13,16 @@ from servertrack.common.config import (
     add_switch,
     endpoint,
     optional_endpoint,
+    optional_tcp_endpoint,
     positive_float,
     positive_int,
     setup_logging,
 )
 from servertrack.common.lifecycle import fatal, stop_on_signals
 from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
-from servertrack.receiver import curve
+from servertrack.receiver import curve, graphite
 from servertrack.receiver.daemon import ReceiverConfig, ReceiverDaemon
+from servertrack.receiver.graphite_listener import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -81,6 +83,48 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "directory of agents' public key files (*.key); only those agents are accepted, and a "
         "file added later admits its agent without a restart",
     )
+    add_option(
+        parser,
+        "--graphite",
+        "",
+        "tcp://HOST:PORT to take Graphite plaintext on, e.g. tcp://127.0.0.1:2003 ('' for off)",
+        optional_tcp_endpoint,
+    )
+    add_option(
+        parser,
+        "--graphite-map",
+        None,
+        "file of rules mapping Graphite paths to a server's cpu or ram, tried before the "
+        "built-in ones (see the README)",
+    )
+    add_option(
+        parser,
+        "--graphite-max-line",
+        graphite.MAX_LINE,
+        "bytes a Graphite line may hold; longer ones are discarded (line_too_long)",
+        positive_int,
+    )
+    add_option(
+        parser,
+        "--graphite-rate",
+        graphite.DEFAULT_RATE,
+        "Graphite lines per second one connection may send; one over it is closed (rate_limited)",
+        positive_float,
+    )
+    add_option(
+        parser,
+        "--graphite-max-connections",
+        DEFAULT_MAX_CONNECTIONS,
+        "Graphite connections open at most; newcomers beyond are closed at once",
+        positive_int,
+    )
+    add_option(
+        parser,
+        "--graphite-idle-timeout",
+        DEFAULT_IDLE_TIMEOUT,
+        "seconds a Graphite connection may stay silent before it is closed",
+        positive_float,
+    )
     return parser
 
 
@@ -94,6 +138,12 @@ def run(args: argparse.Namespace) -> int:
         curve.check_config(args.curve_secret, args.authorized_keys)
     except curve.CurveConfigError as err:
         fatal(f"servertrack receiver: {err}")
+    rules: list[graphite.Rule] = []
+    if args.graphite_map:
+        try:
+            rules = graphite.load_rules(args.graphite_map)
+        except graphite.RuleError as err:
+            fatal(f"servertrack receiver: --graphite-map: {err}")
     config = ReceiverConfig(
         bind=args.bind,
         control=args.control,
@@ -106,6 +156,12 @@ def run(args: argparse.Namespace) -> int:
         dedup_limit=args.dedup_limit,
         curve_secret=args.curve_secret,
         authorized_keys=args.authorized_keys,
+        graphite=args.graphite or None,
+        graphite_rules=tuple(rules),
+        graphite_max_line=args.graphite_max_line,
+        graphite_rate=args.graphite_rate,
+        graphite_max_connections=args.graphite_max_connections,
+        graphite_idle_timeout=args.graphite_idle_timeout,
     )
     with zmq.Context() as context:
         daemon = ReceiverDaemon(config, context)

@@ -15,7 +15,8 @@ counted as loss meanwhile (which agent missed what cannot be told apart).
 
 Samples without seq (HTTP, other sources) are de-duplicated by (server, ts) over ``dedup_horizon``
 seconds of arrivals, in at most ``dedup_limit`` remembered keys; past that the oldest are forgotten
-early and counted as ``dedup_evicted``.
+early and counted as ``dedup_evicted``. A Graphite point carries one metric, so its key is
+(server, ts, metric), kept in the same bounded memory.
 
 Memory is bounded by configuration: at most ``max_servers`` names (a new name beyond it is refused
 and counted as ``server_limit``), servers silent for ``SERVER_IDLE`` seconds are forgotten, and the
@@ -44,6 +45,7 @@ from servertrack.common.buckets import (
     oldest_accepted_ts,
     time_verdict,
 )
+from servertrack.common.counters import SOURCES
 from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
 from servertrack.common.sample import (
     MAX_SEQ,
@@ -54,7 +56,6 @@ from servertrack.common.sample import (
 )
 
 NAN = float("nan")
-SOURCES = ("zmq", "http")
 MAX_SAMPLE_RATE = 1000.0
 """Samples per second no agent exceeds: a seq jump beyond this rate times the time elapsed (plus
 ``GAP_SLACK``) cannot be loss."""
@@ -67,6 +68,11 @@ MAX_STREAMS = 4
 SERVER_IDLE = (HOUR_WINDOW + 1) * HOUR
 """A server silent this long has nothing left in any window: the receiver forgets it."""
 EVICT_EVERY = 60.0
+GRAPHITE_CLAMP = 110.0
+"""A Graphite value above 100 and up to this is taken as 100 and counted (``graphite_clamped``):
+collectd's cpu plugin in jiffies mode reports a little over 100 (100.998 was captured). Beyond it,
+or below 0, the point is refused as ``bad_cpu`` / ``bad_ram``."""
+METRICS = ("cpu", "ram")
 
 
 def _seen(stream: list[Any], seq: int, ts: float) -> bool:
@@ -165,7 +171,9 @@ class ReceiverState:
         self.accepted: Counter[str] = Counter()
         self.zmq_received = 0
         self.zmq_accepted = 0
-        """The hot path's counters, kept apart from the Counters (a plain int is cheapest)."""
+        self.graphite_received = 0
+        self.graphite_accepted = 0
+        """The hot paths' counters, kept apart from the Counters (a plain int is cheapest)."""
         self.rejected: dict[str, Counter[str]] = {source: Counter() for source in SOURCES}
         self.duplicates = 0
         self.lost = 0
@@ -174,6 +182,12 @@ class ReceiverState:
         self.dedup_evicted = 0
         self.batches = 0
         self.forward_dropped = 0
+        self.graphite_clamped = 0
+        self.graphite_connections = 0
+        self.graphite_connections_open = 0
+        self.graphite_connections_refused = 0
+        self.graphite_connections_closed: Counter[str] = Counter()
+        """Kept here by the Graphite listener, so that they travel with every batch."""
         self._recent: deque[tuple[float, ServerState, Hashable]] = deque()
         self._ids = array("i")
         self._ts = array("d")
@@ -249,6 +263,8 @@ class ReceiverState:
         """Count ``count`` samples refused for ``reason`` before they reached the state."""
         if source == "zmq":
             self.zmq_received += count
+        elif source == "graphite":
+            self.graphite_received += count
         else:
             self.received[source] += count
         self.rejected[source][reason] += count
@@ -285,8 +301,42 @@ class ReceiverState:
         outcome = Counter(self._admit(sample, now, source) for sample in samples)
         return {"accepted": outcome[None], "duplicates": outcome["duplicate"]}
 
-    def _admit(self, sample: Sample, now: float, source: str) -> str | None:
-        """Admit a validated sample: register its server and note a change of addresses."""
+    def offer_graphite(
+        self, name: str, metric: str, value: float, ts: float, now: float
+    ) -> str | None:
+        """One Graphite point, ``value`` of ``metric`` (``cpu`` or ``ram``) of server ``name`` at
+        ``ts``: a sample with that one metric, validated like any other, in the same time window
+        and under the same ``max_servers``, de-duplicated by (server, ts, metric). Returns
+        ``None`` if accepted, else the reason it was not.
+
+        PERF: a point of a known server with a plainly valid value and ts skips building a
+        :class:`Sample` (the slow path gives the exact verdict for everything else).
+        """
+        self.graphite_received += 1
+        if 100.0 < value <= GRAPHITE_CLAMP:
+            value = 100.0
+            self.graphite_clamped += 1
+        if metric == "cpu":
+            cpu, ram = value, None
+        elif metric == "ram":
+            cpu, ram = None, value
+        else:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        server = self.servers.get(name)
+        if server is not None and 0.0 <= value <= 100.0 and -1e15 < ts < 1e15:
+            return self._admit_known(server, ts, cpu, ram, None, now, "graphite", (ts, metric))
+        try:
+            sample = make_sample(name, ts, cpu, ram)
+        except InvalidSample as err:
+            self.rejected["graphite"][err.reason] += 1
+            return err.reason
+        return self._admit(sample, now, "graphite", (sample.ts, metric))
+
+    def _admit(
+        self, sample: Sample, now: float, source: str, key: Hashable | None = None
+    ) -> str | None:
+        """Admit a validated sample: register its server and note a change of addresses.
+        ``key`` de-duplicates a seq-less sample (its ts when not given)."""
         server = self.servers.get(sample.fqdn)
         if server is None:
             reason = time_verdict(sample.ts, now)
@@ -297,7 +347,7 @@ class ReceiverState:
                 return reason
             server = self._register(sample.fqdn, now)
         verdict = self._admit_known(
-            server, sample.ts, sample.cpu, sample.ram, sample.seq, now, source
+            server, sample.ts, sample.cpu, sample.ram, sample.seq, now, source, key
         )
         if verdict is None and sample.ip and sample.ip != server.ips:
             server.ips = sample.ip
@@ -314,6 +364,7 @@ class ReceiverState:
         seq: int | None,
         now: float,
         source: str,
+        key: Hashable | None = None,
     ) -> str | None:
         if now != self._window_now:
             self._window_now = now
@@ -330,13 +381,15 @@ class ReceiverState:
             elif self._sequence(server, seq, ts, now):
                 return self._duplicate(server)
         else:
+            if key is None:
+                key = ts
             recent = server.recent
             if recent is None:
                 recent = server.recent = set()
-            elif ts in recent:
+            elif key in recent:
                 return self._duplicate(server)
-            recent.add(ts)
-            self._remember_key(server, ts, now)
+            recent.add(key)
+            self._remember_key(server, key, now)
         server.skew = now - ts
         server.seen = now
         self._ids.append(server.id)
@@ -346,6 +399,8 @@ class ReceiverState:
         self._seq.append(-1 if seq is None else seq)
         if source == "zmq":
             self.zmq_accepted += 1
+        elif source == "graphite":
+            self.graphite_accepted += 1
         else:
             self.accepted[source] += 1
         return None
@@ -445,8 +500,8 @@ class ReceiverState:
         return len(self._ids)
 
     def counters(self) -> dict[str, Any]:
-        received = {**self.received, "zmq": self.zmq_received}
-        accepted = {**self.accepted, "zmq": self.zmq_accepted}
+        received = {**self.received, "zmq": self.zmq_received, "graphite": self.graphite_received}
+        accepted = {**self.accepted, "zmq": self.zmq_accepted, "graphite": self.graphite_accepted}
         return {
             "received": {source: received.get(source, 0) for source in SOURCES},
             "accepted": {source: accepted.get(source, 0) for source in SOURCES},
@@ -461,6 +516,11 @@ class ReceiverState:
             "dedup_evicted": self.dedup_evicted,
             "batches": self.batches,
             "forward_dropped": self.forward_dropped,
+            "graphite_clamped": self.graphite_clamped,
+            "graphite_connections": self.graphite_connections,
+            "graphite_connections_open": self.graphite_connections_open,
+            "graphite_connections_refused": self.graphite_connections_refused,
+            "graphite_connections_closed": dict(self.graphite_connections_closed),
         }
 
     def health(self, server: ServerState, now: float) -> ServerHealth:

@@ -270,7 +270,7 @@ def test_stats_passes_counters_through(client: testing.TestClient) -> None:
     assert result.status_code == 200
     assert result.headers["content-type"].startswith("application/json")
     body = result.json
-    assert body["receiver"]["accepted"] == {"zmq": 0, "http": 1}
+    assert body["receiver"]["accepted"] == {"zmq": 0, "http": 1, "graphite": 0}
     assert body["aggregator"]["applied"] == 1
     assert body["api"]["rejected"] == {"bad_cpu": 3}
 
@@ -531,7 +531,7 @@ def test_one_bad_item_refuses_the_whole_batch(
     ]
     assert_error(post_batch(client, batch), status, reason, index=2)
     assert backend.calls == []
-    assert backend.state.counters()["accepted"] == {"zmq": 0, "http": 0}
+    assert backend.state.counters()["accepted"] == {"zmq": 0, "http": 0, "graphite": 0}
     assert_absent(client, "good-1", "good-2", "bad", "good-3")
 
 

@@ -22,11 +22,14 @@ from servertrack.api.app import create_app
 from servertrack.api.metrics import StatsCollector
 from servertrack.common.counters import (
     AGGREGATOR_DROP_REASONS,
+    GRAPHITE_CLOSE_REASONS,
     REJECT_REASONS,
     STATS_ONLY,
     declared,
 )
 from servertrack.common.testing import ChildProcess, HostUnderTest, free_port, wait_until
+from servertrack.receiver.graphite import GraphiteIntake
+from servertrack.receiver.state import ReceiverState
 from tests.support import Clock, DownBackend, InProcessBackend
 
 SHARED = Path(
@@ -174,6 +177,27 @@ def test_the_daemons_stats_are_exactly_the_declared_counters() -> None:
     assert set(stats["aggregator"]["dropped"]) == set(AGGREGATOR_DROP_REASONS)
     reasons = {reason for counts in stats["receiver"]["rejected"].values() for reason in counts}
     assert reasons | set(stats["api"]["rejected"]) <= set(REJECT_REASONS)
+
+
+def test_the_receivers_graphite_counters_are_exported() -> None:
+    """Graphite lines show under ``source="graphite"``, refused ones by reason, and every
+    connection close reason has a series from the start."""
+    state = ReceiverState(Clock(1_800_000_000.0))
+    intake = GraphiteIntake(state)
+    stream = intake.open(0.0)
+    lines = b"servertrack.a.cpu 100.5 -1\nservertrack.a.disk 1 -1\nservertrack.b.ram nan -1\n"
+    intake.feed(stream, lines, 1_800_000_000.0, 0.0)
+    state.graphite_connections_closed["client"] += 1
+    got = samples(scrape({"receiver": state.counters()}))
+    assert got[("servertrack_samples_received_total", (("source", "graphite"),))] == 3
+    assert got[("servertrack_samples_accepted_total", (("source", "graphite"),))] == 1
+    assert got[rejected("graphite", "unmapped")] == 1
+    assert got[rejected("graphite", "nan")] == 1
+    assert got[("servertrack_graphite_clamped_total", ())] == 1
+    closed = "servertrack_graphite_connections_closed_total"
+    assert got[(closed, (("reason", "client"),))] == 1
+    for reason in GRAPHITE_CLOSE_REASONS:
+        assert (closed, (("reason", reason),)) in got
 
 
 # -- the endpoint -------------------------------------------------------------------------------

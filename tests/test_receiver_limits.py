@@ -159,7 +159,11 @@ def test_new_names_beyond_the_cap_are_refused_known_ones_carry_on() -> None:
     samples = [Sample("s1", T0 + 2, 1.0, None), Sample("s8", T0 + 2, 1.0, None)]
     assert state.offer_many(samples, T0 + 2) == {"error": "server_limit", "index": 1}
     counters = state.flush(T0 + 2).counters
-    assert counters["rejected"] == {"zmq": {"server_limit": 1}, "http": {"server_limit": 2}}
+    assert counters["rejected"] == {
+        "zmq": {"server_limit": 1},
+        "http": {"server_limit": 2},
+        "graphite": {},
+    }
     assert counters["servers_seen"] == 3
 
 
