@@ -9,6 +9,7 @@ it only moves bytes and keeps the schedule; every method here takes ``now``.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import REFUSED
 from servertrack.aggregator.store import RollupStore
 from servertrack.common.batch import Batch, ServerHealth
-from servertrack.common.buckets import Clock, iso_utc
+from servertrack.common.buckets import Clock, iso_utc, minute_index
 from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, declared
 
 APPLY_SLICE = 32_768
@@ -127,6 +128,13 @@ class AggregatorState:
         """The dashboard's table, cached between batches."""
         self.rss_bytes: int | None = None
         """The process's resident memory, set by the daemon (this object does no I/O)."""
+        self.generation = secrets.randbits(62)
+        """The number of the state answers are built from: it changes whenever an answer could
+        (a batch applied, a new minute, servers released, a snapshot restored). It starts at a
+        random number, so two aggregator runs never share one; ``view`` answers carry it, for
+        the API's read cache."""
+        self._minute = -1
+        self._evictions = 0
 
     # -- batches ------------------------------------------------------------------------------
     def needs_names(self, batch: Batch) -> bool:
@@ -194,6 +202,7 @@ class AggregatorState:
                 yield
         self.counters["batches"] += 1
         self.store.evict_silent(now)  # only now: every row of this batch has its samples
+        self.generation += 1
         if batch.number < self.newest_number:
             return  # a re-sent batch: its totals are older than those already known
         self.newest_number = batch.number
@@ -208,8 +217,12 @@ class AggregatorState:
 
     def housekeeping(self, now: float) -> None:
         """Between batches, about once a second: release servers silent for 24 hours even when
-        no batch comes."""
+        no batch comes. A new minute or released servers change the answers: a new generation."""
         self.store.evict_silent(now)
+        minute = minute_index(now)
+        if minute != self._minute or self.store.evictions != self._evictions:
+            self._minute, self._evictions = minute, self.store.evictions
+            self.generation += 1
 
     def malformed_batch(self) -> None:
         self.counters["malformed_batch"] += 1
@@ -276,6 +289,7 @@ class AggregatorState:
         self.counters.update(counters)
         self.newest_number = newest
         self.snapshot_taken = taken
+        self.generation += 1
 
     def snapshot_written(self, taken: float) -> None:
         self.snapshot_taken = taken
@@ -298,11 +312,14 @@ class AggregatorState:
             self.counters["queries_expired"] += 1
             return None
         if op == "view":
+            gen = self.generation
             view = self.store.view(str(request.get("name")), now)
             if view is None:
-                return msgpack.packb({"status": 404})
+                return msgpack.packb({"status": 404, "gen": gen})
             view["health"] = self.server_health(view["server"])
-            return msgpack.packb({"status": 200, "body": json.dumps(view).encode()})
+            return msgpack.packb({"status": 200, "body": json.dumps(view).encode(), "gen": gen})
+        if op == "watch":
+            return self.watch_reply()
         if op == "servers":
             return msgpack.packb({"status": 200, "body": self.servers_page(request, now)})
         if op in ("fleet", "grid"):
@@ -315,6 +332,10 @@ class AggregatorState:
         if op == "ping":
             return msgpack.packb(self.ping(now))
         return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
+
+    def watch_reply(self) -> bytes:
+        """The answer to a ``watch``: the current generation."""
+        return msgpack.packb({"gen": self.generation})
 
     def servers_page(self, request: dict[str, Any], now: float) -> bytes:
         limit = request.get("limit")
