@@ -6,15 +6,20 @@ Granian runs WSGI apps in worker processes that import a target, so the app is b
 each worker calls :func:`worker_app`, which reads them back, reads the token files and builds the
 app with :func:`servertrack.api.main.build_app` over its own ZeroMQ context.
 
-What bounds clients here (granian has no connection limit of its own):
-- ``--request-timeout``: hyper's header read timeout: a request's headers must arrive within it,
-  and an idle keep-alive connection is closed after it too (hyper starts the timer as soon as
-  the connection waits for a request), so ``--idle-timeout`` is not used;
-- ``--threads``: Python threads per worker running the app; at most twice that many requests
-  are handed to Python at once (granian's backpressure), the rest wait in Rust, where a waiting
-  connection costs no thread;
-- bodies: the app refuses one announced over 4 MiB before reading it, and reads at most 4 MiB
-  of one sent without a length.
+What bounds clients here (measured with the same 300 + 300 slow-loris test as waitress):
+- ``--request-timeout``: hyper's header read timeout. A request's headers must arrive within it,
+  and a connection waiting for its next request is closed after it too (hyper starts the timer
+  as soon as the connection waits), so ``--idle-timeout`` is not used;
+- ``--connection-limit``: granian's backpressure, connections served at once per worker. Unlike
+  waitress nobody is evicted: a newcomer beyond it waits in the listen backlog until a connection
+  closes, which the header timeout bounds;
+- ``--threads``: Python threads per worker running the app; requests beyond them wait in Rust,
+  where a waiting connection costs no thread;
+- bodies: the app refuses one announced over 4 MiB before reading it and reads at most 4 MiB of
+  one sent without a length. A body is read while the app runs, with no time limit: a client
+  trickling a body holds one of ``--threads`` threads until it finishes or leaves (waitress
+  reads bodies whole before the app runs). Where untrusted clients reach the API, use waitress
+  or a proxy that buffers request bodies.
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ def serve(args: argparse.Namespace) -> int:
         factory=True,
         workers=args.workers,
         blocking_threads=args.threads,
-        backpressure=2 * args.threads,
+        backpressure=args.connection_limit,
         backlog=BACKLOG,
         http=HTTPModes.http1,
         websockets=False,
