@@ -128,9 +128,7 @@ def test_bad_input_gets_a_4xx_json_body_and_changes_nothing(
     assert host.get("/servers")[1]["servers"] == []
 
 
-def test_malformed_json_over_http_is_400(
-    start_host: Callable[..., Host], http_server: str
-) -> None:
+def test_malformed_json_over_http_is_400(start_host: Callable[..., Host], http_server: str) -> None:
     """A body that is not JSON gets 400 with reason bad_json."""
     host = start_host("--no-agent", "--http", http_server)
     status, body = http("POST", host.api + "/servers/web-1/loads", raw=b"{cpu: 1")
