@@ -72,36 +72,70 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 def serve(args: argparse.Namespace) -> int:
     """Run granian until SIGTERM or SIGINT (it stops its workers, letting requests finish)."""
     try:
-        from granian.constants import HTTPModes, Interfaces
-        from granian.http import HTTP1Settings
-        from granian.server import Server
+        import granian  # noqa: F401
     except ImportError:
         fatal("servertrack api: --http granian needs granian: pip install 'servertrack[fast]'")
     _check_port(args.host, args.port)
     raise_open_files_limit(args.connection_limit + 256)
     os.environ[CONFIG_VARIABLE] = json.dumps(settings_of(args))
-    server = Server(
+    server = make_granian(
         TARGET,
-        address=args.host,
-        port=args.port,
-        interface=Interfaces.WSGI,
-        factory=True,
+        args.host,
+        args.port,
         workers=args.workers,
-        blocking_threads=args.threads,
-        backpressure=args.connection_limit,
-        backlog=BACKLOG,
-        http=HTTPModes.http1,
-        websockets=False,
-        http1_settings=HTTP1Settings(
-            header_read_timeout=int(args.request_timeout * 1000), keep_alive=True
-        ),
-        log_access=False,
-        workers_kill_timeout=5,
+        threads=args.threads,
+        connection_limit=args.connection_limit,
+        request_timeout=args.request_timeout,
     )
     server.signal_handler_reload = server.signal_handler_interrupt  # SIGHUP stops, as elsewhere
     log.info("api (granian, %d worker(s)) on http://%s:%s", args.workers, args.host, args.port)
     server.serve()
     return 0
+
+
+def make_granian(
+    target: str,
+    host: str,
+    port: int,
+    workers: int = 1,
+    threads: int = 64,
+    connection_limit: int = 1000,
+    request_timeout: float = 10.0,
+) -> Any:
+    """A granian server for the WSGI app ``target`` ("module:factory") with the settings the
+    module docstring describes (not yet serving: call ``serve()``, which blocks)."""
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.server import Server
+
+    server = Server(
+        target,
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        factory=True,
+        workers=workers,
+        blocking_threads=threads,
+        backpressure=connection_limit,
+        backlog=BACKLOG,
+        http=HTTPModes.http1,
+        websockets=False,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(request_timeout * 1000), keep_alive=True
+        ),
+        log_access=False,
+        workers_kill_timeout=5,
+    )
+    logging.getLogger("_granian").addFilter(_ExpectedThreads())
+    return server
+
+
+class _ExpectedThreads(logging.Filter):
+    """Drops granian's warning that many app threads are configured: they are meant to be (a
+    request waiting for the receiver holds its thread while doing no work)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Python threads" not in record.getMessage()
 
 
 def worker_app() -> Any:
