@@ -37,6 +37,8 @@ COUNTED = ("lost", "duplicates", "rejected", "seq_resets")
 """Per-server counters that add up over receiver runs."""
 UNKNOWN = -1
 COUNTED_HERE = declared(AGGREGATOR)
+MAX_VIEWS = 1000
+"""Servers one ``views`` query may ask for (the API's read cache refreshes in such groups)."""
 
 
 def counted(health: ServerHealth) -> tuple[int, ...]:
@@ -163,6 +165,7 @@ class AggregatorState:
             self.counters["batches_already_applied"] += 1
             return
         ids = self.ids
+        changes = len(batch) > 0 or bool(batch.servers) or batch.epoch != ids.epoch
         if batch.epoch != ids.epoch:
             for name, counts in ids.reset(batch.epoch).items():
                 before = self.health_before.get(name, (0,) * len(COUNTED))
@@ -202,7 +205,11 @@ class AggregatorState:
                 yield
         self.counters["batches"] += 1
         self.store.evict_silent(now)  # only now: every row of this batch has its samples
-        self.generation += 1
+        if changes or self.store.evictions != self._evictions:
+            # An empty batch with no news of any server changes no answer: the read cache
+            # keeps what it has.
+            self._evictions = self.store.evictions
+            self.generation += 1
         if batch.number < self.newest_number:
             return  # a re-sent batch: its totals are older than those already known
         self.newest_number = batch.number
@@ -312,12 +319,15 @@ class AggregatorState:
             self.counters["queries_expired"] += 1
             return None
         if op == "view":
-            gen = self.generation
-            view = self.store.view(str(request.get("name")), now)
-            if view is None:
-                return msgpack.packb({"status": 404, "gen": gen})
-            view["health"] = self.server_health(view["server"])
-            return msgpack.packb({"status": 200, "body": json.dumps(view).encode(), "gen": gen})
+            return msgpack.packb(
+                {**self.view(str(request.get("name")), now), "gen": self.generation}
+            )
+        if op == "views":
+            names = request.get("names")
+            if not isinstance(names, list) or len(names) > MAX_VIEWS:
+                return msgpack.packb({"status": 400, "message": f"names: a list of {MAX_VIEWS}"})
+            views = [self.view(str(name), now) for name in names]
+            return msgpack.packb({"views": views, "gen": self.generation})
         if op == "watch":
             return self.watch_reply()
         if op == "servers":
@@ -332,6 +342,14 @@ class AggregatorState:
         if op == "ping":
             return msgpack.packb(self.ping(now))
         return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
+
+    def view(self, name: str, now: float) -> dict[str, Any]:
+        """A server's answer: ``{"status": 200, "body": JSON bytes}`` or ``{"status": 404}``."""
+        view = self.store.view(name, now)
+        if view is None:
+            return {"status": 404}
+        view["health"] = self.server_health(view["server"])
+        return {"status": 200, "body": json.dumps(view).encode()}
 
     def watch_reply(self) -> bytes:
         """The answer to a ``watch``: the current generation."""

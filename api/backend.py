@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import zmq
@@ -52,6 +53,11 @@ class ZmqBackend:
             wait=2 * max(timeout, record_timeout) + timeout,
         )
         self.generation = GenerationWatch(self.context, aggregator_query)
+        self._closing: list[Callable[[], None]] = []
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` first in :meth:`close` (to stop threads that use these sockets)."""
+        self._closing.append(hook)
 
     def record(self, samples: list[Sample]) -> dict[str, Any]:
         if len(samples) == 1:
@@ -76,6 +82,8 @@ class ZmqBackend:
         return status
 
     def close(self) -> None:
+        for hook in self._closing:
+            hook()
         self.group.close()
         self.generation.close()
         self.receiver.close()

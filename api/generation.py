@@ -3,8 +3,8 @@
 A thread sends ``{"op": "watch", "after": N}``; the aggregator answers as soon as its generation
 is not ``N`` any more (right after it applied a batch, say) or after about a second anyway, so a
 reply comes at least once a second while the aggregator runs. ``current()`` is the last number
-heard, or None when nothing was heard for ``fresh_for`` seconds (the aggregator is down or
-stalled): the read cache is then bypassed.
+heard (with when it was first heard), or None when nothing was heard for ``fresh_for`` seconds
+(the aggregator is down or stalled): the read cache is then bypassed.
 """
 
 from __future__ import annotations
@@ -39,19 +39,20 @@ class GenerationWatch:
         self.endpoint = endpoint
         self.fresh_for = fresh_for
         self.monotonic = monotonic
-        self._gen: int | None = None
+        self._current: tuple[int, float] | None = None
         self._heard = float("-inf")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def current(self) -> int | None:
-        """The generation the aggregator last announced, if heard recently enough."""
+    def current(self) -> tuple[int, float] | None:
+        """The generation the aggregator last announced and when it was first heard
+        (``monotonic``), if the aggregator was heard from recently enough."""
         if self._thread is None:
             self.start()
         if self.monotonic() - self._heard > self.fresh_for:
             return None
-        return self._gen
+        return self._current
 
     def start(self) -> None:
         with self._lock:
@@ -77,8 +78,10 @@ class GenerationWatch:
                     self._heard = float("-inf")
                     self._stop.wait(1.0)
                     continue
-                self._gen = gen
-                self._heard = self.monotonic()
+                now = self.monotonic()
+                if self._current is None or self._current[0] != gen:
+                    self._current = (gen, now)
+                self._heard = now
                 after = gen
         finally:
             client.close()

@@ -12,6 +12,7 @@ import zmq
 from servertrack.api.app import REQUEST_DEADLINE, create_app
 from servertrack.api.backend import ZmqBackend
 from servertrack.api.cache import CachedReads
+from servertrack.api.fastpath import FastReads
 from servertrack.api.server import CONNECTION_LIMIT, IDLE_TIMEOUT, REQUEST_TIMEOUT, make_waitress
 from servertrack.api.stats import ApiStats
 from servertrack.common import endpoints
@@ -166,14 +167,16 @@ def build_app(
         record_timeout=args.record_timeout,
     )
     stats = ApiStats()
+    cache = CachedReads(backend, backend.generation)
     app = create_app(
-        CachedReads(backend, backend.generation),
+        cache,
         record_token=record_token,
         read_token=read_token,
         stats=stats,
         request_deadline=args.request_deadline,
     )
-    return app, backend, stats
+    backend.on_close(cache.close)
+    return FastReads(app, cache, read_token, args.request_deadline), backend, stats
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,13 +11,17 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from falcon import testing
 
 from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import AggregatorState
+from servertrack.api.app import create_app
 from servertrack.api.cache import CachedReads
+from servertrack.api.fastpath import FastReads
 from servertrack.api.generation import GenerationWatch
 from servertrack.api.group import GroupCommit
+from servertrack.api.stats import ApiStats
 from servertrack.common.batch import Batch
 from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
@@ -26,6 +30,7 @@ from servertrack.receiver.state import ReceiverState
 from tests.support import Clock, InProcessBackend
 
 NOW = 1_800_000_030.0
+READ_TOKEN = "read-0123456789"
 
 
 # -- the receiver: one verdict per record ---------------------------------------------------------
@@ -179,7 +184,9 @@ def test_watch_is_answered_on_a_new_batch_and_heartbeats(
             now = time.time()
             push.send_multipart(batch_of(receiver, [["w", now - 1, 1.0, None]], now).encode())
             sent = time.monotonic()
-            wait_until(lambda: watch.current() not in (None, first), 5, "the new generation", 0.001)
+            wait_until(
+                lambda: (watch.current() or first)[0] != first[0], 5, "the new generation", 0.001
+            )
             assert time.monotonic() - sent < 0.5
         finally:
             push.close(linger=0)
@@ -193,11 +200,23 @@ def test_watch_is_answered_on_a_new_batch_and_heartbeats(
 
 # -- the API's read cache -------------------------------------------------------------------------
 class FixedGeneration:
-    def __init__(self, value: int | None) -> None:
-        self.value = value
+    """A generation source set by hand; ``since`` is when the value was set (``ticks``)."""
 
-    def current(self) -> int | None:
-        return self.value
+    def __init__(self, value: int | None, ticks: FakeClock | None = None) -> None:
+        self.ticks = ticks or FakeClock(0.0)
+        self.since = self.ticks()
+        self._value = value
+
+    @property
+    def value(self) -> int | None:
+        return self._value
+
+    @value.setter
+    def value(self, value: int | None) -> None:
+        self._value, self.since = value, self.ticks()
+
+    def current(self) -> tuple[int, float] | None:
+        return None if self._value is None else (self._value, self.since)
 
 
 def test_the_cache_serves_only_the_current_generation() -> None:
@@ -215,7 +234,7 @@ def test_the_cache_serves_only_the_current_generation() -> None:
 
     backend.query = counting  # type: ignore[method-assign]
     generation = FixedGeneration(backend.aggregator.generation)
-    cache = CachedReads(backend, generation)
+    cache = CachedReads(backend, generation, grace=0.0)
     direct = original({"op": "view", "name": "web"})
     for _ in range(5):
         assert cache.query({"op": "view", "name": "web"}) == direct
@@ -230,6 +249,48 @@ def test_the_cache_serves_only_the_current_generation() -> None:
     cache.query({"op": "view", "name": "web"})
     cache.query({"op": "servers"})
     assert len(asked) == 5
+
+
+def test_after_a_new_generation_the_previous_answer_serves_until_the_refresh_is_in() -> None:
+    """Right after a batch, reads get the previous answer (for at most the grace) while one
+    background ``views`` query asks again for every server read before; then the new answers
+    serve, and past the grace without them a read asks the backend itself."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample(name, NOW - 1, 3.0, None) for name in ("a", "b", "c")])
+    asked: list[str] = []
+    original = backend.query
+    release = threading.Event()
+
+    def slow(request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        asked.append(request["op"])
+        if request["op"] == "views":
+            release.wait(timeout=5)
+        return original(request, deadline)
+
+    backend.query = slow  # type: ignore[method-assign]
+    ticks = FakeClock(100.0)
+    generation = FixedGeneration(backend.aggregator.generation, ticks)
+    cache = CachedReads(backend, generation, grace=0.5, monotonic=ticks)
+    try:
+        before = {name: cache.query({"op": "view", "name": name}) for name in ("a", "b")}
+        backend.record([Sample("a", NOW - 2, 9.0, None)])  # a new generation
+        generation.value = backend.aggregator.generation
+        assert cache.query({"op": "view", "name": "a"}) == before["a"]  # the previous answer
+        assert cache.peek("b") == before["b"]
+        release.set()
+        wait_until(lambda: cache.peek("a") not in (None, before["a"]), 5, "the refreshed answer")
+        assert cache.peek("a") == original({"op": "view", "name": "a"})
+        assert asked == ["view", "view", "views"]  # c was never read: it is not asked for
+        backend.record([Sample("b", NOW - 3, 9.0, None)])
+        release.clear()  # hold the refresh: only the grace decides
+        generation.value = backend.aggregator.generation
+        ticks.advance(0.6)  # heard 0.6 s ago, read only now: the grace is over all the same
+        assert cache.peek("b") is None
+        assert cache.query({"op": "view", "name": "c"}) == original({"op": "view", "name": "c"})
+    finally:
+        release.set()
+        cache.close()
 
 
 # -- the API's group commit -----------------------------------------------------------------------
@@ -313,3 +374,42 @@ def test_group_commit_gives_up_after_its_wait() -> None:
         assert time.monotonic() - began < 0.9
     finally:
         group.close()
+
+
+# -- the read served before Falcon ----------------------------------------------------------------
+def test_fast_reads_answer_exactly_as_falcon_and_defer_everything_else() -> None:
+    """A cached GET gets the very status, headers and bytes the Falcon app sends; a request
+    that needs a refusal or a check (no token, a query string, past its deadline, client gone,
+    an unknown server) is left to the app, which answers as before."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample("web", NOW - 1, 3.0, None)])
+    generation = FixedGeneration(backend.aggregator.generation)
+    cache = CachedReads(backend, generation)
+    stats = ApiStats()
+    app = create_app(cache, clock, read_token=READ_TOKEN, stats=stats, request_deadline=2)
+    fast = FastReads(app, cache, READ_TOKEN, request_deadline=2)
+    auth = {"Authorization": f"Bearer {READ_TOKEN}"}
+    slow = testing.simulate_get(app, "/servers/web/loads", headers=auth)  # fills the cache
+    hits = cache.hits
+    quick = testing.simulate_get(fast, "/servers/web/loads", headers=auth)
+    assert cache.hits == hits + 1  # served from the cache by the fast path
+    assert (quick.status, quick.headers, quick.content) == (slow.status, slow.headers, slow.content)
+    assert testing.simulate_get(fast, "/servers/web/loads").status_code == 401
+    assert testing.simulate_get(fast, "/servers/nope/loads", headers=auth).status_code == 404
+    query = testing.simulate_get(fast, "/servers/web/loads", headers=auth, params={"x": "1"})
+    same = testing.simulate_get(app, "/servers/web/loads", headers=auth, params={"x": "1"})
+    assert (query.status, query.content) == (same.status, same.content)
+    stale = {"servertrack.arrived": time.time() - 10}
+    late = testing.simulate_get(fast, "/servers/web/loads", headers=auth, extras=stale)
+    assert late.status_code == 503
+    gone = {"waitress.client_disconnected": lambda: True}
+    assert (
+        testing.simulate_get(fast, "/servers/web/loads", headers=auth, extras=gone).status_code
+        == 503
+    )
+    assert stats.snapshot()["requests_abandoned"] == 2
+    generation.value = None  # aggregator not heard from: no cached answer is served
+    hits = cache.hits
+    testing.simulate_get(fast, "/servers/web/loads", headers=auth)
+    assert cache.hits == hits
