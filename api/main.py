@@ -175,6 +175,7 @@ def build_app(
         stats=stats,
         request_deadline=args.request_deadline,
     )
+    stats.include("read_cache", cache.counts)
     backend.on_close(cache.close)
     return FastReads(app, cache, read_token, args.request_deadline), backend, stats
 

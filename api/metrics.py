@@ -38,6 +38,7 @@ ALWAYS = {
     "source": SOURCES,
     ("aggregator", "dropped"): tuple(AGGREGATOR_DROP_REASONS),
     ("api", "connections_closed"): CLOSE_REASONS,
+    ("api", "read_cache"): ("hit", "stale", "miss"),
 }
 """Label values exported even at 0, so rate() has a series from the start."""
 
