@@ -3,8 +3,8 @@ function, for the bench's results file (the evidence behind a figure that misses
 
 ``sampled(pids, seconds)`` runs one ``py-spy record --format raw`` per process while the caller
 drives load, and gives back, per process, the share of samples in each function's own code (the
-leaf frame) and under each of the daemon's own functions. Idle threads are not sampled (py-spy's
-default), so the shares are of the time some thread was on the CPU or in a system call.
+leaf frame) and under each of the daemon's own functions. Samples of threads waiting for work or
+a peer (``WAITING``) are counted apart, so the shares are of the time spent working.
 """
 
 from __future__ import annotations
@@ -21,6 +21,16 @@ from typing import Any
 
 RATE = 250
 TOP = 10
+WAITING = (
+    "Condition.wait",
+    "Poller.poll",
+    "Socket.poll",
+    "GroupCommit.record",
+    "handler_thread",
+    "poll2",
+    "_main",
+)
+"""Leaf frames of a thread that waits (for work, a peer or the network) rather than works."""
 
 
 def py_spy() -> str | None:
@@ -33,25 +43,33 @@ def summarize(raw: str, top: int = TOP) -> dict[str, Any]:
     """Leaf-frame and inclusive shares from py-spy's raw (collapsed stack) output."""
     own: Counter[str] = Counter()
     under: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     for line in raw.splitlines():
         stack, _, count = line.rstrip().rpartition(" ")
         if not stack or not count.isdigit():
             continue
         samples = int(count)
-        total += samples
         frames = stack.split(";")
+        if any(frames[-1].startswith(wait) for wait in WAITING):
+            waiting += samples
+            continue
+        total += samples
         own[frames[-1]] += samples
         for frame in set(frames):
             if "servertrack" in frame or "/api/" in frame or "aggregator/" in frame:
                 under[frame] += samples
     if not total:
-        return {"samples": 0}
+        return {"samples": 0, "waiting_samples": waiting}
 
     def share(counter: Counter[str]) -> list[str]:
         return [f"{count / total:.1%} {frame}" for frame, count in counter.most_common(top)]
 
-    return {"samples": total, "self": share(own), "inclusive_own_code": share(under)}
+    return {
+        "samples": total,
+        "waiting_samples": waiting,
+        "self": share(own),
+        "inclusive_own_code": share(under),
+    }
 
 
 @contextlib.contextmanager

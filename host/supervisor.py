@@ -99,6 +99,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         choices=["waitress", "granian"],
     )
     add_option(
+        parser, "--workers", 1, "api: granian worker processes (waitress has one)", positive_int
+    )
+    add_option(
         parser,
         "--max-servers",
         DEFAULT_MAX_SERVERS,
@@ -261,6 +264,8 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 str(args.threads),
                 "--http",
                 args.http,
+                "--workers",
+                str(args.workers),
                 "--receiver-control",
                 control,
                 "--aggregator-query",
