@@ -89,6 +89,8 @@ def _background_ingest(api: str, endpoint: str, seconds: float) -> None:
 
 HTTP_SERVERS = ("waitress", "granian")
 PROFILE_SECONDS = 8.0
+ALTERNATIONS = 3
+"""Turns of ours and the bare server for each GET figure (the median of each is reported)."""
 
 
 def _api_pids(host: Any) -> dict[str, int]:
@@ -105,7 +107,8 @@ def _api_pids(host: Any) -> dict[str, int]:
 
 
 def _with_ingest(host: Any, seconds: float, measure: Any) -> Any:
-    """``measure()`` while loadgen publishers send 100k samples/s over ZeroMQ to ``host``."""
+    """``measure()`` while loadgen publishers send 100k samples/s over ZeroMQ to ``host`` for
+    ``seconds`` (plus a start)."""
     feeder = multiprocessing.get_context("fork").Process(
         target=_background_ingest, args=(host.api, host.ingest, seconds + 20)
     )
@@ -120,9 +123,37 @@ def _with_ingest(host: Any, seconds: float, measure: Any) -> Any:
             feeder.join(timeout=10)
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median req/s, with every run's req/s and p99 beside it."""
+    ordered = sorted(runs, key=lambda run: run["requests_per_s"] or 0.0)
+    chosen = dict(ordered[len(ordered) // 2])
+    chosen["runs"] = [
+        {
+            "requests_per_s": run["requests_per_s"],
+            "p99_ms": run["p99_ms"],
+            "load": run["loadavg_1m"],
+        }
+        for run in runs
+    ]
+    return chosen
+
+
+def _alternate(
+    ours: Any, bare: Any, rounds: int = ALTERNATIONS
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ours and the bare server in turn, ``rounds`` times each, so that both see the same
+    machine (it is shared, and its load moves by the minute); the median run of each."""
+    mine, floor = [], []
+    for _ in range(rounds):
+        mine.append(ours())
+        floor.append(bare())
+    return _median_run(mine), _median_run(floor)
+
+
 def http_server_figures(workdir: Path, server: str, seconds: float) -> dict[str, Any]:
-    """Every HTTP figure through a real host whose API runs on ``server``, plus py-spy profiles
-    of single POSTs and of GETs (separate short runs, so sampling does not touch the figures)."""
+    """Every HTTP figure through a real host whose API runs on ``server``: GETs in turns with
+    the bare server (idle, then under 100k samples/s of ingest), and py-spy profiles of single
+    POSTs and of GETs (separate short runs, so sampling does not touch the figures)."""
     figures: dict[str, Any] = {}
     host = launch_host(workdir, "--no-agent", "--http", server, name=f"http-{server}")
     try:
@@ -130,7 +161,19 @@ def http_server_figures(workdir: Path, server: str, seconds: float) -> dict[str,
         figures["post_batch"] = http_bench.measure_post_batch(host.api, seconds)
         names = http_bench.populate(host.api)
         http_bench.wait_visible(host.api, names)
-        figures["get_idle"] = http_bench.measure_get(host.api, names, seconds)
+        with http_bench.bare_server(server) as (url, log_path):
+
+            def ours() -> dict[str, Any]:
+                return http_bench.measure_get(host.api, names, seconds)
+
+            def bare() -> dict[str, Any]:
+                return http_bench.measure_bare_at(url, log_path, seconds)
+
+            figures["get_idle"], figures["bare_idle"] = _alternate(ours, bare)
+            span = 2 * ALTERNATIONS * (seconds + 2)
+            figures["get_under_ingest"], figures["bare_under_ingest"] = _with_ingest(
+                host, span, lambda: _alternate(ours, bare)
+            )
         profiles: dict[str, Any] = {}
         with profile.sampled(_api_pids(host), PROFILE_SECONDS) as found:
             http_bench.measure_post_single(host.api, PROFILE_SECONDS + 1)
@@ -138,9 +181,7 @@ def http_server_figures(workdir: Path, server: str, seconds: float) -> dict[str,
         with profile.sampled(_api_pids(host), PROFILE_SECONDS) as found:
             http_bench.measure_get(host.api, names, PROFILE_SECONDS + 1)
         profiles["get_idle"] = found
-        figures["get_under_ingest"] = _with_ingest(
-            host, seconds, lambda: http_bench.measure_get(host.api, names, seconds)
-        )
+        figures["read_cache"] = host.get("/stats")[1]["api"].get("read_cache")
         figures["profiles"] = profiles
     finally:
         host.process.stop()
@@ -148,26 +189,12 @@ def http_server_figures(workdir: Path, server: str, seconds: float) -> dict[str,
 
 
 def http_figures(workdir: Path, seconds: float) -> dict[str, Any]:
-    """The bare ceilings of both servers, then every HTTP figure on each server option, then
-    the ceilings again (the machine is shared: the better of the two is the ceiling)."""
+    """Every HTTP figure on each server option, each beside its bare server."""
     http_bench.ensure_wrk()
     figures: dict[str, Any] = {}
     for server in HTTP_SERVERS:
-        figures[f"bare_{server}"] = http_bench.measure_bare(server, seconds)
-    for server in HTTP_SERVERS:
         print(f"HTTP on {server} ...", flush=True)
         figures[server] = http_server_figures(workdir, server, seconds)
-    for server in HTTP_SERVERS:
-        figures[f"bare_{server}_after"] = http_bench.measure_bare(server, seconds)
-    # The floor under ingest: the bare servers while a host ingests 100k samples/s beside them.
-    host = launch_host(workdir, "--no-agent", "--data-dir", "", name="http-ingest-only")
-    try:
-        for server in HTTP_SERVERS:
-            figures[f"bare_{server}_under_ingest"] = _with_ingest(
-                host, seconds, lambda server=server: http_bench.measure_bare(server, seconds)
-            )
-    finally:
-        host.process.stop()
     for value in figures.values():
         for inner in (value, *value.values()):
             if isinstance(inner, dict):
@@ -279,34 +306,28 @@ def core_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _ceiling(http: dict[str, Any], server: str) -> float:
-    return max(
-        http[f"bare_{server}"]["requests_per_s"] or 0.0,
-        http[f"bare_{server}_after"]["requests_per_s"] or 0.0,
-    )
-
-
 def _rate(figure: dict[str, Any]) -> str:
     return f"{figure['requests_per_s']:,.0f} (p50 {figure['p50_ms']} ms, p99 {figure['p99_ms']} ms)"
 
 
 def http_rows(http: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Each figure on each server beside the bare ceilings, and the verdict on each target."""
-    rows = [
-        (
-            f"bare {server} serving a constant JSON body, GET req/s (the ceiling)",
-            "",
-            f"{_ceiling(http, server):,.0f}",
-            "",
-        )
-        for server in HTTP_SERVERS
-    ]
+    rows = []
     for server in HTTP_SERVERS:
         figures = http[server]
-        ceiling = _ceiling(http, server)
+        bare = figures["bare_idle"]
+        ceiling = bare["requests_per_s"]
         get, post = figures["get_idle"], figures["post_single"]
         load = figures["get_under_ingest"]
-        floor = http[f"bare_{server}_under_ingest"]
+        floor = figures["bare_under_ingest"]
+        rows.append(
+            (
+                f"bare {server}: a constant JSON body, GET, in turns with ours (the ceiling)",
+                "",
+                _rate(bare),
+                "",
+            )
+        )
         rows += [
             (
                 f"{server}: GET /servers/{{name}}/loads req/s, 64 connections, idle",
@@ -357,6 +378,37 @@ def http_rows(http: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _loads(value: Any) -> list[float]:
+    """Every 1-minute load average wrk noted in a part of the results."""
+    if isinstance(value, dict):
+        found = list(value.get("loadavg_1m") or [])
+        for inner in value.values():
+            found += _loads(inner)
+        return found
+    return []
+
+
+def http_notes(http: dict[str, Any] | None) -> list[str]:
+    """The machine's load during the HTTP runs, and where each process spent its time."""
+    if not http:
+        return []
+    loads = _loads(http)
+    lines = [
+        f"1-minute load average during the HTTP runs: {min(loads):.1f} to {max(loads):.1f} "
+        "(2 cores; other work shares the machine).",
+        "",
+        "### Where the time goes (py-spy, leaf frames, share of working samples)",
+        "",
+    ]
+    for server in HTTP_SERVERS:
+        lines.append(f"- {server}, read cache {http[server].get('read_cache')}")
+        for figure, found in http[server].get("profiles", {}).items():
+            for process, summary in found.items():
+                top = "; ".join(summary.get("self", [])[:5]) or summary.get("error", "no samples")
+                lines.append(f"  - {figure}, {process}: {top}")
+    return [*lines, ""]
+
+
 def report(results: dict[str, Any]) -> str:
     m = results["machine"]
     parts = [
@@ -369,6 +421,7 @@ def report(results: dict[str, Any]) -> str:
         "",
         table(results),
         "",
+        *http_notes(results.get("http")),
         "## Details",
         "",
         "```json",

@@ -367,13 +367,14 @@ def measure_bare_waitress(seconds: float, connections: int = 64) -> dict[str, An
     return measure_bare("waitress", seconds, connections)
 
 
-def measure_bare(server_name: str, seconds: float, connections: int = 64) -> dict[str, Any]:
-    """The ceiling: GET req/s of ``server_name`` alone serving a constant JSON body, with the
-    settings ``servertrack api`` gives it and the same wrk script as GET."""
+@contextlib.contextmanager
+def bare_server(server_name: str) -> Iterator[tuple[str, Path]]:
+    """``server_name`` alone serving :func:`bare_app` with the settings ``servertrack api``
+    gives it, on a free port; yields its URL and log file, stopped afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
-        log_path = Path(tmp) / "waitress.log"
+        log_path = Path(tmp) / f"{server_name}.log"
         process = ChildProcess(
             [
                 sys.executable,
@@ -386,13 +387,27 @@ def measure_bare(server_name: str, seconds: float, connections: int = 64) -> dic
             log_path,
         ).start()
         try:
-            wait_until(lambda: http_json("GET", url + "/")[0] == 200, READY_TIMEOUT, "waitress")
-            with lines_file(["/servers/bare/loads"]) as path:
-                result = run_wrk(url, ["get", path], seconds, connections)
-            # Read before stopping: shutdown's "Canceling N pending task(s)" is not load trouble.
-            result.update(what=f"bare {server_name} GET", server_warnings=_warnings(log_path))
+            wait_until(lambda: http_json("GET", url + "/")[0] == 200, READY_TIMEOUT, server_name)
+            yield url, log_path
         finally:
             process.stop()
+
+
+def measure_bare_at(url: str, log_path: Path, seconds: float, connections: int = 64) -> dict:
+    """GET req/s of a running bare server (the same wrk script as GET)."""
+    with lines_file(["/servers/bare/loads"]) as path:
+        result = run_wrk(url, ["get", path], seconds, connections)
+    # Read before stopping: shutdown's "Canceling N pending task(s)" is not load trouble.
+    result.update(what="bare GET", server_warnings=_warnings(log_path))
+    return result
+
+
+def measure_bare(server_name: str, seconds: float, connections: int = 64) -> dict[str, Any]:
+    """The ceiling: GET req/s of ``server_name`` alone serving a constant JSON body, with the
+    settings ``servertrack api`` gives it and the same wrk script as GET."""
+    with bare_server(server_name) as (url, log_path):
+        result = measure_bare_at(url, log_path, seconds, connections)
+    result["what"] = f"bare {server_name} GET"
     return result
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import zmq
 
@@ -200,3 +201,17 @@ def test_concurrent_single_records_each_get_their_own_verdict(
     receiver = host.get("/stats")[1]["receiver"]
     assert receiver["duplicates"] == 60
     assert receiver["received"]["http"] == 120  # the 422s were refused by the API itself
+
+
+def test_granian_workers_do_not_outlive_a_killed_api(start_host: Callable[..., Host]) -> None:
+    """``kill -9`` of a granian API leaves no worker serving on the port: the workers get
+    SIGTERM from the kernel, and the host starts a new API that answers."""
+    host = start_host("--no-agent", "--http", "granian")
+    api = host.child("api")
+    workers = api.children()
+    assert workers
+    api.kill()
+    api.wait(timeout=5)
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+    wait_for(lambda: host.get("/health")[0] == 200, 30, "a new API")
