@@ -52,6 +52,7 @@ def machine() -> dict[str, Any]:
         "numpy",
         "falcon",
         "waitress",
+        "granian",
         "sortedcontainers",
         "carbon",
         "whisper",
@@ -124,9 +125,12 @@ def _with_ingest(host: Any, seconds: float, measure: Any) -> Any:
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median req/s, with every run's req/s and p99 beside it."""
+    """The run with the median req/s, with the median p99 of the runs (``p99_median_ms``) and
+    every run's req/s and p99 beside it."""
     ordered = sorted(runs, key=lambda run: run["requests_per_s"] or 0.0)
     chosen = dict(ordered[len(ordered) // 2])
+    p99s = sorted(run["p99_ms"] for run in runs if run["p99_ms"] is not None)
+    chosen["p99_median_ms"] = p99s[len(p99s) // 2] if p99s else None
     chosen["runs"] = [
         {
             "requests_per_s": run["requests_per_s"],
@@ -306,8 +310,14 @@ def core_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _p99(figure: dict[str, Any]) -> float:
+    """The median p99 of a figure measured in turns, else its own p99."""
+    value = figure.get("p99_median_ms", figure["p99_ms"])
+    return float(value) if value is not None else float("inf")
+
+
 def _rate(figure: dict[str, Any]) -> str:
-    return f"{figure['requests_per_s']:,.0f} (p50 {figure['p50_ms']} ms, p99 {figure['p99_ms']} ms)"
+    return f"{figure['requests_per_s']:,.0f} (p50 {figure['p50_ms']} ms, p99 {_p99(figure)} ms)"
 
 
 def http_rows(http: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -344,9 +354,9 @@ def http_rows(http: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             (
                 f"{server}: GET p99 while ingesting 100k samples/s (ms)",
                 "≤ 50",
-                f"{load['p99_ms']} ({load['requests_per_s']:,.0f} req/s); bare {server} under "
-                f"the same ingest: {floor['p99_ms']} ({floor['requests_per_s']:,.0f} req/s)",
-                verdict(load["p99_ms"], 50, False),
+                f"{_p99(load)} ({load['requests_per_s']:,.0f} req/s); bare {server} under "
+                f"the same ingest: {_p99(floor)} ({floor['requests_per_s']:,.0f} req/s)",
+                verdict(_p99(load), 50, False),
             ),
             (
                 f"{server}: POST /loads (samples/s)",
@@ -356,7 +366,7 @@ def http_rows(http: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             ),
         ]
         if server == "granian":
-            p99s = max(get["p99_ms"], post["p99_ms"])
+            p99s = max(_p99(get), _p99(post))
             rows.append(
                 (
                     "granian: p99 of both idle figures (ms)",
