@@ -15,8 +15,9 @@ What bounds clients here (measured with the same 300 + 300 slow-loris test as wa
   closes, which the header timeout bounds;
 - ``--threads``: Python threads per worker running the app; requests beyond them wait in Rust,
   where a waiting connection costs no thread;
-- bodies: the app refuses one announced over 4 MiB before reading it and reads at most 4 MiB of
-  one sent without a length. A body is read while the app runs, with no time limit: a client
+- bodies: the app refuses one announced over 4 MiB (reading it first when it is at most 5 MiB,
+  so that the client, still sending, sees the 413) and reads at most 4 MiB of one sent without a
+  length. A body is read while the app runs, with no time limit: a client
   trickling a body holds one of ``--threads`` threads until it finishes or leaves (waitress
   reads bodies whole before the app runs). Where untrusted clients reach the API, use waitress
   or a proxy that buffers request bodies.
@@ -45,7 +46,7 @@ BACKLOG = 2048
 
 
 def _check_port(host: str, port: int) -> None:
-    """Exit with a message (code 78) when the port is taken: granian itself would only log it."""
+    """Exit with a message (code 78) when the port is taken, before granian starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
