@@ -113,7 +113,7 @@ class CachedReads:
 
     # -- inside --------------------------------------------------------------------------------
     def _lookup(self, name: str, current: int, since: float) -> dict[str, Any] | None:
-        if current != self._gen:
+        if current != self._gen and since >= self._changed:
             self._new_generation(current, since)
         entry = self._entries.get(name)
         if entry is not None and entry[0] == current:
@@ -141,8 +141,8 @@ class CachedReads:
         """Keep the answers of the generation that ended for ``GRACE`` seconds, and have them
         asked for again in the background."""
         with self._rotate:
-            if current == self._gen:
-                return  # another thread did it
+            if current == self._gen or since < self._changed:
+                return  # another thread did it, or went on to a newer one already
             # Each swap replaces a reference: threads reading meanwhile see a whole dict.
             self._previous = self._entries
             self._entries = {}

@@ -293,6 +293,30 @@ def test_after_a_new_generation_the_previous_answer_serves_until_the_refresh_is_
         cache.close()
 
 
+def test_a_thread_late_with_the_generation_does_not_turn_the_cache_back() -> None:
+    """A thread that read the generation just before another thread moved the cache on to a
+    newer one leaves the cache on the newer one (no answer older than it is kept as current)."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample("a", NOW - 1, 3.0, None)])
+    ticks = FakeClock(100.0)
+    generation = FixedGeneration(backend.aggregator.generation, ticks)
+    cache = CachedReads(backend, generation, grace=0.0, monotonic=ticks)
+    try:
+        old = generation.current()
+        assert old is not None
+        cache.query({"op": "view", "name": "a"})
+        ticks.advance(0.1)
+        backend.record([Sample("a", NOW - 2, 9.0, None)])
+        generation.value = backend.aggregator.generation
+        newer = cache.query({"op": "view", "name": "a"})  # moves the cache on
+        assert newer["gen"] == generation.value
+        cache._lookup("a", *old)  # the late thread
+        assert cache.peek("a") == newer
+    finally:
+        cache.close()
+
+
 # -- the API's group commit -----------------------------------------------------------------------
 class ReceiverOverRpc:
     """An ``RpcClient`` stand-in that calls a real ``ReceiverState`` and notes each trip."""
