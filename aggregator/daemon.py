@@ -45,6 +45,10 @@ STORE_BACKOFF_MAX = 5.0
 STOP_FLUSH_WAIT = 30.0
 """Seconds a stop waits for the write in progress before the last one (then it gives up: the
 receiver still holds those batches and sends them again to the next aggregator)."""
+WATCH_HOLD = 1.0
+"""Seconds a ``watch`` is held at most before it is answered anyway (the API's heartbeat)."""
+MAX_WATCHERS = 256
+"""Watches held at once; beyond it a watch is answered at once."""
 
 
 @dataclass(slots=True)
@@ -88,6 +92,8 @@ class AggregatorDaemon:
         self.store_down = False
         self._flusher: concurrent.futures.ThreadPoolExecutor | None = None
         self._flush: tuple[object, concurrent.futures.Future[object], float] | None = None
+        self._watchers: list[tuple[list[bytes], int, float]] = []
+        """Held ``watch`` requests: envelope, the generation they know, when they came."""
         self.receiver = rpc.RpcClient(
             self.context, config.receiver_control, config.receiver_timeout
         )
@@ -152,6 +158,7 @@ class AggregatorDaemon:
                     self.handle_batch(frames)
             if query in ready:
                 self.serve_queries(QUERY_BUDGET)
+            self.answer_watchers()
 
     def serve_queries(self, budget: float) -> None:
         """Answer the queries waiting now, for at most ``budget`` seconds."""
@@ -160,7 +167,31 @@ class AggregatorDaemon:
             return
         end = time.monotonic() + budget
         while time.monotonic() < end and query.poll(0, zmq.POLLIN):
-            rpc.serve_one(query, self._answer)
+            rpc.serve_one(query, self._answer, self._hold_watch)
+
+    def _hold_watch(self, request: object, envelope: list[bytes]) -> bool:
+        """Keep a ``watch`` that knows the current generation until it changes (long poll)."""
+        if not isinstance(request, dict) or request.get("op") != "watch":
+            return False
+        if request.get("after") != self.state.generation or len(self._watchers) >= MAX_WATCHERS:
+            return False  # answered at once
+        self._watchers.append((envelope, self.state.generation, time.monotonic()))
+        return True
+
+    def answer_watchers(self) -> None:
+        """Answer the held watches whose generation is gone, or that waited ``WATCH_HOLD``."""
+        if not self._watchers or self._query is None:
+            return
+        now = time.monotonic()
+        generation = self.state.generation
+        keep = []
+        for held in self._watchers:
+            envelope, known, since = held
+            if known != generation or now - since >= WATCH_HOLD:
+                rpc.reply(self._query, envelope, self.state.watch_reply())
+            else:
+                keep.append(held)
+        self._watchers = keep
 
     def _answer(self, request: object) -> bytes | None:
         return self.state.answer(request, self.clock(), time.time())
@@ -233,6 +264,7 @@ class AggregatorDaemon:
                 self._fetch_names()
             for _ in self.state.apply_in_slices(batch, self.clock()):
                 self.serve_queries(SLICE_QUERY_BUDGET)
+            self.answer_watchers()
         except Exception:  # a bad batch must never stop the aggregator
             self.state.batch_error()
             log.exception("could not apply batch %d", batch.number)

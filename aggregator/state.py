@@ -9,6 +9,7 @@ it only moves bytes and keeps the schedule; every method here takes ``now``.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import REFUSED
 from servertrack.aggregator.store import RollupStore
 from servertrack.common.batch import Batch, ServerHealth
-from servertrack.common.buckets import Clock, iso_utc
+from servertrack.common.buckets import Clock, iso_utc, minute_index
 from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, declared
 from servertrack.store.redis_nodes import StoreUnavailable
 
@@ -37,6 +38,8 @@ COUNTED = ("lost", "duplicates", "rejected", "seq_resets")
 """Per-server counters that add up over receiver runs."""
 UNKNOWN = -1
 COUNTED_HERE = declared(AGGREGATOR)
+MAX_VIEWS = 1000
+"""Servers one ``views`` query may ask for (the API's read cache refreshes in such groups)."""
 
 
 def counted(health: ServerHealth) -> tuple[int, ...]:
@@ -129,6 +132,13 @@ class AggregatorState:
         self.store_flush_seconds: float | None = None
         self.rss_bytes: int | None = None
         """The process's resident memory, set by the daemon (this object does no I/O)."""
+        self.generation = secrets.randbits(62)
+        """The number of the state answers are built from: it changes whenever an answer could
+        (a batch applied, a new minute, servers released, a snapshot restored). It starts at a
+        random number, so two aggregator runs never share one; ``view`` answers carry it, for
+        the API's read cache."""
+        self._minute = -1
+        self._evictions = 0
 
     # -- batches ------------------------------------------------------------------------------
     def needs_names(self, batch: Batch) -> bool:
@@ -157,6 +167,7 @@ class AggregatorState:
             self.counters["batches_already_applied"] += 1
             return
         ids = self.ids
+        changes = len(batch) > 0 or bool(batch.servers) or batch.epoch != ids.epoch
         if batch.epoch != ids.epoch:
             for name, counts in ids.reset(batch.epoch).items():
                 before = self.health_before.get(name, (0,) * len(COUNTED))
@@ -202,6 +213,11 @@ class AggregatorState:
                 yield
         self.counters["batches"] += 1
         self.store.evict_silent(now)  # only now: every row of this batch has its samples
+        if changes or self.store.evictions != self._evictions:
+            # An empty batch with no news of any server changes no answer: the read cache
+            # keeps what it has.
+            self._evictions = self.store.evictions
+            self.generation += 1
         if batch.number < self.newest_number:
             return  # a re-sent batch: its totals are older than those already known
         self.newest_number = batch.number
@@ -252,8 +268,12 @@ class AggregatorState:
 
     def housekeeping(self, now: float) -> None:
         """Between batches, about once a second: release servers silent for 24 hours even when
-        no batch comes."""
+        no batch comes. A new minute or released servers change the answers: a new generation."""
         self.store.evict_silent(now)
+        minute = minute_index(now)
+        if minute != self._minute or self.store.evictions != self._evictions:
+            self._minute, self._evictions = minute, self.store.evictions
+            self.generation += 1
 
     def malformed_batch(self) -> None:
         self.counters["malformed_batch"] += 1
@@ -323,6 +343,7 @@ class AggregatorState:
         self.counters.update(counters)
         self.newest_number = newest
         self.snapshot_taken = taken
+        self.generation += 1
 
     def snapshot_written(self, taken: float) -> None:
         self.snapshot_taken = taken
@@ -352,11 +373,17 @@ class AggregatorState:
     def _answer(self, request: Any, now: float) -> bytes:
         op = request.get("op") if isinstance(request, dict) else None
         if op == "view":
-            view = self.store.view(str(request.get("name")), now)
-            if view is None:
-                return msgpack.packb({"status": 404})
-            view["health"] = self.server_health(view["server"])
-            return msgpack.packb({"status": 200, "body": json.dumps(view).encode()})
+            return msgpack.packb(
+                {**self.view(str(request.get("name")), now), "gen": self.generation}
+            )
+        if op == "views":
+            names = request.get("names")
+            if not isinstance(names, list) or len(names) > MAX_VIEWS:
+                return msgpack.packb({"status": 400, "message": f"names: a list of {MAX_VIEWS}"})
+            views = [self.view(str(name), now) for name in names]
+            return msgpack.packb({"views": views, "gen": self.generation})
+        if op == "watch":
+            return self.watch_reply()
         if op == "servers":
             return msgpack.packb({"status": 200, "body": self.servers_page(request, now)})
         if op in ("fleet", "grid"):
@@ -369,6 +396,18 @@ class AggregatorState:
         if op == "ping":
             return msgpack.packb(self.ping(now))
         return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
+
+    def view(self, name: str, now: float) -> dict[str, Any]:
+        """A server's answer: ``{"status": 200, "body": JSON bytes}`` or ``{"status": 404}``."""
+        view = self.store.view(name, now)
+        if view is None:
+            return {"status": 404}
+        view["health"] = self.server_health(view["server"])
+        return {"status": 200, "body": json.dumps(view).encode()}
+
+    def watch_reply(self) -> bytes:
+        """The answer to a ``watch``: the current generation."""
+        return msgpack.packb({"gen": self.generation})
 
     def servers_page(self, request: dict[str, Any], now: float) -> bytes:
         limit = request.get("limit")

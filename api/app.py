@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 10_000
 MAX_BODY = 4 * 1024 * 1024
 """A full 10,000-item batch is about 0.8 MB of JSON."""
+DRAIN_LIMIT = 5 * 1024 * 1024
+"""A body announced over ``MAX_BODY`` but up to this is read (and dropped) before the 413."""
 SERVERS_PAGE = 1_000
 SERVERS_PAGE_MAX = 10_000
 REQUEST_DEADLINE = 5.0
@@ -71,6 +73,11 @@ class StrictJSONHandler(falcon.media.JSONHandler):
 
     def deserialize(self, stream: Any, content_type: str | None, content_length: int | None) -> Any:
         if content_length is not None and content_length > self.max_body:
+            if content_length <= DRAIN_LIMIT:
+                # Read it before answering (waitress has it already): a server that reads
+                # bodies lazily (granian) would otherwise close the connection under a client
+                # still sending, which then sees a broken pipe instead of the 413.
+                stream.read(content_length)
             raise PayloadTooLarge("too_large", f"body exceeds {self.max_body} bytes")
         raw = stream.read(self.max_body + 1)
         if len(raw) > self.max_body:

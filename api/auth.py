@@ -31,6 +31,14 @@ def _matches(presented: str, token: bytes) -> bool:
     return hmac.compare_digest(raw, token)
 
 
+def bearer_ok(header: str | None, token: bytes) -> bool:
+    """Whether an ``Authorization`` header value carries ``token`` as a bearer token."""
+    if not header:
+        return False
+    scheme, _, presented = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and _matches(presented.strip(), token)
+
+
 class TokenAuth:
     """Falcon middleware: refuses a request without the token its scope needs with a 401.
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import zmq
 
+from servertrack.api.generation import GenerationWatch
+from servertrack.api.group import GroupCommit
 from servertrack.common import rpc
 from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
@@ -25,7 +28,12 @@ class Backend(Protocol):
 
 
 class ZmqBackend:
-    """Talks to the receiver (records) and the aggregator (reads) with one socket per thread."""
+    """Talks to the receiver (records) and the aggregator (reads) with one socket per thread.
+
+    A single record goes through :class:`GroupCommit` (one receiver trip for the records that
+    arrive together); a batch (``POST /loads``) makes its own trip. ``generation`` follows the
+    aggregator's state number for the read cache (:mod:`servertrack.api.cache`).
+    """
 
     def __init__(
         self,
@@ -40,8 +48,20 @@ class ZmqBackend:
             self.context, receiver_control, timeout, record_timeout
         )
         self.aggregator = rpc.ThreadLocalClients(self.context, aggregator_query, timeout)
+        self.group = GroupCommit(
+            rpc.RpcClient(self.context, receiver_control, timeout, record_timeout),
+            wait=2 * max(timeout, record_timeout) + timeout,
+        )
+        self.generation = GenerationWatch(self.context, aggregator_query)
+        self._closing: list[Callable[[], None]] = []
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` first in :meth:`close` (to stop threads that use these sockets)."""
+        self._closing.append(hook)
 
     def record(self, samples: list[Sample]) -> dict[str, Any]:
+        if len(samples) == 1:
+            return self.group.record(samples[0])
         rows = [[s.fqdn, s.ts, s.cpu, s.ram] for s in samples]
         return self.receiver.get().call({"op": "record", "samples": rows})
 
@@ -65,5 +85,9 @@ class ZmqBackend:
         return status
 
     def close(self) -> None:
+        for hook in self._closing:
+            hook()
+        self.group.close()
+        self.generation.close()
         self.receiver.close()
         self.aggregator.close()

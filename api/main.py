@@ -1,15 +1,18 @@
-"""``servertrack api``: serve the HTTP API with waitress."""
+"""``servertrack api``: serve the HTTP API with waitress (the default) or granian (``--http``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import threading
+from typing import Any
 
 import zmq
 
 from servertrack.api.app import REQUEST_DEADLINE, create_app
 from servertrack.api.backend import Backend, ZmqBackend
+from servertrack.api.cache import CachedReads
+from servertrack.api.fastpath import FastReads
 from servertrack.api.server import CONNECTION_LIMIT, IDLE_TIMEOUT, REQUEST_TIMEOUT, make_waitress
 from servertrack.api.stats import ApiStats
 from servertrack.api.store_backend import StoreBackend
@@ -28,12 +31,28 @@ from servertrack.store.options import MEMORY, add_store_options, store_password
 from servertrack.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
+SERVERS = ("waitress", "granian")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="servertrack api", description=__doc__)
     add_option(parser, "--host", "127.0.0.1", "address to listen on")
     add_option(parser, "--port", 8080, "HTTP port", port)
+    add_option(
+        parser,
+        "--http",
+        "waitress",
+        "HTTP server: waitress (pure Python, every connection limit) or granian (Rust, the "
+        "faster; pip install servertrack[fast])",
+        choices=list(SERVERS),
+    )
+    add_option(
+        parser,
+        "--workers",
+        1,
+        "granian: worker processes, each with its own app, caches and counters",
+        positive_int,
+    )
     add_option(
         parser,
         "--threads",
@@ -171,13 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
 
-def run(args: argparse.Namespace) -> int:
-    setup_logging()
-    record_token, read_token = read_tokens(args)
-    context = zmq.Context()
-    try:
-        backend = make_backend(args, context)
-        stats = ApiStats()
+def build_app(
+    args: argparse.Namespace,
+    context: zmq.Context,
+    record_token: str | None,
+    read_token: str | None,
+) -> tuple[Any, Backend, ApiStats]:
+    """The app over its backend: what either server runs (granian builds it in each worker
+    process). Over the host's daemons, the read cache sits in front of it; over Redis, reads go
+    to Redis (other hosts write there too, so no batch tells when an answer changes)."""
+    backend = make_backend(args, context)
+    stats = ApiStats()
+    if not isinstance(backend, ZmqBackend):
         app = create_app(
             backend,
             record_token=record_token,
@@ -185,6 +209,36 @@ def run(args: argparse.Namespace) -> int:
             stats=stats,
             request_deadline=args.request_deadline,
         )
+        return app, backend, stats
+    cache = CachedReads(backend, backend.generation)
+    app = create_app(
+        cache,
+        record_token=record_token,
+        read_token=read_token,
+        stats=stats,
+        request_deadline=args.request_deadline,
+    )
+    stats.include("read_cache", cache.counts)
+    backend.on_close(cache.close)
+    return FastReads(app, cache, read_token, args.request_deadline), backend, stats
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    record_token, read_token = read_tokens(args)
+    if args.http == "granian":
+        from servertrack.api import granian_server  # only when chosen: an optional extra
+
+        return granian_server.serve(args)
+    return serve_waitress(args, record_token, read_token)
+
+
+def serve_waitress(
+    args: argparse.Namespace, record_token: str | None, read_token: str | None
+) -> int:
+    context = zmq.Context()
+    try:
+        app, backend, stats = build_app(args, context, record_token, read_token)
         try:
             server = make_waitress(
                 app,
@@ -197,10 +251,11 @@ def run(args: argparse.Namespace) -> int:
                 connection_limit=args.connection_limit,
             )
         except OSError as err:
+            backend.close()
             fatal(f"servertrack api: cannot listen on {args.host}:{args.port}: {err.strerror}")
         stop = threading.Event()
         serving = threading.Thread(target=server.run, name="waitress", daemon=True)
-        log.info("api listening on http://%s:%s", args.host, server.effective_port)
+        log.info("api (waitress) listening on http://%s:%s", args.host, server.effective_port)
         with stop_on_signals(stop):
             serving.start()
             while not stop.wait(0.5) and serving.is_alive():

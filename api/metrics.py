@@ -40,6 +40,7 @@ ALWAYS = {
     ("aggregator", "dropped"): tuple(AGGREGATOR_DROP_REASONS),
     ("api", "connections_closed"): CLOSE_REASONS,
     ("receiver", "graphite_connections_closed"): tuple(GRAPHITE_CLOSE_REASONS),
+    ("api", "read_cache"): ("hit", "stale", "miss"),
 }
 """Label values exported even at 0, so rate() has a series from the start."""
 

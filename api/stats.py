@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -22,6 +23,12 @@ class ApiStats:
         self._closed: Counter[str] = Counter()
         self._abandoned = 0
         self._process = psutil.Process()
+        self._sources: dict[str, Callable[[], Any]] = {}
+
+    def include(self, key: str, source: Callable[[], Any]) -> None:
+        """Report ``source()`` under ``key`` (counters kept elsewhere, such as the read
+        cache's, which count without this lock)."""
+        self._sources[key] = source
 
     def rejected(self, reason: str, samples: int = 1) -> None:
         """``samples`` records refused for ``reason`` (all the items of a refused batch)."""
@@ -43,6 +50,8 @@ class ApiStats:
                 "requests_abandoned": self._abandoned,
                 "connections_closed": dict(self._closed),
             }
+        for key, source in self._sources.items():
+            section[key] = source()
         with contextlib.suppress(psutil.Error):  # /proc unreadable: leave it out
             section["rss_bytes"] = int(self._process.memory_info().rss)
         return section

@@ -328,11 +328,24 @@ def bare_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [BARE_BODY]
 
 
-def serve_bare(port: int) -> int:
-    """Serve :func:`bare_app` with api/main.py's waitress settings until SIGTERM."""
+def bare_factory() -> Any:
+    """Granian's factory target for the bare app."""
+    return bare_app
+
+
+def serve_bare(port: int, server_name: str = "waitress") -> int:
+    """Serve :func:`bare_app` with ``servertrack api``'s settings for that server until
+    SIGTERM."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if server_name == "granian":
+        from servertrack.api.granian_server import make_granian
+
+        # Run as a script, this module is __main__ in the forked granian worker too.
+        target = f"{__name__}:bare_factory"
+        make_granian(target, "127.0.0.1", port, threads=WAITRESS_THREADS).serve()
+        return 0
     server = make_waitress(bare_app, "127.0.0.1", port, WAITRESS_THREADS, ApiStats())
 
     def stop(signum: int, frame: Any) -> None:
@@ -351,21 +364,50 @@ def serve_bare(port: int) -> int:
 
 def measure_bare_waitress(seconds: float, connections: int = 64) -> dict[str, Any]:
     """The ceiling: GET req/s of waitress alone (same settings, same wrk script as GET)."""
+    return measure_bare("waitress", seconds, connections)
+
+
+@contextlib.contextmanager
+def bare_server(server_name: str) -> Iterator[tuple[str, Path]]:
+    """``server_name`` alone serving :func:`bare_app` with the settings ``servertrack api``
+    gives it, on a free port; yields its URL and log file, stopped afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
-        log_path = Path(tmp) / "waitress.log"
+        log_path = Path(tmp) / f"{server_name}.log"
         process = ChildProcess(
-            [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(port)], log_path
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--serve-bare",
+                str(port),
+                "--bare-server",
+                server_name,
+            ],
+            log_path,
         ).start()
         try:
-            wait_until(lambda: http_json("GET", url + "/")[0] == 200, READY_TIMEOUT, "waitress")
-            with lines_file(["/servers/bare/loads"]) as path:
-                result = run_wrk(url, ["get", path], seconds, connections)
-            # Read before stopping: shutdown's "Canceling N pending task(s)" is not load trouble.
-            result.update(what="bare waitress GET", server_warnings=_warnings(log_path))
+            wait_until(lambda: http_json("GET", url + "/")[0] == 200, READY_TIMEOUT, server_name)
+            yield url, log_path
         finally:
             process.stop()
+
+
+def measure_bare_at(url: str, log_path: Path, seconds: float, connections: int = 64) -> dict:
+    """GET req/s of a running bare server (the same wrk script as GET)."""
+    with lines_file(["/servers/bare/loads"]) as path:
+        result = run_wrk(url, ["get", path], seconds, connections)
+    # Read before stopping: shutdown's "Canceling N pending task(s)" is not load trouble.
+    result.update(what="bare GET", server_warnings=_warnings(log_path))
+    return result
+
+
+def measure_bare(server_name: str, seconds: float, connections: int = 64) -> dict[str, Any]:
+    """The ceiling: GET req/s of ``server_name`` alone serving a constant JSON body, with the
+    settings ``servertrack api`` gives it and the same wrk script as GET."""
+    with bare_server(server_name) as (url, log_path):
+        result = measure_bare_at(url, log_path, seconds, connections)
+    result["what"] = f"bare {server_name} GET"
     return result
 
 
@@ -423,9 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--raw", action="store_true", help="keep wrk's stderr field")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-server", default="waitress", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare:
-        return serve_bare(args.serve_bare)
+        return serve_bare(args.serve_bare, args.bare_server)
     if not 1 <= args.seconds <= 600:
         parser.error("--seconds must be 1..600")
     what = [item.strip() for item in args.what.split(",") if item.strip()]

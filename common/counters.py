@@ -352,6 +352,15 @@ COUNTERS: tuple[Counter, ...] = (
         "arrive, or the oldest idle one evicted at the connection limit.",
         "reason",
     ),
+    _c(
+        API,
+        "read_cache",
+        "servertrack_http_read_cache",
+        "Server reads by how the read cache served them: hit (the current answer, kept), stale "
+        "(the previous answer, at most 0.5 s after a batch, while it is asked for again), miss "
+        "(asked of the aggregator).",
+        "result",
+    ),
     _rss(API),
 )
 

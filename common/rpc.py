@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -127,17 +128,30 @@ def bind_router(context: zmq.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
-def serve_one(sock: zmq.Socket, handler: Any) -> None:
+def serve_one(
+    sock: zmq.Socket,
+    handler: Any,
+    hold: Callable[[Any, list[bytes]], bool] | None = None,
+) -> None:
     """Read one request from a ROUTER socket and send ``handler(request)``'s bytes back; a
-    handler that returns None sends nothing (the client has given up already)."""
+    handler that returns None sends nothing (the client has given up already). ``hold``, when
+    given, may keep a request to answer later with :func:`reply` (it gets the request and its
+    envelope, and returns True when it kept them)."""
     frames = sock.recv_multipart()
     try:
         request = msgpack.unpackb(frames[-1])
-        reply = handler(request)
+        if hold is not None and hold(request, frames[:-1]):
+            return
+        answer = handler(request)
     except Exception as err:  # a bad request must never stop the daemon
         log.warning("refused request: %s", err)
-        reply = msgpack.packb({"error": "bad_request", "message": str(err)})
-    if reply is None:
+        answer = msgpack.packb({"error": "bad_request", "message": str(err)})
+    if answer is None:
         return
+    reply(sock, frames[:-1], answer)
+
+
+def reply(sock: zmq.Socket, envelope: list[bytes], answer: bytes) -> None:
+    """Send ``answer`` to the client ``envelope`` names (nothing if it has gone)."""
     with contextlib.suppress(zmq.Again):  # the client has gone; its REQ socket times out
-        sock.send_multipart([*frames[:-1], reply], flags=zmq.NOBLOCK)
+        sock.send_multipart([*envelope, answer], flags=zmq.NOBLOCK)

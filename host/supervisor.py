@@ -107,7 +107,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_option(
         parser, "--snapshot-interval", 30.0, "aggregator: seconds between snapshots", positive_float
     )
-    add_option(parser, "--threads", 64, "api: waitress worker threads", positive_int)
+    add_option(parser, "--threads", 64, "api: worker threads (per granian worker)", positive_int)
+    add_option(
+        parser,
+        "--http",
+        "waitress",
+        "api: HTTP server, waitress or granian (faster; pip install servertrack[fast])",
+        choices=["waitress", "granian"],
+    )
+    add_option(
+        parser, "--workers", 1, "api: granian worker processes (waitress has one)", positive_int
+    )
     add_option(
         parser,
         "--max-servers",
@@ -298,6 +308,10 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 str(args.api_port),
                 "--threads",
                 str(args.threads),
+                "--http",
+                args.http,
+                "--workers",
+                str(args.workers),
                 "--receiver-control",
                 control,
                 "--aggregator-query",

@@ -253,6 +253,8 @@ class ReceiverDaemon:
         op = request.get("op") if isinstance(request, dict) else None
         if op == "record":
             return msgpack.packb(self.state.record(request.get("samples"), self.clock()))
+        if op == "record_each":
+            return msgpack.packb(self.state.record_each(request.get("samples"), self.clock()))
         if op == "names":
             return msgpack.packb({"epoch": self.state.epoch, "names": self.state.all_names()})
         if op == "replay":

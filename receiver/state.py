@@ -56,6 +56,7 @@ from servertrack.common.sample import (
 )
 
 NAN = float("nan")
+INF = float("inf")
 MAX_SAMPLE_RATE = 1000.0
 """Samples per second no agent exceeds: a seq jump beyond this rate times the time elapsed (plus
 ``GAP_SLACK``) cannot be loss."""
@@ -73,6 +74,11 @@ GRAPHITE_CLAMP = 110.0
 collectd's cpu plugin in jiffies mode reports a little over 100 (100.998 was captured). Beyond it,
 or below 0, the point is refused as ``bad_cpu`` / ``bad_ram``."""
 METRICS = ("cpu", "ram")
+
+
+def _plain_percent(value: Any) -> bool:
+    """None, or a float from 0 to 100 (what the API sends for a valid cpu or ram)."""
+    return value is None or (type(value) is float and 0.0 <= value <= 100.0)
 
 
 def _seen(stream: list[Any], seq: int, ts: float) -> bool:
@@ -282,6 +288,60 @@ class ReceiverState:
             self.reject(reason, len(rows), "http")
             return {"error": reason, "message": str(err)}
         return self.offer_many(samples, now)
+
+    def record_each(self, rows: Any, now: float) -> dict[str, Any]:
+        """Single records from the API's group commit, ``[[fqdn, ts, cpu, ram], ...]``, each taken
+        or refused on its own (one client's bad record must not refuse another's): the reply's
+        ``verdicts`` hold, item by item, None (accepted), ``"duplicate"`` or the refusal reason.
+
+        PERF: the API validated each record already; a record of a known server whose values are
+        plainly valid is checked here without :func:`make_sample` (the name was checked when the
+        server was registered). Anything else takes the full validation: the receiver trusts no
+        peer.
+        """
+        if not isinstance(rows, list):
+            self.reject("bad_request", 1, "http")
+            return {"error": "bad_request", "message": "samples must be a list"}
+        self.received["http"] += len(rows)
+        servers = self.servers
+        verdicts: list[str | None] = []
+        for row in rows:
+            if (
+                type(row) is list
+                and len(row) == 4
+                and type(row[0]) is str
+                and row[0] in servers
+                and type(row[1]) is float
+                and -INF < row[1] < INF
+                and _plain_percent(row[2])
+                and _plain_percent(row[3])
+                and (row[2] is not None or row[3] is not None)
+            ):
+                sample = Sample(row[0], row[1], row[2], row[3])
+            else:
+                try:
+                    sample = make_sample(*row)
+                except (InvalidSample, TypeError) as err:
+                    reason = getattr(err, "reason", "bad_request")
+                    self.rejected["http"][reason] += 1
+                    verdicts.append(reason)
+                    continue
+            verdicts.append(self._record_one(sample, now))
+        return {"verdicts": verdicts}
+
+    def _record_one(self, sample: Sample, now: float) -> str | None:
+        """:meth:`offer_many` for one sample, without the bookkeeping of a list."""
+        reason = time_verdict(sample.ts, now)
+        if (
+            reason is None
+            and sample.fqdn not in self.servers
+            and len(self.servers) >= self.max_servers
+        ):
+            reason = "server_limit"
+        if reason is not None:
+            self.rejected["http"][reason] += 1
+            return reason
+        return self._admit(sample, now, "http")
 
     def offer_many(self, samples: Iterable[Sample], now: float, source: str = "http") -> dict:
         """All-or-nothing intake of validated samples (HTTP): any sample outside the time window

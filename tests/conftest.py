@@ -38,3 +38,12 @@ def zmq_context() -> Iterator[zmq.Context]:
     context = zmq.Context()
     yield context
     context.destroy(linger=0)
+
+
+HTTP_SERVERS = ("waitress", "granian")
+
+
+@pytest.fixture(params=HTTP_SERVERS)
+def http_server(request: pytest.FixtureRequest) -> str:
+    """Each HTTP server ``servertrack api --http`` offers: the test runs once on each."""
+    return str(request.param)

@@ -80,9 +80,11 @@ def test_zmq_and_http_samples_match_the_oracle(
         assert_matches_oracle(view, oracle_buckets(samples, at))
 
 
-def test_single_post_shows_up_within_two_seconds(start_host: Callable[..., Host]) -> None:
+def test_single_post_shows_up_within_two_seconds(
+    start_host: Callable[..., Host], http_server: str
+) -> None:
     """A load recorded with POST /servers/{name}/loads is visible to GET within 2 s."""
-    host = start_host("--no-agent")
+    host = start_host("--no-agent", "--http", http_server)
     status, body = host.post("/servers/web-1.example/loads", {"cpu": 12.5, "ram": 40.0})
     assert (status, body["accepted"]) == (202, 1)
     wait_for(  # within 2 s: the one-second batch plus a margin
@@ -110,10 +112,15 @@ def test_single_post_shows_up_within_two_seconds(start_host: Callable[..., Host]
     ],
 )
 def test_bad_input_gets_a_4xx_json_body_and_changes_nothing(
-    start_host: Callable[..., Host], path: str, body: Any, status: int, reason: str
+    start_host: Callable[..., Host],
+    http_server: str,
+    path: str,
+    body: Any,
+    status: int,
+    reason: str,
 ) -> None:
     """Each kind of bad input is answered with its 4xx and reason, and nothing is recorded."""
-    host = start_host("--no-agent")
+    host = start_host("--no-agent", "--http", http_server)
     got_status, got = host.post(path, body)
     assert (got_status, got["reason"]) == (status, reason)
     assert got["description"]
@@ -121,14 +128,16 @@ def test_bad_input_gets_a_4xx_json_body_and_changes_nothing(
     assert host.get("/servers")[1]["servers"] == []
 
 
-def test_malformed_json_over_http_is_400(start_host: Callable[..., Host]) -> None:
+def test_malformed_json_over_http_is_400(start_host: Callable[..., Host], http_server: str) -> None:
     """A body that is not JSON gets 400 with reason bad_json."""
-    host = start_host("--no-agent")
+    host = start_host("--no-agent", "--http", http_server)
     status, body = http("POST", host.api + "/servers/web-1/loads", raw=b"{cpu: 1")
     assert (status, body["reason"]) == (400, "bad_json")
 
 
-def test_api_answers_503_while_the_aggregator_is_down_and_recovers(tmp_path: Path) -> None:
+def test_api_answers_503_while_the_aggregator_is_down_and_recovers(
+    tmp_path: Path, http_server: str
+) -> None:
     """Without an aggregator GET is 503 within a second; once it starts, GET works again."""
     api_port = free_port()
     ports = {name: free_port() for name in ("ingest", "control", "batches", "query")}
@@ -148,6 +157,8 @@ def test_api_answers_503_while_the_aggregator_is_down_and_recovers(tmp_path: Pat
     api = Process(
         servertrack(
             "api",
+            "--http",
+            http_server,
             "--port",
             str(api_port),
             "--receiver-control",

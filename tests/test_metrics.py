@@ -19,7 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.parser import text_string_to_metric_families
 
 from servertrack.api.app import create_app
+from servertrack.api.cache import CachedReads
 from servertrack.api.metrics import StatsCollector
+from servertrack.api.stats import ApiStats
 from servertrack.common.counters import (
     AGGREGATOR_DROP_REASONS,
     GRAPHITE_CLOSE_REASONS,
@@ -165,8 +167,10 @@ def test_the_daemons_stats_are_exactly_the_declared_counters() -> None:
     """What the receiver, the aggregator and the API put in /stats is what
     ``common/counters.py`` declares (the /metrics and OpenAPI derivations rely on it)."""
     clock = Clock(1_800_000_000.0)
-    backend = InProcessBackend(clock)
-    client = testing.TestClient(create_app(backend, clock))
+    cache = CachedReads(InProcessBackend(clock), None)  # wired as servertrack api does
+    api_stats = ApiStats()
+    api_stats.include("read_cache", cache.counts)
+    client = testing.TestClient(create_app(cache, clock, stats=api_stats))
     client.simulate_post("/servers/web-1/loads", json={"cpu": 5})
     client.simulate_post("/servers/web-1/loads", json={"cpu": 500})
     stats = client.simulate_get("/stats").json

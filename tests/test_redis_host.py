@@ -126,12 +126,14 @@ def test_two_hosts_and_replicas_answer_alike_for_every_server(
     start_host: Callable[..., HostUnderTest],
     redis_server: RedisServer,
     replicas: Callable[..., str],
+    http_server: str,
 ) -> None:
     """Two hosts write one Redis: each API (and a read replica) answers for the other's servers,
-    and a server recorded through both hosts adds up exactly."""
+    and a server recorded through both hosts adds up exactly. The second host and the replica
+    run on each HTTP server."""
     first = start_host("--no-agent", "--store", redis_server.url)
-    second = start_host("--no-agent", "--store", redis_server.url)
-    replica = replicas(redis_server.url)
+    second = start_host("--no-agent", "--store", redis_server.url, "--http", http_server)
+    replica = replicas(redis_server.url, "--http", http_server)
     now = time.time()
     assert first.post("/loads", [{"server": "only-a", "ts": now - 5, "cpu": 10.0}])[0] == 202
     assert second.post("/loads", [{"server": "only-b", "ts": now - 5, "cpu": 20.0}])[0] == 202
@@ -155,9 +157,9 @@ def test_two_hosts_and_replicas_answer_alike_for_every_server(
 
 
 def test_a_read_replica_refuses_records_and_checks_only_the_store(
-    redis_server: RedisServer, replicas: Callable[..., str]
+    redis_server: RedisServer, replicas: Callable[..., str], http_server: str
 ) -> None:
-    replica = replicas(redis_server.url)
+    replica = replicas(redis_server.url, "--http", http_server)
     status, body = http_json("POST", replica + "/servers/x/loads", {"cpu": 1.0})
     assert (status, body["reason"]) == (503, "backend_unavailable")
     health = http_json("GET", replica + "/health")[1]

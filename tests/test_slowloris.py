@@ -103,12 +103,12 @@ def health_time(base: str) -> float:
 
 
 def test_a_trickled_request_is_cut_after_the_request_timeout(
-    start_host: Callable[..., HostUnderTest], tmp_path: Path, trickle: Callable
+    start_host: Callable[..., HostUnderTest], tmp_path: Path, trickle: Callable, http_server: str
 ) -> None:
     """A header trickled one byte every 0.5 s keeps the connection busy, but the request must
-    arrive whole within --request-timeout: the server closes it then and counts it."""
+    arrive whole within --request-timeout: the server closes it then (waitress counts it)."""
     host = start_host("--no-agent")
-    api, base = api_beside(host, tmp_path, "--request-timeout", "2")
+    api, base = api_beside(host, tmp_path, "--http", http_server, "--request-timeout", "2")
     try:
         port = int(base.rsplit(":", 1)[1])
         (sock,) = connect(port, 1)
@@ -117,19 +117,22 @@ def test_a_trickled_request_is_cut_after_the_request_timeout(
         assert closed_by_server(sock, 10)
         assert time.monotonic() - began < 6
         sock.close()
-        stats = http_json("GET", base + "/stats")[1]
-        assert stats["api"]["connections_closed"]["slow_request"] == 1
+        if http_server == "waitress":  # hyper closes it without telling the app
+            stats = http_json("GET", base + "/stats")[1]
+            assert stats["api"]["connections_closed"]["slow_request"] == 1
     finally:
         api.stop()
 
 
 def test_hundreds_of_slow_and_idle_clients_starve_nobody(
-    start_host: Callable[..., HostUnderTest], tmp_path: Path, trickle: Callable
+    start_host: Callable[..., HostUnderTest], tmp_path: Path, trickle: Callable, http_server: str
 ) -> None:
     """300 trickling and 300 idle keep-alive connections: a new client's /health is answered
     within 1 s every time, and both kinds are closed after their timeouts."""
     host = start_host("--no-agent")
-    api, base = api_beside(host, tmp_path, "--request-timeout", "6", "--idle-timeout", "6")
+    api, base = api_beside(
+        host, tmp_path, "--http", http_server, "--request-timeout", "6", "--idle-timeout", "6"
+    )
     port = int(base.rsplit(":", 1)[1])
     slow = idle = []
     try:
@@ -146,8 +149,9 @@ def test_hundreds_of_slow_and_idle_clients_starve_nobody(
         began = time.monotonic()
         assert all(closed_by_server(sock, 15) for sock in slow + idle)
         assert time.monotonic() - began < 15
-        closed = http_json("GET", base + "/stats")[1]["api"]["connections_closed"]
-        assert closed["slow_request"] >= ATTACKERS and closed["idle"] >= ATTACKERS
+        if http_server == "waitress":
+            closed = http_json("GET", base + "/stats")[1]["api"]["connections_closed"]
+            assert closed["slow_request"] >= ATTACKERS and closed["idle"] >= ATTACKERS
     finally:
         for sock in slow + idle:
             sock.close()

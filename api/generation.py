@@ -1,0 +1,94 @@
+"""Which state the aggregator's answers come from, learnt by a long poll on its query socket.
+
+A thread sends ``{"op": "watch", "after": N}``; the aggregator answers as soon as its generation
+is not ``N`` any more (right after it applied a batch, say) or after about a second anyway, so a
+reply comes at least once a second while the aggregator runs. ``current()`` is the last number
+heard (with when it was first heard), or None when nothing was heard for ``fresh_for`` seconds
+(the aggregator is down or stalled): the read cache is then bypassed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from servertrack.common import rpc
+
+log = logging.getLogger(__name__)
+FRESH_FOR = 2.5
+"""Seconds a generation heard stays usable: the aggregator answers a watch at least once a
+second, so this is two missed heartbeats and a margin."""
+RETRY_PAUSE = 0.2
+
+
+class GenerationWatch:
+    """A daemon thread owning one REQ socket to the aggregator's query endpoint."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        fresh_for: float = FRESH_FOR,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.context = context
+        self.endpoint = endpoint
+        self.fresh_for = fresh_for
+        self.monotonic = monotonic
+        self._current: tuple[int, float] | None = None
+        self._heard = float("-inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> tuple[int, float] | None:
+        """The generation the aggregator last announced and when it was first heard
+        (``monotonic``), if the aggregator was heard from recently enough."""
+        if self._thread is None:
+            self.start()
+        if self.monotonic() - self._heard > self.fresh_for:
+            return None
+        return self._current
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="generation-watch", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        client = rpc.RpcClient(self.context, self.endpoint, 0.5, self.fresh_for)
+        after: int | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    reply = client.call({"op": "watch", "after": after})
+                except rpc.Unavailable:
+                    self._heard = float("-inf")
+                    self._stop.wait(RETRY_PAUSE)
+                    continue
+                gen = reply.get("gen") if isinstance(reply, dict) else None
+                if not isinstance(gen, int):  # an aggregator that does not know the op
+                    self._heard = float("-inf")
+                    self._stop.wait(1.0)
+                    continue
+                now = self.monotonic()
+                if self._current is None or self._current[0] != gen:
+                    self._current = (gen, now)
+                self._heard = now
+                after = gen
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        """Stop the thread (it notices within one reply timeout; it is a daemon thread)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=self.fresh_for + 1)

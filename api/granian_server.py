@@ -1,0 +1,156 @@
+"""``servertrack api --http granian``: the same app on granian (Rust, hyper) instead of waitress.
+
+Granian runs WSGI apps in worker processes that import a target, so the app is built there:
+``servertrack api`` checks its flags and token files, puts its settings into the environment
+(``SERVERTRACK_API_WORKER``, JSON: paths and numbers, never a token) and hands over to granian;
+each worker calls :func:`worker_app`, which reads them back, reads the token files and builds the
+app with :func:`servertrack.api.main.build_app` over its own ZeroMQ context.
+
+What bounds clients here (measured with the same 300 + 300 slow-loris test as waitress):
+- ``--request-timeout``: hyper's header read timeout. A request's headers must arrive within it,
+  and a connection waiting for its next request is closed after it too (hyper starts the timer
+  as soon as the connection waits), so ``--idle-timeout`` is not used;
+- ``--connection-limit``: granian's backpressure, connections served at once per worker. Unlike
+  waitress nobody is evicted: a newcomer beyond it waits in the listen backlog until a connection
+  closes, which the header timeout bounds;
+- ``--threads``: Python threads per worker running the app; requests beyond them wait in Rust,
+  where a waiting connection costs no thread;
+- bodies: the app refuses one announced over 4 MiB (reading it first when it is at most 5 MiB,
+  so that the client, still sending, sees the 413) and reads at most 4 MiB of one sent without a
+  length. A body is read while the app runs, with no time limit: a client
+  trickling a body holds one of ``--threads`` threads until it finishes or leaves (waitress
+  reads bodies whole before the app runs). Where untrusted clients reach the API, use waitress
+  or a proxy that buffers request bodies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+from typing import Any
+
+import zmq
+
+from servertrack.api.server import raise_open_files_limit
+from servertrack.common.lifecycle import die_with_parent, fatal
+from servertrack.common.tokens import read_token_file
+
+log = logging.getLogger(__name__)
+CONFIG_VARIABLE = "SERVERTRACK_API_WORKER"
+"""Where ``servertrack api`` leaves its settings for granian's worker processes."""
+TARGET = "servertrack.api.granian_server:worker_app"
+BACKLOG = 2048
+
+
+def _check_port(host: str, port: int) -> None:
+    """Exit with a message (code 78) when the port is taken, before granian starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as err:
+        fatal(f"servertrack api: cannot listen on {host}:{port}: {err.strerror}")
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags a worker needs, as JSON-safe values (token file paths, not tokens)."""
+    keys = (
+        "receiver_control",
+        "aggregator_query",
+        "backend_timeout",
+        "record_timeout",
+        "request_deadline",
+        "token_file",
+        "read_token_file",
+        "store",
+        "store_password_file",
+        "store_timeout",
+    )
+    return {key: getattr(args, key) for key in keys}
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run granian until SIGTERM or SIGINT (it stops its workers, letting requests finish)."""
+    try:
+        import granian  # noqa: F401
+    except ImportError:
+        fatal("servertrack api: --http granian needs granian: pip install 'servertrack[fast]'")
+    _check_port(args.host, args.port)
+    raise_open_files_limit(args.connection_limit + 256)
+    os.environ[CONFIG_VARIABLE] = json.dumps(settings_of(args))
+    server = make_granian(
+        TARGET,
+        args.host,
+        args.port,
+        workers=args.workers,
+        threads=args.threads,
+        connection_limit=args.connection_limit,
+        request_timeout=args.request_timeout,
+    )
+    server.signal_handler_reload = server.signal_handler_interrupt  # SIGHUP stops, as elsewhere
+    log.info("api (granian, %d worker(s)) on http://%s:%s", args.workers, args.host, args.port)
+    server.serve()
+    return 0
+
+
+def make_granian(
+    target: str,
+    host: str,
+    port: int,
+    workers: int = 1,
+    threads: int = 64,
+    connection_limit: int = 1000,
+    request_timeout: float = 10.0,
+) -> Any:
+    """A granian server for the WSGI app ``target`` ("module:factory") with the settings the
+    module docstring describes (not yet serving: call ``serve()``, which blocks)."""
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.server import Server
+
+    server = Server(
+        target,
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        factory=True,
+        workers=workers,
+        blocking_threads=threads,
+        backpressure=connection_limit,
+        backlog=BACKLOG,
+        http=HTTPModes.http1,
+        websockets=False,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(request_timeout * 1000), keep_alive=True
+        ),
+        log_access=False,
+        workers_kill_timeout=5,
+    )
+    logging.getLogger("_granian").addFilter(_ExpectedThreads())
+    return server
+
+
+class _ExpectedThreads(logging.Filter):
+    """Drops granian's warning that many app threads are configured: they are meant to be (a
+    request waiting for the receiver holds its thread while doing no work)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Python threads" not in record.getMessage()
+
+
+def worker_app() -> Any:
+    """Granian's factory target: the app, built in a worker process from the settings that
+    ``servertrack api`` put in the environment."""
+    from servertrack.api.main import build_app  # it imports this module
+
+    die_with_parent()  # a worker must not outlive an API killed with -9
+    settings = json.loads(os.environ[CONFIG_VARIABLE])
+    args = argparse.Namespace(**settings)
+    record = read_token_file(args.token_file) if args.token_file else None
+    read = read_token_file(args.read_token_file) if args.read_token_file else None
+    app, _backend, _stats = build_app(args, zmq.Context(), record, read)
+    return app

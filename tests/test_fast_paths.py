@@ -1,0 +1,439 @@
+"""The per-request fast paths: records taken one verdict per item by the receiver, the
+aggregator's generation and its long-poll ``watch``, the API's read cache and group commit."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+from falcon import testing
+
+from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
+from servertrack.aggregator.rollups import Rollups
+from servertrack.aggregator.state import AggregatorState
+from servertrack.api.app import create_app
+from servertrack.api.cache import CachedReads
+from servertrack.api.fastpath import FastReads
+from servertrack.api.generation import GenerationWatch
+from servertrack.api.group import GroupCommit
+from servertrack.api.stats import ApiStats
+from servertrack.common.batch import Batch
+from servertrack.common.rpc import Unavailable
+from servertrack.common.sample import Sample
+from servertrack.common.testing import FakeClock, wait_until
+from servertrack.receiver.state import ReceiverState
+from tests.support import Clock, InProcessBackend
+
+NOW = 1_800_000_030.0
+READ_TOKEN = "read-0123456789"
+
+
+# -- the receiver: one verdict per record ---------------------------------------------------------
+def test_record_each_gives_each_item_its_own_verdict() -> None:
+    """Good, duplicate, invalid and out-of-window rows side by side: each gets its verdict, the
+    good ones are in the next batch, the others are counted by reason, nothing else refused."""
+    state = ReceiverState(FakeClock(NOW))
+    state.record([["known", NOW - 9, 1.0, None]], NOW)  # registers "known"
+    rows: list[Any] = [
+        ["known", NOW - 1, 10.0, 20.0],  # fast path: known server, plain values
+        ["known", NOW - 1, 10.0, 20.0],  # the same (server, ts): duplicate
+        ["new-one", NOW - 2, None, 30.0],  # full path: a new name
+        ["known", NOW - 3, 101.0, None],  # bad_cpu
+        ["bad name!", NOW, 1.0, None],  # bad_fqdn
+        ["known", NOW + 3600, 1.0, None],  # future
+        ["known", NOW - 4, None, None],  # no_metrics
+        "not a row",  # bad_request
+        ["known", float("nan"), 1.0, None],  # bad_ts (a NaN takes the full path)
+    ]
+    reply = state.record_each(rows, NOW)
+    assert reply["verdicts"] == [
+        None,
+        "duplicate",
+        None,
+        "bad_cpu",
+        "bad_fqdn",
+        "future",
+        "no_metrics",
+        "bad_request",
+        "bad_ts",
+    ]
+    batch = state.flush(NOW)
+    names = dict(batch.names)
+    taken = sorted((names[int(i)], float(ts)) for i, ts in zip(batch.ids, batch.ts, strict=True))
+    assert taken == sorted([("known", NOW - 9), ("known", NOW - 1), ("new-one", NOW - 2)])
+    counters = state.counters()
+    assert counters["received"]["http"] == 1 + len(rows)
+    assert counters["accepted"]["http"] == 3
+    assert counters["duplicates"] == 1
+    assert dict(counters["rejected"]["http"]) == {
+        "bad_cpu": 1,
+        "bad_fqdn": 1,
+        "future": 1,
+        "no_metrics": 1,
+        "bad_request": 1,
+        "bad_ts": 1,
+    }
+
+
+def test_record_each_agrees_with_record_one_at_a_time() -> None:
+    """Random rows taken by ``record_each`` leave the same batch and counters as the same rows
+    sent one by one through the all-or-nothing ``record``."""
+    rng = random.Random(5)
+    values: list[Any] = [None, 0.0, 50.5, 100.0, 100.5, -1.0, 7, "3", True]
+    rows = [
+        [
+            rng.choice(["a", "b", "c", "", "d d"]),
+            NOW - rng.choice([0.0, 1.0, 1.0, 90_000.0, -120.0]),
+            rng.choice(values),
+            rng.choice(values),
+        ]
+        for _ in range(400)
+    ]
+    each, single = ReceiverState(FakeClock(NOW)), ReceiverState(FakeClock(NOW))
+    verdicts = each.record_each(rows, NOW)["verdicts"]
+    for row, verdict in zip(rows, verdicts, strict=True):
+        reply = single.record([row], NOW)
+        expected = reply.get("error") or (None if reply["accepted"] else "duplicate")
+        assert verdict == expected, row
+    one, other = each.flush(NOW), single.flush(NOW)
+    assert one.ts.tolist() == other.ts.tolist()
+    assert one.ids.tolist() == other.ids.tolist()
+    assert one.counters == other.counters
+
+
+def test_record_each_refuses_a_request_that_is_not_a_list() -> None:
+    state = ReceiverState(FakeClock(NOW))
+    assert state.record_each({"a": 1}, NOW)["error"] == "bad_request"
+    assert state.counters()["rejected"]["http"] == {"bad_request": 1}
+
+
+# -- the aggregator: generation and watch ---------------------------------------------------------
+def batch_of(receiver: ReceiverState, rows: list[list[Any]], now: float) -> Batch:
+    receiver.record(rows, now)
+    return Batch.decode(receiver.flush(now).encode())
+
+
+def test_generation_changes_with_every_batch_minute_and_restore() -> None:
+    """Answers carry the generation; it moves when a batch is applied, when the minute turns
+    (housekeeping), when a snapshot is restored, and not otherwise."""
+    clock = FakeClock(NOW)
+    state = AggregatorState(Rollups(clock), clock)
+    receiver = ReceiverState(clock)
+    state.housekeeping(NOW)
+    start = state.generation
+    reply = msgpack.unpackb(state.answer({"op": "view", "name": "x"}, NOW))
+    assert reply == {"status": 404, "gen": start}
+    state.apply(batch_of(receiver, [["x", NOW - 1, 5.0, None]], NOW), NOW)
+    assert state.generation == start + 1
+    reply = msgpack.unpackb(state.answer({"op": "view", "name": "x"}, NOW))
+    assert (reply["status"], reply["gen"]) == (200, start + 1)
+    state.housekeeping(NOW + 10)  # same minute (NOW is :30), nothing released
+    assert state.generation == start + 1
+    state.housekeeping(NOW + 31)  # the next minute
+    assert state.generation == start + 2
+    assert msgpack.unpackb(state.answer({"op": "watch"}, NOW + 31)) == {"gen": start + 2}
+    other = AggregatorState(Rollups(clock), clock)
+    before = other.generation
+    other.restore(state.store.snapshot(), state.snapshot_meta(NOW + 31))
+    assert other.generation != before and other.generation != state.generation
+
+
+def test_two_aggregators_start_at_different_generations() -> None:
+    clock = FakeClock(NOW)
+    assert AggregatorState(Rollups(clock), clock).generation != (
+        AggregatorState(Rollups(clock), clock).generation
+    )
+
+
+@pytest.fixture
+def aggregator(tmp_path: Any, zmq_context: zmq.Context) -> Any:
+    """A real aggregator daemon in a thread on ipc sockets (no receiver: it is not needed)."""
+    config = AggregatorConfig(
+        batches=f"ipc://{tmp_path}/batches",
+        query=f"ipc://{tmp_path}/query",
+        receiver_control=f"ipc://{tmp_path}/control",
+        receiver_timeout=0.1,
+    )
+    daemon = AggregatorDaemon(config, context=zmq_context)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    yield daemon
+    daemon.stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_watch_is_answered_on_a_new_batch_and_heartbeats(
+    aggregator: AggregatorDaemon, zmq_context: zmq.Context
+) -> None:
+    """The API's watch hears a new generation within milliseconds of a batch, hears from an
+    idle aggregator at least every second, and says None once the aggregator is gone."""
+    watch = GenerationWatch(zmq_context, aggregator.config.query, fresh_for=1.5)
+    try:
+        first = wait_until(watch.current, 5, "a first generation")
+        push = zmq_context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(aggregator.config.batches)
+        try:
+            receiver = ReceiverState(Clock(time.time()))
+            now = time.time()
+            push.send_multipart(batch_of(receiver, [["w", now - 1, 1.0, None]], now).encode())
+            sent = time.monotonic()
+            wait_until(
+                lambda: (watch.current() or first)[0] != first[0], 5, "the new generation", 0.001
+            )
+            assert time.monotonic() - sent < 0.5
+        finally:
+            push.close(linger=0)
+        time.sleep(2.0)  # no batch: heartbeats keep the generation fresh
+        assert watch.current() is not None
+        aggregator.stop.set()
+        wait_until(lambda: watch.current() is None, 5, "the generation to go stale")
+    finally:
+        watch.close()
+
+
+# -- the API's read cache -------------------------------------------------------------------------
+class FixedGeneration:
+    """A generation source set by hand; ``since`` is when the value was set (``ticks``)."""
+
+    def __init__(self, value: int | None, ticks: FakeClock | None = None) -> None:
+        self.ticks = ticks or FakeClock(0.0)
+        self.since = self.ticks()
+        self._value = value
+
+    @property
+    def value(self) -> int | None:
+        return self._value
+
+    @value.setter
+    def value(self, value: int | None) -> None:
+        self._value, self.since = value, self.ticks()
+
+    def current(self) -> tuple[int, float] | None:
+        return None if self._value is None else (self._value, self.since)
+
+
+def test_the_cache_serves_only_the_current_generation() -> None:
+    """A view is asked once per generation; a new generation, or none known (the aggregator not
+    heard from), goes to the backend again; other queries are never cached."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample("web", NOW - 1, 3.0, None)])
+    asked: list[dict[str, Any]] = []
+    original = backend.query
+
+    def counting(request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        asked.append(request)
+        return original(request, deadline)
+
+    backend.query = counting  # type: ignore[method-assign]
+    generation = FixedGeneration(backend.aggregator.generation)
+    cache = CachedReads(backend, generation, grace=0.0)
+    direct = original({"op": "view", "name": "web"})
+    for _ in range(5):
+        assert cache.query({"op": "view", "name": "web"}) == direct
+    assert len(asked) == 1
+    backend.record([Sample("web", NOW - 2, 4.0, None)])  # a batch: a new generation
+    assert cache.query({"op": "view", "name": "web"}) == direct  # not yet announced
+    generation.value = backend.aggregator.generation
+    fresh = cache.query({"op": "view", "name": "web"})
+    assert fresh != direct and fresh == original({"op": "view", "name": "web"})
+    generation.value = None
+    cache.query({"op": "view", "name": "web"})
+    cache.query({"op": "view", "name": "web"})
+    cache.query({"op": "servers"})
+    assert len(asked) == 5
+
+
+def test_after_a_new_generation_the_previous_answer_serves_until_the_refresh_is_in() -> None:
+    """Right after a batch, reads get the previous answer (for at most the grace) while one
+    background ``views`` query asks again for every server read before; then the new answers
+    serve, and past the grace without them a read asks the backend itself."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample(name, NOW - 1, 3.0, None) for name in ("a", "b", "c")])
+    asked: list[str] = []
+    original = backend.query
+    release = threading.Event()
+
+    def slow(request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        asked.append(request["op"])
+        if request["op"] == "views":
+            release.wait(timeout=5)
+        return original(request, deadline)
+
+    backend.query = slow  # type: ignore[method-assign]
+    ticks = FakeClock(100.0)
+    generation = FixedGeneration(backend.aggregator.generation, ticks)
+    cache = CachedReads(backend, generation, grace=0.5, monotonic=ticks)
+    try:
+        before = {name: cache.query({"op": "view", "name": name}) for name in ("a", "b")}
+        backend.record([Sample("a", NOW - 2, 9.0, None)])  # a new generation
+        generation.value = backend.aggregator.generation
+        assert cache.query({"op": "view", "name": "a"}) == before["a"]  # the previous answer
+        assert cache.peek("b") == before["b"]
+        release.set()
+        wait_until(lambda: cache.peek("a") not in (None, before["a"]), 5, "the refreshed answer")
+        assert cache.peek("a") == original({"op": "view", "name": "a"})
+        assert asked == ["view", "view", "views"]  # c was never read: it is not asked for
+        backend.record([Sample("b", NOW - 3, 9.0, None)])
+        release.clear()  # hold the refresh: only the grace decides
+        generation.value = backend.aggregator.generation
+        ticks.advance(0.6)  # heard 0.6 s ago, read only now: the grace is over all the same
+        assert cache.peek("b") is None
+        assert cache.query({"op": "view", "name": "c"}) == original({"op": "view", "name": "c"})
+    finally:
+        release.set()
+        cache.close()
+
+
+def test_a_thread_late_with_the_generation_does_not_turn_the_cache_back() -> None:
+    """A thread that read the generation just before another thread moved the cache on to a
+    newer one leaves the cache on the newer one (no answer older than it is kept as current)."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample("a", NOW - 1, 3.0, None)])
+    ticks = FakeClock(100.0)
+    generation = FixedGeneration(backend.aggregator.generation, ticks)
+    cache = CachedReads(backend, generation, grace=0.0, monotonic=ticks)
+    try:
+        old = generation.current()
+        assert old is not None
+        cache.query({"op": "view", "name": "a"})
+        ticks.advance(0.1)
+        backend.record([Sample("a", NOW - 2, 9.0, None)])
+        generation.value = backend.aggregator.generation
+        newer = cache.query({"op": "view", "name": "a"})  # moves the cache on
+        assert newer["gen"] == generation.value
+        cache._lookup("a", *old)  # the late thread
+        assert cache.peek("a") == newer
+    finally:
+        cache.close()
+
+
+# -- the API's group commit -----------------------------------------------------------------------
+class ReceiverOverRpc:
+    """An ``RpcClient`` stand-in that calls a real ``ReceiverState`` and notes each trip."""
+
+    endpoint = "inproc://receiver"
+
+    def __init__(self, state: ReceiverState, delay: float = 0.0, down: bool = False) -> None:
+        self.state = state
+        self.delay = delay
+        self.down = down
+        self.trips: list[int] = []
+        self.closed = False
+
+    def call(self, request: dict[str, Any]) -> Any:
+        if self.down:
+            raise Unavailable("receiver is not reachable")
+        time.sleep(self.delay)
+        self.trips.append(len(request["samples"]))
+        return msgpack.unpackb(
+            msgpack.packb(self.state.record_each(request["samples"], self.state.clock()))
+        )
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_group_commit_groups_concurrent_records_and_keeps_each_verdict() -> None:
+    """Records posted by 40 threads at once travel in fewer trips than records, and each thread
+    gets its own record's verdict."""
+    state = ReceiverState(FakeClock(NOW))
+    client = ReceiverOverRpc(state, delay=0.01)
+    group = GroupCommit(client, wait=5.0)  # type: ignore[arg-type]
+    samples = [
+        Sample(f"s{n % 7}", NOW - n // 2, 101.0 if n % 5 == 0 else 1.0, None) for n in range(40)
+    ]
+    results: list[dict[str, Any] | None] = [None] * len(samples)
+    barrier = threading.Barrier(len(samples))
+
+    def post(index: int) -> None:
+        barrier.wait(timeout=5)
+        results[index] = group.record(samples[index])
+
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(len(samples))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    group.close()
+    assert client.closed
+    assert sum(client.trips) == len(samples) and len(client.trips) < len(samples)
+    seen: set[tuple[str, float]] = set()
+    for sample, result in zip(samples, results, strict=True):
+        if sample.cpu == 101.0:
+            assert result == {"error": "bad_cpu", "index": None}
+        elif (sample.fqdn, sample.ts) in seen:
+            assert result == {"accepted": 0, "duplicates": 1}
+        else:
+            seen.add((sample.fqdn, sample.ts))
+            assert result == {"accepted": 1, "duplicates": 0}
+
+
+def test_group_commit_turns_an_unreachable_receiver_into_unavailable() -> None:
+    group = GroupCommit(ReceiverOverRpc(ReceiverState(FakeClock(NOW)), down=True), wait=5.0)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(Unavailable, match="not reachable"):
+            group.record(Sample("a", NOW, 1.0, None))
+    finally:
+        group.close()
+
+
+def test_group_commit_gives_up_after_its_wait() -> None:
+    """A receiver slower than the wait: the request gets Unavailable (503) after the wait."""
+    client = ReceiverOverRpc(ReceiverState(FakeClock(NOW)), delay=1.0)
+    group = GroupCommit(client, wait=0.2)  # type: ignore[arg-type]
+    began = time.monotonic()
+    try:
+        with pytest.raises(Unavailable, match="may still have been applied"):
+            group.record(Sample("a", NOW, 1.0, None))
+        assert time.monotonic() - began < 0.9
+    finally:
+        group.close()
+
+
+# -- the read served before Falcon ----------------------------------------------------------------
+def test_fast_reads_answer_exactly_as_falcon_and_defer_everything_else() -> None:
+    """A cached GET gets the very status, headers and bytes the Falcon app sends; a request
+    that needs a refusal or a check (no token, a query string, past its deadline, client gone,
+    an unknown server) is left to the app, which answers as before."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample("web", NOW - 1, 3.0, None)])
+    generation = FixedGeneration(backend.aggregator.generation)
+    cache = CachedReads(backend, generation)
+    stats = ApiStats()
+    app = create_app(cache, clock, read_token=READ_TOKEN, stats=stats, request_deadline=2)
+    fast = FastReads(app, cache, READ_TOKEN, request_deadline=2)
+    auth = {"Authorization": f"Bearer {READ_TOKEN}"}
+    slow = testing.simulate_get(app, "/servers/web/loads", headers=auth)  # fills the cache
+    hits = cache.hits
+    quick = testing.simulate_get(fast, "/servers/web/loads", headers=auth)
+    assert cache.hits == hits + 1  # served from the cache by the fast path
+    assert (quick.status, quick.headers, quick.content) == (slow.status, slow.headers, slow.content)
+    assert testing.simulate_get(fast, "/servers/web/loads").status_code == 401
+    assert testing.simulate_get(fast, "/servers/nope/loads", headers=auth).status_code == 404
+    query = testing.simulate_get(fast, "/servers/web/loads", headers=auth, params={"x": "1"})
+    same = testing.simulate_get(app, "/servers/web/loads", headers=auth, params={"x": "1"})
+    assert (query.status, query.content) == (same.status, same.content)
+    stale = {"servertrack.arrived": time.time() - 10}
+    late = testing.simulate_get(fast, "/servers/web/loads", headers=auth, extras=stale)
+    assert late.status_code == 503
+    gone = {"waitress.client_disconnected": lambda: True}
+    assert (
+        testing.simulate_get(fast, "/servers/web/loads", headers=auth, extras=gone).status_code
+        == 503
+    )
+    assert stats.snapshot()["requests_abandoned"] == 2
+    generation.value = None  # aggregator not heard from: no cached answer is served
+    hits = cache.hits
+    testing.simulate_get(fast, "/servers/web/loads", headers=auth)
+    assert cache.hits == hits

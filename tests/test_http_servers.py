@@ -1,0 +1,217 @@
+"""What the API promises, over real HTTP on each server ``--http`` offers (waitress, granian):
+bearer tokens, body limits, error shapes, reads that follow every batch at once (the read cache
+never serves what a newer batch changed) and single records that each get their own verdict
+(group commit)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import zmq
+
+from servertrack.common import rpc
+from servertrack.common.testing import HostUnderTest as Host
+from servertrack.common.testing import http_json
+from tests.support import wait_for
+
+pytestmark = pytest.mark.e2e
+RECORD = "rec-0123456789abcdef"
+READ = "read-fedcba9876543210"
+
+
+def request(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request; the status, the headers (lower-case names) and the raw body."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            status, head, payload = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        status, head, payload = err.code, err.headers, err.read()
+    return status, {k.lower(): v for k, v in head.items()}, payload
+
+
+def test_tokens_guard_records_and_reads(
+    start_host: Callable[..., Host], tmp_path: Path, http_server: str
+) -> None:
+    """With both token files, records and reads need their own token (401 with a Bearer
+    challenge otherwise), /health stays open, and the right tokens get 202 and 200."""
+    (tmp_path / "token").write_text(RECORD + "\n")
+    (tmp_path / "read-token").write_text(READ + "\n")
+    host = start_host(
+        "--no-agent",
+        "--http",
+        http_server,
+        "--token-file",
+        str(tmp_path / "token"),
+        "--read-token-file",
+        str(tmp_path / "read-token"),
+    )
+    body = json.dumps({"cpu": 1.5}).encode()
+    url = host.api + "/servers/tok-1/loads"
+    status, head, payload = request("POST", url, body, {"Content-Type": "application/json"})
+    assert status == 401 and json.loads(payload)["reason"] == "unauthorized"
+    assert head["www-authenticate"].startswith('Bearer realm="servertrack"')
+    wrong = {"Authorization": f"Bearer {READ}", "Content-Type": "application/json"}
+    status, head, _ = request("POST", url, body, wrong)
+    assert status == 401 and 'error="invalid_token"' in head["www-authenticate"]
+    right = {"Authorization": f"Bearer {RECORD}", "Content-Type": "application/json"}
+    assert request("POST", url, body, right)[0] == 202
+    assert request("GET", url)[0] == 401
+    assert request("GET", url, headers={"Authorization": f"Bearer {RECORD}"})[0] == 401
+    assert request("GET", host.api + "/health")[0] == 200
+    wait_for(
+        lambda: request("GET", url, headers={"Authorization": f"Bearer {READ}"})[0] == 200,
+        5,
+        "the record to show with the read token",
+    )
+
+
+def test_body_limits(start_host: Callable[..., Host], http_server: str) -> None:
+    """A body over 4 MiB is 413 (announced or sent), 10,001 items are 413 too_many, and both
+    are JSON errors; the server stays up."""
+    host = start_host("--no-agent", "--http", http_server)
+    big = b"[" + b" " * (4 * 1024 * 1024 + 10) + b"]"
+    status, head, payload = request(
+        "POST", host.api + "/loads", big, {"Content-Type": "application/json"}
+    )
+    assert status == 413 and head["content-type"].startswith("application/json")
+    assert json.loads(payload)["reason"] == "too_large"
+    # Announced far beyond any limit, then nothing sent: refused without waiting for the body.
+    with socket.create_connection(("127.0.0.1", host.api_port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /loads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    items = [{"server": "a", "cpu": 1}] * 10_001
+    status, got = http_json("POST", host.api + "/loads", items)
+    assert (status, got["reason"]) == (413, "too_many")
+    assert host.get("/health")[0] == 200
+
+
+def aggregator_view(host: Host, zmq_context: zmq.Context, name: str) -> dict[str, Any]:
+    """The aggregator's own answer for ``name``, asked on its query socket (no API between)."""
+    client = rpc.RpcClient(zmq_context, f"ipc://{host_runtime(host)}/query", 2.0)
+    try:
+        return client.call({"op": "view", "name": name})
+    finally:
+        client.close()
+
+
+def host_runtime(host: Host) -> str:
+    argv = host.process.argv
+    return argv[argv.index("--runtime-dir") + 1]
+
+
+def test_reads_follow_every_batch_and_are_the_aggregators_bytes(
+    start_host: Callable[..., Host], zmq_context: zmq.Context, http_server: str
+) -> None:
+    """GETs repeated while records arrive show each new record within about a batch interval
+    (the cache is dropped at every batch), and the body is byte for byte what the aggregator
+    builds."""
+    host = start_host("--no-agent", "--http", http_server)
+    name = "cache-1.example"
+    url = f"{host.api}/servers/{name}/loads"
+    for count in range(1, 5):
+        assert host.post(f"/servers/{name}/loads", {"cpu": float(count)})[0] == 202
+
+        def shows(count: int = count) -> bool:
+            status, _, payload = request("GET", url)
+            return status == 200 and json.loads(payload)["minutes"][-1]["samples"] >= count
+
+        # A batch a second, its application, at most 0.5 s of the previous answer, a margin.
+        wait_for(shows, 3.0, f"record {count} in GET", step=0.02)
+        for _ in range(20):  # repeated reads: served from the cache, still the newest
+            body = json.loads(request("GET", url)[2])
+            assert body["minutes"][-1]["samples"] >= count
+    # Identical bytes: read through the API and straight from the aggregator in one batch.
+    for _ in range(20):
+        first = request("GET", url)[2]
+        direct = aggregator_view(host, zmq_context, name)
+        second = request("GET", url)[2]
+        if first == second:  # no batch between the two reads
+            assert direct["body"] == first
+            break
+    else:
+        pytest.fail("every pair of reads straddled a batch")
+
+
+def test_concurrent_single_records_each_get_their_own_verdict(
+    start_host: Callable[..., Host], http_server: str
+) -> None:
+    """Many clients posting at once, some with bad or repeated records: each request gets the
+    verdict of its own record (202 accepted, 202 duplicate, 422 with its reason), never that of
+    a record grouped with it, and exactly the accepted records are counted."""
+    host = start_host("--no-agent", "--http", http_server)
+    base_ts = time.time() - 5
+    jobs: list[tuple[str, dict[str, Any], tuple[int, str | int]]] = []
+    for index in range(240):
+        name = f"grp-{(index // 4) % 12}"
+        kind = index % 4
+        if kind == 0:
+            jobs.append((name, {"cpu": 101.0}, (422, "bad_cpu")))
+        elif kind == 1:
+            jobs.append((name, {"ram": 5.0, "ts": base_ts + 1e9}, (422, "future")))
+        else:
+            # kinds 2 and 3 send the same (name, ts): one is accepted, the other a duplicate
+            jobs.append((name, {"cpu": 5.0, "ts": base_ts + index // 4}, (202, "either")))
+    results: list[tuple[int, Any] | None] = [None] * len(jobs)
+    start = threading.Barrier(24)
+
+    def worker(offset: int) -> None:
+        start.wait(timeout=10)
+        for slot in range(offset, len(jobs), 24):
+            name, body, _ = jobs[slot]
+            results[slot] = host.post(f"/servers/{name}/loads", body)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    accepted = duplicates = 0
+    for (_, _, (status, reason)), got in zip(jobs, results, strict=True):
+        assert got is not None
+        assert got[0] == status, got
+        if status == 422:
+            assert got[1]["reason"] == reason
+        else:
+            assert got[1]["accepted"] + got[1]["duplicates"] == 1
+            accepted += got[1]["accepted"]
+            duplicates += got[1]["duplicates"]
+    assert (accepted, duplicates) == (60, 60)
+
+    def counted() -> bool:
+        receiver = host.get("/stats")[1]["receiver"]
+        return receiver.get("accepted", {}).get("http") == 60
+
+    wait_for(counted, 5, "the receiver's counters")
+    receiver = host.get("/stats")[1]["receiver"]
+    assert receiver["duplicates"] == 60
+    assert receiver["received"]["http"] == 120  # the 422s were refused by the API itself
+
+
+def test_granian_workers_do_not_outlive_a_killed_api(start_host: Callable[..., Host]) -> None:
+    """``kill -9`` of a granian API leaves no worker serving on the port: the workers get
+    SIGTERM from the kernel, and the host starts a new API that answers."""
+    host = start_host("--no-agent", "--http", "granian")
+    api = host.child("api")
+    workers = api.children()
+    assert workers
+    api.kill()
+    api.wait(timeout=5)
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+    wait_for(lambda: host.get("/health")[0] == 200, 30, "a new API")
