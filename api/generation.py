@@ -68,7 +68,7 @@ class GenerationWatch:
         try:
             while not self._stop.is_set():
                 try:
-                    reply = client.call({"op": "watch", "after": after})
+                    reply = client.call({"op": "watch", "after": after}, self._stop)
                 except rpc.Unavailable:
                     self._heard = float("-inf")
                     self._stop.wait(RETRY_PAUSE)
@@ -87,7 +87,7 @@ class GenerationWatch:
             client.close()
 
     def close(self) -> None:
-        """Stop the thread (it notices within one reply timeout; it is a daemon thread)."""
+        """Stop the thread (it notices within ``rpc.INTERRUPT_SLICE_MS``)."""
         self._stop.set()
         thread = self._thread
         if thread is not None:

@@ -215,3 +215,18 @@ def test_granian_workers_do_not_outlive_a_killed_api(start_host: Callable[..., H
     _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == []
     wait_for(lambda: host.get("/health")[0] == 200, 30, "a new API")
+
+
+def test_the_api_stops_at_once_while_it_follows_the_aggregator(
+    start_host: Callable[..., Host], http_server: str
+) -> None:
+    """SIGTERM to an API whose read cache follows the aggregator (a long poll in flight) stops
+    it within a second: no thread of the cache or of group commit holds it up."""
+    host = start_host("--no-agent", "--http", http_server)
+    assert host.post("/servers/stop-1/loads", {"cpu": 1.0})[0] == 202
+    wait_for(lambda: host.get("/servers/stop-1/loads")[0] == 200, 5, "the record")
+    api = host.child("api")
+    began = time.monotonic()
+    api.terminate()
+    api.wait(timeout=10)
+    assert time.monotonic() - began < 1.0
