@@ -38,8 +38,9 @@ QUERY_BUDGET = 0.05
 """Seconds of queries answered before the batch socket is looked at again."""
 SLICE_QUERY_BUDGET = 0.01
 """The same between two slices of a large batch."""
-WATCH_HOLD = 1.0
-"""Seconds a ``watch`` is held at most before it is answered anyway (the API's heartbeat)."""
+WATCH_HOLD = 0.25
+"""Seconds a ``watch`` is held at most before it is answered anyway: the API's heartbeat, by which
+it knows within a second that the aggregator stopped answering (its read cache then stops)."""
 MAX_WATCHERS = 256
 """Watches held at once; beyond it a watch is answered at once."""
 
@@ -190,6 +191,7 @@ class AggregatorDaemon:
                 self._fetch_names()
             for _ in self.state.apply_in_slices(batch, self.clock()):
                 self.serve_queries(SLICE_QUERY_BUDGET)
+                self.answer_watchers()  # heartbeats go on through a long batch
             self.answer_watchers()
         except Exception:  # a bad batch must never stop the aggregator
             self.state.batch_error()
