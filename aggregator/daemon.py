@@ -45,8 +45,9 @@ STORE_BACKOFF_MAX = 5.0
 STOP_FLUSH_WAIT = 30.0
 """Seconds a stop waits for the write in progress before the last one (then it gives up: the
 receiver still holds those batches and sends them again to the next aggregator)."""
-WATCH_HOLD = 1.0
-"""Seconds a ``watch`` is held at most before it is answered anyway (the API's heartbeat)."""
+WATCH_HOLD = 0.25
+"""Seconds a ``watch`` is held at most before it is answered anyway: the API's heartbeat, by which
+it knows within a second that the aggregator stopped answering (its read cache then stops)."""
 MAX_WATCHERS = 256
 """Watches held at once; beyond it a watch is answered at once."""
 
@@ -264,6 +265,7 @@ class AggregatorDaemon:
                 self._fetch_names()
             for _ in self.state.apply_in_slices(batch, self.clock()):
                 self.serve_queries(SLICE_QUERY_BUDGET)
+                self.answer_watchers()  # heartbeats go on through a long batch
             self.answer_watchers()
         except Exception:  # a bad batch must never stop the aggregator
             self.state.batch_error()

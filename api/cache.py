@@ -14,8 +14,8 @@ read waits for the aggregator at the moment it is busiest (right after a batch),
 shows an answer older than the newest applied batch for longer than ``GRACE`` seconds (plus the
 milliseconds the announcement takes). A server not read before, or a refresh that is late, is
 asked directly as without a cache. When the aggregator is not heard from for
-``Generation.fresh_for`` seconds, nothing kept is served: reads go to the backend (503s when it
-is down).
+``Generation.fresh_for`` seconds (1 s), nothing kept is served: reads go to the backend (503s
+when it is down).
 
 The bytes served are the aggregator's own, byte for byte.
 """

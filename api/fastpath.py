@@ -18,7 +18,6 @@ from typing import Any
 
 from servertrack.api.auth import bearer_ok
 from servertrack.api.cache import CachedReads
-from servertrack.common.sample import valid_fqdn
 
 PREFIX = "/servers/"
 SUFFIX = "/loads"
@@ -59,8 +58,8 @@ class FastReads:
         return self.app(environ, start_response)
 
     def _cached(self, environ: dict[str, Any], name: str) -> bytes | None:
-        if not valid_fqdn(name):
-            return None
+        # No name check: the cache holds only names the app has checked (PERF: the check was
+        # 9 % of a cached read on granian), so any other name misses and goes to the app.
         if self.read_token is not None and not bearer_ok(
             environ.get("HTTP_AUTHORIZATION"), self.read_token
         ):

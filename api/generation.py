@@ -1,8 +1,8 @@
 """Which state the aggregator's answers come from, learnt by a long poll on its query socket.
 
 A thread sends ``{"op": "watch", "after": N}``; the aggregator answers as soon as its generation
-is not ``N`` any more (right after it applied a batch, say) or after about a second anyway, so a
-reply comes at least once a second while the aggregator runs. ``current()`` is the last number
+is not ``N`` any more (right after it applied a batch, say) or after 0.25 s anyway, so replies
+keep coming while the aggregator runs. ``current()`` is the last number
 heard (with when it was first heard), or None when nothing was heard for ``fresh_for`` seconds
 (the aggregator is down or stalled): the read cache is then bypassed.
 """
@@ -19,9 +19,10 @@ import zmq
 from servertrack.common import rpc
 
 log = logging.getLogger(__name__)
-FRESH_FOR = 2.5
-"""Seconds a generation heard stays usable: the aggregator answers a watch at least once a
-second, so this is two missed heartbeats and a margin."""
+FRESH_FOR = 1.0
+"""Seconds a generation heard stays usable: the aggregator answers a watch at least every 0.25 s
+(0.45 s with its poll), so this is two missed heartbeats; a stopped aggregator's answers are not
+served from the cache for longer."""
 RETRY_PAUSE = 0.2
 
 
@@ -68,7 +69,7 @@ class GenerationWatch:
         try:
             while not self._stop.is_set():
                 try:
-                    reply = client.call({"op": "watch", "after": after})
+                    reply = client.call({"op": "watch", "after": after}, self._stop)
                 except rpc.Unavailable:
                     self._heard = float("-inf")
                     self._stop.wait(RETRY_PAUSE)
@@ -87,7 +88,7 @@ class GenerationWatch:
             client.close()
 
     def close(self) -> None:
-        """Stop the thread (it notices within one reply timeout; it is a daemon thread)."""
+        """Stop the thread (it notices within ``rpc.INTERRUPT_SLICE_MS``)."""
         self._stop.set()
         thread = self._thread
         if thread is not None:

@@ -18,6 +18,8 @@ import zmq
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
+INTERRUPT_SLICE_MS = 50
+"""How often a call that can be interrupted looks at its interrupt while it waits."""
 
 
 class Unavailable(RuntimeError):
@@ -60,8 +62,9 @@ class RpcClient:
         sock.connect(self.endpoint)
         return sock
 
-    def call_raw(self, request: Any) -> bytes:
-        """Send ``request`` (msgpack-encoded) and return the raw reply body."""
+    def call_raw(self, request: Any, interrupt: threading.Event | None = None) -> bytes:
+        """Send ``request`` (msgpack-encoded) and return the raw reply body. ``interrupt``, when
+        set while waiting, gives up at once (as a timeout does)."""
         if self.socket is None:
             self.socket = self._open()
         try:
@@ -69,16 +72,23 @@ class RpcClient:
         except zmq.ZMQError as err:
             self.close()
             raise Unavailable(f"{self.endpoint} is not reachable: {err}") from err
-        if self.socket.poll(self.reply_timeout_ms, zmq.POLLIN):
-            return self.socket.recv()
+        if interrupt is None:
+            if self.socket.poll(self.reply_timeout_ms, zmq.POLLIN):
+                return self.socket.recv()
+        else:
+            for _ in range(0, self.reply_timeout_ms, INTERRUPT_SLICE_MS):
+                if self.socket.poll(INTERRUPT_SLICE_MS, zmq.POLLIN):
+                    return self.socket.recv()
+                if interrupt.is_set():
+                    break
         self.close()
         raise Unavailable(
             f"{self.endpoint} took the request but did not answer within "
             f"{self.reply_timeout_ms} ms; it may still have been applied"
         )
 
-    def call(self, request: Any) -> Any:
-        return msgpack.unpackb(self.call_raw(request))
+    def call(self, request: Any, interrupt: threading.Event | None = None) -> Any:
+        return msgpack.unpackb(self.call_raw(request, interrupt))
 
     def close(self) -> None:
         if self.socket is not None:

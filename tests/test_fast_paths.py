@@ -437,3 +437,18 @@ def test_fast_reads_answer_exactly_as_falcon_and_defer_everything_else() -> None
     hits = cache.hits
     testing.simulate_get(fast, "/servers/web/loads", headers=auth)
     assert cache.hits == hits
+
+
+def test_fast_reads_leave_names_the_app_refuses_to_the_app() -> None:
+    """A name the app refuses (400) is never answered by the fast path, even while the cache
+    holds answers: only names the app checked are ever kept."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample("web", NOW - 1, 3.0, None)])
+    cache = CachedReads(backend, FixedGeneration(backend.aggregator.generation))
+    app = create_app(cache, clock)
+    fast = FastReads(app, cache, None, request_deadline=2)
+    assert testing.simulate_get(fast, "/servers/web/loads").status_code == 200
+    for name in ("we b", "..", "a" * 300):
+        assert testing.simulate_get(fast, f"/servers/{name}/loads").status_code == 400
+    assert set(cache._entries) == {"web"}
