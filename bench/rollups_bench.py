@@ -1,5 +1,5 @@
 """Aggregator figures measured in a fresh process, through the aggregator's own code path
-(``AggregatorDaemon.apply``: id translation, slicing, rollups) with an injected clock.
+(``AggregatorState.apply``: id translation, slicing, rollups) with an injected clock.
 
 - apply: median time to apply one 1-second batch of ``--batch`` samples (one per server), warm.
 - memory: RSS growth per server once ``--servers`` servers have every one of their 60 minute and
@@ -47,12 +47,12 @@ def measure_apply(servers: int, repeats: int = 15) -> dict[str, Any]:
     clock = FakeClock(NOW)
     daemon = make_daemon(clock)
     rng = np.random.default_rng(1)
-    daemon.apply(batch(0, servers, NOW - 1, True, rng))
+    daemon.state.apply(batch(0, servers, NOW - 1, True, rng))
     times = []
     for number in range(1, repeats + 1):
         prepared = batch(number, servers, NOW - 1 + number * 1e-3, False, rng)
         began = time.perf_counter()
-        daemon.apply(prepared)
+        daemon.state.apply(prepared)
         times.append(time.perf_counter() - began)
     return {
         "batch": servers,
@@ -71,7 +71,7 @@ def measure_memory(servers: int) -> dict[str, Any]:
     stamps = [NOW - minute * 60 for minute in range(60)]
     stamps += [NOW - hour * 3600 for hour in range(1, 24)]
     for number, ts in enumerate(sorted(stamps)):
-        daemon.apply(batch(number, servers, ts, number == 0, rng))
+        daemon.state.apply(batch(number, servers, ts, number == 0, rng))
     row = daemon.store.row_of["server-0000000.example.com"]
     view = daemon.store.view("server-0000000.example.com")
     assert view is not None and len(view["minutes"]) == 60 and len(view["hours"]) == 24, row
