@@ -261,8 +261,7 @@ def serve_waitress(
             while not stop.wait(0.5) and serving.is_alive():
                 pass
         # Stop accepting, let in-flight requests finish, then leave the loop thread behind.
-        server.close()
-        server.task_dispatcher.shutdown(timeout=2)
+        server.stop(timeout=2)
         backend.close()
     finally:
         context.destroy(linger=0)

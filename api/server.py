@@ -126,6 +126,14 @@ class GuardedServer(TcpWSGIServer):
             oldest = min(candidates, key=lambda channel: channel.last_activity)
             self._close(oldest, "evicted", at_once=True)
 
+    def stop(self, timeout: float) -> None:
+        """Stop accepting, let the requests in flight finish (``timeout`` seconds at most), then
+        close. Closing first would close the trigger that a finishing request wakes the loop
+        with, and waitress would log a traceback for each such request."""
+        self.accepting = False
+        self.task_dispatcher.shutdown(timeout=timeout)
+        self.close()
+
     def _close(self, channel: GuardedChannel, reason: str, at_once: bool = False) -> None:
         self.stats.connection_closed(reason)
         if at_once:

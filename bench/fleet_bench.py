@@ -109,8 +109,7 @@ def measure(servers: int, repeats: int) -> dict[str, Any]:
                 grid.append(timed_get(connection, "/fleet/grid")[0])
         finally:
             connection.close()
-            server.close()
-            server.task_dispatcher.shutdown(timeout=5)
+            server.stop(timeout=5)
             daemon.stop.set()
             aggregator.join(timeout=10)
             backend.close()
@@ -167,8 +166,7 @@ def measure_redis(servers: int, repeats: int) -> dict[str, Any]:
                 connection.close()
         finally:
             if server is not None:
-                server.close()
-                server.task_dispatcher.shutdown(timeout=5)
+                server.stop(timeout=5)
             writer.close()
             reader.close()
             redis_server.stop()

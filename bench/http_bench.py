@@ -357,8 +357,7 @@ def serve_bare(port: int, server_name: str = "waitress") -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        server.close()
-        server.task_dispatcher.shutdown(timeout=5)
+        server.stop(timeout=5)
     return 0
 
 

@@ -6,6 +6,7 @@ never serves what a newer batch changed) and single records that each get their 
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -220,6 +221,44 @@ def test_granian_workers_do_not_outlive_a_killed_api(start_host: Callable[..., H
     _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == []
     wait_for(lambda: host.get("/health")[0] == 200, 30, "a new API")
+
+
+def test_the_api_stops_cleanly_with_requests_in_flight(
+    start_host: Callable[..., Host], http_server: str
+) -> None:
+    """SIGTERM while clients keep reading: the requests in flight finish or their connections
+    close, the API exits, and nothing it logs on the way out is a traceback."""
+    host = start_host("--no-agent", "--http", http_server)
+    for index in range(50):
+        assert host.post(f"/servers/busy-{index}/loads", {"cpu": float(index)})[0] == 202
+    wait_for(lambda: host.get("/fleet")[0] == 200, 5, "the fleet page")
+    stop = threading.Event()
+    answered = [0]
+
+    def keep_reading() -> None:
+        paths = ["/fleet", "/fleet/grid", "/servers/busy-1/loads", "/servers?limit=50"]
+        deadline = time.monotonic() + 10
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(host.api + random.choice(paths), timeout=2) as answer:
+                    answer.read()
+                answered[0] += 1
+            except OSError:
+                time.sleep(0.01)
+
+    readers = [threading.Thread(target=keep_reading) for _ in range(16)]
+    for reader in readers:
+        reader.start()
+    try:
+        wait_for(lambda: answered[0] > 200, 10, "the readers to be busy")
+        api = host.child("api")
+        api.terminate()
+        api.wait(timeout=10)
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(timeout=5)
+    assert "Traceback" not in host.process.log()
 
 
 def test_the_api_stops_at_once_while_it_follows_the_aggregator(
