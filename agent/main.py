@@ -19,7 +19,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="servertrack agent", description=__doc__)
     add_option(parser, "--connect", endpoints.INGEST, "receiver endpoint to connect to", endpoint)
     add_option(parser, "--interval", 1.0, "seconds between samples", positive_float)
-    add_option(parser, "--name", None, "server name to report (default: this host's FQDN)")
+    add_option(
+        parser,
+        "--name",
+        None,
+        "server name to report (default: this host's FQDN, or its host name if that is localhost)",
+    )
     add_option(parser, "--format", "msgpack", "wire format", choices=sorted(wire.FORMATS))
     add_option(
         parser,

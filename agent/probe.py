@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 
 import psutil
 
 from servertrack.common.sample import MAX_IPS
 
 ADDRESS_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "localhost6", "ip6-localhost"})
+
+
+def node_name(
+    fqdn: Callable[[], str] = socket.getfqdn, hostname: Callable[[], str] = socket.gethostname
+) -> str:
+    """The node's FQDN; its host name when the FQDN is only a name of the loopback.
+
+    ``getfqdn`` answers ``localhost`` on a node whose host name ``/etc/hosts`` lists after
+    ``localhost`` on ``127.0.0.1`` (common in containers and cloud images): every such node
+    would report under one name and their samples would merge.
+    """
+    name = fqdn()
+    if name.lower() in LOOPBACK_NAMES or not name:
+        return hostname() or name
+    return name
 
 
 def node_addresses() -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from typing import NamedTuple, Protocol
@@ -11,7 +10,7 @@ from typing import NamedTuple, Protocol
 import zmq
 
 from servertrack.agent import curve
-from servertrack.agent.probe import node_addresses
+from servertrack.agent.probe import node_addresses, node_name
 from servertrack.common import endpoints, wire
 from servertrack.common.buckets import Clock
 from servertrack.common.lifecycle import Ticker
@@ -62,7 +61,7 @@ class Agent:
         self.probe = probe
         self.context = context or zmq.Context.instance()
         self.clock = clock
-        self.name = config.name or socket.getfqdn()
+        self.name = config.name or node_name()
         self.stop = threading.Event()
         self.seq = 0
         self._ips: tuple[str, ...] = ()

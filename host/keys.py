@@ -8,9 +8,9 @@ directory, the receiver's to each agent's ``--server-key``).
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 
+from servertrack.agent.probe import node_name
 from servertrack.common.config import add_option, add_switch
 from servertrack.common.curve_keys import generate_pair
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    name = args.name or socket.getfqdn()
+    name = args.name or node_name()
     try:
         public, secret = generate_pair(args.directory, name, args.force)
     except (OSError, ValueError) as err:

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from servertrack.agent import probe as probe_module
-from servertrack.agent.probe import PsutilProbe, node_addresses
+from servertrack.agent.probe import PsutilProbe, node_addresses, node_name
 from servertrack.agent.publisher import Agent, AgentConfig
 from servertrack.common import wire
 from servertrack.common.sample import IP_RE, MAX_IPS, Sample, sample_from_mapping
@@ -336,3 +336,27 @@ def test_node_addresses_filters_loopback_link_layer_and_scope(monkeypatch: Any) 
     }
     monkeypatch.setattr(probe_module.psutil, "net_if_addrs", lambda: interfaces)
     assert node_addresses() == ["10.1.2.3", "fe80::1", "2001:db8::5"]
+
+
+@pytest.mark.parametrize(
+    ("fqdn", "expected"),
+    [
+        ("web-1.example.com", "web-1.example.com"),
+        ("localhost", "web-1"),
+        ("LOCALHOST", "web-1"),
+        ("localhost.localdomain", "web-1"),
+        ("ip6-localhost", "web-1"),
+        ("", "web-1"),
+    ],
+)
+def test_the_node_name_is_never_a_name_of_the_loopback(fqdn: str, expected: str) -> None:
+    """A node whose FQDN resolves to ``localhost`` reports its host name, so two such nodes are
+    never merged under ``localhost``."""
+    assert node_name(lambda: fqdn, lambda: "web-1") == expected
+
+
+def test_this_node_reports_under_a_name_of_its_own() -> None:
+    """On this machine too (its host name is listed after localhost on 127.0.0.1 here)."""
+    name = node_name()
+    assert name and name.lower() != "localhost"
+    assert name in (socket.getfqdn(), socket.gethostname())
