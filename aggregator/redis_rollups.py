@@ -218,27 +218,36 @@ class RedisRollups:
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
         self.health.setdefault(epoch, {}).update(health)
 
-    def take(self, now: float | None = None) -> FlushJob | None:
-        """Move everything held into a job for :meth:`FlushJob.run`; None when nothing is held
-        or a job is still out."""
+    def take(
+        self, now: float | None = None, upto: tuple[str, int] | None = None
+    ) -> FlushJob | None:
+        """Move everything held into a job for :meth:`FlushJob.run` (of writer ``upto[0]``
+        only the batches numbered up to ``upto[1]``: the guards keep the highest batch applied,
+        so a batch merged before a missing earlier one would make that one look applied);
+        None when nothing is to be written or a job is still out."""
         if self.in_flight is not None or not (self.pending or self.health):
             return None
         now = self.advance(now)
-        writers = list(dict.fromkeys(epoch for epoch, _ in self.pending))
+        ready = [
+            key for key in self.pending if upto is None or key[0] != upto[0] or key[1] <= upto[1]
+        ]
+        if not ready and not self.health:
+            return None
+        writers = list(dict.fromkeys(epoch for epoch, _ in ready))
         writers += [epoch for epoch in self.health if epoch not in writers]
         parts = []
+        held_since: dict[tuple[str, int], float] = {}
+        samples = 0
         for writer in writers:
-            keys = [key for key in self.pending if key[0] == writer]
-            parts.append(
-                WriterPart(
-                    writer,
-                    {key: self.pending.pop(key) for key in keys},
-                    self.health.pop(writer, {}),
-                )
-            )
-        held_since, self.held_since = self.held_since, {}
-        job = FlushJob(self.writer, parts, self._names(), now, self.pending_samples, held_since)
-        self.pending_samples = 0
+            batches = {}
+            for key in ready:
+                if key[0] == writer:
+                    batches[key] = self.pending.pop(key)
+                    held_since[key] = self.held_since.pop(key)
+                    samples += sum(len(columns) for columns in batches[key])
+            parts.append(WriterPart(writer, batches, self.health.pop(writer, {})))
+        job = FlushJob(self.writer, parts, self._names(), now, samples, held_since)
+        self.pending_samples -= samples
         self.in_flight = job
         return job
 

@@ -384,7 +384,7 @@ class Rollups:
     def note_health(self, epoch: str, health: dict[str, Any]) -> None:
         """The aggregator keeps health itself when the rollups are in its memory."""
 
-    def take(self, now: float | None = None) -> None:
+    def take(self, now: float | None = None, upto: tuple[str, int] | None = None) -> None:
         """Nothing is held back: every sample was applied by :meth:`apply`."""
 
     def settle(self, job: Any) -> None:

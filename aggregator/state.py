@@ -252,7 +252,11 @@ class AggregatorState:
     def take_flush(self, now: float) -> Any:
         """What the store holds back, as a job whose ``run()`` may go on another thread (it
         touches nothing of this state); None when there is nothing to write or a job is out."""
-        return self.store.take(now)
+        ledger = self.ledger
+        upto = None
+        if ledger.epoch is not None:  # never past a batch of the receiver's still missing
+            upto = (ledger.epoch, -1 if ledger.fresh else ledger.applied_upto)
+        return self.store.take(now, upto)
 
     def settle_flush(self, job: Any, error: BaseException | None, seconds: float) -> None:
         """Count a job's outcome; what it did not write is held again."""

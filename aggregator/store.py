@@ -47,10 +47,12 @@ class RollupStore(Protocol):
         readers of its own keeps it; the in-memory one leaves it to the aggregator)."""
         ...
 
-    def take(self, now: float | None = None) -> Any:
+    def take(self, now: float | None = None, upto: tuple[str, int] | None = None) -> Any:
         """What is held back, as a job whose ``run()`` writes it out (raising
         ``StoreUnavailable`` when the store cannot be reached); ``None`` when nothing is held
-        (always, for a store that applies everything at once)."""
+        (always, for a store that applies everything at once). With ``upto`` (epoch, number),
+        batches of that writer numbered above it stay held: a store that guards by the highest
+        batch applied must never see a batch before an earlier one that is still missing."""
         ...
 
     def settle(self, job: Any) -> Any:

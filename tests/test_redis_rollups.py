@@ -48,6 +48,31 @@ def hold(store: RedisRollups, writer: str, batch: BatchColumns, fleet: Fleet) ->
     store.apply(rows, batch.ts, batch.cpu, batch.ram, seq=batch.seq, origin=(writer, batch.number))
 
 
+def test_batches_after_a_missing_one_wait_for_it(
+    rollups: RedisRollups, clock: FakeClock, redis_server: RedisServer
+) -> None:
+    """Batch 1 of a receiver run is missing (lost on its way to a killed aggregator) while 2
+    came: 2 stays held until 1 is there, or the guards (highest batch applied) would make 1
+    look applied and it would be skipped when it comes."""
+    fleet = Fleet([f"node-{k}" for k in range(10)], seed=3)
+    batches = [fleet.batch("run-a", clock() + k) for k in range(3)]
+    hold(rollups, "run-a", batches[0], fleet)
+    hold(rollups, "run-a", batches[2], fleet)
+    job = rollups.take(upto=("run-a", 0))
+    assert job is not None
+    job.run()
+    rollups.settle(job)
+    assert list(rollups.pending) == [("run-a", 2)]
+    assert rollups.held_samples == len(batches[2].rows)
+    hold(rollups, "run-a", batches[1], fleet)  # the replay brings it
+    job = rollups.take(upto=("run-a", 2))
+    assert job is not None
+    job.run()
+    rollups.settle(job)
+    assert not rollups.pending and rollups.held_samples == 0
+    assert_matches(rollups, fleet, clock() + 2)
+
+
 def test_a_job_redis_refuses_is_held_again_ahead_of_newer_batches(
     redis_server: RedisServer, rollups: RedisRollups, clock: FakeClock
 ) -> None:
