@@ -201,25 +201,20 @@ def build_app(
     to Redis (other hosts write there too, so no batch tells when an answer changes)."""
     backend = make_backend(args, context)
     stats = ApiStats()
-    if not isinstance(backend, ZmqBackend):
-        app = create_app(
-            backend,
-            record_token=record_token,
-            read_token=read_token,
-            stats=stats,
-            request_deadline=args.request_deadline,
-        )
-        return app, backend, stats
-    cache = CachedReads(backend, backend.generation)
+    cache = None
+    if isinstance(backend, ZmqBackend):
+        cache = CachedReads(backend, backend.generation)
+        stats.include("read_cache", cache.counts)
+        backend.on_close(cache.close)
     app = create_app(
-        cache,
+        cache or backend,
         record_token=record_token,
         read_token=read_token,
         stats=stats,
         request_deadline=args.request_deadline,
     )
-    stats.include("read_cache", cache.counts)
-    backend.on_close(cache.close)
+    if cache is None:
+        return app, backend, stats
     return FastReads(app, cache, read_token, args.request_deadline), backend, stats
 
 
