@@ -139,15 +139,27 @@ class AggregatorState:
         the API's read cache."""
         self._minute = -1
         self._evictions = 0
+        self._new_run = False
+        """A new receiver run began and no batch of it has been applied yet."""
 
     # -- batches ------------------------------------------------------------------------------
     def needs_names(self, batch: Batch) -> bool:
-        """True when ``batch`` comes from the current receiver run but holds ids that were never
-        announced here (the daemon then asks the receiver for its names)."""
-        if batch.epoch != self.ids.epoch:
-            return False
+        """True when ``batch`` holds ids never announced here (the daemon then asks the receiver
+        for its names). A batch announces only the servers new in it, so this is what the first
+        batch a restarted aggregator gets usually holds."""
+        self._follow_run(batch.epoch)
         self.ids.learn(batch.names, self.store)
         return self.ids.unknown_in(batch)
+
+    def _follow_run(self, epoch: str) -> None:
+        """Switch to receiver run ``epoch`` if it is a new one (its ids mean other servers)."""
+        if epoch == self.ids.epoch:
+            return
+        for name, counts in self.ids.reset(epoch).items():
+            before = self.health_before.get(name, (0,) * len(COUNTED))
+            self.health_before[name] = tuple(a + b for a, b in zip(before, counts, strict=True))
+        self.newest_number = -1
+        self._new_run = True
 
     def learn_names(self, epoch: str, pairs: list[tuple[int, str]]) -> None:
         """The receiver's full name table, asked for by the daemon."""
@@ -167,12 +179,9 @@ class AggregatorState:
             self.counters["batches_already_applied"] += 1
             return
         ids = self.ids
-        changes = len(batch) > 0 or bool(batch.servers) or batch.epoch != ids.epoch
-        if batch.epoch != ids.epoch:
-            for name, counts in ids.reset(batch.epoch).items():
-                before = self.health_before.get(name, (0,) * len(COUNTED))
-                self.health_before[name] = tuple(a + b for a, b in zip(before, counts, strict=True))
-            self.newest_number = -1
+        self._follow_run(batch.epoch)
+        changes = len(batch) > 0 or bool(batch.servers) or self._new_run
+        self._new_run = False
         ids.learn(batch.names, self.store)
         if ids.evictions_seen != self.store.evictions:
             ids.rebuild(self.store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -10,7 +11,10 @@ import numpy as np
 from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.snapshot import read_snapshot, write_snapshot
+from servertrack.aggregator.state import AggregatorState
+from servertrack.common.batch import Batch
 from servertrack.common.testing import FakeClock
+from servertrack.receiver.state import ReceiverState
 
 
 def test_each_batch_is_admitted_once_whatever_the_order() -> None:
@@ -55,6 +59,31 @@ def test_a_fresh_ledger_begins_where_the_receiver_says_and_counts_no_loss() -> N
     assert [n for n in (38, 39, 40, 41) if ledger.admit("e", n)] == [38, 39, 40]
     assert (ledger.applied_upto, ledger.missing()) == (42, False)
     assert not ledger.fresh and BatchLedger.from_dict(ledger.to_dict()).fresh is False
+
+
+def test_a_new_aggregator_asks_for_the_names_its_first_batch_does_not_announce() -> None:
+    """A batch names only the servers new in it: an aggregator started after the receiver
+    (a restart, a kill -9) gets ids it cannot name in its very first batch. It must ask for
+    the names rather than drop the samples as ``unknown_server``."""
+    clock = FakeClock()
+    receiver = ReceiverState(clock=clock)
+    first = AggregatorState(Rollups(clock), clock)
+    assert "error" not in receiver.record([["steady", clock.now, 5.0, 1.0]], clock.now)
+    batch = Batch.decode(receiver.flush(clock.advance(1)).encode())
+    assert not first.needs_names(batch)  # it announces "steady"
+    first.apply(batch)
+    assert "error" not in receiver.record([["steady", clock.now, 7.0, 1.0]], clock.now)
+    batch = Batch.decode(receiver.flush(clock.advance(1)).encode())
+    assert batch.names == [] and len(batch) == 1
+
+    restarted = AggregatorState(Rollups(clock), clock)
+    assert restarted.needs_names(batch)
+    restarted.learn_names(batch.epoch, receiver.all_names())
+    assert not restarted.needs_names(batch)
+    restarted.apply(batch)
+    assert restarted.counters["unknown_server"] == 0
+    view = json.loads(restarted.view("steady", clock.now)["body"])
+    assert [minute["cpu_sum"] for minute in view["minutes"]] == [7.0]
 
 
 def test_snapshot_round_trip_keeps_every_bucket(tmp_path: Path) -> None:
