@@ -135,7 +135,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def make_backend(args: argparse.Namespace, context: zmq.Context) -> Backend:
+def make_backend(args: argparse.Namespace, context: zmq.Context) -> ZmqBackend | StoreBackend:
     """ZeroMQ to the host's daemons (the in-memory store), or Redis straight for reads."""
     receiver = args.receiver_control
     aggregator = args.aggregator_query
@@ -196,25 +196,21 @@ def build_app(
     record_token: str | None,
     read_token: str | None,
 ) -> tuple[Any, Backend, ApiStats]:
-    """The app over its backend: what either server runs (granian builds it in each worker
-    process). Over the host's daemons, the read cache sits in front of it; over Redis, reads go
-    to Redis (other hosts write there too, so no batch tells when an answer changes)."""
+    """The app over its backend, behind the read cache: what either server runs (granian builds
+    it in each worker process). Over the host's daemons the cache follows the aggregator's
+    generation; over Redis, the store's change counter (every host's writer raises it)."""
     backend = make_backend(args, context)
     stats = ApiStats()
-    cache = None
-    if isinstance(backend, ZmqBackend):
-        cache = CachedReads(backend, backend.generation)
-        stats.include("read_cache", cache.counts)
-        backend.on_close(cache.close)
+    cache = CachedReads(backend, backend.generation)
+    stats.include("read_cache", cache.counts)
+    backend.on_close(cache.close)
     app = create_app(
-        cache or backend,
+        cache,
         record_token=record_token,
         read_token=read_token,
         stats=stats,
         request_deadline=args.request_deadline,
     )
-    if cache is None:
-        return app, backend, stats
     return FastReads(app, cache, read_token, args.request_deadline), backend, stats
 
 

@@ -5,6 +5,9 @@ with no aggregator hop, so any number of APIs anywhere answer alike for every se
 wrote. Records go to a receiver when one is configured (``--receiver-control``), and ``/stats``
 and the health of the daemons come from that host's receiver and aggregator when configured;
 without them, records answer 503 and ``/health`` looks at the store alone.
+
+Answers of a server's loads carry the store's generation (:mod:`servertrack.api.store_generation`),
+so the read cache (:mod:`servertrack.api.cache`) can keep them until a writer merges again.
 """
 
 from __future__ import annotations
@@ -12,16 +15,27 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from servertrack.aggregator.fleet import FleetAnswers, table_from_rows
 from servertrack.api.backend import Backend, Unavailable
+from servertrack.api.store_generation import StoreGeneration
 from servertrack.common.buckets import Clock, iso_utc
 from servertrack.common.sample import Sample
 from servertrack.store.redis_nodes import StoreUnavailable
 from servertrack.store.redis_store import RedisStore
+
+MAX_VIEWS = 500
+"""Servers one ``views`` query may ask for (the read cache refreshes in such groups)."""
+
+
+def _answer(view: dict[str, Any] | None) -> dict[str, Any]:
+    if view is None:
+        return {"status": 404}
+    return {"status": 200, "body": json.dumps(view).encode()}
 
 
 class StoreReader:
@@ -50,8 +64,14 @@ class StoreBackend:
         self.clock = clock
         self.reader = StoreReader(store)
         self.fleet = FleetAnswers()
+        self.generation = StoreGeneration(lambda: self._ready().changes(), clock)
         self._opened = False
         self._open_lock = threading.Lock()
+        self._closing: list[Callable[[], None]] = []
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` first in :meth:`close` (to stop threads that read through this)."""
+        self._closing.append(hook)
 
     def _ready(self) -> RedisStore:
         if not self._opened:
@@ -78,10 +98,16 @@ class StoreBackend:
                 return self._stats(request, deadline)
             store = self._ready()
             if op == "view":
-                view = store.view(str(request.get("name")), now)
-                if view is None:
-                    return {"status": 404}
-                return {"status": 200, "body": json.dumps(view).encode()}
+                gen = self.generation.tag()  # before the read: never newer than the answer
+                reply = _answer(store.view(str(request.get("name")), now))
+                return reply if gen is None else {**reply, "gen": gen}
+            if op == "views":
+                names = request.get("names")
+                if not isinstance(names, list) or len(names) > MAX_VIEWS:
+                    return {"status": 400, "message": f"names: a list of at most {MAX_VIEWS}"}
+                gen = self.generation.tag()
+                views = store.views([str(name) for name in names], now)
+                return {"views": [_answer(view) for view in views], "gen": gen}
             if op == "servers":
                 limit = request.get("limit")
                 after = request.get("after")
@@ -118,6 +144,9 @@ class StoreBackend:
         return parts
 
     def close(self) -> None:
+        for hook in self._closing:
+            hook()
+        self.generation.close()
         if self.daemons is not None and hasattr(self.daemons, "close"):
             self.daemons.close()
         self.store.close()

@@ -5,7 +5,9 @@ cluster keeps them on one node: ``st:{<name>}:m`` (minute ring), ``st:{<name>}:h
 meta and per-writer guards), ``st:{<name>}:i`` (per-writer health). The index is sharded in
 ``SHARDS`` pairs under the tag ``{#<k>}`` (``#`` cannot appear in a server name):
 ``st:{#<k>}:idx`` (sorted set of names, all scored 0, so ordered by name) and ``st:{#<k>}:sum``
-(hash of summary records). A name's shard is a stable hash of the name (CRC-32).
+(hash of summary records). A name's shard is a stable hash of the name (CRC-32). Readers
+cache answers until the change counter ``st:{#changes}:n``, which every writer raises after each
+merge, moves.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from redis.crc import key_slot
 
 PREFIX = "st"
 SHARDS = 64
+CHANGES = f"{PREFIX}:{{#changes}}:n".encode()
+"""The change counter (see the module docstring)."""
 
 
 def server_keys(name: str) -> tuple[bytes, bytes, bytes]:

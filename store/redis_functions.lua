@@ -8,6 +8,8 @@ Keys of one server (they share the hash tag {<name>}, so one call never spans sl
   st:{<name>}:h  hash: fields "0".."24" hold the hour cells (b % 25), "s" the server's meta,
                  "w:<writer>" the last batch number applied per writer
   st:{<name>}:i  hash: field <writer> holds that writer's health record (written when it changes)
+The change counter st:{#changes}:n goes up by one after each merge, so readers know when a
+cached answer may have changed.
 Cell (little endian, 64 bytes): stamp u32, samples u32, cpu_count u32, ram_count u32,
   cpu_sum f64, cpu_min f64, cpu_max f64, ram_sum f64, ram_min f64, ram_max f64.
 Meta "s" (32 bytes): last_seen f64, seq f64, seq_ts f64, newest minute u32, newest hour u32.
@@ -17,7 +19,7 @@ Redis 7.0 does not let a library reach struct, math, string, tonumber or unpack 
 so they are bound on the first call.
 ]]
 
-local VERSION = '2'
+local VERSION = '3'
 
 local CELL = '<I4I4I4I4dddddd'
 local CELL_SIZE = 64
@@ -300,7 +302,18 @@ local function prune(keys, args)
   return #gone
 end
 
+--[[
+st_changed: one more change for readers to notice. KEYS: the change counter. ARGV: ttl ms.
+Answers the new count.
+]]
+local function changed(keys, args)
+  local count = redis.call('INCR', keys[1])
+  redis.call('PEXPIRE', keys[1], args[1])
+  return count
+end
+
 redis.register_function('st_merge', merge)
+redis.register_function('st_changed', changed)
 redis.register_function('st_health', health)
 redis.register_function('st_touch', touch)
 redis.register_function('st_prune', prune)

@@ -76,7 +76,7 @@ from servertrack.store.cells import (
     unpack_cells,
 )
 from servertrack.store.health import ServerHealth, merged_health
-from servertrack.store.keys import SHARDS, server_keys, shard_keys, slot_of
+from servertrack.store.keys import CHANGES, SHARDS, server_keys, shard_keys, slot_of
 from servertrack.store.redis_nodes import (
     CONNECTION_ERRORS,
     Node,
@@ -108,6 +108,8 @@ MERGE_CHUNK = 32
 MAX_ROUNDS = 8
 """Rounds of redirected, re-folded or retried calls in one merge before giving up."""
 TOUCH_CHUNK = 1000
+CHANGES_TTL_MS = (HOUR_WINDOW + 2) * HOUR * 1000
+"""The change counter outlives every bucket a reader could have cached."""
 """Records per st_touch call: Lua's unpack() takes at most ~8000 values."""
 
 META = struct.Struct("<dddII")
@@ -246,11 +248,37 @@ class RedisStore:
         )
         pending = calls.calls(folded)
         pending.extend(calls.health_calls(set(folded.servers.tolist())))
-        touched = self._run(pending, calls, samples, result)
-        if self.wait_replicas and touched:
-            self._wait(touched)
+        if not pending:
+            self._maintain(now, calls)
+            return result
+        try:
+            touched = self._run(pending, calls, samples, result)
+            if self.wait_replicas and touched:
+                self._wait(touched)
+        except BaseException:
+            self._note_change(failed=True)  # some merges may have been applied
+            raise
+        self._note_change()
         self._maintain(now, calls)
         return result
+
+    def _note_change(self, failed: bool = False) -> None:
+        """Raise the change counter after merges, so readers' caches ask again. A failure is
+        logged, not raised: the merges it follows were applied, and readers cut off from Redis
+        do not serve from their cache. After a failed merge (Redis down, most likely) it is only
+        tried."""
+        try:
+            node = self.topology.node_for_slot(slot_of(CHANGES))
+            command = pack("FCALL", "st_changed", 1, CHANGES, CHANGES_TTL_MS)
+            self._run_simple([NodeWork(node, [command])], "change counter")
+        except StoreUnavailable as err:
+            log.log(logging.DEBUG if failed else logging.WARNING, "change counter: %s", err)
+
+    def changes(self) -> int:
+        """The change counter: it moves after every merge of any writer (0 when none wrote for
+        26 hours)."""
+        (count,) = self._read_keys([(slot_of(CHANGES), ("GET", CHANGES))])
+        return int(count) if count else 0
 
     def _apply_limit(self, samples: Samples, names: Sequence[str], result: MergeResult) -> Samples:
         """Refuse the samples of new servers beyond ``max_servers``."""
@@ -557,37 +585,22 @@ class RedisStore:
     def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:
         """A server's minute and hour buckets, last-seen time and health merged over writers,
         in the shape of the in-memory store's view; ``None`` without data in the window."""
+        return self.views([name], now)[0]
+
+    def views(self, names: Sequence[str], now: float | None = None) -> list[dict[str, Any] | None]:
+        """:meth:`view` of each of ``names``, read in one round trip per node."""
         now = self.clock() if now is None else float(now)
-        minutes_key, hours_key, health_key = server_keys(name)
-        slot = slot_of(hours_key)
-        ring, hours, health = self._read_keys(
-            [
+        commands: list[tuple[int, tuple[Any, ...]]] = []
+        for name in names:
+            minutes_key, hours_key, health_key = server_keys(name)
+            slot = slot_of(hours_key)
+            commands += [
                 (slot, ("GET", minutes_key)),
                 (slot, ("HGETALL", hours_key)),
                 (slot, ("HGETALL", health_key)),
             ]
-        )
-        if not hours or b"s" not in hours:
-            return None
-        hour_cells = unpack_cells(b"".join(v for f, v in hours.items() if f.isdigit()))
-        current_hour = int(now // HOUR)
-        shown_hours = bucket_dicts(hour_cells, HOUR, current_hour - HOUR_WINDOW + 1, current_hour)
-        if not shown_hours:
-            return None
-        current_minute = int(now // MINUTE)
-        last_seen = META.unpack(hours[b"s"])[0]
-        return {
-            "server": name,
-            "minutes": bucket_dicts(
-                unpack_cells(ring or b""),
-                MINUTE,
-                current_minute - MINUTE_WINDOW + 1,
-                current_minute,
-            ),
-            "hours": shown_hours,
-            "last_seen": iso_utc(last_seen),
-            "health": merged_health(health.values()),
-        }
+        replies = self._read_keys(commands)
+        return [_view(name, *replies[3 * k : 3 * k + 3], now) for k, name in enumerate(names)]
 
     def _index_names(self) -> list[bytes]:
         replies = self._read_keys([_on_shard(k, "ZRANGE", 0, 0, -1) for k in range(SHARDS)])
@@ -684,6 +697,33 @@ def _on_shard(shard: int, command: str, which: int, *args: Any) -> tuple[int, tu
     """A read command on shard ``shard``'s index (``which`` 0) or summary (1) key."""
     key = shard_keys(shard)[which]
     return slot_of(key), (command, key, *args)
+
+
+def _view(
+    name: str, ring: bytes | None, hours: dict[bytes, bytes], health: dict[bytes, bytes], now: float
+) -> dict[str, Any] | None:
+    """A server's view from its three keys (see :meth:`RedisStore.view`)."""
+    if not hours or b"s" not in hours:
+        return None
+    hour_cells = unpack_cells(b"".join(v for f, v in hours.items() if f.isdigit()))
+    current_hour = int(now // HOUR)
+    shown_hours = bucket_dicts(hour_cells, HOUR, current_hour - HOUR_WINDOW + 1, current_hour)
+    if not shown_hours:
+        return None
+    current_minute = int(now // MINUTE)
+    last_seen = META.unpack(hours[b"s"])[0]
+    return {
+        "server": name,
+        "minutes": bucket_dicts(
+            unpack_cells(ring or b""),
+            MINUTE,
+            current_minute - MINUTE_WINDOW + 1,
+            current_minute,
+        ),
+        "hours": shown_hours,
+        "last_seen": iso_utc(last_seen),
+        "health": merged_health(health.values()),
+    }
 
 
 def _first_key(command: bytes) -> bytes:

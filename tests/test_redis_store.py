@@ -339,6 +339,32 @@ def test_every_key_has_a_ttl_that_follows_the_newest_bucket(
     assert client.hlen(hour_key) >= 25
 
 
+def test_the_change_counter_moves_after_every_merge_and_views_read_alike(
+    redis_server: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
+) -> None:
+    """Readers' caches follow the change counter: every writer raises it after each merge that
+    sent anything (a merge whose batches were all applied before included), not after an empty
+    one; it has a TTL. ``views`` reads many servers as ``view`` reads one."""
+    first = open_store(redis_server.url)
+    second = open_store(redis_server.url)
+    assert first.changes() == 0
+    written = [f"cache-{k}" for k in range(8)]
+    batch = one_each(0, list(range(8)), clock.now)
+    first.merge("a", [batch], written, None, clock.now)
+    assert second.changes() == 1
+    second.merge("b", [one_each(0, [1, 2], clock.now - 90)], written, None, clock.now)
+    first.merge("a", [batch], written, None, clock.now)  # a re-send: still counted
+    assert first.changes() == 3
+    empty = BatchColumns(1, np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
+    first.merge("a", [empty], written, None, clock.now)
+    assert first.changes() == 3
+    assert 0 < redis_server.client().pttl("st:{#changes}:n") <= 26 * HOUR * 1000
+    names = [*written, "never-written"]
+    views = second.views(names, clock.now)
+    assert views == [first.view(name, clock.now) for name in names]
+    assert views[-1] is None and all(view is not None for view in views[:-1])
+
+
 def test_a_writer_behind_cannot_overwrite_newer_buckets(
     redis_server: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
 ) -> None:
