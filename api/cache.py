@@ -5,7 +5,8 @@ The aggregator numbers its state (``gen``): the number changes whenever an answe
 batch with samples or news of a server applied, a new minute, servers released, a snapshot
 restored) and rides on every ``view`` answer. A :class:`Generation` source
 (``ZmqBackend.generation``, a long poll on the aggregator) says which number is current; it hears
-of a new one within milliseconds of the batch.
+of a new one within milliseconds of the batch. In Redis mode the number is the store's change
+counter with the minute (``StoreBackend.generation``, :mod:`servertrack.api.store_generation`).
 
 When the generation changes, one background thread asks the aggregator again for each server
 read in the generation that ended, in groups (``views``); until their new answers are in, for at
