@@ -92,20 +92,21 @@ class StoreBackend:
     # -- reads --------------------------------------------------------------------------------
     def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         op = request.get("op")
+        # The generation comes before the clock and the read, so an answer is never older than
+        # the generation it is kept under (the generation includes the minute).
+        gen = self.generation.tag() if op in ("view", "views") else None
         now = self.clock()
         try:
             if op == "stats":
                 return self._stats(request, deadline)
             store = self._ready()
             if op == "view":
-                gen = self.generation.tag()  # before the read: never newer than the answer
                 reply = _answer(store.view(str(request.get("name")), now))
                 return reply if gen is None else {**reply, "gen": gen}
             if op == "views":
                 names = request.get("names")
                 if not isinstance(names, list) or len(names) > MAX_VIEWS:
                     return {"status": 400, "message": f"names: a list of at most {MAX_VIEWS}"}
-                gen = self.generation.tag()
                 views = store.views([str(name) for name in names], now)
                 return {"views": [_answer(view) for view in views], "gen": gen}
             if op == "servers":

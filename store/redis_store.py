@@ -108,9 +108,9 @@ MERGE_CHUNK = 32
 MAX_ROUNDS = 8
 """Rounds of redirected, re-folded or retried calls in one merge before giving up."""
 TOUCH_CHUNK = 1000
+"""Records per st_touch call: Lua's unpack() takes at most ~8000 values."""
 CHANGES_TTL_MS = (HOUR_WINDOW + 2) * HOUR * 1000
 """The change counter outlives every bucket a reader could have cached."""
-"""Records per st_touch call: Lua's unpack() takes at most ~8000 values."""
 
 META = struct.Struct("<dddII")
 ASKING = pack("ASKING")

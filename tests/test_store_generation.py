@@ -1,15 +1,24 @@
 """The generation an API in Redis mode caches answers under: the store's change counter and the
-minute, read by a polling thread (a real thread, an injected counter and wall clock)."""
+minute, read by a polling thread (a real thread, an injected counter and wall clock), and how the
+backend stamps answers with it (against a real redis-server)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from servertrack.api.store_backend import StoreBackend
 from servertrack.api.store_generation import StoreGeneration
+from servertrack.common.oracle import iso_z
+from servertrack.common.redis_testing import RedisServer
 from servertrack.common.testing import FakeClock, wait_until
+from servertrack.store.cells import BatchColumns
 from servertrack.store.redis_nodes import StoreUnavailable
+from servertrack.store.redis_store import RedisStore
 
 
 class Counter:
@@ -71,3 +80,43 @@ def test_no_generation_while_the_counter_cannot_be_read(
     assert generation.tag() is None
     counter.down = False
     wait_until(generation.current, 5, "the counter read again")
+
+
+class SteppingClock:
+    """Answers ``first`` once after :meth:`step_at` is called, then ``then`` for good."""
+
+    def __init__(self, now: float) -> None:
+        self.values = [now]
+
+    def step_at(self, first: float, then: float) -> None:
+        self.values = [first, then]
+
+    def __call__(self) -> float:
+        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+
+def test_an_answer_is_never_kept_under_a_later_minute_than_it_shows(tmp_path: Path) -> None:
+    """The minute turns while a read runs: the answer (read for the new minute) may be kept under
+    the old minute's generation, never the old minute's answer under the new one (it would be
+    served for a whole minute without the newest bucket)."""
+    minute = 1_699_999_980.0  # a minute's start
+    clock = SteppingClock(minute - 0.5)
+    redis_server = RedisServer(tmp_path / "redis").start()
+    store = RedisStore(redis_server.url, clock=clock)
+    backend = StoreBackend(store, None, clock)
+    try:
+        store.open()
+        batch = BatchColumns(
+            0, np.zeros(1, np.int64), np.array([minute + 0.25]), np.ones(1), np.ones(1)
+        )
+        store.merge("w", [batch], ["turning"], None, minute + 1)
+        wait_until(backend.generation.current, 5, "the change counter read")
+        clock.step_at(minute - 0.001, minute + 0.5)  # the read starts at :59.999, ends at :00.5
+        reply = backend.query({"op": "view", "name": "turning"})
+        kept_minute = reply["gen"] & 0xFFFFFFFF
+        starts = [m["start"] for m in json.loads(reply["body"])["minutes"]]
+        shows_new_minute = iso_z(minute) in starts
+        assert kept_minute < minute // 60 or shows_new_minute, (kept_minute, starts)
+    finally:
+        backend.close()
+        redis_server.stop()
