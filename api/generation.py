@@ -26,18 +26,13 @@ served from the cache for longer."""
 RETRY_PAUSE = 0.2
 
 
-class GenerationWatch:
-    """A daemon thread owning one REQ socket to the aggregator's query endpoint."""
+class Heard:
+    """A daemon thread that keeps hearing a number (see :meth:`_run`); :meth:`current` is what
+    it last heard, with when it was first heard, while it was heard within ``fresh_for``."""
 
-    def __init__(
-        self,
-        context: zmq.Context,
-        endpoint: str,
-        fresh_for: float = FRESH_FOR,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.context = context
-        self.endpoint = endpoint
+    thread_name = "heard"
+
+    def __init__(self, fresh_for: float, monotonic: Callable[[], float]) -> None:
         self.fresh_for = fresh_for
         self.monotonic = monotonic
         self._current: tuple[int, float] | None = None
@@ -47,21 +42,63 @@ class GenerationWatch:
         self._lock = threading.Lock()
 
     def current(self) -> tuple[int, float] | None:
-        """The generation the aggregator last announced and when it was first heard
-        (``monotonic``), if the aggregator was heard from recently enough."""
+        """The number last heard and when it was first heard (``monotonic``), if it was heard
+        recently enough."""
         if self._thread is None:
             self.start()
-        if self.monotonic() - self._heard > self.fresh_for:
+        now = self.monotonic()
+        if now - self._heard > self.fresh_for:
             return None
+        return self._number(now)
+
+    def _number(self, now: float) -> tuple[int, float] | None:
         return self._current
+
+    def _hear(self, number: int) -> None:
+        """Called by the thread with each number it hears."""
+        now = self.monotonic()
+        if self._current is None or self._current[0] != number:
+            self._current = (number, now)
+        self._heard = now
+
+    def _deaf(self) -> None:
+        """Called by the thread when it could not hear: nothing kept may be served."""
+        self._heard = float("-inf")
 
     def start(self) -> None:
         with self._lock:
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(
-                    target=self._run, name="generation-watch", daemon=True
+                    target=self._run, name=self.thread_name, daemon=True
                 )
                 self._thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the thread (it notices within ``rpc.INTERRUPT_SLICE_MS``)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=self.fresh_for + 1)
+
+
+class GenerationWatch(Heard):
+    """A daemon thread owning one REQ socket to the aggregator's query endpoint."""
+
+    thread_name = "generation-watch"
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        fresh_for: float = FRESH_FOR,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(fresh_for, monotonic)
+        self.context = context
+        self.endpoint = endpoint
 
     def _run(self) -> None:
         client = rpc.RpcClient(self.context, self.endpoint, 0.5, self.fresh_for)
@@ -71,25 +108,15 @@ class GenerationWatch:
                 try:
                     reply = client.call({"op": "watch", "after": after}, self._stop)
                 except rpc.Unavailable:
-                    self._heard = float("-inf")
+                    self._deaf()
                     self._stop.wait(RETRY_PAUSE)
                     continue
                 gen = reply.get("gen") if isinstance(reply, dict) else None
                 if not isinstance(gen, int):  # an aggregator that does not know the op
-                    self._heard = float("-inf")
+                    self._deaf()
                     self._stop.wait(1.0)
                     continue
-                now = self.monotonic()
-                if self._current is None or self._current[0] != gen:
-                    self._current = (gen, now)
-                self._heard = now
+                self._hear(gen)
                 after = gen
         finally:
             client.close()
-
-    def close(self) -> None:
-        """Stop the thread (it notices within ``rpc.INTERRUPT_SLICE_MS``)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout=self.fresh_for + 1)

@@ -14,10 +14,10 @@ number and asked again once the new one is heard.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
+from servertrack.api.generation import Heard
 from servertrack.common.buckets import MINUTE, Clock
 from servertrack.store.redis_nodes import StoreUnavailable
 
@@ -30,8 +30,10 @@ for at most this long (a refused connection ends them at the next poll)."""
 MINUTE_BITS = 32
 
 
-class StoreGeneration:
+class StoreGeneration(Heard):
     """A daemon thread reading the change counter (see the module docstring)."""
+
+    thread_name = "store-generation"
 
     def __init__(
         self,
@@ -41,30 +43,22 @@ class StoreGeneration:
         fresh_for: float = FRESH_FOR,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(fresh_for, monotonic)
         self.read_count = read_count
         self.clock = clock
         self.poll = poll
-        self.fresh_for = fresh_for
-        self.monotonic = monotonic
-        self._count = 0
-        self._heard = float("-inf")
-        self._current: tuple[int, float] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._with_minute: tuple[int, float] | None = None
 
-    def current(self) -> tuple[int, float] | None:
-        """The generation and when it was first seen (``monotonic``), or None when the counter
-        was not read recently enough."""
-        if self._thread is None:
-            self.start()
-        now = self.monotonic()
-        if now - self._heard > self.fresh_for:
+    def _number(self, now: float) -> tuple[int, float] | None:
+        """The counter as heard, with the minute: first seen when either moved."""
+        heard = self._current
+        if heard is None:
             return None
-        gen = (self._count << MINUTE_BITS) | (int(self.clock() // MINUTE) % (1 << MINUTE_BITS))
-        current = self._current
+        minute = int(self.clock() // MINUTE) % (1 << MINUTE_BITS)
+        gen = (heard[0] << MINUTE_BITS) | minute
+        current = self._with_minute
         if current is None or current[0] != gen:
-            current = self._current = (gen, now)
+            current = self._with_minute = (gen, now)
         return current
 
     def tag(self) -> int | None:
@@ -72,29 +66,14 @@ class StoreGeneration:
         current = self.current()
         return None if current is None else current[0]
 
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=self._run, name="store-generation", daemon=True
-                )
-                self._thread.start()
-
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 count = self.read_count()
             except StoreUnavailable as err:
                 log.debug("change counter not read: %s", err)
-                self._heard = float("-inf")
+                self._deaf()
                 self._stop.wait(self.poll * 4)
                 continue
-            self._count = count
-            self._heard = self.monotonic()
+            self._hear(count)
             self._stop.wait(self.poll)
-
-    def close(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout=self.fresh_for + 1)
