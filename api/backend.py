@@ -32,13 +32,15 @@ class ZmqBackend:
 
     A single record goes through :class:`GroupCommit` (one receiver trip for the records that
     arrive together); a batch (``POST /loads``) makes its own trip. ``generation`` follows the
-    aggregator's state number for the read cache (:mod:`servertrack.api.cache`).
+    aggregator's state number for the read cache (:mod:`servertrack.api.cache`). Without an
+    aggregator (an API in Redis mode that records through a receiver) queries answer
+    :class:`Unavailable` and ``ping`` asks the receiver only.
     """
 
     def __init__(
         self,
         receiver_control: str,
-        aggregator_query: str,
+        aggregator_query: str | None,
         timeout: float = 0.5,
         context: zmq.Context | None = None,
         record_timeout: float = 5.0,
@@ -47,12 +49,18 @@ class ZmqBackend:
         self.receiver = rpc.ThreadLocalClients(
             self.context, receiver_control, timeout, record_timeout
         )
-        self.aggregator = rpc.ThreadLocalClients(self.context, aggregator_query, timeout)
+        self.aggregator = (
+            rpc.ThreadLocalClients(self.context, aggregator_query, timeout)
+            if aggregator_query
+            else None
+        )
         self.group = GroupCommit(
             rpc.RpcClient(self.context, receiver_control, timeout, record_timeout),
             wait=2 * max(timeout, record_timeout) + timeout,
         )
-        self.generation = GenerationWatch(self.context, aggregator_query)
+        self.generation = (
+            GenerationWatch(self.context, aggregator_query) if aggregator_query else None
+        )
         self._closing: list[Callable[[], None]] = []
 
     def on_close(self, hook: Callable[[], None]) -> None:
@@ -68,6 +76,8 @@ class ZmqBackend:
     def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         """The aggregator's answer. The request carries the wall-clock time after which the
         aggregator skips it (this side has given up by then: it waits at most the timeout)."""
+        if self.aggregator is None:
+            raise Unavailable("no aggregator is configured (--aggregator-query)")
         client = self.aggregator.get()
         give_up = time.time() + client.timeout_ms / 1000
         reply = client.call({**request, "deadline": min(give_up, deadline or give_up)})
@@ -78,6 +88,8 @@ class ZmqBackend:
     def ping(self) -> dict[str, Any]:
         status: dict[str, Any] = {}
         for name, clients in (("receiver", self.receiver), ("aggregator", self.aggregator)):
+            if clients is None:
+                continue
             try:
                 status[name] = clients.get().call({"op": "ping"})
             except Unavailable as err:
@@ -88,6 +100,8 @@ class ZmqBackend:
         for hook in self._closing:
             hook()
         self.group.close()
-        self.generation.close()
+        if self.generation is not None:
+            self.generation.close()
         self.receiver.close()
-        self.aggregator.close()
+        if self.aggregator is not None:
+            self.aggregator.close()

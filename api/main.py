@@ -93,7 +93,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--receiver-control",
         None,
         f"receiver control endpoint, for records (default {endpoints.RECEIVER_CONTROL}; with a "
-        "Redis --store: none, records answer 503)",
+        "Redis --store: none, records answer 503; given alone, records go to that receiver)",
         endpoint,
     )
     add_option(
@@ -147,13 +147,13 @@ def make_backend(args: argparse.Namespace, context: zmq.Context) -> ZmqBackend |
             context,
             record_timeout=args.record_timeout,
         )
-    if bool(receiver) != bool(aggregator):
+    if aggregator and not receiver:
         fatal(
-            "servertrack api: with a Redis --store, give --receiver-control and "
-            "--aggregator-query together (a host's daemons) or neither (a read replica)"
+            "servertrack api: with a Redis --store, --aggregator-query needs --receiver-control "
+            "(a host's daemons); give neither for a read replica"
         )
     daemons = None
-    if receiver and aggregator:
+    if receiver:
         daemons = ZmqBackend(
             receiver, aggregator, args.backend_timeout, context, record_timeout=args.record_timeout
         )

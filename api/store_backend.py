@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 from servertrack.aggregator.fleet import FleetAnswers, table_from_rows
-from servertrack.api.backend import Backend, Unavailable
+from servertrack.api.backend import Unavailable, ZmqBackend
 from servertrack.api.store_generation import StoreGeneration
 from servertrack.common.buckets import Clock, iso_utc
 from servertrack.common.sample import Sample
@@ -57,7 +57,7 @@ class StoreBackend:
     docstring); ``daemons`` is a backend of the local receiver and aggregator, or None."""
 
     def __init__(
-        self, store: RedisStore, daemons: Backend | None, clock: Clock = time.time
+        self, store: RedisStore, daemons: ZmqBackend | None, clock: Clock = time.time
     ) -> None:
         self.store = store
         self.daemons = daemons
@@ -131,7 +131,7 @@ class StoreBackend:
 
     def _stats(self, request: dict[str, Any], deadline: float | None) -> dict[str, Any]:
         stats: dict[str, Any] = {"receiver": {}, "aggregator": {}}
-        if self.daemons is not None:
+        if self.daemons is not None and self.daemons.aggregator is not None:
             stats = json.loads(self.daemons.query(request, deadline)["body"])
         return {"status": 200, "body": json.dumps(stats).encode()}
 
@@ -148,6 +148,6 @@ class StoreBackend:
         for hook in self._closing:
             hook()
         self.generation.close()
-        if self.daemons is not None and hasattr(self.daemons, "close"):
+        if self.daemons is not None:
             self.daemons.close()
         self.store.close()

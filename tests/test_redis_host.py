@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import zmq
 
+from servertrack.api import main as api_main
 from servertrack.common import wire
 from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
 from servertrack.common.redis_testing import RedisServer
@@ -32,7 +33,7 @@ from servertrack.common.testing import (
     wait_until,
     warm_up,
 )
-from tests.support import assert_matches_oracle, wait_for
+from tests.support import assert_fatal, assert_matches_oracle, wait_for
 
 pytestmark = pytest.mark.e2e
 VISIBLE = 10.0
@@ -193,6 +194,34 @@ def test_a_read_replica_refuses_records_and_checks_only_the_store(
     assert (status, body["reason"]) == (503, "backend_unavailable")
     health = http_json("GET", replica + "/health")[1]
     assert health == {"status": "ok", "store": {"ok": True}}
+
+
+def test_a_replica_given_a_receiver_records_through_it(
+    start_host: Callable[..., HostUnderTest],
+    redis_server: RedisServer,
+    replicas: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    """``servertrack api --store URL --receiver-control ...`` records through that receiver and
+    reads Redis; its /health checks the receiver and the store, its /stats has no aggregator."""
+    host = start_host("--no-agent", "--store", redis_server.url)
+    control = f"ipc://{tmp_path}/host0-rt/receiver-control"
+    replica = replicas(redis_server.url, "--receiver-control", control)
+    assert http_json("POST", replica + "/servers/via-replica/loads", {"cpu": 4.0})[0] == 202
+    wait_for(lambda: shown(replica, "via-replica", 1), VISIBLE, "the sample on the replica")
+    assert shown(host.api, "via-replica", 1)
+    status, health = http_json("GET", replica + "/health")
+    assert status == 200 and health["store"] == {"ok": True} and health["receiver"]["ok"]
+    assert "aggregator" not in health
+    status, stats = http_json("GET", replica + "/stats")
+    assert status == 200 and stats["aggregator"] == {}
+
+
+def test_an_aggregator_without_a_receiver_is_refused(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--store", redis_server.url, "--aggregator-query", "tcp://127.0.0.1:1", "--port", "1"]
+    assert_fatal(capsys, lambda: api_main.main(argv), "--aggregator-query needs --receiver-control")
 
 
 def test_redis_stopped_for_ten_seconds_loses_nothing_acknowledged(
