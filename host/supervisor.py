@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from servertrack.agent.probe import node_name
 from servertrack.common.config import (
     add_option,
     add_switch,
@@ -439,7 +440,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         children = plan(args, runtime_dir)
         shown = "127.0.0.1" if args.bind in ("0.0.0.0", "*") else args.bind
-        print(f"ServerTrack API on http://{shown}:{args.api_port}  (Ctrl-C stops)", flush=True)
+        base = f"http://{shown}:{args.api_port}"
+        print(f"ServerTrack API on {base}  (Ctrl-C stops)", flush=True)
+        if not args.no_agent:
+            name = args.agent_name or node_name()
+            print(
+                f"The local agent reports as {name!r}: curl -s {base}/servers/{name}/loads",
+                flush=True,
+            )
         with stop_on_signals(stop):
             code = supervise(children, stop)
     finally:
