@@ -12,8 +12,10 @@ than the app's threads), then handed to the app as a buffer with its true length
 that finds every slot taken is answered 503 at once without reading its body, which makes
 granian close its connection; it is counted as ``connections_closed{reason="body_slots_full"}``.
 However slowly bodies arrive, the other threads keep answering everything else (``/health``, the
-reads). A body still has no deadline: while every slot is held, records are refused, which is
-why ``--http granian`` listens beyond loopback only behind a proxy that buffers bodies.
+reads). With a record token, a ``POST`` without it is handed to the app unread (which answers
+401), so only clients holding the token can take a slot. A body still has no deadline: while
+every slot is held, records are refused, which is why ``--http granian`` listens beyond loopback
+only behind a proxy that buffers bodies.
 
 It also reads a chunked body (no ``Content-Length``), which a WSGI app would otherwise see as
 empty, up to one byte past the app's limit, so the app answers 413 ``too_large`` as waitress does.
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from servertrack.api.app import DRAIN_LIMIT, MAX_BODY
+from servertrack.api.auth import bearer_ok
 from servertrack.api.headers import NOSNIFF
 from servertrack.api.stats import ApiStats
 
@@ -48,9 +51,11 @@ class BodySlots:
         app: Callable[..., Iterable[bytes]],
         slots: int,
         stats: ApiStats,
+        record_token: str | None = None,
         max_body: int = MAX_BODY,
     ) -> None:
         self.app = app
+        self.record_token = record_token.encode() if record_token else None
         self.slots = threading.BoundedSemaphore(slots)
         self.count = slots
         self.stats = stats
@@ -60,7 +65,10 @@ class BodySlots:
         if environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)  # only a POST's body is ever read
         size = self._size_to_read(environ)
-        if size == 0:
+        if size == 0 or (
+            self.record_token is not None
+            and not bearer_ok(environ.get("HTTP_AUTHORIZATION"), self.record_token)
+        ):
             return self.app(environ, start_response)
         if not self.slots.acquire(blocking=False):
             self.stats.connection_closed(FULL)

@@ -156,4 +156,4 @@ def worker_app() -> Any:
     record = read_token_file(args.token_file) if args.token_file else None
     read = read_token_file(args.read_token_file) if args.read_token_file else None
     app, _backend, stats = build_app(args, zmq.Context(), record, read)
-    return BodySlots(app, slots_for(args.threads), stats)
+    return BodySlots(app, slots_for(args.threads), stats, record_token=record)
