@@ -67,7 +67,7 @@ class JsonErrorTask(ErrorTask):
         else:
             reason, description = status_reason(code), str(error.body)
         body = {"title": status_text(code), "reason": reason, "description": description}
-        if 400 <= code < 500 and self.request.command == "POST":
+        if 400 <= code < 500 and getattr(self.request, "command", None) == "POST":
             self.channel.server.stats.rejected(reason)
         payload = json.dumps(body).encode()
         self.status = f"{code} {status_text(code)}"
