@@ -24,6 +24,7 @@ from servertrack.api.errors import (
     status_reason,
 )
 from servertrack.api.fleet import FleetResource, GridResource
+from servertrack.api.headers import SecurityHeaders
 from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
 from servertrack.api.stats import ApiStats
@@ -310,7 +311,7 @@ def create_app(
     need (``/health`` and ``/openapi.json`` stay open). ``stats`` receives the API's own counts.
     """
     stats = stats or ApiStats()
-    middleware: list[Any] = [RequestGuard(stats, request_deadline)]
+    middleware: list[Any] = [SecurityHeaders(), RequestGuard(stats, request_deadline)]
     if record_token or read_token:
         middleware.append(TokenAuth(record_token, read_token))
     app = falcon.App(middleware=middleware)

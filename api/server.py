@@ -12,13 +12,16 @@ few seconds looks busy forever) and who gets a connection once ``connection_limi
   the new client in; a connection whose request is being served is never cut;
 - every request is stamped with its arrival time (``servertrack.arrived`` in the WSGI environ),
   so the app can drop requests that waited too long, and ``waitress.client_disconnected`` is on
-  (``channel_request_lookahead``), so it can drop those whose client has gone.
+  (``channel_request_lookahead``), so it can drop those whose client has gone;
+- the answers waitress gives itself (a body over ``MAX_REQUEST_BODY``, chunked or announced, a
+  request it cannot parse) are the app's JSON error shape, not waitress' plain text.
 
 Each closed connection is counted by reason in the API's ``connections_closed``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -26,8 +29,11 @@ from typing import Any
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
-from waitress.task import WSGITask
+from waitress.task import ErrorTask, WSGITask
 
+from servertrack.api.app import MAX_BODY
+from servertrack.api.errors import status_reason, status_text
+from servertrack.api.headers import NOSNIFF
 from servertrack.api.stats import ApiStats
 from servertrack.common.limits import raise_open_files_limit
 
@@ -49,10 +55,33 @@ class StampedTask(WSGITask):
         return environ
 
 
+class JsonErrorTask(ErrorTask):
+    """Waitress' own refusals in the app's JSON error shape (``title``, ``reason``,
+    ``description``), counted like the app's own when they refuse a record."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        code = int(error.code)
+        if code == 413:
+            reason, description = "too_large", f"body exceeds {MAX_BODY} bytes"
+        else:
+            reason, description = status_reason(code), str(error.body)
+        body = {"title": status_text(code), "reason": reason, "description": description}
+        if 400 <= code < 500 and getattr(self.request, "command", None) == "POST":
+            self.channel.server.stats.rejected(reason)
+        payload = json.dumps(body).encode()
+        self.status = f"{code} {status_text(code)}"
+        self.response_headers.extend([("Content-Type", "application/json"), NOSNIFF])
+        self.set_close_on_finish()
+        self.content_length = len(payload)
+        self.write(payload)
+
+
 class GuardedChannel(HTTPChannel):
     """Notes when the request being read began, and when each complete request arrived."""
 
     task_class = StampedTask
+    error_task_class = JsonErrorTask
     request_started: float | None = None
 
     def received(self, data: bytes) -> bool:

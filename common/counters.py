@@ -349,7 +349,8 @@ COUNTERS: tuple[Counter, ...] = (
         "connections_closed",
         "servertrack_http_connections_closed",
         "Connections the API closed itself, by reason: idle keep-alive, a request too slow to "
-        "arrive, or the oldest idle one evicted at the connection limit.",
+        "arrive, the oldest idle one evicted at the connection limit, or (granian) a POST that "
+        "found every body slot taken.",
         "reason",
     ),
     _c(
@@ -390,7 +391,7 @@ AGGREGATOR_DROP_REASONS = MappingProxyType(
         "batch_error": "batches whose application failed (logged with a traceback)",
     }
 )
-CLOSE_REASONS = ("idle", "slow_request", "evicted")
+CLOSE_REASONS = ("idle", "slow_request", "evicted", "body_slots_full")
 GRAPHITE_CLOSE_REASONS = MappingProxyType(
     {
         "client": "the client closed the connection",

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 
 from servertrack.agent.probe import node_name
+from servertrack.api.exposure import FLAG as BEHIND_PROXY
+from servertrack.api.exposure import granian_exposure_error
 from servertrack.common.config import (
     add_option,
     add_switch,
@@ -118,6 +120,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     add_option(
         parser, "--workers", 1, "api: granian worker processes (waitress has one)", positive_int
+    )
+    add_switch(
+        parser,
+        BEHIND_PROXY,
+        "api: a proxy that buffers request bodies is in front, so --http granian may listen "
+        "beyond loopback",
     )
     add_option(
         parser,
@@ -313,6 +321,7 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 args.http,
                 "--workers",
                 str(args.workers),
+                *([BEHIND_PROXY] if args.behind_buffering_proxy else []),
                 "--receiver-control",
                 control,
                 "--aggregator-query",
@@ -422,6 +431,9 @@ def run(args: argparse.Namespace) -> int:
             "servertrack run: --retention must be longer than --snapshot-interval, or a crash "
             "between two snapshots could lose batches the receiver no longer holds"
         )
+    exposure = granian_exposure_error(args.http, args.bind, args.behind_buffering_proxy)
+    if exposure:
+        fatal(f"servertrack run: {exposure}")
     check_ports(args)
     locks = []
     try:
