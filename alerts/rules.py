@@ -398,7 +398,9 @@ class _Reader:
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark or err.context_mark
             line = mark.line + 1 if mark is not None else None
-            problem = err.problem or err.context or "unreadable"
+            problem = err.problem or "unreadable"
+            if err.context:
+                problem += f" ({err.context})"
             raise RulesError(
                 [Problem(self.source, line, "", f"not valid YAML: {problem}")]
             ) from None
