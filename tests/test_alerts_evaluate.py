@@ -494,7 +494,7 @@ ORACLE_RULES = [
     Rule("CpuHigh", When("cpu", ">", 90.0), for_seconds=120.0),
     Rule("CpuHot", When("cpu", ">", 90.0), keep_firing_for_seconds=120.0, labels=(("s", "x"),)),
     Rule("RamLow", When("ram", "<", 30.0), for_seconds=90.0),
-    Rule("CpuOdd", When("cpu_anomaly"), keep_firing_for_seconds=60.0),
+    Rule("CpuOdd", When("cpu_anomaly"), keep_firing_for_seconds=90.0),
 ]
 RETENTION = 900.0
 RESEND = 60.0
