@@ -44,9 +44,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from urllib.parse import quote
@@ -354,15 +355,14 @@ class AlertEvaluator:
     # -- saved state -----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Every pending, firing and kept resolved alert, as JSON: enough for a restarted host
-        to go on without restarting ``for`` or announcing again what fires."""
+        to go on without restarting ``for`` or announcing again what fires. Each alert is a
+        row of :data:`SAVED_FIELDS` under its rule's alert name and labels."""
         saved = []
         for rule, held in zip(self.rules, self._held, strict=True):
-            for name, alert in held.items():
-                saved.append(
-                    {"alert": rule.alert, "labels": dict(rule.labels), "server": name}
-                    | asdict(alert)
-                )
-        return json.dumps({"format": STATE_FORMAT, "alerts": saved}).encode()
+            rows = {name: _saved_row(alert) for name, alert in held.items()}
+            saved.append({"alert": rule.alert, "labels": dict(rule.labels), "alerts": rows})
+        document = {"format": STATE_FORMAT, "fields": SAVED_FIELDS, "rules": saved}
+        return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, rules: Sequence[Rule], **options: Any) -> AlertEvaluator:
@@ -377,65 +377,75 @@ class AlertEvaluator:
             raise StateError(f"not JSON: {err}") from None
         if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
             raise StateError(f"not {STATE_FORMAT} state")
-        entries = document.get("alerts")
-        if not isinstance(entries, list):
-            raise StateError("no alerts list")
-        for number, entry in enumerate(entries):
+        if document.get("fields") != list(SAVED_FIELDS) or not isinstance(
+            document.get("rules"), list
+        ):
+            raise StateError("not the fields and rules this version saves")
+        for number, saved in enumerate(document["rules"]):
             try:
-                identity, server, alert = _restored(entry)
+                identity, alerts = _saved_rule(saved)
             except (KeyError, TypeError, ValueError) as err:
-                raise StateError(f"alert {number}: {err}") from None
+                raise StateError(f"rule {number}: {err}") from None
             index = index_of.get(identity)
-            if index is not None:
-                evaluator._held[index][server] = alert
+            if index is None:
+                continue
+            held = evaluator._held[index]
+            for server, row in alerts.items():
+                try:
+                    held[server] = _restored(row)
+                except (TypeError, ValueError) as err:
+                    raise StateError(f"rule {number} ({identity[0]}), {server}: {err}") from None
         return evaluator
 
 
-FLOAT_FIELDS = ("active_at", "value")
-OPTIONAL_FLOAT_FIELDS = (
+SAVED_FIELDS = (
+    "state",
+    "active_at",
+    "value",
     "fired_at",
     "keep_firing_since",
     "resolved_at",
     "retain_until",
     "last_sent_at",
     "valid_until",
+    "resolution_sent",
+)
+_saved_row = operator.attrgetter(*SAVED_FIELDS)
+OPTIONAL_FIELDS = frozenset(
+    ("fired_at", "keep_firing_since", "resolved_at", "retain_until", "last_sent_at", "valid_until")
 )
 
 
-def _restored(
-    entry: Any,
-) -> tuple[tuple[str, tuple[tuple[str, str], ...]], str, _Alert]:
-    """One saved alert, its types checked."""
-    if not isinstance(entry, dict):
+def _saved_rule(saved: Any) -> tuple[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]]:
+    """A saved rule's identity and its alerts by server, their types checked."""
+    if not isinstance(saved, dict):
         raise TypeError("not an object")
-    alert, labels, server = entry["alert"], entry["labels"], entry["server"]
-    if not isinstance(alert, str) or not isinstance(server, str) or not isinstance(labels, dict):
-        raise TypeError("alert, server or labels of the wrong type")
+    alert, labels, alerts = saved["alert"], saved["labels"], saved["alerts"]
+    if not isinstance(alert, str) or not isinstance(labels, dict) or not isinstance(alerts, dict):
+        raise TypeError("alert, labels or alerts of the wrong type")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise TypeError("labels must map text to text")
-    if entry["state"] not in STATES:
-        raise ValueError(f"unknown state {entry['state']!r}")
-    numbers: dict[str, float | None] = {}
-    for key in (*FLOAT_FIELDS, *OPTIONAL_FLOAT_FIELDS):
-        value = entry[key]
-        if value is None and key in OPTIONAL_FLOAT_FIELDS:
-            numbers[key] = None
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            numbers[key] = float(value)
-        else:
-            raise TypeError(f"{key} is not a number")
-    active_at, value = float(entry["active_at"]), float(entry["value"])
-    if not isinstance(entry["resolution_sent"], bool):
+    return (alert, tuple(sorted(labels.items()))), alerts
+
+
+def _restored(row: Any) -> _Alert:
+    """One saved alert (a row of :data:`SAVED_FIELDS`), its types checked."""
+    if not isinstance(row, list) or len(row) != len(SAVED_FIELDS):
+        raise TypeError(f"not a list of {len(SAVED_FIELDS)} fields")
+    values = dict(zip(SAVED_FIELDS, row, strict=True))
+    if values["state"] not in STATES:
+        raise ValueError(f"unknown state {values['state']!r}")
+    if not isinstance(values["resolution_sent"], bool):
         raise TypeError("resolution_sent is not true or false")
-    if entry["state"] != PENDING and numbers["fired_at"] is None:
+    for key in SAVED_FIELDS[1:-1]:
+        value = values[key]
+        if value is None and key in OPTIONAL_FIELDS:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise TypeError(f"{key} is not a number")
+        values[key] = float(value)
+    if values["state"] != PENDING and values["fired_at"] is None:
         raise ValueError("a firing or resolved alert without fired_at")
-    if entry["state"] == RESOLVED and numbers["resolved_at"] is None:
+    if values["state"] == RESOLVED and values["resolved_at"] is None:
         raise ValueError("a resolved alert without resolved_at")
-    restored = _Alert(
-        state=entry["state"],
-        active_at=active_at,
-        value=value,
-        resolution_sent=entry["resolution_sent"],
-        **{key: numbers[key] for key in OPTIONAL_FLOAT_FIELDS},
-    )
-    return (alert, tuple(sorted(labels.items()))), server, restored
+    return _Alert(**values)

@@ -5,6 +5,7 @@ scalar restatement that replays each rule for each server from raw samples."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -174,10 +175,8 @@ def test_a_silent_server_fires_after_for_without_pending_and_its_next_sample_res
     last, back = T0 + 100.0, T0 + 400.0
 
     def rows(now: float) -> dict[str, Row]:
-        if now < back:
-            seen = min(now, last)
-        else:  # back, sampling every 30 s
-            seen = back + 30 * ((now - back) // 30)
+        # silent from ``last``; from ``back`` on, a sample every 30 s
+        seen = min(now, last) if now < back else back + 30 * ((now - back) // 30)
         return {"db-1": {"last_seen": seen}, "db-2": {"last_seen": now}}
 
     run = Scenario(AlertEvaluator([SILENT]), rows)
@@ -192,7 +191,7 @@ def test_a_silent_server_fires_after_for_without_pending_and_its_next_sample_res
         else:
             assert alerts == [], now
     assert {a["startsAt"] for _, a in run.sent} == {iso_utc(last + 120)}
-    assert [a["endsAt"] for now, a in run.sent if now >= back][0] == iso_utc(back)
+    assert next(a["endsAt"] for now, a in run.sent if now >= back) == iso_utc(back)
 
 
 def test_a_forgotten_server_resolves_its_alerts_at_once() -> None:
@@ -229,14 +228,10 @@ def test_a_resolved_alert_is_sent_once_then_every_minute_for_15_minutes() -> Non
     run.run(T0 + 61, T0 + 60 * 27, step=15.0)
     resolved = [now for now, a in run.sent if a["endsAt"] == iso_utc(T0 + 60)]
     assert resolved[0] == T0 + 121  # minute 1 (low) seen
-    assert all(b - a == 75 for a, b in itertools_pairwise(resolved))
+    assert all(b - a == 75 for a, b in itertools.pairwise(resolved))
     assert resolved[-1] <= T0 + 121 + 900 < resolved[-1] + 75
     again = [a for now, a in run.sent if now > T0 + 60 * 26]
     assert [a["startsAt"] for a in again] == [iso_utc(T0 + 60 * 25)]
-
-
-def itertools_pairwise(values: list[float]) -> list[tuple[float, float]]:
-    return list(zip(values, values[1:], strict=False))
 
 
 def test_the_servers_regex_limits_a_rule_even_when_the_names_move() -> None:
@@ -461,18 +456,33 @@ def test_two_hosts_on_the_same_data_send_the_same_alerts() -> None:
 
 
 def test_state_that_cannot_be_read_is_refused_and_gone_rules_are_left_out() -> None:
-    for data in (b"", b"{", b"[]", b'{"format": "other"}', b'{"format": "servertrack-alerts/1"}'):
+    for data in (
+        b"",
+        b"{",
+        b"\xff",
+        b"[]",
+        b'{"format": "other"}',
+        b'{"format": "servertrack-alerts/1"}',
+        b'{"format": "servertrack-alerts/1", "fields": [], "rules": []}',
+    ):
         with pytest.raises(StateError):
             AlertEvaluator.from_bytes(data, STORY_RULES)
     run = Scenario(AlertEvaluator(STORY_RULES), fleet_story)
     run.run(T0 + 5, T0 + 60 * 6, step=15.0)
     saved = json.loads(run.evaluator.to_bytes())
+    (server, row), *_ = saved["rules"][0]["alerts"].items()
+    for field_, value, message in (
+        (1, "yesterday", "active_at is not a number"),
+        (0, "sleeping", "unknown state"),
+        (9, 1, "resolution_sent is not true or false"),
+    ):
+        broken = json.loads(json.dumps(saved))
+        broken["rules"][0]["alerts"][server][field_] = value
+        with pytest.raises(StateError, match=f"rule 0 \\(CpuHigh\\), {server}: {message}"):
+            AlertEvaluator.from_bytes(json.dumps(broken).encode(), STORY_RULES)
     broken = json.loads(json.dumps(saved))
-    broken["alerts"][0]["active_at"] = "yesterday"
-    with pytest.raises(StateError, match="alert 0: active_at is not a number"):
-        AlertEvaluator.from_bytes(json.dumps(broken).encode(), STORY_RULES)
-    broken["alerts"][0] = {**saved["alerts"][0], "state": "sleeping"}
-    with pytest.raises(StateError, match="unknown state"):
+    broken["rules"][0]["alerts"][server] = row[:5]
+    with pytest.raises(StateError, match="not a list of 10 fields"):
         AlertEvaluator.from_bytes(json.dumps(broken).encode(), STORY_RULES)
     only_silent = AlertEvaluator.from_bytes(run.evaluator.to_bytes(), [SILENT])
     assert {name for name, _ in states(only_silent)} == {"ServerSilent"}
