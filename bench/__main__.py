@@ -25,6 +25,7 @@ import zmq
 
 from bench import (
     agent_bench,
+    alerts_bench,
     fleet_bench,
     graphite_bench,
     http_bench,
@@ -42,12 +43,13 @@ QUICK_STEPS = [50_000, 100_000]
 CARBON_FULL_STEPS = [5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000]
 CARBON_QUICK_STEPS = [1_000, 2_000]
 GET_INGEST_RATE = 100_000
-SECTIONS = ("core", "http", "agent", "fleet", "redis", "redis-http", "graphite")
+SECTIONS = ("core", "http", "agent", "fleet", "redis", "redis-http", "graphite", "alerts")
 """``core``: ingest, carbon, apply and memory; ``http``: the HTTP API on each server beside the
 bare servers; ``agent``: the agent beside the floor; ``fleet``: the dashboard's first page for
 10,000 servers, in memory and in Redis mode; ``redis``: the Redis store (one redis-server and a
 3-master cluster) and HTTP reads from it; ``graphite``: Graphite plaintext ingest from one TCP
-client, beside carbon-cache's receiver."""
+client, beside carbon-cache's receiver; ``alerts``: one evaluation of the default alert rules
+over 100,000 servers."""
 
 
 def machine() -> dict[str, Any]:
@@ -340,6 +342,21 @@ def graphite_rows(graphite: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def alerts_rows(alerts: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    median = alerts["evaluate_ms_median"]
+    return [
+        (
+            f"alert evaluation, {alerts['servers']:,} servers x the {alerts['rules']} default "
+            f"rules (ms, median of {alerts['evaluations']})",
+            f"≤ {alerts['target_ms']:.0f}",
+            f"{median} (max {alerts['evaluate_ms_max']}; {alerts['pending']:,} pending and "
+            f"{alerts['firing']:,} firing; what to send {alerts['due_ms_median']}, the "
+            f"/alerts listing {alerts['api_alerts_ms_median']})",
+            verdict(median, alerts["target_ms"], False),
+        )
+    ]
+
+
 def redis_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """The Redis store's own table, one row per line."""
     rows = []
@@ -365,6 +382,8 @@ def table(results: dict[str, Any]) -> str:
         rows += redis_http_rows(results["redis_http"])
     if "graphite" in results:
         rows += graphite_rows(results["graphite"])
+    if "alerts" in results:
+        rows += alerts_rows(results["alerts"])
     lines = ["| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -614,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
                 hold,
                 work,
             )
+        if "alerts" in only:
+            print("alert evaluation ...", flush=True)
+            results["alerts"] = alerts_bench.measure(100_000)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
     name = results["mode"] if only == set(SECTIONS) else "-".join(sorted(only))

@@ -403,6 +403,58 @@ GRAPHITE_CLOSE_REASONS = MappingProxyType(
 )
 
 
+ALERTS = "alerts"
+ALERT_DROP_REASONS = MappingProxyType(
+    {
+        "queue_full": "the Alertmanager's queue held its limit of other alerts: the oldest went",
+        "rejected": "the Alertmanager refused the batch as malformed (a 4xx other than 408, 429)",
+        "closed": "still queued when the host stopped",
+    }
+)
+ALERT_COUNTERS: tuple[Counter, ...] = (
+    _g(
+        ALERTS,
+        "alerts_pending",
+        "servertrack_alerts_pending",
+        "Alerts whose condition holds but not yet for the rule's for.",
+    ),
+    _g(ALERTS, "alerts_firing", "servertrack_alerts_firing", "Alerts firing now."),
+    _c(
+        ALERTS,
+        "alertmanager_sent",
+        "servertrack_alerts_sent",
+        "Alerts delivered to each Alertmanager (POSTs it answered with 200).",
+        "alertmanager",
+    ),
+    _c(
+        ALERTS,
+        "alertmanager_failed",
+        "servertrack_alerts_send_errors",
+        "POSTs to each Alertmanager that failed (no answer, a timeout, a 5xx, 408 or 429); "
+        "their alerts are tried again with backoff.",
+        "alertmanager",
+    ),
+    _c(
+        ALERTS,
+        "alertmanager_dropped",
+        "servertrack_alerts_dropped",
+        "Alerts never delivered to an Alertmanager, by reason.",
+        "alertmanager",
+        "reason",
+    ),
+    _g(
+        ALERTS,
+        "alertmanager_queued",
+        "servertrack_alerts_queue_length",
+        "Alerts waiting to be sent to each Alertmanager.",
+        "alertmanager",
+    ),
+)
+"""The alerting counters: the evaluator's (``AlertEvaluator.stats``) and the delivery's
+(``Alertmanagers.stats``), for an ``alerts`` section. They join :data:`COUNTERS` (and with them
+``/stats``, ``/metrics`` and the OpenAPI document) once a process reports that section."""
+
+
 def declared(section: str) -> dict[str, Counter]:
     """The counters of one section, by key."""
     return {counter.key: counter for counter in COUNTERS if counter.section == section}
