@@ -23,13 +23,14 @@ from servertrack.common.redis_testing import RedisServer
 from servertrack.common.testing import FakeClock
 from servertrack.store.cells import BatchColumns
 from servertrack.store.keys import server_keys
-from servertrack.store.redis_nodes import CorruptKey
+from servertrack.store.redis_nodes import CorruptKey, NodeWork, Topology, pack, run_pipelines
 from servertrack.store.redis_store import (
     LIBRARY_VERSION,
     MergeResult,
     RedisStore,
     StoreUnavailable,
 )
+from servertrack.store.redis_url import parse_store_url
 from tests.store_support import HOUR, MINUTE, T0, Fleet, assert_matches, one_each, sample_count
 
 pytestmark = pytest.mark.e2e
@@ -607,6 +608,30 @@ def with_data(fleet: Fleet) -> int:
     return len({sample[0] for sample in fleet.kept})
 
 
+def test_a_pipeline_cut_short_while_reading_drops_its_connection(
+    redis_server: RedisServer,
+) -> None:
+    """Anything raised while a pipeline reads (here by the reply callback, at the first of 50
+    replies) drops the writer's connection: the next pipeline on that node reads its own
+    replies, never the ones left in flight."""
+    topology = Topology(parse_store_url(redis_server.url), 1.0)
+    try:
+        topology.open()
+        (node,) = topology.masters()
+
+        def fail(work: NodeWork, k: int, reply: Any) -> None:
+            raise RuntimeError("a callback that fails")
+
+        cut = NodeWork(node, [pack("ECHO", f"old-{k}") for k in range(50)])
+        with pytest.raises(RuntimeError):
+            run_pipelines([cut], chunk=8, on_reply=fail)
+        fresh = NodeWork(node, [pack("ECHO", f"new-{k}") for k in range(3)])
+        run_pipelines([fresh])
+        assert fresh.replies == [b"new-0", b"new-1", b"new-2"]
+    finally:
+        topology.close()
+
+
 def test_a_full_redis_fails_whole_merges_and_the_writer_recovers_exactly_once(
     redis_server: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
 ) -> None:
@@ -731,10 +756,15 @@ def test_a_corrupt_key_costs_only_its_servers_samples(
     store = open_store(redis_server.url)
     victims = ["string-hour", "short-meta", "hash-ring", "list-health"]
     fleet = Fleet(victims + [f"fine-{k:02d}" for k in range(36)], seed=17)
-    store.merge("first", [one_each(0, [0, 1, 2, 3], clock.now)], fleet.names, None, clock.now)
+    store.merge("w", [one_each(0, [0, 1, 2, 3], clock.now)], fleet.names, None, clock.now)
+    fleet.numbers["w"] = 1  # the fleet's batches follow that one
     store.merge("w", [fleet.batch("w", clock.now, rate=0)], fleet.names, None, clock.now)
     client = redis_server.client()
     keys = {name: [key.decode() for key in server_keys(name)] for name in victims}
+    untouched = {  # what must not change: nothing of a refused server is written
+        name: (client.hget(keys[name][1], "w:w"), client.get(keys[name][0]))
+        for name in ("short-meta", "list-health")
+    }
     client.delete(keys["string-hour"][1])
     client.set(keys["string-hour"][1], "not a hash")
     client.hset(keys["short-meta"][1], "s", client.hget(keys["short-meta"][1], "s")[:5])
@@ -758,6 +788,9 @@ def test_a_corrupt_key_costs_only_its_servers_samples(
         assert result.corrupt == lost == 4
         assert result.applied + result.expired + result.corrupt == len(batch)
     assert {name: what.split(": ")[0] for name, (what, _) in store.corrupt_servers().items()} == bad
+    for name, (guard, ring) in untouched.items():
+        assert guard is not None and ring is not None
+        assert (client.hget(keys[name][1], "w:w"), client.get(keys[name][0])) == (guard, ring)
     for key in bad.values():
         assert len([r for r in caplog.records if key in r.getMessage()]) == 1, key
     # the health of a victim without samples in the merge: refused for it alone
