@@ -150,7 +150,10 @@ class ServerLoads:
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         check_name(name)
         reply = self.backend.query({"op": "view", "name": name}, req.context.deadline)
-        if reply.get("status") != 200:
+        status = reply.get("status")
+        if status == 502:  # the store holds this server's data in a form it cannot read
+            raise ApiError(falcon.HTTP_502, reply["reason"], reply["message"])
+        if status != 200:
             raise NotFound("unknown_server", f"no data for server {name!r} in the last 24 hours")
         resp.data = reply["body"]
         resp.content_type = JSON

@@ -285,7 +285,8 @@ COUNTERS: tuple[Counter, ...] = (
         AGGREGATOR,
         "store_errors",
         "servertrack_store_errors",
-        "Merges into Redis that failed (Redis unreachable or too slow); retried with backoff.",
+        "Merges into Redis that failed (Redis unreachable, too slow, full, or refusing the "
+        "Function calls); retried with backoff.",
     ),
     _g(
         AGGREGATOR,
@@ -386,7 +387,10 @@ STATS_ONLY = MappingProxyType(
 AGGREGATOR_DROP_REASONS = MappingProxyType(
     {
         "unknown_server": "samples from a receiver id the aggregator could not name",
-        "server_limit": "samples of a new server beyond the aggregator's --max-servers",
+        "server_limit": "samples of a new server beyond the aggregator's --max-servers (memory "
+        "store only: with Redis, only the receiver refuses new servers, before it answers)",
+        "corrupt_key": "samples of a server whose keys in Redis are corrupt (a key of the wrong "
+        "type, a field of the wrong size): not written; the log names the key",
         "malformed_batch": "batch messages that could not be decoded",
         "batch_error": "batches whose application failed (logged with a traceback)",
     }
