@@ -203,6 +203,36 @@ def test_query_range_over_the_last_hour_returns_the_minute_means(
         assert len(means) >= (54 if name == GAP_SERVER else 60)
 
 
+def test_query_range_over_the_day_shows_the_hour_means_at_the_hours_starts(
+    scrape_and_read: Prometheus, oracle: FleetOracle, fleet: SyntheticFleet
+) -> None:
+    """Over the last 24 hours, before the minute window, each hour's start holds the oracle's
+    hour mean (and the lookback carries it 5 minutes); the down server's day is there too."""
+    end = fleet.current_minute
+    start = end - 24 * 3600
+    first_minute = int(fleet.minute_starts()[0])
+    for name in (LIVE[1], DOWN):
+        result = scrape_and_read.api(
+            "query_range",
+            query=f'servertrack_server_ram_max_percent{{server="{name}"}}',
+            start=start,
+            end=end,
+            step=60,
+        )["result"]
+        got = {int(t): number(v) for t, v in result[0]["values"]}
+        points = oracle.remote("servertrack_server_ram_max_percent", name)
+        expected = {}
+        for step in range(start, end + 1, 60):
+            value = value_at(points, step)
+            if value is not None:
+                expected[step] = value
+        assert got == expected, name
+        hours = [
+            (epoch, value) for epoch, value in points if epoch < first_minute and epoch >= start
+        ]
+        assert len(hours) >= 20 and all(got[int(epoch)] == value for epoch, value in hours)
+
+
 def test_avg_over_several_servers_is_their_average(
     scrape_and_read: Prometheus, oracle: FleetOracle, fleet: SyntheticFleet
 ) -> None:
