@@ -8,17 +8,21 @@ they answer is checked against the rollup oracle over the fleet's raw samples.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cramjam
 import pytest
 
+from servertrack.common.testing import wait_until
 from servertrack.promapi import prompb
-from servertrack.promapi.families import FAMILIES
+from servertrack.promapi.families import BY_NAME, FAMILIES
 from servertrack.promapi.remote_read import Limits
 from tests.promapi_oracle import FleetOracle, value_at
 from tests.promapi_support import (
@@ -307,3 +311,108 @@ def test_remote_read_needs_the_read_token(stand_in: tuple[StandIn, Served]) -> N
         "POST", f"{served.url}/api/v1/read", read_request([(0, "server", LIVE[0])]), headers
     )
     assert status == 401 and app.history_calls == calls
+
+
+# -- the Grafana dashboard ----------------------------------------------------------------------
+DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "servertrack.json"
+TOPK = re.compile(r"topk\((\d+), (\w+)\)")
+COUNT_STATUS = re.compile(r"count\((\w+) == (\d)\) or vector\(0\)")
+SELECTOR = re.compile(r'(\w+)(?:\{server="([^"]+)"\})?')
+
+
+def panel_targets(panels: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for panel in panels:
+        yield from panel_targets(panel.get("panels", []))
+        for target in panel.get("targets", []):
+            yield panel["title"], target
+
+
+def expected_vector(
+    expr: str, oracle: FleetOracle, remote: bool, moment: float
+) -> dict[str, float]:
+    """What ``expr`` (one of the dashboard's forms) evaluates to at ``moment``, by server
+    (``""`` for an aggregate)."""
+
+    def values(family: str, server: str | None) -> dict[str, float]:
+        out = {}
+        for name in [server] if server else oracle.fleet.names:
+            points = oracle.series(family, name, remote)
+            value = value_at(points, moment, moment_reading=not BY_NAME[family].minute)
+            if value is not None:
+                out[name] = value
+        return out
+
+    if found := TOPK.fullmatch(expr):
+        ranked = sorted(values(found[2], None).items(), key=lambda item: -item[1])
+        return dict(ranked[: int(found[1])])
+    if found := COUNT_STATUS.fullmatch(expr):
+        return {"": float(sum(v == int(found[2]) for v in values(found[1], None).values()))}
+    if found := SELECTOR.fullmatch(expr):
+        return values(found[1], found[2])
+    raise AssertionError(f"the test has no expectation for the dashboard's query {expr!r}")
+
+
+def got_vector(result: list[dict[str, Any]]) -> dict[str, float]:
+    return {r["metric"].get("server", ""): number(r["value"][1]) for r in result}
+
+
+def settled_moment(prometheus: Prometheus, servers: int) -> float:
+    """A moment, off the minute grid (no sample then sits on a lookback edge), by which
+    Prometheus has scraped every server's status."""
+
+    def settled() -> float | None:
+        moment = int(time.time()) - 0.5
+        query = "count(servertrack_server_status)"
+        result = prometheus.api("query", query=query, time=moment)["result"]
+        return moment if result and number(result[0]["value"][1]) == servers else None
+
+    return float(wait_until(settled, 10.0, "a scrape of every server's status"))
+
+
+@pytest.mark.parametrize("setup", ["scrape_only", "scrape_and_read"])
+def test_every_dashboard_query_returns_the_fleets_numbers(
+    setup: str, request: pytest.FixtureRequest, oracle: FleetOracle
+) -> None:
+    """Each panel query of ``deploy/grafana/servertrack.json``, with ``$server`` filled in, run
+    as the panel runs it (instant, or over the last hour at a 60 s step) in both set-ups,
+    returns data, and the data are the oracle's numbers; the ``server`` variable lists the
+    fleet."""
+    prometheus: Prometheus = request.getfixturevalue(setup)
+    remote = setup == "scrape_and_read"
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["query"]["query"] == "label_values(servertrack_server_status, server)"
+    # Prometheus 2 has no label lookup over remote read: it says so, and lists what it holds.
+    listed = prometheus.api(
+        "label/server/values",
+        warnings=("not implemented",),
+        **{"match[]": "servertrack_server_status"},
+    )
+    assert listed == sorted(oracle.fleet.names)
+    server = LIVE[0]
+    targets = list(panel_targets(dashboard["panels"]))
+    assert len(targets) >= 10
+    moment = settled_moment(prometheus, len(oracle.fleet.names))
+    for title, target in targets:
+        assert target["datasource"]["uid"] == "${DS_PROMETHEUS}"
+        expr = target["expr"].replace("$server", server)
+        if target.get("instant"):
+            got = got_vector(prometheus.api("query", query=expr, time=moment)["result"])
+            assert got, (title, expr)
+            assert got == expected_vector(expr, oracle, remote, moment), (title, expr)
+            continue
+        result = prometheus.api(
+            "query_range", query=expr, start=moment - 3600, end=moment, step=60
+        )["result"]
+        assert result, (title, expr)
+        got_steps: dict[str, dict[float, float]] = {}
+        for item in result:
+            got_steps[item["metric"].get("server", "")] = {
+                float(t): number(v) for t, v in item["values"]
+            }
+        want_steps: dict[str, dict[float, float]] = {}
+        for step in range(60 + 1):
+            at = moment - 3600 + 60 * step
+            for name, value in expected_vector(expr, oracle, remote, at).items():
+                want_steps.setdefault(name, {})[at] = value
+        assert got_steps == want_steps, (title, expr)
