@@ -290,41 +290,42 @@ def tool(name: str) -> str:
     return path
 
 
-HISTORY_MATCH = "servertrack_server_(cpu|ram)(_min|_max)?_percent"
-LIVE_MATCH = (
-    '{__name__=~"servertrack_server_(status|last_seen_age_seconds|minute_samples'
-    '|cpu_anomaly_score|ram_anomaly_score)"}'
-)
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "prometheus.md"
 
 
-def scrape_only_config(target: str, token_file: Path, interval: str = "1s") -> dict[str, Any]:
-    """Set-up A: Prometheus scrapes every family of ``/metrics/servers``."""
-    return {
-        "global": {"scrape_interval": interval, "scrape_timeout": interval},
-        "scrape_configs": [
-            {
-                "job_name": "servertrack-servers",
-                "metrics_path": "/metrics/servers",
-                "authorization": {"credentials_file": str(token_file)},
-                "static_configs": [{"targets": [target]}],
-            }
-        ],
-    }
+def documented_configs() -> list[dict[str, Any]]:
+    """The prometheus.yml of each set-up, as ``docs/prometheus.md`` shows them."""
+    text = DOCS.read_text()
+    blocks = []
+    for part in text.split("```yaml")[1:]:
+        block = part.split("```", 1)[0]
+        indent = min(len(line) - len(line.lstrip()) for line in block.splitlines() if line.strip())
+        blocks.append(yaml.safe_load("\n".join(line[indent:] for line in block.splitlines())))
+    return blocks
 
 
-def scrape_and_read_config(target: str, token_file: Path, interval: str = "1s") -> dict[str, Any]:
-    """Set-up B: Prometheus scrapes only the readings of the moment and reads cpu and ram (the
-    families with history) from ServerTrack when a query needs them."""
-    config = scrape_only_config(target, token_file, interval)
-    config["scrape_configs"][0]["params"] = {"match[]": [LIVE_MATCH]}
-    config["remote_read"] = [
-        {
-            "url": f"http://{target}/api/v1/read",
-            "read_recent": True,
-            "authorization": {"credentials_file": str(token_file)},
-        }
-    ]
+def _pointed(config: dict[str, Any], target: str, token_file: Path) -> dict[str, Any]:
+    """A documented config pointed at ``target`` with ``token_file``, scraping every second."""
+    config["global"]["scrape_interval"] = "1s"
+    for job in config["scrape_configs"]:
+        job.update(scrape_interval="1s", scrape_timeout="1s")
+        job["authorization"]["credentials_file"] = str(token_file)
+        job["static_configs"] = [{"targets": [target]}]
+    for remote in config.get("remote_read", []):
+        remote["url"] = f"http://{target}/api/v1/read"
+        remote["authorization"]["credentials_file"] = str(token_file)
     return config
+
+
+def scrape_only_config(target: str, token_file: Path) -> dict[str, Any]:
+    """Set-up A as documented: Prometheus scrapes every family of ``/metrics/servers``."""
+    return _pointed(documented_configs()[0], target, token_file)
+
+
+def scrape_and_read_config(target: str, token_file: Path) -> dict[str, Any]:
+    """Set-up B as documented: Prometheus scrapes only the readings of the moment and reads cpu
+    and ram (the families with history) from ServerTrack when a query needs them."""
+    return _pointed(documented_configs()[1], target, token_file)
 
 
 @dataclass

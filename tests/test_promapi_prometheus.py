@@ -19,11 +19,13 @@ from typing import Any
 
 import cramjam
 import pytest
+import yaml
 
 from servertrack.common.testing import wait_until
 from servertrack.promapi import prompb
 from servertrack.promapi.families import BY_NAME, FAMILIES
 from servertrack.promapi.remote_read import Limits
+from servertrack.promapi.selectors import parse_selector
 from tests.promapi_oracle import FleetOracle, value_at
 from tests.promapi_support import (
     DOWN,
@@ -36,6 +38,7 @@ from tests.promapi_support import (
     StandIn,
     SyntheticFleet,
     by_server,
+    documented_configs,
     http,
     scrape_and_read_config,
     scrape_only_config,
@@ -416,3 +419,24 @@ def test_every_dashboard_query_returns_the_fleets_numbers(
             for name, value in expected_vector(expr, oracle, remote, at).items():
                 want_steps.setdefault(name, {})[at] = value
         assert got_steps == want_steps, (title, expr)
+
+
+def test_the_documented_configs_pass_promtool(tmp_path: Path, token_file: Path) -> None:
+    """Both prometheus.yml of ``docs/prometheus.md`` (which the tests above run) are valid for
+    ``promtool check config``; set-up B scrapes exactly the families without history."""
+    configs = documented_configs()
+    assert len(configs) == 2
+    for index, config in enumerate(configs):
+        for job in config["scrape_configs"]:
+            job["authorization"]["credentials_file"] = str(token_file)
+        for remote in config.get("remote_read", []):
+            remote["authorization"]["credentials_file"] = str(token_file)
+        path = tmp_path / f"prometheus-{index}.yml"
+        path.write_text(yaml.safe_dump(config))
+        check = subprocess.run(
+            [tool("promtool"), "check", "config", str(path)], capture_output=True, timeout=30
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+    (selector,) = configs[1]["scrape_configs"][0]["params"]["match[]"]
+    picked = {f.name for f in FAMILIES if parse_selector(selector)[0].matches(f.name)}
+    assert picked == {f.name for f in FAMILIES if not f.history}
