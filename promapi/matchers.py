@@ -80,8 +80,8 @@ def matcher(name: str, type_: MatchType, value: str) -> Matcher:
         try:
             compiled = re2.compile(f"(?s:{value})", _RE2_OPTIONS)
         except re2.error as err:
-            detail = err.args[0].decode(errors="replace") if err.args else str(err)
-            detail = detail if isinstance(detail, str) else str(detail)
+            reason = err.args[0] if err.args else err
+            detail = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
             raise BadPromRequest(
                 "bad_regex", f"the regex {value!r} of {name} does not compile: {detail}"
             ) from err
