@@ -13,6 +13,7 @@ import math
 import re
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,24 @@ def test_avg_over_several_servers_is_their_average(
         present = [v for v in (value_at(points, step) for points in series) if v is not None]
         assert math.isclose(value, sum(present) / len(present), rel_tol=1e-12), step
     assert len(got) >= 60
+
+
+def test_a_remote_read_over_a_cap_is_a_warning_beside_the_scraped_data(
+    scrape_and_read: Prometheus, stand_in: tuple[StandIn, Served], fleet: SyntheticFleet
+) -> None:
+    """A query whose remote part passes the series cap still answers with what Prometheus
+    scraped, and warns with ServerTrack's reason and cap."""
+    before = stand_in[0].refused["too_many_series"]
+    url = f"http://127.0.0.1:{scrape_and_read.port}/api/v1/query"
+    query = urllib.parse.urlencode({"query": '{__name__=~"servertrack_server_.+"}'})
+    status, _, body = http("GET", f"{url}?{query}")
+    answer = json.loads(body)
+    assert status == 200 and answer["status"] == "success"
+    names = {r["metric"]["__name__"] for r in answer["data"]["result"]}
+    assert "servertrack_server_status" in names
+    assert "servertrack_server_cpu_percent" not in names
+    assert any("over the cap of 20 series" in warning for warning in answer["warnings"])
+    assert stand_in[0].refused["too_many_series"] > before
 
 
 def read_request(*queries: list[tuple[int, str, str]], types: tuple[int, ...] = ()) -> bytes:
