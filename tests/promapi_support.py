@@ -225,6 +225,7 @@ class StandIn:
             chunks = exposition.gzipped(chunks)
             resp.set_header("Content-Encoding", "gzip")
         resp.content_type = fmt.content_type
+        resp.vary = ("Accept", "Accept-Encoding")
         resp.stream = chunks
         self.formats[fmt.content_type] += 1
 
