@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-DEBIAN_TEST_PACKAGES := prometheus prometheus-alertmanager redis-server graphite-carbon collectd-core chromium chromium-driver systemd
+DEBIAN_TEST_PACKAGES := prometheus prometheus-alertmanager protobuf-compiler redis-server graphite-carbon collectd-core chromium chromium-driver systemd
 # Services those packages would start are kept off: the tests start their own on free loopback ports.
 DEBIAN_SERVICES := prometheus prometheus-alertmanager redis-server carbon-cache collectd
 

@@ -43,13 +43,14 @@ QUICK_STEPS = [50_000, 100_000]
 CARBON_FULL_STEPS = [5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000]
 CARBON_QUICK_STEPS = [1_000, 2_000]
 GET_INGEST_RATE = 100_000
-SECTIONS = ("core", "http", "agent", "fleet", "redis", "redis-http", "graphite", "alerts")
+SECTIONS = ("core", "http", "agent", "fleet", "redis", "redis-http", "graphite", "alerts", "prom")
 """``core``: ingest, carbon, apply and memory; ``http``: the HTTP API on each server beside the
 bare servers; ``agent``: the agent beside the floor; ``fleet``: the dashboard's first page for
 10,000 servers, in memory and in Redis mode; ``redis``: the Redis store (one redis-server and a
 3-master cluster) and HTTP reads from it; ``graphite``: Graphite plaintext ingest from one TCP
 client, beside carbon-cache's receiver; ``alerts``: one evaluation of the default alert rules
-over 100,000 servers."""
+over 100,000 servers; ``prom``: ``/metrics/servers`` for 100,000 servers and a remote read over
+the series cap."""
 
 
 def machine() -> dict[str, Any]:
@@ -64,6 +65,9 @@ def machine() -> dict[str, Any]:
         "pyzmq",
         "msgpack",
         "numpy",
+        "protobuf",
+        "cramjam",
+        "google-re2",
         "falcon",
         "waitress",
         "granian",
@@ -93,6 +97,26 @@ def rollups_figure(what: str, servers: int) -> dict[str, Any]:
         text=True,
         check=True,
         timeout=600,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def prom_figure(servers: int, repeats: int) -> dict[str, Any]:
+    """The figures of ``bench.prom_bench``, run in a fresh process (clean peak RSS)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.prom_bench",
+            "--servers",
+            str(servers),
+            "--repeats",
+            str(repeats),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -357,6 +381,38 @@ def alerts_rows(alerts: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def prom_rows(prom: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    expo, read = prom["exposition"], prom["remote_read"]
+    gz, om = expo["text_gzip"], expo["openmetrics_gzip"]
+    worst = max(gz["seconds_median"], om["seconds_median"])
+    memory = max(expo["peak_rss_rise_mb"], expo["tracemalloc_peak_mb"])
+    return [
+        (
+            f"GET /metrics/servers body, {expo['servers']:,} servers, gzipped, text / OpenMetrics "
+            "(s, median)",
+            "≤ 2",
+            f"{gz['seconds_median']} / {om['seconds_median']} (plain text "
+            f"{expo['text']['seconds_median']}; {expo['text']['bytes'] / 1e6:.0f} MB, "
+            f"{gz['bytes'] / 1e6:.1f} MB gzipped)",
+            verdict(worst, 2, False),
+        ),
+        (
+            "its memory beyond the snapshot: peak RSS rise / tracemalloc peak (MB)",
+            "≤ 100",
+            f"{expo['peak_rss_rise_mb']} / {expo['tracemalloc_peak_mb']} (largest chunk "
+            f"{gz['largest_chunk_bytes'] / 1e3:.0f} KB)",
+            verdict(memory, 100, False),
+        ),
+        (
+            f"remote read, one query over {read['series']:,} series ({read['samples']:,} "
+            "samples), body to body (s, median)",
+            "",
+            f"{read['seconds_median']} ({read['answer_bytes'] / 1e6:.1f} MB snappy)",
+            "",
+        ),
+    ]
+
+
 def redis_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """The Redis store's own table, one row per line."""
     rows = []
@@ -384,6 +440,8 @@ def table(results: dict[str, Any]) -> str:
         rows += graphite_rows(results["graphite"])
     if "alerts" in results:
         rows += alerts_rows(results["alerts"])
+    if "prom" in results:
+        rows += prom_rows(results["prom"])
     lines = ["| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -636,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         if "alerts" in only:
             print("alert evaluation ...", flush=True)
             results["alerts"] = alerts_bench.measure(100_000)
+        if "prom" in only:
+            print("Prometheus exposition and remote read ...", flush=True)
+            results["prom"] = prom_figure(100_000, 3 if args.quick else 7)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
     name = results["mode"] if only == set(SECTIONS) else "-".join(sorted(only))

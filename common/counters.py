@@ -459,6 +459,29 @@ ALERT_COUNTERS: tuple[Counter, ...] = (
 ``/stats``, ``/metrics`` and the OpenAPI document) once a process reports that section."""
 
 
+PROMETHEUS_REJECT_REASONS = MappingProxyType(
+    {
+        # GET /metrics/servers
+        "unknown_parameter": "a query parameter other than match[] and server",
+        "bad_selector": "a match[] series selector that does not parse, or whose every matcher "
+        "matches the empty string",
+        "bad_regex": "a regular expression that RE2 cannot compile (or over 4 KiB)",
+        # POST /api/v1/read
+        "too_large": "a remote-read body over 1 MiB, compressed or decompressed",
+        "bad_encoding": "a remote-read body whose Content-Encoding is not snappy, or whose "
+        "Content-Type is not application/x-protobuf",
+        "bad_snappy": "a remote-read body that is not one snappy block",
+        "bad_protobuf": "a remote-read body that is not a ReadRequest message",
+        "bad_matcher": "a remote-read matcher of an unknown type",
+        "unsupported_response_type": "a remote-read request accepting only streamed chunks",
+        "too_many_queries": "a remote-read request with more queries than the cap",
+        "too_many_series": "a remote-read query matching more series than the cap",
+        "too_many_samples": "a remote-read query whose answer holds more samples than the cap",
+    }
+)
+"""Why ``GET /metrics/servers`` or ``POST /api/v1/read`` refused a request (a 400 naming it)."""
+
+
 def declared(section: str) -> dict[str, Counter]:
     """The counters of one section, by key."""
     return {counter.key: counter for counter in COUNTERS if counter.section == section}
