@@ -6,7 +6,10 @@ by spaces or tabs. ``value`` and ``timestamp`` are numbers (integer or float); a
 ``-1`` means "now" (the receiving clock). Every line is counted once, in ``received`` of source
 ``graphite`` and then in ``accepted``, ``duplicates`` or ``rejected["graphite"][reason]``:
 
-- ``bad_line``: not three fields, a field that is not a number, or a path that is not UTF-8;
+- ``bad_line``: not three fields, a field that is not a number, or a path that is not UTF-8.
+  A number is what ``float()`` reads, but for digit separators: ``5_0`` is refused, not taken as
+  50. Python's ``float`` (so carbon-cache) and Go's ``strconv.ParseFloat`` accept them, but no
+  Graphite writer sends them, and such a value is more likely a mangled line than a reading;
 - ``unmapped``: no rule maps the path (checked before the value, so collectd's many other
   series count here whatever their value);
 - ``nan``: the value is ``nan`` (collectd sends it for a first reading);
@@ -292,6 +295,9 @@ class GraphiteIntake:
                     continue
             if target is None:
                 reject("unmapped", 1, SOURCE)
+                continue
+            if b"_" in value_text or b"_" in ts_text:  # float() takes "5_0" as 50
+                reject("bad_line", 1, SOURCE)
                 continue
             try:
                 value = float(value_text)

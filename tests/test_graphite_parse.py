@@ -253,6 +253,8 @@ def test_line_endings_separators_and_timestamps() -> None:
         (b"servertrack.a.cpu 10 1795366790 extra", "bad_line"),
         (b"servertrack.a.cpu ten 1795366790", "bad_line"),
         (b"servertrack.a.cpu 10 yesterday", "bad_line"),
+        (b"servertrack.a.cpu 5_0 1795366790", "bad_line"),
+        (b"servertrack.a.cpu 50 1_795_366_790", "bad_line"),
         (b"servertrack.\xff.cpu 10 1795366790", "bad_line"),
         (b"servertrack.a.disk 10 1795366790", "unmapped"),
         (b"collectd.a.cpu.percent-idle 10 1795366790", "unmapped"),
@@ -291,6 +293,15 @@ def test_values_a_little_over_100_are_clamped_and_counted(metric: str) -> None:
     found = points(intake.state.flush(T0), intake.state)
     assert [value for _, value in found[("a", metric)]] == [min(v, 100.0) for v in values]
     assert intake.state.graphite_clamped == sum(1 for v in values if v > 100)
+
+
+def test_negative_zero_is_taken_as_zero() -> None:
+    """``-0.0`` is a valid zero (of a new server and of a known one), stored as ``0.0``."""
+    intake, _ = intake_at(T0)
+    feed(intake, b"servertrack.z.cpu -0.0 1795366790\nservertrack.z.cpu -0 1795366791\n", T0)
+    values = [v for _, v in points(intake.state.flush(T0), intake.state)[("z", "cpu")]]
+    assert values == [0.0, 0.0]
+    assert all(math.copysign(1.0, v) == 1.0 for v in values)
 
 
 def test_line_length_limit() -> None:
