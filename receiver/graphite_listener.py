@@ -9,6 +9,8 @@ everything and nothing needs a lock. Parsing and mapping are :mod:`receiver.grap
   their one-second cadence under any Graphite load; the connections served first take turns.
 - At most ``max_connections`` are open: a newcomer beyond it is closed at once (counted
   ``graphite_connections_refused``). A connection silent for ``idle_timeout`` seconds is closed.
+- Out of file descriptors, accepting stops until the next sweep (the listening socket would
+  otherwise wake the loop at once, again and again) and the shortage is counted.
 - Each closed connection is counted by reason in ``graphite_connections_closed``; the half line
   it leaves, if any, in ``rejected["graphite"]["partial_line"]``.
 """
@@ -27,7 +29,7 @@ import zmq
 
 from servertrack.common.buckets import Clock
 from servertrack.common.config import ENDPOINT_RE
-from servertrack.common.limits import raise_open_files_limit
+from servertrack.common.limits import FileShortage, out_of_files
 from servertrack.common.rpc import BindError
 from servertrack.receiver.graphite import GraphiteIntake, Stream
 
@@ -41,8 +43,6 @@ ACCEPTS_PER_TURN = 64
 BACKLOG = 128
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 120.0
-SPARE_FILES = 256
-"""Open files kept for everything but Graphite connections (sockets, the ZeroMQ context...)."""
 LOG_EVERY = 60.0
 """Seconds between two warnings about refused or cut connections."""
 
@@ -79,6 +79,7 @@ class GraphiteListener:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         clock: Clock = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        files: FileShortage | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.intake = intake
@@ -87,25 +88,22 @@ class GraphiteListener:
         self.idle_timeout = idle_timeout
         self.clock = clock
         self.monotonic = monotonic
+        self.files = files or FileShortage("receiver")
         self.sock: socket.socket | None = None
         self.fd = -1
         self.poller: zmq.Poller | None = None
         self.connections: dict[int, Connection] = {}
+        self.accepting = False
+        """Whether the listening socket is in the poller (not while out of descriptors)."""
         self._turn = 0
         self._logged = float("-inf")
 
     # -- lifecycle ----------------------------------------------------------------------------
     def open(self, poller: zmq.Poller) -> None:
-        """Bind and listen, and register with ``poller``; :class:`BindError` names the endpoint."""
+        """Bind and listen, and register with ``poller``; :class:`BindError` names the endpoint.
+        ``max_connections`` must fit in the open-files limit (``ingest_limit.plan_connections``
+        sizes it)."""
         host, port = tcp_address(self.endpoint)
-        files = raise_open_files_limit(self.max_connections + SPARE_FILES)
-        if files - SPARE_FILES < self.max_connections:
-            self.max_connections = max(16, files - SPARE_FILES)
-            log.warning(
-                "open files limited to %d: at most %d Graphite connections",
-                files,
-                self.max_connections,
-            )
         try:
             family, kind, proto, _, address = socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -125,6 +123,7 @@ class GraphiteListener:
         self.fd = sock.fileno()
         self.poller = poller
         poller.register(self.fd, zmq.POLLIN)
+        self.accepting = True
         log.info("Graphite plaintext on %s", self.endpoint)
 
     def close(self) -> None:
@@ -132,8 +131,9 @@ class GraphiteListener:
         for connection in list(self.connections.values()):
             self._drop(connection, "stopping")
         if self.sock is not None:
-            if self.poller is not None:
+            if self.poller is not None and self.accepting:
                 self.poller.unregister(self.fd)
+            self.accepting = False
             self.sock.close()
             self.sock = None
 
@@ -156,11 +156,15 @@ class GraphiteListener:
                 return
 
     def sweep(self) -> None:
-        """Close the connections silent for ``idle_timeout`` seconds (call about once a second)."""
+        """Close the connections silent for ``idle_timeout`` seconds, and accept again after a
+        shortage of descriptors; call about once a second."""
         cutoff = self.monotonic() - self.idle_timeout
         for connection in [c for c in self.connections.values() if c.last < cutoff]:
             log.debug("closing the idle Graphite connection from %s", connection.peer)
             self._drop(connection, "idle")
+        if not self.accepting and self.sock is not None and self.poller is not None:
+            self.poller.register(self.fd, zmq.POLLIN)
+            self.accepting = True
 
     # -- connections --------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -171,11 +175,16 @@ class GraphiteListener:
                 sock, peer = self.sock.accept()
             except BlockingIOError:
                 return
-            except OSError as err:  # out of files, or the peer gave up: try again later
+            except OSError as err:
+                if out_of_files(err):  # accept again at the next sweep, not at once
+                    self.files.note("accepting a Graphite connection", err)
+                    self.poller.unregister(self.fd)
+                    self.accepting = False
+                    return
                 if err.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     self._warn(f"cannot accept a Graphite connection: {err}")
                     return
-                continue
+                continue  # the peer gave up
             if len(self.connections) >= self.max_connections:
                 # RST at once (linger 0), so the client does not write into a dead socket.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

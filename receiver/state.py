@@ -190,6 +190,11 @@ class ReceiverState:
         self.graphite_connections_refused = 0
         self.graphite_connections_closed: Counter[str] = Counter()
         """Kept here by the Graphite listener, so that they travel with every batch."""
+        self.ingest_connections_open = 0
+        self.ingest_connections_refused = 0
+        """Kept here by the ingest port's connection cap (``receiver.ingest_limit``)."""
+        self.files_exhausted = 0
+        """Set by the daemon: the times it ran out of file descriptors and carried on."""
         self._recent: deque[tuple[float, ServerState, Hashable]] = deque()
         self._ids = array("i")
         self._ts = array("d")
@@ -579,6 +584,9 @@ class ReceiverState:
             "graphite_connections_open": self.graphite_connections_open,
             "graphite_connections_refused": self.graphite_connections_refused,
             "graphite_connections_closed": dict(self.graphite_connections_closed),
+            "ingest_connections_open": self.ingest_connections_open,
+            "ingest_connections_refused": self.ingest_connections_refused,
+            "files_exhausted": self.files_exhausted,
         }
 
     def health(self, server: ServerState, now: float) -> ServerHealth:
