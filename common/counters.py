@@ -214,7 +214,8 @@ COUNTERS: tuple[Counter, ...] = (
         "graphite_connections_closed",
         "servertrack_graphite_connections_closed",
         "Graphite connections that ended, by reason: the client closed it, idle past "
-        "--graphite-idle-timeout, over --graphite-rate, a socket error, or the receiver stopping.",
+        "--graphite-idle-timeout, a line slower than --graphite-line-timeout, under "
+        "--graphite-min-rate, over --graphite-rate, a socket error, or the receiver stopping.",
         "reason",
     ),
     _g(
@@ -425,6 +426,9 @@ GRAPHITE_CLOSE_REASONS = MappingProxyType(
     {
         "client": "the client closed the connection",
         "idle": "no byte for --graphite-idle-timeout seconds",
+        "slow_line": "a line not whole --graphite-line-timeout seconds after its first byte",
+        "slow_rate": "fewer than --graphite-min-rate bytes a second over a --graphite-idle-timeout "
+        "window",
         "rate_limited": "more lines than --graphite-rate allows",
         "error": "a socket error (reset by the peer, ...)",
         "stopping": "the receiver stopped",

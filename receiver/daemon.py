@@ -33,7 +33,9 @@ from servertrack.receiver.graphite import (
 )
 from servertrack.receiver.graphite_listener import (
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LINE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MIN_RATE,
     GraphiteListener,
 )
 from servertrack.receiver.ingest_limit import IngestLimit, plan_connections
@@ -84,6 +86,8 @@ class ReceiverConfig:
     graphite_rate: float = DEFAULT_RATE
     graphite_max_connections: int = DEFAULT_MAX_CONNECTIONS
     graphite_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    graphite_line_timeout: float = DEFAULT_LINE_TIMEOUT
+    graphite_min_rate: float = DEFAULT_MIN_RATE
     ingest_max_connections: int | None = None
     """Connections the ingest port holds at most (None: what the open-files limit leaves)."""
 
@@ -124,6 +128,8 @@ class ReceiverDaemon:
                 config.graphite_max_connections,
                 config.graphite_idle_timeout,
                 clock,
+                line_timeout=config.graphite_line_timeout,
+                min_rate=config.graphite_min_rate,
                 files=self.files,
             )
         self._push: zmq.Socket | None = None

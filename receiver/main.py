@@ -12,6 +12,7 @@ from servertrack.common.config import (
     add_option,
     add_switch,
     endpoint,
+    non_negative_float,
     non_negative_int,
     optional_endpoint,
     optional_tcp_endpoint,
@@ -25,7 +26,9 @@ from servertrack.receiver import curve, graphite
 from servertrack.receiver.daemon import ReceiverConfig, ReceiverDaemon
 from servertrack.receiver.graphite_listener import (
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LINE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MIN_RATE,
 )
 from servertrack.receiver.ingest_limit import FilesTooFew
 
@@ -138,6 +141,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "seconds a Graphite connection may stay silent before it is closed",
         positive_float,
     )
+    add_option(
+        parser,
+        "--graphite-line-timeout",
+        DEFAULT_LINE_TIMEOUT,
+        "seconds a Graphite line may take from its first byte to its newline; a connection "
+        "slower than that is closed (slow_line)",
+        positive_float,
+    )
+    add_option(
+        parser,
+        "--graphite-min-rate",
+        DEFAULT_MIN_RATE,
+        "bytes a second a Graphite connection must send on average over each "
+        "--graphite-idle-timeout window, or be closed (slow_rate); 0 for no minimum",
+        non_negative_float,
+    )
     return parser
 
 
@@ -175,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         graphite_rate=args.graphite_rate,
         graphite_max_connections=args.graphite_max_connections,
         graphite_idle_timeout=args.graphite_idle_timeout,
+        graphite_line_timeout=args.graphite_line_timeout,
+        graphite_min_rate=args.graphite_min_rate,
         ingest_max_connections=args.ingest_max_connections or None,
     )
     with zmq.Context() as context:

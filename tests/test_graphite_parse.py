@@ -340,6 +340,29 @@ def test_a_half_line_at_disconnect_is_dropped_and_counted() -> None:
     assert rejected(clean.state) == {}
 
 
+def test_the_stream_notes_when_its_unfinished_line_began() -> None:
+    """``began`` is the monotonic time of the first byte of the line not finished yet: kept while
+    the line (or an over-long one being discarded) goes on, new when a line begins after a
+    newline, None when nothing is left unfinished. The listener's line deadline reads it."""
+    intake, _ = intake_at(T0)
+    stream = intake.open(0.0)
+    intake.feed(stream, b"servertrack.a.cpu 1", T0, 1.0)
+    assert stream.began == 1.0
+    intake.feed(stream, b" 17953", T0, 2.0)
+    assert stream.began == 1.0
+    intake.feed(stream, b"66790\nservertrack.a.cpu", T0, 3.0)
+    assert stream.began == 3.0
+    intake.feed(stream, b" 2 1795366791\n", T0, 4.0)
+    assert stream.began is None
+    intake.feed(stream, b"y" * (2 * MAX_LINE), T0, 5.0)
+    intake.feed(stream, b"y" * (2 * MAX_LINE), T0, 6.0)
+    assert (stream.skipping, stream.began) == (True, 5.0)
+    intake.feed(stream, b"y\n", T0, 7.0)
+    assert stream.began is None
+    assert rejected(intake.state) == {"line_too_long": 1}
+    assert intake.state.counters()["accepted"]["graphite"] == 2
+
+
 def test_duplicates_are_keyed_by_server_ts_and_metric() -> None:
     """The same (server, ts, metric) again is a duplicate; cpu and ram of one ts are two points,
     and a record over HTTP at the same ts is not taken for a repeat of either."""
