@@ -9,6 +9,7 @@ from typing import Any
 
 import falcon
 import falcon.media
+import zmq
 
 from servertrack.api.auth import TokenAuth
 from servertrack.api.backend import Backend, Unavailable
@@ -30,6 +31,7 @@ from servertrack.api.openapi import OpenApiResource, build_document
 from servertrack.api.stats import ApiStats
 from servertrack.api.ui import add_pages
 from servertrack.common.buckets import Clock, time_verdict
+from servertrack.common.limits import out_of_files
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
 
 log = logging.getLogger(__name__)
@@ -287,8 +289,42 @@ def _count_refusals(stats: ApiStats) -> Any:
     return handle
 
 
-def _unavailable(req: falcon.Request, resp: falcon.Response, err: Unavailable, _: Any) -> None:
-    error = ServiceUnavailable("backend_unavailable", str(err))
+def _unavailable(stats: ApiStats) -> Any:
+    """The handler of :class:`Unavailable`: 503 ``backend_unavailable``, or ``out_of_files``
+    (counted) when this process could not open the socket the trip needed."""
+
+    def handle(req: falcon.Request, resp: falcon.Response, err: Unavailable, _: Any) -> None:
+        if out_of_files(err):
+            _out_of_files_answer(stats, req, resp, err)
+            return
+        error = ServiceUnavailable("backend_unavailable", str(err))
+        resp.status = error.status
+        resp.media = error_body(req, error)
+
+    return handle
+
+
+def _system_error(stats: ApiStats) -> Any:
+    """The handler of ``OSError`` and ``zmq.ZMQError`` raised while serving a request: out of
+    file descriptors is a 503 that the client may retry, counted in ``files_exhausted``; any
+    other is what Falcon makes of an unexpected error (a 500, logged with its traceback)."""
+
+    def handle(req: falcon.Request, resp: falcon.Response, err: Exception, _: Any) -> None:
+        if not out_of_files(err):
+            log.error("%s %s failed", req.method, req.path, exc_info=err)
+            raise falcon.HTTPInternalServerError()
+        _out_of_files_answer(stats, req, resp, err)
+
+    return handle
+
+
+def _out_of_files_answer(
+    stats: ApiStats, req: falcon.Request, resp: falcon.Response, err: BaseException
+) -> None:
+    stats.files.note(f"serving {req.method} {req.path}", err)
+    error = ServiceUnavailable(
+        "out_of_files", "the API has reached its open-files limit; try again shortly"
+    )
     resp.status = error.status
     resp.media = error_body(req, error)
 
@@ -348,7 +384,8 @@ def create_app(
     app.add_sink(_unrouted_server_path, r"^/servers/.+")
     app.set_error_serializer(serialize_error)
     app.add_error_handler(falcon.HTTPError, _count_refusals(stats))
-    app.add_error_handler(Unavailable, _unavailable)
+    app.add_error_handler(Unavailable, _unavailable(stats))
+    app.add_error_handler((OSError, zmq.ZMQError), _system_error(stats))
     return app
 
 

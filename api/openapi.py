@@ -79,6 +79,7 @@ OTHER_REASONS = (
     "unknown_server",
     "unauthorized",
     "backend_unavailable",
+    "out_of_files",
     "abandoned",
     "bad_limit",
     "bad_cursor",

@@ -35,13 +35,15 @@ from servertrack.api.app import MAX_BODY
 from servertrack.api.errors import status_reason, status_text
 from servertrack.api.headers import NOSNIFF
 from servertrack.api.stats import ApiStats
-from servertrack.common.limits import raise_open_files_limit
+from servertrack.common.limits import out_of_files, raise_open_files_limit
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
 IDLE_TIMEOUT = 15.0
 CONNECTION_LIMIT = 1000
+ACCEPT_PAUSE = 0.5
+"""Seconds the listening socket rests after an accept failed for want of file descriptors."""
 MAX_REQUEST_BODY = 5 * 1024 * 1024
 """Waitress answers 413 itself beyond this (the app's own limit is 4 MiB)."""
 
@@ -117,6 +119,8 @@ class GuardedServer(TcpWSGIServer):
         self.stats = stats
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
+        self.accept_paused_until = 0.0
+        """Monotonic time before which the listening socket is not polled (out of files)."""
         super().__init__(application, adj=adj)
 
     def maintenance(self, now: float) -> None:
@@ -141,7 +145,21 @@ class GuardedServer(TcpWSGIServer):
         if now >= self.next_channel_cleanup:
             self.next_channel_cleanup = now + self.adj.cleanup_interval
             self.maintenance(now)
-        return bool(self.accepting)
+        return bool(self.accepting) and time.monotonic() >= self.accept_paused_until
+
+    def accept(self) -> tuple[Any, Any] | None:
+        """Waitress' accept; out of file descriptors, the newcomer waits in the backlog and the
+        listening socket is left alone for ``ACCEPT_PAUSE`` (else it wakes the loop at once, again
+        and again, each time with a traceback in the log), and the shortage is counted."""
+        try:
+            accepted: tuple[Any, Any] | None = super().accept()
+        except OSError as err:
+            if not out_of_files(err):
+                raise
+            self.stats.files.note("accepting a connection", err)
+            self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+            return None
+        return accepted
 
     def handle_accept(self) -> None:
         super().handle_accept()

@@ -84,6 +84,20 @@ def _g(section: str, key: str, metric: str, help_text: str, *labels: str) -> Cou
     return Counter(section, key, metric, help_text, "gauge", labels)
 
 
+def _files_exhausted(section: str) -> Counter:
+    return Counter(
+        section,
+        "files_exhausted",
+        "servertrack_open_files_exhausted",
+        "Times each ServerTrack process reached its open-files limit (EMFILE) and carried on "
+        "without the descriptor it wanted (a connection not accepted, a snapshot or a memory "
+        "figure not taken); the log says what.",
+        "counter",
+        (),
+        (("process", section),),
+    )
+
+
 def _rss(section: str) -> Counter:
     return Counter(
         section,
@@ -200,9 +214,24 @@ COUNTERS: tuple[Counter, ...] = (
         "graphite_connections_closed",
         "servertrack_graphite_connections_closed",
         "Graphite connections that ended, by reason: the client closed it, idle past "
-        "--graphite-idle-timeout, over --graphite-rate, a socket error, or the receiver stopping.",
+        "--graphite-idle-timeout, a line slower than --graphite-line-timeout, under "
+        "--graphite-min-rate, over --graphite-rate, a socket error, or the receiver stopping.",
         "reason",
     ),
+    _g(
+        RECEIVER,
+        "ingest_connections_open",
+        "servertrack_ingest_connections_open",
+        "Connections open on the agents' ingest port (ZeroMQ), handshaking ones included.",
+    ),
+    _c(
+        RECEIVER,
+        "ingest_connections_refused",
+        "servertrack_ingest_connections_refused",
+        "Connections to the agents' ingest port cut at once because --ingest-max-connections "
+        "were open (a refused agent connects again by itself).",
+    ),
+    _files_exhausted(RECEIVER),
     _rss(RECEIVER),
     # aggregator
     _c(AGGREGATOR, "applied", "servertrack_samples_applied", "Samples applied to the rollups."),
@@ -328,6 +357,7 @@ COUNTERS: tuple[Counter, ...] = (
         "servertrack_snapshot_age_seconds",
         "Seconds since the aggregator last wrote its snapshot.",
     ),
+    _files_exhausted(AGGREGATOR),
     _rss(AGGREGATOR),
     # the API process
     Counter(
@@ -363,6 +393,7 @@ COUNTERS: tuple[Counter, ...] = (
         "(asked of the aggregator).",
         "result",
     ),
+    _files_exhausted(API),
     _rss(API),
 )
 
@@ -400,6 +431,9 @@ GRAPHITE_CLOSE_REASONS = MappingProxyType(
     {
         "client": "the client closed the connection",
         "idle": "no byte for --graphite-idle-timeout seconds",
+        "slow_line": "a line not whole --graphite-line-timeout seconds after its first byte",
+        "slow_rate": "fewer than --graphite-min-rate bytes a second over a --graphite-idle-timeout "
+        "window",
         "rate_limited": "more lines than --graphite-rate allows",
         "error": "a socket error (reset by the peer, ...)",
         "stopping": "the receiver stopped",

@@ -18,8 +18,8 @@ def start_host(tmp_path: Path) -> Iterator[Callable[..., Host]]:
     """Start ``servertrack run`` with free ports; every host is stopped (and reaped) afterwards."""
     started: list[Host] = []
 
-    def start(*extra: str) -> Host:
-        host = launch_host(tmp_path, *extra, name=f"host{len(started)}")
+    def start(*extra: str, open_files: int | None = None) -> Host:
+        host = launch_host(tmp_path, *extra, name=f"host{len(started)}", open_files=open_files)
         started.append(host)
         return host
 
