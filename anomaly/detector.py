@@ -72,8 +72,9 @@ FAR = 1e18  # "no report yet": more values ago than any refractory period
 class Params:
     """One set for every series: what ServerTrack runs with."""
 
-    level_rates: tuple[float, ...] = (1.0, 1 / 4, 1 / 16, 1 / 64)
+    range_rates: tuple[float, ...] = (1.0, 1 / 16, 1 / 64)
     range_forget: float = 1e-4
+    season_rate: float = 1 / 4
     season_fold: float = 0.3
     season_forget: float = 1e-4
     season_weight: float = 0.3
@@ -89,13 +90,14 @@ DEFAULT_PARAMS = Params()
 
 
 def _layout(params: Params) -> Layout:
-    scales = len(params.level_rates)
+    scales = len(params.range_rates)
     return Layout(
         {
             "count": 1,
             "level": scales,
             "high": scales,
             "low": scales,
+            "season_level": 1,
             "spike_mean": 1,
             "spike_dev": 1,
             "profile": SEASONS,
@@ -141,7 +143,7 @@ class DetectorBank:
     def __init__(self, rows: int = 0, params: Params = DEFAULT_PARAMS) -> None:
         self.params = params
         self._table = StateTable(_layout(params), rows)
-        self._rates = np.asarray(params.level_rates, dtype=np.float64)[:, None]
+        self._rates = np.asarray(params.range_rates, dtype=np.float64)[:, None]
         self._fingerprint = self._table.layout.fingerprint(repr(astuple(params)).encode())
 
     @property
@@ -227,7 +229,9 @@ class DetectorBank:
         dev += np.where(fresh, -dev, spike_rate * (np.abs(x - mean) - dev))
 
         # 3. Season: the level against its hour's profile from earlier days.
-        season_excess = self._season_excess(block, level[1], stamps)
+        season_level = block[f["season_level"]][0]
+        season_level += np.maximum(p.season_rate, 1.0 / (count + 1.0)) * (x - season_level)
+        season_excess = self._season_excess(block, season_level, stamps)
 
         excess = np.maximum(np.maximum(range_excess, spike_excess), season_excess)
         score = excess / (1.0 + excess)
