@@ -32,9 +32,9 @@ def timestamps_of(series: Series) -> np.ndarray:
 
 
 def detect_corpus(
-    corpus: Sequence[Series], params: Params = DEFAULT_PARAMS
+    corpus: Sequence[Series], params: Params = DEFAULT_PARAMS, nan_as: float = 0.0
 ) -> dict[str, np.ndarray]:
-    """Every series' scores, NaN (warm-up) as 0 as NAB requires scores in [0, 1]."""
+    """Every series' scores, with warm-up's NaN as ``nan_as`` (NAB wants scores in [0, 1])."""
     longest = max(len(s.values) for s in corpus)
     values = np.zeros((longest, len(corpus)))
     stamps = np.zeros((longest, len(corpus)))
@@ -47,7 +47,7 @@ def detect_corpus(
     scores = np.empty((longest, len(corpus)))
     for i in range(longest):
         scores[i] = bank.step(values[i], present[i], stamps[i])
-    scores = np.nan_to_num(scores, nan=0.0)
+    scores = np.where(np.isnan(scores), nan_as, scores)
     return {s.key: scores[: len(s.values), j] for j, s in enumerate(corpus)}
 
 
@@ -68,7 +68,7 @@ def write_results(
             writer.writerow(["timestamp", "value", "anomaly_score", "label"])
             for row in zip(s.timestamps, s.values, scores[s.key], label, strict=True):
                 stamp, value, score, flag = row
-                writer.writerow([stamp, repr(float(value)), f"{score:.6g}", int(flag)])
+                writer.writerow([stamp, repr(float(value)), repr(float(score)), int(flag)])
     return root
 
 
