@@ -157,17 +157,20 @@ def test_the_bank_scores_as_the_documented_method_reads() -> None:
 
 
 def test_no_look_ahead_a_prefix_scores_as_the_full_run() -> None:
-    """The scores of the first k values do not depend on any value after them: each series and
-    three of its prefixes, as rows of their own (a prefix's row is absent once it ends)."""
+    """The scores of the first k values do not depend on any value after them: each sample
+    series and three of its prefixes go through the benchmark's own runner as series of their
+    own, and every prefix scores as the start of the full run."""
+    found = {s.key: s for s in corpus()}
     runs = []
-    for values, stamps in sample():
-        for k in (len(values), WARM_UP + 1, len(values) // 3, len(values) - 1):
-            runs.append((values[:k], stamps[:k]))
-    scores = run_together(runs)
+    for key in SAMPLE:
+        whole = found[key]
+        for k in (len(whole.values), WARM_UP + 1, len(whole.values) // 3, len(whole.values) - 1):
+            runs.append(nab_score.Series(f"{key}#{k}", whole.timestamps[:k], whole.values[:k], ()))
+    scores = nab_run.detect_corpus(runs, nan_as=np.nan)
     for at in range(0, len(runs), 4):
-        full = scores[at]
-        for prefix in scores[at + 1 : at + 4]:
-            np.testing.assert_array_equal(prefix, full[: len(prefix)])
+        full = scores[runs[at].key]
+        for prefix in runs[at + 1 : at + 4]:
+            np.testing.assert_array_equal(scores[prefix.key], full[: len(prefix.values)])
 
 
 def test_many_series_together_score_as_each_alone() -> None:
