@@ -144,6 +144,19 @@ def test_the_sweep_matches_a_literal_reading_of_the_rules(seed: int) -> None:
         assert sum(result.per_file.values()) == pytest.approx(best, abs=1e-9)
 
 
+def test_among_equal_totals_the_highest_threshold_is_chosen() -> None:
+    """A second, later detection in an already detected window adds nothing: 0.9 and 0.5 score
+    the same, and NAB's stable sort keeps the higher threshold."""
+    n = 200
+    stamps = tuple(f"2020-01-01 00:{i // 60:02d}:{i % 60:02d}" for i in range(n))
+    series = [nab_score.Series("cat/file.csv", stamps, np.zeros(n), ((100, 139),))]
+    scores = np.zeros(n)
+    scores[100], scores[130] = 0.9, 0.5
+    profiles = nab_score.load_profiles(CORPUS)
+    for result in nab_score.Scorer(series, profiles).score({"cat/file.csv": scores}):
+        assert (result.threshold, result.windows_detected) == (0.9, 1)
+
+
 def test_results_that_do_not_match_the_corpus_are_refused(
     scorer: nab_score.Scorer, tmp_path: Path
 ) -> None:
