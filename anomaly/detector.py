@@ -5,19 +5,21 @@ How it scores
 Every value gets a score in [0, 1): how far the series has just gone beyond what it has done
 before, relative to the width of what it has done before. Three views of "what it has done":
 
-1. **Range** (the main one). The series is smoothed at four time scales (the value itself and
-   exponential means over about 4, 16 and 64 values). Each smoothed track keeps the highest and
-   the lowest it has been; the envelope slowly forgets (it relaxes toward the slowest track by
+1. **Range** (the main one). Three tracks of the series: the value itself and its exponential
+   means over about 16 and 64 values (``range_rates``). Each track keeps the highest and the
+   lowest it has been; this envelope slowly forgets (it relaxes toward the slowest track by
    ``range_forget`` of the gap per value, a half-life of about 7,000 values: five days at one a
    minute). A track that leaves its envelope scores its excess over the envelope's width: a new
-   maximum 10 % of the range above the old one is an excess of 0.1.
-2. **Season.** A profile of the level (the 4-value mean) by hour of the UTC day, one for weekdays
-   and one for weekends, learnt across days; the gap between the level and its hour's profile
-   has an envelope of its own, and leaving it scores as in (1), weighted by ``season_weight``.
-   This catches a day that does not look like the days before it, inside the overall range.
-3. **Spike.** The value against a slow mean and mean absolute deviation (over about 256
-   values): ``z`` beyond ``spike_z`` deviations scores ``spike_weight * (|z| - spike_z) /
-   spike_z``; a very sharp spike inside a range that an older, bigger spike had widened.
+   maximum 10 % of the width above the old one is an excess of 0.1.
+2. **Season.** The level (the mean over about 4 values) against a profile of it by hour of the
+   UTC day, one profile for weekdays and one for weekends: each visit to an hour folds its mean
+   level into that hour's profile (``season_fold``), so the profile holds earlier days only. The
+   gap between the level and its hour's profile has a forgetting envelope of its own; leaving it
+   scores as in (1), times ``season_weight``. This catches a day unlike the days before it,
+   inside the overall range. It is why ``step`` takes timestamps.
+3. **Spike.** The value against its mean and mean absolute deviation over about 256 values:
+   ``z`` beyond ``spike_z`` deviations scores ``spike_weight * (|z| - spike_z) / spike_z``. This
+   catches a sharp spike inside a range that an older, bigger spike had widened.
 
 The excess ``e`` is the largest of the three; the score is ``e / (1 + e)``. After a score above
 zero, later scores within ``refractory`` values are reported only if more than
@@ -28,7 +30,7 @@ The first ``WARM_UP`` values of a series score NaN (their state is learnt all th
 
 API
 ---
-``DetectorBank`` holds the state of many series, one row each (about 560 bytes a row):
+``DetectorBank`` holds the state of many series, one row each (68 float64 values, 544 bytes):
 
 - ``bank = DetectorBank(rows=0, params=DEFAULT_PARAMS)``; ``bank.rows``;
 - ``bank.add(n) -> np.ndarray`` of the new rows' indices (fresh series, at the end);
@@ -61,7 +63,7 @@ WARM_UP = 100
 
 STANDARD_THRESHOLD = 0.02839705217575036
 """A score at or above this is an anomaly: the threshold the NAB sweep chose for the standard
-profile over the whole corpus (bench/results/PLACEHOLDER-nab.md)."""
+profile over the whole corpus (bench/results/2026-12-06-2157-nab.md)."""
 
 HOURS = 24
 SEASONS = 2 * HOURS  # weekday hours, then weekend hours
@@ -213,8 +215,8 @@ class DetectorBank:
         range_excess = _excess(level, high, low).max(axis=0)
         slowest = level[-1]
         known = np.isfinite(high)
-        high -= np.where(known, p.range_forget * (high - slowest), 0.0)
-        low -= np.where(known, p.range_forget * (low - slowest), 0.0)
+        high -= p.range_forget * np.where(known, high - slowest, 0.0)
+        low -= p.range_forget * np.where(known, low - slowest, 0.0)
         np.maximum(high, level, out=high)
         np.minimum(low, level, out=low)
 

@@ -88,7 +88,6 @@ def reference(values: np.ndarray, stamps: np.ndarray, p: Params = DEFAULT_PARAMS
         return max(track - high, low - track, 0.0) / width
 
     scales = len(p.range_rates)
-    count = 0
     level, high, low = [0.0] * scales, [-math.inf] * scales, [math.inf] * scales
     mean = dev = season_level = 0.0
     profile = [math.nan] * 48
@@ -96,7 +95,7 @@ def reference(values: np.ndarray, stamps: np.ndarray, p: Params = DEFAULT_PARAMS
     season_high = season_low = 0.0
     since, last = math.inf, 0.0
     out = []
-    for x, ts in zip(values.tolist(), stamps.tolist(), strict=True):
+    for count, (x, ts) in enumerate(zip(values.tolist(), stamps.tolist(), strict=True)):
         first = 1.0 / (count + 1)
         for k, rate in enumerate(p.range_rates):
             level[k] += max(rate, first) * (x - level[k])
@@ -143,7 +142,6 @@ def reference(values: np.ndarray, stamps: np.ndarray, p: Params = DEFAULT_PARAMS
         else:
             score = 0.0
         out.append(math.nan if count < p.warm_up else score)
-        count += 1
     return out
 
 

@@ -78,7 +78,7 @@ def brute_force(
         n = len(s.values)
         probation = min(math.floor(0.15 * n), 750)
         best: dict[int, float] = {}
-        for w, (start, end) in enumerate(s.windows):
+        for w, (_, end) in enumerate(s.windows):
             if end >= probation:
                 best[w] = -profile.fn
         previous = None
@@ -166,7 +166,7 @@ def test_results_that_do_not_match_the_corpus_are_refused(
     victim = copy / "realTraffic" / "windowedGaussian_speed_7578.csv"
     lines = victim.read_text().splitlines(keepends=True)
     victim.write_text("".join(lines[:-1]))
-    with pytest.raises(ValueError, match="not those of realTraffic/speed_7578.csv"):
+    with pytest.raises(ValueError, match=r"not those of realTraffic/speed_7578\.csv"):
         nab_score.read_results(copy, scorer.corpus)
     victim.unlink()
     with pytest.raises(FileNotFoundError, match="speed_7578"):
