@@ -63,7 +63,7 @@ WARM_UP = 100
 
 STANDARD_THRESHOLD = 0.02839705217575036
 """A score at or above this is an anomaly: the threshold the NAB sweep chose for the standard
-profile over the whole corpus (bench/results/2026-12-06-2157-nab.md)."""
+profile over the whole corpus (bench/results/2026-12-06-2159-nab.md)."""
 
 HOURS = 24
 SEASONS = 2 * HOURS  # weekday hours, then weekend hours
