@@ -51,7 +51,7 @@ bare servers; ``agent``: the agent beside the floor; ``fleet``: the dashboard's 
 10,000 servers, in memory and in Redis mode; ``redis``: the Redis store (one redis-server and a
 3-master cluster) and HTTP reads from it; ``graphite``: Graphite plaintext ingest from one TCP
 client, beside carbon-cache's receiver; ``nab``: the anomaly detector over the NAB corpus, scored
-beside the published scoreboard, and its cost per series (about 20 s)."""
+beside the published scoreboard, and its cost per series (about 10 s)."""
 
 
 def machine() -> dict[str, Any]:
