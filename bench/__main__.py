@@ -3,6 +3,8 @@
 
     python -m bench             # the full run (about 25 minutes on 2 cores)
     python -m bench --quick     # short holds and few steps, to try the machinery
+    python -m bench --only nab  # the anomaly detector over the NAB corpus, and its cost
+    python -m bench --only nab --score DIR   # score any NAB-layout results folder
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from bench import (
     graphite_bench,
     http_bench,
     ingest,
+    nab_bench,
     profile,
     redis_bench,
     redis_http,
@@ -43,14 +46,26 @@ QUICK_STEPS = [50_000, 100_000]
 CARBON_FULL_STEPS = [5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000]
 CARBON_QUICK_STEPS = [1_000, 2_000]
 GET_INGEST_RATE = 100_000
-SECTIONS = ("core", "http", "agent", "fleet", "redis", "redis-http", "graphite", "alerts", "prom")
+SECTIONS = (
+    "core",
+    "http",
+    "agent",
+    "fleet",
+    "redis",
+    "redis-http",
+    "graphite",
+    "alerts",
+    "prom",
+    "nab",
+)
 """``core``: ingest, carbon, apply and memory; ``http``: the HTTP API on each server beside the
 bare servers; ``agent``: the agent beside the floor; ``fleet``: the dashboard's first page for
 10,000 servers, in memory and in Redis mode; ``redis``: the Redis store (one redis-server and a
 3-master cluster) and HTTP reads from it; ``graphite``: Graphite plaintext ingest from one TCP
 client, beside carbon-cache's receiver; ``alerts``: one evaluation of the default alert rules
 over 100,000 servers; ``prom``: ``/metrics/servers`` for 100,000 servers and a remote read over
-the series cap."""
+the series cap; ``nab``: the anomaly detector over the NAB corpus, scored beside the published
+scoreboard, and its cost per series (about 10 s)."""
 
 
 def machine() -> dict[str, Any]:
@@ -442,6 +457,8 @@ def table(results: dict[str, Any]) -> str:
         rows += alerts_rows(results["alerts"])
     if "prom" in results:
         rows += prom_rows(results["prom"])
+    if "nab" in results:
+        rows += nab_bench.rows(results["nab"])
     lines = ["| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -616,11 +633,13 @@ def report(results: dict[str, Any]) -> str:
         f"Machine: {m['cores']} cores, {m['model']}, {m['memory_gib']} GiB, Linux "
         f"{m['kernel']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-        + f". Mode: {results['mode']}, hold {results['hold_s']} s per step.",
+        + f". Mode: {results['mode']}, hold {results['hold_s']} s per step. "
+        f"Command: `{results['command']}`.",
         "",
         table(results),
         "",
         *http_notes(results.get("http")),
+        *(nab_bench.section(results["nab"]) if "nab" in results else []),
         "## Details",
         "",
         "```json",
@@ -640,7 +659,25 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run (default all: {', '.join(SECTIONS)})",
     )
+    parser.add_argument(
+        "--score",
+        type=Path,
+        metavar="DIR",
+        help="nab: only score the NAB-layout results in DIR (DIR/<detector>/<category>/"
+        "<detector>_<name>.csv) and print each detector's three normalised scores",
+    )
+    parser.add_argument(
+        "--nab-results",
+        type=Path,
+        metavar="DIR",
+        help="nab: write the detector's NAB-layout results to DIR (default: a temporary dir)",
+    )
     args = parser.parse_args(argv)
+    if args.score is not None:
+        if not args.score.is_dir():
+            parser.error(f"--score: {args.score} is not a directory")
+        print(nab_bench.score_lines(nab_bench.score_dir(args.score)))
+        return 0
     only = set(args.only.split(","))
     if only - set(SECTIONS):
         parser.error(f"unknown section(s): {', '.join(sorted(only - set(SECTIONS)))}")
@@ -651,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "hold_s": hold,
         "machine": machine(),
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
     }
     with tempfile.TemporaryDirectory(prefix="servertrack-bench-") as tmp:
         work = Path(tmp)
@@ -684,6 +722,9 @@ def main(argv: list[str] | None = None) -> int:
         if "redis-http" in only:
             print("HTTP reads in Redis mode ...", flush=True)
             results["redis_http"] = redis_http.measure(seconds=10.0 if args.quick else 20.0)
+        if "nab" in only:
+            print("anomaly detector over the NAB corpus ...", flush=True)
+            results["nab"] = nab_bench.measure(args.nab_results)
         if "graphite" in only:
             print("Graphite plaintext ingest and carbon-cache ...", flush=True)
             results["graphite"] = graphite_bench.measure(
