@@ -1,0 +1,44 @@
+"""The typed values every store answers with (see :class:`~servertrack.readmodel.model.ReadModel`).
+
+A :class:`ServerView` holds cells (:mod:`servertrack.readmodel.cells`), not JSON: the renderer
+(:mod:`servertrack.readmodel.render`) makes the API's answer from them, the same way whichever
+store they came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from servertrack.readmodel.cells import CELL_DTYPE
+from servertrack.readmodel.health import NO_HEALTH, Health
+
+
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    """A server's buckets inside the windows, as of ``as_of`` (the store's clock when it was
+    read: every batch applied by then is in it)."""
+
+    name: str
+    minutes: np.ndarray
+    """The minute cells holding samples, oldest first (``CELL_DTYPE``)."""
+    hours: np.ndarray
+    """The hour cells holding samples, oldest first."""
+    last_seen: float
+    as_of: float
+    health: Health = NO_HEALTH
+
+    def __post_init__(self) -> None:
+        for cells in (self.minutes, self.hours):
+            if cells.dtype != CELL_DTYPE:
+                raise TypeError(f"cells of dtype {cells.dtype}, not CELL_DTYPE")
+
+
+@dataclass(frozen=True, slots=True)
+class ServersPage:
+    """Up to ``limit`` servers by name after a cursor, with their last-seen time."""
+
+    servers: list[tuple[str, float]] = field(default_factory=list)
+    total: int = 0
+    next_cursor: str | None = None
