@@ -15,6 +15,7 @@ import zmq
 
 from servertrack.common import endpoints, rpc
 from servertrack.common.buckets import Clock
+from servertrack.common.gc_pause import gc_paused
 from servertrack.common.lifecycle import Ticker
 from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
 from servertrack.common.wire import MSGPACK
@@ -238,9 +239,10 @@ class ReceiverDaemon:
 
     def flush(self, push: zmq.Socket) -> None:
         now = self.clock()
-        batch = self.state.flush(now)
-        batch.counters["rss_bytes"] = self._process.memory_info().rss
-        frames = batch.encode()
+        with gc_paused():  # a batch announcing many new servers is many small objects
+            batch = self.state.flush(now)
+            batch.counters["rss_bytes"] = self._process.memory_info().rss
+            frames = batch.encode()
         self.state.remember(batch, frames, now)
         try:
             push.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)

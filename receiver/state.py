@@ -113,7 +113,6 @@ class ServerState:
         "last_seq",
         "last_seq_ts",
         "lost",
-        "recent",
         "rejected",
         "seen",
         "seq_resets",
@@ -143,8 +142,6 @@ class ServerState:
         self.seen = now
         self.ips: tuple[str, ...] = ()
         self.ips_raw: list[str] | None = None
-        self.recent: set[Hashable] | None = None
-        """De-duplication keys of recent seq-less samples."""
 
 
 class ReceiverState:
@@ -194,7 +191,15 @@ class ReceiverState:
         self.graphite_connections_refused = 0
         self.graphite_connections_closed: Counter[str] = Counter()
         """Kept here by the Graphite listener, so that they travel with every batch."""
-        self._recent: deque[tuple[float, ServerState, Hashable]] = deque()
+        self._keys: set[tuple[int, Hashable]] = set()
+        """De-duplication keys of recent seq-less samples: (server id, key)."""
+        self._recent: deque[tuple[float, tuple[int, Hashable]]] = deque()
+        """The same keys in arrival order, with their arrival.
+
+        PERF: servers by id, in one set, not a set per server holding the object: tuples of
+        plain values are no longer tracked by the garbage collector, and a million keys (with a
+        set per server) kept each full collection busy for seconds. An id is given to another
+        server only after 25 hours of silence, long after its keys left (``dedup_horizon``)."""
         self._ids = array("i")
         self._ts = array("d")
         self._cpu = array("d")
@@ -441,15 +446,11 @@ class ReceiverState:
             elif self._sequence(server, seq, ts, now):
                 return self._duplicate(server)
         else:
-            if key is None:
-                key = ts
-            recent = server.recent
-            if recent is None:
-                recent = server.recent = set()
-            elif key in recent:
+            held = (server.id, ts if key is None else key)
+            if held in self._keys:
                 return self._duplicate(server)
-            recent.add(key)
-            self._remember_key(server, key, now)
+            self._keys.add(held)
+            self._remember_key(held, now)
         server.skew = now - ts
         server.seen = now
         self._ids.append(server.id)
@@ -522,13 +523,11 @@ class ReceiverState:
         server.first_seq, server.first_seq_ts = first_seq, first_ts
         server.streams = others or None
 
-    def _remember_key(self, server: ServerState, key: Hashable, now: float) -> None:
+    def _remember_key(self, held: tuple[int, Hashable], now: float) -> None:
         recent = self._recent
-        recent.append((now, server, key))
+        recent.append((now, held))
         if len(recent) > self.dedup_limit:
-            _, owner, old = recent.popleft()
-            if owner.recent is not None:
-                owner.recent.discard(old)
+            self._keys.discard(recent.popleft()[1])
             self.dedup_evicted += 1
 
     def _out_of_window(self, server: ServerState, reason: str, source: str) -> str:
@@ -661,12 +660,9 @@ class ReceiverState:
     def _expire_recent(self, now: float) -> None:
         horizon = now - self.dedup_horizon
         recent = self._recent
+        keys = self._keys
         while recent and recent[0][0] < horizon:
-            _, server, key = recent.popleft()
-            if server.recent is not None:
-                server.recent.discard(key)
-                if not server.recent:
-                    server.recent = None
+            keys.discard(recent.popleft()[1])
 
     def _evict_silent(self, now: float) -> None:
         """Forget servers that sent nothing accepted for ``SERVER_IDLE`` seconds; their ids are
@@ -675,7 +671,6 @@ class ReceiverState:
         silent = [name for name, server in self.servers.items() if server.seen < cutoff]
         for name in silent:
             server = self.servers.pop(name)
-            server.recent = None
             self.conflicted.discard(server)
             self.names[server.id] = None
             self.free_ids.append(server.id)
