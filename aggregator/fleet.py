@@ -397,4 +397,5 @@ class FleetAnswers:
             except BadFleetQuery as err:
                 return msgpack.packb({"status": 400, "reason": err.reason, "message": err.message})
             body = fleet_page(self.table(store, now), query, now)
-        return msgpack.packb({"status": 200, "body": json.dumps(body, allow_nan=False).encode()})
+        text = json.dumps(body, allow_nan=False, separators=(",", ":"))
+        return msgpack.packb({"status": 200, "body": text.encode()})
