@@ -1,13 +1,9 @@
-import os
 import sys
 
-# The rollups take about 5 KB of fresh memory per server as servers appear (1.3 GB for 250,000
-# within seconds). With numpy's transparent-hugepage advice, a first touch may wait for the
-# kernel to compact memory into huge pages: measured here, 4.1 s against 1.5 s for 250,000 new
-# servers' rows, in stalls long enough to hold batches past the 2-s flush rule. NumPy reads this
-# variable when it is imported; set it to 1 to keep the advice.
-os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+from servertrack.aggregator.hugepages import without_hugepage_advice
 
-from servertrack.aggregator.main import main
+without_hugepage_advice()  # before numpy is imported (by main)
+
+from servertrack.aggregator.main import main  # noqa: E402
 
 sys.exit(main())
