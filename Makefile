@@ -18,9 +18,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-DEBIAN_TEST_PACKAGES := prometheus redis-server graphite-carbon collectd-core chromium chromium-driver systemd
+DEBIAN_TEST_PACKAGES := prometheus prometheus-alertmanager protobuf-compiler redis-server graphite-carbon collectd-core chromium chromium-driver systemd
 # Services those packages would start are kept off: the tests start their own on free loopback ports.
-DEBIAN_SERVICES := prometheus redis-server carbon-cache collectd
+DEBIAN_SERVICES := prometheus prometheus-alertmanager redis-server carbon-cache collectd
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'

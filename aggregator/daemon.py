@@ -10,6 +10,7 @@ ingest. A query whose client has given up (its deadline passed) is skipped unans
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import logging
 import os
 import threading
@@ -29,6 +30,7 @@ from servertrack.common.batch import Batch, MalformedBatch
 from servertrack.common.buckets import MINUTE, Clock
 from servertrack.common.gc_pause import gc_paused
 from servertrack.common.lifecycle import Ticker
+from servertrack.common.limits import FileShortage, out_of_files
 from servertrack.store.redis_nodes import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ WATCH_HOLD = 0.25
 it knows within a second that the aggregator stopped answering (its read cache then stops)."""
 MAX_WATCHERS = 256
 """Watches held at once; beyond it a watch is answered at once."""
+EXIT_OUT_OF_FILES = 3
+"""A snapshot child's exit code when it ran out of file descriptors (so the parent counts it)."""
 
 
 @dataclass(slots=True)
@@ -92,6 +96,7 @@ class AggregatorDaemon:
         self.replay_asked = float("-inf")
         self._query: zmq.Socket | None = None
         self._process = psutil.Process()
+        self.files = FileShortage("aggregator")
         self._writer_pid = 0
         self._writer_pipe = -1
         self._writer_taken = 0.0
@@ -149,31 +154,63 @@ class AggregatorDaemon:
         second = Ticker(1.0)
         flushes = Ticker(self.config.store_flush)
         while not self.stop.is_set():
-            self.reap_flush()
-            if flushes.due() and time.monotonic() >= self.store_retry_at:
-                self.start_flush()
-            if snapshots.due():
-                self._snapshot_due = True
-            if self._snapshot_due and not self.minute_turns_soon():
-                self._snapshot_due = False
-                self.save_snapshot()
-            if second.due():
-                self.state.rss_bytes = int(self._process.memory_info().rss)
-                self.state.housekeeping(self.clock())
-            self.reap_snapshot()
-            if self.state.ledger.missing() and time.monotonic() - self.replay_asked > REPLAY_PAUSE:
-                self.ask_replay()
-            ready = dict(poller.poll(timeout=200))
-            if pull in ready:
-                for _ in range(BATCHES_PER_WAKE):
-                    try:
-                        frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
-                    except zmq.Again:
-                        break
-                    self.handle_batch(frames)
-            if query in ready:
-                self.serve_queries(QUERY_BUDGET)
-            self.answer_watchers()
+            try:
+                self._turn(poller, pull, query, snapshots, second, flushes)
+            except (OSError, zmq.ZMQError) as err:
+                if not out_of_files(err):
+                    raise
+                self.out_of_files("in its loop", err)  # what needs no new descriptor goes on
+                self.stop.wait(0.01)
+
+    def _turn(
+        self,
+        poller: zmq.Poller,
+        pull: zmq.Socket,
+        query: zmq.Socket,
+        snapshots: Ticker,
+        second: Ticker,
+        flushes: Ticker,
+    ) -> None:
+        """One wake-up of the loop: the schedule's work, then batches, then queries."""
+        self.reap_flush()
+        if flushes.due() and time.monotonic() >= self.store_retry_at:
+            self.start_flush()
+        if snapshots.due():
+            self._snapshot_due = True
+        if self._snapshot_due and not self.minute_turns_soon():
+            self._snapshot_due = False
+            self.save_snapshot()
+        if second.due():
+            self.read_memory()
+            self.state.housekeeping(self.clock())
+        self.reap_snapshot()
+        if self.state.ledger.missing() and time.monotonic() - self.replay_asked > REPLAY_PAUSE:
+            self.ask_replay()
+        ready = dict(poller.poll(timeout=200))
+        if pull in ready:
+            for _ in range(BATCHES_PER_WAKE):
+                try:
+                    frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    break
+                self.handle_batch(frames)
+        if query in ready:
+            self.serve_queries(QUERY_BUDGET)
+        self.answer_watchers()
+
+    def out_of_files(self, doing: str, err: BaseException) -> None:
+        """Count and log a shortage of file descriptors (``files_exhausted`` in /stats)."""
+        self.files.note(doing, err)
+        self.state.counters["files_exhausted"] = self.files.count
+
+    def read_memory(self) -> None:
+        """Resident memory, read from /proc (an open file); out of descriptors, the last one."""
+        try:
+            self.state.rss_bytes = int(self._process.memory_info().rss)
+        except OSError as err:  # psutil lets EMFILE through as it is
+            if not out_of_files(err):
+                raise
+            self.out_of_files("reading its memory use", err)
 
     def serve_queries(self, budget: float) -> None:
         """Answer the queries waiting now, for at most ``budget`` seconds."""
@@ -255,6 +292,8 @@ class AggregatorDaemon:
         """After a write: when it failed, keep everything and try again after a pause that
         doubles up to ``STORE_BACKOFF_MAX``."""
         if error is not None:
+            if out_of_files(error):
+                self.out_of_files("connecting to the store", error)
             self.store_backoff = min(STORE_BACKOFF_MAX, max(0.5, 2 * self.store_backoff))
             self.store_retry_at = time.monotonic() + self.store_backoff
             if not isinstance(error, StoreUnavailable):
@@ -292,7 +331,9 @@ class AggregatorDaemon:
     def _fetch_names(self) -> None:
         try:
             reply = self.receiver.call({"op": "names"})
-        except rpc.Unavailable as err:
+        except (rpc.Unavailable, zmq.ZMQError) as err:
+            if out_of_files(err):
+                self.out_of_files("asking the receiver for names", err)
             log.warning("cannot fetch server names: %s", err)
             return
         self.state.learn_names(reply.get("epoch"), [(int(i), str(n)) for i, n in reply["names"]])
@@ -303,7 +344,9 @@ class AggregatorDaemon:
         self.replay_asked = time.monotonic()
         try:
             reply = self.receiver.call(self.state.replay_request())
-        except rpc.Unavailable as err:
+        except (rpc.Unavailable, zmq.ZMQError) as err:
+            if out_of_files(err):
+                self.out_of_files("asking the receiver for a replay", err)
             log.warning("cannot ask for a replay: %s", err)
             return
         self.state.replay_answered(reply)
@@ -328,12 +371,20 @@ class AggregatorDaemon:
             try:
                 size = write_snapshot(path, arrays, self.state.snapshot_meta(taken))
             except OSError as err:
+                if out_of_files(err):
+                    self.out_of_files("writing a snapshot", err)
                 self._snapshot_failed(describe(err, path))
                 return
             self.state.snapshot_written(taken)
             log.info("snapshot of %d servers written (%d bytes)", self.store.server_count(), size)
             return
-        read_end, write_end = os.pipe()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as err:
+            if out_of_files(err):
+                self.out_of_files("starting a snapshot", err)
+            self._snapshot_failed(describe(err, path))
+            return
         pid = os.fork()
         if pid == 0:  # the child: write and leave at once, running no cleanup of the parent's
             code = 1
@@ -345,6 +396,8 @@ class AggregatorDaemon:
                 write_snapshot(path, arrays, self.state.snapshot_meta(taken))
                 code = 0
             except BaseException as err:
+                if out_of_files(err):
+                    code = EXIT_OUT_OF_FILES
                 os.write(write_end, describe(err, path).encode()[:4096])
             finally:
                 os._exit(code)
@@ -375,10 +428,13 @@ class AggregatorDaemon:
         self._writer_pid, self._writer_pipe = 0, -1
         self.writer_seconds = time.monotonic() - self._writer_began
         self.state.shared = False
-        if os.waitstatus_to_exitcode(status) == 0:
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
             self.state.snapshot_written(self._writer_taken)
-        else:
-            self._snapshot_failed(why or f"the writer exited with status {status}")
+            return
+        if code == EXIT_OUT_OF_FILES:
+            self.out_of_files("writing a snapshot", OSError(errno.EMFILE, why))
+        self._snapshot_failed(why or f"the writer exited with status {status}")
 
     def _snapshot_failed(self, why: str) -> None:
         self.state.snapshot_failed(why)

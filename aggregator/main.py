@@ -57,7 +57,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         parser,
         "--max-servers",
         DEFAULT_MAX_SERVERS,
-        "servers tracked at most; samples of new ones beyond it are dropped (server_limit)",
+        "servers tracked at most in memory; samples of new ones beyond it are dropped "
+        "(server_limit). With --store redis the receivers' limits apply instead (a record is "
+        "refused before it is answered, never dropped after)",
         positive_int,
     )
     add_store_options(parser, writer=True)
@@ -65,7 +67,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def make_store(args: argparse.Namespace) -> RollupStore | None:
-    """The store of ``--store``: None for the in-memory default (the daemon builds it)."""
+    """The store of ``--store``: None for the in-memory default (the daemon builds it).
+
+    A Redis store is written with no server limit of its own: the receiver refuses a new
+    server beyond its ``--max-servers`` before it answers, and anything it accepted must not be
+    dropped afterwards for a limit it could not see (another host's, or the store's count of
+    every host's servers). Each receiver tracks a name for 25 hours after its last sample,
+    longer than Redis keeps the server, so a host's share of Redis stays within its limit
+    (until its receiver restarts, which starts its table again from the servers Redis holds)."""
     if args.store == MEMORY:
         return None
     password = store_password(args)
@@ -73,7 +82,7 @@ def make_store(args: argparse.Namespace) -> RollupStore | None:
         writer = RedisStore(
             args.store,
             password=password,
-            max_servers=args.max_servers,
+            max_servers=None,
             wait_replicas=args.store_wait_replicas,
             timeout=args.store_timeout,
         )

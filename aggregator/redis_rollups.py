@@ -30,6 +30,7 @@ from servertrack.aggregator.rollups import ApplyResult
 from servertrack.common.batch import ServerHealth
 from servertrack.common.buckets import HOUR, HOUR_WINDOW, Clock
 from servertrack.store.cells import BatchColumns
+from servertrack.store.redis_nodes import StoreUnavailable
 from servertrack.store.redis_store import RedisStore
 
 DEFAULT_MAX_PENDING = 5_000_000
@@ -44,7 +45,11 @@ class FlushResult:
     refused: int = 0
     already_applied: int = 0
     invalid: int = 0
+    corrupt: int = 0
+    """Samples of servers whose keys in Redis are corrupt: dropped (reason ``corrupt_key``)."""
     batches: int = 0
+    corrupt_servers: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Servers whose keys were corrupt when last merged: name → (what is wrong, when met)."""
 
 
 @dataclass(slots=True)
@@ -71,21 +76,30 @@ class FlushJob:
 
     def run(self) -> FlushResult:
         """Merge every part, oldest receiver run first; raises StoreUnavailable at the first
-        part Redis does not take (the parts before it stay done)."""
-        if not self.store.opened:
-            self.store.open()
-        for part in self.parts:
-            batches = [columns for key in sorted(part.batches) for columns in part.batches[key]]
-            merged = self.store.merge(
-                part.writer, batches, self.names, part.health or None, self.now
-            )
-            part.done = True
-            self.result.applied += merged.applied
-            self.result.expired += merged.expired
-            self.result.refused += merged.refused
-            self.result.already_applied += merged.already_applied
-            self.result.invalid += merged.invalid
-            self.result.batches += len(part.batches)
+        part Redis does not take (the parts before it stay done, and the samples Redis applied
+        before the failure count as applied: the next try finds them already applied)."""
+        try:
+            if not self.store.opened:
+                self.store.open()
+            for part in self.parts:
+                batches = [c for key in sorted(part.batches) for c in part.batches[key]]
+                try:
+                    merged = self.store.merge(
+                        part.writer, batches, self.names, part.health or None, self.now
+                    )
+                except StoreUnavailable as err:
+                    self.result.applied += err.applied
+                    raise
+                part.done = True
+                self.result.applied += merged.applied
+                self.result.expired += merged.expired
+                self.result.refused += merged.refused
+                self.result.already_applied += merged.already_applied
+                self.result.invalid += merged.invalid
+                self.result.corrupt += merged.corrupt
+                self.result.batches += len(part.batches)
+        finally:
+            self.result.corrupt_servers = self.store.corrupt_servers()
         return self.result
 
 

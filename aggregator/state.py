@@ -25,7 +25,7 @@ from servertrack.aggregator.store import RollupStore
 from servertrack.common.batch import Batch, ServerHealth
 from servertrack.common.buckets import Clock, iso_utc, minute_index
 from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, declared
-from servertrack.store.redis_nodes import StoreUnavailable
+from servertrack.store.redis_nodes import CorruptKey, StoreUnavailable
 
 APPLY_SLICE = 32_768
 """Samples applied between two looks at the query socket, so a large batch (or the first sight
@@ -43,12 +43,26 @@ LAG_HISTORY = 60
 """Batches (one a second) over which flush-lag percentiles are reported: the last minute."""
 STALE_BATCHES = 10.0
 """Seconds without a batch after which the host reports itself degraded."""
+CORRUPT_SHOWN = 60.0
+"""Seconds a server whose keys in the store were found corrupt keeps the host degraded after
+the last merge that met it."""
+SERVERS_NAMED = 3
+"""Servers with corrupt keys named in a health problem at most."""
 COUNTED = ("lost", "duplicates", "rejected", "seq_resets")
 """Per-server counters that add up over receiver runs."""
 UNKNOWN = -1
 COUNTED_HERE = declared(AGGREGATOR)
 MAX_VIEWS = 1000
 """Servers one ``views`` query may ask for (the API's read cache refreshes in such groups)."""
+
+
+def corrupt_answer(problem: CorruptKey) -> dict[str, Any]:
+    """The answer for a server whose data in the store cannot be read (a 502 for HTTP)."""
+    return {
+        "status": 502,
+        "reason": "corrupt_key",
+        "message": f"this server's data in the store cannot be read: {problem}",
+    }
 
 
 def counted(health: ServerHealth) -> tuple[int, ...]:
@@ -139,6 +153,11 @@ class AggregatorState:
         self.fleet = FleetAnswers()
         """The dashboard's table, cached between batches."""
         self.store_flush_seconds: float | None = None
+        self.store_error: str | None = None
+        """Why the last write to the store (Redis) failed, until one succeeds again."""
+        self.corrupt_servers: dict[str, tuple[str, float]] = {}
+        """Servers the store could not merge because a key of theirs is corrupt: name → (what
+        is wrong, when a merge last met it)."""
         self.rss_bytes: int | None = None
         """The process's resident memory, set by the daemon (this object does no I/O)."""
         self.generation = secrets.randbits(62)
@@ -303,11 +322,15 @@ class AggregatorState:
         self.counters["applied"] += result.applied
         self.counters["expired"] += result.expired
         self.counters["server_limit"] += result.refused
+        self.counters["corrupt_key"] += result.corrupt
+        self.corrupt_servers = result.corrupt_servers
         if error is not None:
             self.counters["store_errors"] += 1
+            self.store_error = str(error) or type(error).__name__
             return
         self.counters["store_flushes"] += 1
         self.store_flush_seconds = seconds
+        self.store_error = None
 
     def housekeeping(self, now: float) -> None:
         """Between batches, about once a second: release servers silent for 24 hours even when
@@ -442,7 +465,10 @@ class AggregatorState:
 
     def view(self, name: str, now: float) -> dict[str, Any]:
         """A server's answer: ``{"status": 200, "body": JSON bytes}`` or ``{"status": 404}``."""
-        view = self.store.view(name, now)
+        try:
+            view = self.store.view(name, now)
+        except CorruptKey as problem:
+            return corrupt_answer(problem)
         if view is None:
             return {"status": 404}
         view["health"] = self.server_health(view["server"])
@@ -487,6 +513,22 @@ class AggregatorState:
             found.append(f"snapshot: {self.snapshot_error}")
         if self.last_batch_applied and now - self.last_batch_applied > STALE_BATCHES:
             found.append(f"no batch from the receiver for {now - self.last_batch_applied:.0f} s")
+        if self.store_error is not None:
+            found.append(f"store: merges fail, batches are held: {self.store_error}")
+        corrupt = sorted(
+            (name, what)
+            for name, (what, met) in self.corrupt_servers.items()
+            if now - met <= CORRUPT_SHOWN
+        )
+        if corrupt:
+            named = "; ".join(f"{name} ({what})" for name, what in corrupt[:SERVERS_NAMED])
+            more = (
+                f" and {len(corrupt) - SERVERS_NAMED} more" if len(corrupt) > SERVERS_NAMED else ""
+            )
+            found.append(
+                f"store: {len(corrupt)} server(s) not merged, their keys are corrupt "
+                f"(samples dropped as corrupt_key): {named}{more}"
+            )
         return found
 
     def ping(self, now: float) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import falcon
 import falcon.media
+import zmq
 
 from servertrack.api.auth import TokenAuth
 from servertrack.api.backend import Backend, Unavailable
@@ -24,11 +25,13 @@ from servertrack.api.errors import (
     status_reason,
 )
 from servertrack.api.fleet import FleetResource, GridResource
+from servertrack.api.headers import SecurityHeaders
 from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
 from servertrack.api.stats import ApiStats
 from servertrack.api.ui import add_pages
 from servertrack.common.buckets import Clock, time_verdict
+from servertrack.common.limits import out_of_files
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
 
 log = logging.getLogger(__name__)
@@ -149,7 +152,10 @@ class ServerLoads:
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         check_name(name)
         reply = self.backend.query({"op": "view", "name": name}, req.context.deadline)
-        if reply.get("status") != 200:
+        status = reply.get("status")
+        if status == 502:  # the store holds this server's data in a form it cannot read
+            raise ApiError(falcon.HTTP_502, reply["reason"], reply["message"])
+        if status != 200:
             raise NotFound("unknown_server", f"no data for server {name!r} in the last 24 hours")
         resp.data = reply["body"]
         resp.content_type = JSON
@@ -283,8 +289,42 @@ def _count_refusals(stats: ApiStats) -> Any:
     return handle
 
 
-def _unavailable(req: falcon.Request, resp: falcon.Response, err: Unavailable, _: Any) -> None:
-    error = ServiceUnavailable("backend_unavailable", str(err))
+def _unavailable(stats: ApiStats) -> Any:
+    """The handler of :class:`Unavailable`: 503 ``backend_unavailable``, or ``out_of_files``
+    (counted) when this process could not open the socket the trip needed."""
+
+    def handle(req: falcon.Request, resp: falcon.Response, err: Unavailable, _: Any) -> None:
+        if out_of_files(err):
+            _out_of_files_answer(stats, req, resp, err)
+            return
+        error = ServiceUnavailable("backend_unavailable", str(err))
+        resp.status = error.status
+        resp.media = error_body(req, error)
+
+    return handle
+
+
+def _system_error(stats: ApiStats) -> Any:
+    """The handler of ``OSError`` and ``zmq.ZMQError`` raised while serving a request: out of
+    file descriptors is a 503 that the client may retry, counted in ``files_exhausted``; any
+    other is what Falcon makes of an unexpected error (a 500, logged with its traceback)."""
+
+    def handle(req: falcon.Request, resp: falcon.Response, err: Exception, _: Any) -> None:
+        if not out_of_files(err):
+            log.error("%s %s failed", req.method, req.path, exc_info=err)
+            raise falcon.HTTPInternalServerError()
+        _out_of_files_answer(stats, req, resp, err)
+
+    return handle
+
+
+def _out_of_files_answer(
+    stats: ApiStats, req: falcon.Request, resp: falcon.Response, err: BaseException
+) -> None:
+    stats.files.note(f"serving {req.method} {req.path}", err)
+    error = ServiceUnavailable(
+        "out_of_files", "the API has reached its open-files limit; try again shortly"
+    )
     resp.status = error.status
     resp.media = error_body(req, error)
 
@@ -310,7 +350,7 @@ def create_app(
     need (``/health`` and ``/openapi.json`` stay open). ``stats`` receives the API's own counts.
     """
     stats = stats or ApiStats()
-    middleware: list[Any] = [RequestGuard(stats, request_deadline)]
+    middleware: list[Any] = [SecurityHeaders(), RequestGuard(stats, request_deadline)]
     if record_token or read_token:
         middleware.append(TokenAuth(record_token, read_token))
     app = falcon.App(middleware=middleware)
@@ -344,7 +384,8 @@ def create_app(
     app.add_sink(_unrouted_server_path, r"^/servers/.+")
     app.set_error_serializer(serialize_error)
     app.add_error_handler(falcon.HTTPError, _count_refusals(stats))
-    app.add_error_handler(Unavailable, _unavailable)
+    app.add_error_handler(Unavailable, _unavailable(stats))
+    app.add_error_handler((OSError, zmq.ZMQError), _system_error(stats))
     return app
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from servertrack.api.auth import bearer_ok
 from servertrack.api.cache import CachedReads
+from servertrack.api.headers import NOSNIFF
 
 PREFIX = "/servers/"
 SUFFIX = "/loads"
@@ -52,7 +53,11 @@ class FastReads:
             if body is not None:
                 start_response(
                     "200 OK",
-                    [("content-type", "application/json"), ("content-length", str(len(body)))],
+                    [
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(body))),
+                        NOSNIFF,
+                    ],
                 )
                 return [body]
         return self.app(environ, start_response)

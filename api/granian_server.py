@@ -15,12 +15,13 @@ What bounds clients here (measured with the same 300 + 300 slow-loris test as wa
   closes, which the header timeout bounds;
 - ``--threads``: Python threads per worker running the app; requests beyond them wait in Rust,
   where a waiting connection costs no thread;
-- bodies: the app refuses one announced over 4 MiB (reading it first when it is at most 5 MiB,
-  so that the client, still sending, sees the 413) and reads at most 4 MiB of one sent without a
-  length. A body is read while the app runs, with no time limit: a client
-  trickling a body holds one of ``--threads`` threads until it finishes or leaves (waitress
-  reads bodies whole before the app runs). Where untrusted clients reach the API, use waitress
-  or a proxy that buffers request bodies.
+- bodies: :class:`servertrack.api.bodies.BodySlots` reads each ``POST`` body whole in one of
+  ``--threads`` / 2 body slots before the app runs (a chunked one up to one byte past the 4 MiB
+  limit, so it is refused 413 as on waitress); a ``POST`` that finds every slot taken is
+  answered 503 at once. Granian gives a body no time limit, and a WSGI read cannot be given one,
+  so a client trickling a body holds its slot until it finishes or leaves; the threads outside
+  the slots keep answering everything else. Hence beyond loopback granian listens only with
+  ``--behind-buffering-proxy`` (:mod:`servertrack.api.exposure`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     keys = (
         "receiver_control",
         "aggregator_query",
+        "threads",
         "backend_timeout",
         "record_timeout",
         "request_deadline",
@@ -145,6 +147,7 @@ class _ExpectedThreads(logging.Filter):
 def worker_app() -> Any:
     """Granian's factory target: the app, built in a worker process from the settings that
     ``servertrack api`` put in the environment."""
+    from servertrack.api.bodies import BodySlots, slots_for
     from servertrack.api.main import build_app  # it imports this module
 
     die_with_parent()  # a worker must not outlive an API killed with -9
@@ -152,5 +155,5 @@ def worker_app() -> Any:
     args = argparse.Namespace(**settings)
     record = read_token_file(args.token_file) if args.token_file else None
     read = read_token_file(args.read_token_file) if args.read_token_file else None
-    app, _backend, _stats = build_app(args, zmq.Context(), record, read)
-    return app
+    app, _backend, stats = build_app(args, zmq.Context(), record, read)
+    return BodySlots(app, slots_for(args.threads), stats, record_token=record)

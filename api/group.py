@@ -22,6 +22,7 @@ import threading
 from typing import Any
 
 from servertrack.common import rpc
+from servertrack.common.limits import out_of_files
 from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
 
@@ -33,12 +34,14 @@ MAX_GROUP = 2048
 class _Waiting:
     """One request's record and, once the trip is over, its verdict or the error."""
 
-    __slots__ = ("done", "error", "row", "verdict")
+    __slots__ = ("cause", "done", "error", "row", "verdict")
 
     def __init__(self, row: list[Any]) -> None:
         self.row = row
         self.verdict: Any = None
         self.error: str | None = None
+        self.cause: BaseException | None = None
+        """The exception behind ``error``, if any (raised from, so a handler can tell)."""
         self.done = threading.Lock()
         self.done.acquire()  # released by the committer: a lock is the cheapest one-shot signal
 
@@ -69,7 +72,7 @@ class GroupCommit:
                 "it may still have been applied"
             )
         if waiting.error is not None:
-            raise Unavailable(waiting.error)
+            raise Unavailable(waiting.error) from waiting.cause
         verdict = waiting.verdict
         if verdict is None:
             return {"accepted": 1, "duplicates": 0}
@@ -114,6 +117,7 @@ class GroupCommit:
         self.trips += 1
         self.records += len(group)
         error = None
+        cause: BaseException | None = None
         verdicts: Any = None
         try:
             reply = self.client.call({"op": "record_each", "samples": [w.row for w in group]})
@@ -125,13 +129,14 @@ class GroupCommit:
         except Unavailable as err:
             error = str(err)
         except Exception as err:  # never leave a request waiting on a thread that died
-            log.exception("group commit failed")
-            error = f"record failed: {err}"
+            if not out_of_files(err):  # that one is counted and logged by the app
+                log.exception("group commit failed")
+            error, cause = f"record failed: {err}", err
         for index, waiting in enumerate(group):
             if error is None:
                 waiting.verdict = verdicts[index]
             else:
-                waiting.error = error
+                waiting.error, waiting.cause = error, cause
             waiting.done.release()
 
     def close(self) -> None:

@@ -12,6 +12,8 @@ import zmq
 from servertrack.api.app import REQUEST_DEADLINE, create_app
 from servertrack.api.backend import Backend, ZmqBackend
 from servertrack.api.cache import CachedReads
+from servertrack.api.exposure import FLAG as BEHIND_PROXY
+from servertrack.api.exposure import granian_exposure_error
 from servertrack.api.fastpath import FastReads
 from servertrack.api.server import CONNECTION_LIMIT, IDLE_TIMEOUT, REQUEST_TIMEOUT, make_waitress
 from servertrack.api.stats import ApiStats
@@ -19,6 +21,7 @@ from servertrack.api.store_backend import StoreBackend
 from servertrack.common import endpoints
 from servertrack.common.config import (
     add_option,
+    add_switch,
     endpoint,
     port,
     positive_float,
@@ -45,6 +48,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "HTTP server: waitress (pure Python, every connection limit) or granian (Rust, the "
         "faster; pip install servertrack[fast])",
         choices=list(SERVERS),
+    )
+    add_switch(
+        parser,
+        BEHIND_PROXY,
+        "granian: a proxy that buffers request bodies is in front, so it may listen beyond "
+        "loopback (granian gives a slowly sent body no deadline)",
     )
     add_option(
         parser,
@@ -216,6 +225,9 @@ def build_app(
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
+    exposure = granian_exposure_error(args.http, args.host, args.behind_buffering_proxy)
+    if exposure:
+        fatal(f"servertrack api: {exposure}")
     record_token, read_token = read_tokens(args)
     if args.http == "granian":
         from servertrack.api import granian_server  # only when chosen: an optional extra

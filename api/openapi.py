@@ -80,6 +80,7 @@ OTHER_REASONS = (
     "unknown_server",
     "unauthorized",
     "backend_unavailable",
+    "out_of_files",
     "abandoned",
     "bad_limit",
     "bad_cursor",
@@ -495,6 +496,11 @@ def build_document(
                         "200": _json(_ref("ServerLoads"), "The server's rollups."),
                         "400": _error("Bad server name."),
                         "404": _error("No data for this server in the last 24 hours."),
+                        "502": _error(
+                            "Redis store only: this server's keys in Redis are corrupt (a key "
+                            "of the wrong type, a field of the wrong size), so its data cannot "
+                            "be read; the description names the key (reason corrupt_key)."
+                        ),
                     },
                     read,
                     parameters=[name_param],

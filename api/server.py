@@ -12,13 +12,16 @@ few seconds looks busy forever) and who gets a connection once ``connection_limi
   the new client in; a connection whose request is being served is never cut;
 - every request is stamped with its arrival time (``servertrack.arrived`` in the WSGI environ),
   so the app can drop requests that waited too long, and ``waitress.client_disconnected`` is on
-  (``channel_request_lookahead``), so it can drop those whose client has gone.
+  (``channel_request_lookahead``), so it can drop those whose client has gone;
+- the answers waitress gives itself (a body over ``MAX_REQUEST_BODY``, chunked or announced, a
+  request it cannot parse) are the app's JSON error shape, not waitress' plain text.
 
 Each closed connection is counted by reason in the API's ``connections_closed``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -26,16 +29,21 @@ from typing import Any
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
-from waitress.task import WSGITask
+from waitress.task import ErrorTask, WSGITask
 
+from servertrack.api.app import MAX_BODY
+from servertrack.api.errors import status_reason, status_text
+from servertrack.api.headers import NOSNIFF
 from servertrack.api.stats import ApiStats
-from servertrack.common.limits import raise_open_files_limit
+from servertrack.common.limits import out_of_files, raise_open_files_limit
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
 IDLE_TIMEOUT = 15.0
 CONNECTION_LIMIT = 1000
+ACCEPT_PAUSE = 0.5
+"""Seconds the listening socket rests after an accept failed for want of file descriptors."""
 MAX_REQUEST_BODY = 5 * 1024 * 1024
 """Waitress answers 413 itself beyond this (the app's own limit is 4 MiB)."""
 
@@ -49,10 +57,33 @@ class StampedTask(WSGITask):
         return environ
 
 
+class JsonErrorTask(ErrorTask):
+    """Waitress' own refusals in the app's JSON error shape (``title``, ``reason``,
+    ``description``), counted like the app's own when they refuse a record."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        code = int(error.code)
+        if code == 413:
+            reason, description = "too_large", f"body exceeds {MAX_BODY} bytes"
+        else:
+            reason, description = status_reason(code), str(error.body)
+        body = {"title": status_text(code), "reason": reason, "description": description}
+        if 400 <= code < 500 and getattr(self.request, "command", None) == "POST":
+            self.channel.server.stats.rejected(reason)
+        payload = json.dumps(body).encode()
+        self.status = f"{code} {status_text(code)}"
+        self.response_headers.extend([("Content-Type", "application/json"), NOSNIFF])
+        self.set_close_on_finish()
+        self.content_length = len(payload)
+        self.write(payload)
+
+
 class GuardedChannel(HTTPChannel):
     """Notes when the request being read began, and when each complete request arrived."""
 
     task_class = StampedTask
+    error_task_class = JsonErrorTask
     request_started: float | None = None
 
     def received(self, data: bytes) -> bool:
@@ -88,6 +119,8 @@ class GuardedServer(TcpWSGIServer):
         self.stats = stats
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
+        self.accept_paused_until = 0.0
+        """Monotonic time before which the listening socket is not polled (out of files)."""
         super().__init__(application, adj=adj)
 
     def maintenance(self, now: float) -> None:
@@ -112,7 +145,21 @@ class GuardedServer(TcpWSGIServer):
         if now >= self.next_channel_cleanup:
             self.next_channel_cleanup = now + self.adj.cleanup_interval
             self.maintenance(now)
-        return bool(self.accepting)
+        return bool(self.accepting) and time.monotonic() >= self.accept_paused_until
+
+    def accept(self) -> tuple[Any, Any] | None:
+        """Waitress' accept; out of file descriptors, the newcomer waits in the backlog and the
+        listening socket is left alone for ``ACCEPT_PAUSE`` (else it wakes the loop at once, again
+        and again, each time with a traceback in the log), and the shortage is counted."""
+        try:
+            accepted: tuple[Any, Any] | None = super().accept()
+        except OSError as err:
+            if not out_of_files(err):
+                raise
+            self.stats.files.note("accepting a connection", err)
+            self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+            return None
+        return accepted
 
     def handle_accept(self) -> None:
         super().handle_accept()

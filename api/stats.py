@@ -7,13 +7,14 @@ closed. A lock guards them; each update holds it for a dictionary increment.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import psutil
+
+from servertrack.common.limits import FileShortage, out_of_files
 
 
 class ApiStats:
@@ -23,6 +24,8 @@ class ApiStats:
         self._closed: Counter[str] = Counter()
         self._abandoned = 0
         self._process = psutil.Process()
+        self.files = FileShortage("api")
+        """Times the API ran out of file descriptors (its own lock; logged as they happen)."""
         self._sources: dict[str, Callable[[], Any]] = {}
 
     def include(self, key: str, source: Callable[[], Any]) -> None:
@@ -50,8 +53,12 @@ class ApiStats:
                 "requests_abandoned": self._abandoned,
                 "connections_closed": dict(self._closed),
             }
+        section["files_exhausted"] = self.files.count
         for key, source in self._sources.items():
             section[key] = source()
-        with contextlib.suppress(psutil.Error):  # /proc unreadable: leave it out
+        try:
             section["rss_bytes"] = int(self._process.memory_info().rss)
+        except (psutil.Error, OSError) as err:  # /proc unreadable: leave it out
+            if out_of_files(err):
+                self.files.note("reading its memory use", err)
         return section

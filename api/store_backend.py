@@ -21,20 +21,23 @@ from typing import Any
 import msgpack
 
 from servertrack.aggregator.fleet import FleetAnswers, table_from_rows
+from servertrack.aggregator.state import corrupt_answer
 from servertrack.api.backend import Unavailable, ZmqBackend
 from servertrack.api.store_generation import StoreGeneration
 from servertrack.common.buckets import Clock, iso_utc
 from servertrack.common.sample import Sample
-from servertrack.store.redis_nodes import StoreUnavailable
+from servertrack.store.redis_nodes import CorruptKey, StoreUnavailable
 from servertrack.store.redis_store import RedisStore
 
 MAX_VIEWS = 500
 """Servers one ``views`` query may ask for (the read cache refreshes in such groups)."""
 
 
-def _answer(view: dict[str, Any] | None) -> dict[str, Any]:
+def _answer(view: dict[str, Any] | CorruptKey | None) -> dict[str, Any]:
     if view is None:
         return {"status": 404}
+    if isinstance(view, CorruptKey):
+        return corrupt_answer(view)
     return {"status": 200, "body": json.dumps(view).encode()}
 
 
@@ -101,7 +104,7 @@ class StoreBackend:
                 return self._stats(request, deadline)
             store = self._ready()
             if op == "view":
-                reply = _answer(store.view(str(request.get("name")), now))
+                reply = _answer(store.views([str(request.get("name"))], now)[0])
                 return reply if gen is None else {**reply, "gen": gen}
             if op == "views":
                 names = request.get("names")

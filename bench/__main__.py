@@ -3,6 +3,8 @@
 
     python -m bench             # the full run (about 25 minutes on 2 cores)
     python -m bench --quick     # short holds and few steps, to try the machinery
+    python -m bench --only nab  # the anomaly detector over the NAB corpus, and its cost
+    python -m bench --only nab --score DIR   # score any NAB-layout results folder
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import zmq
 
 from bench import (
     agent_bench,
+    alerts_bench,
     fleet_bench,
     graphite_bench,
     http_bench,
     ingest,
+    nab_bench,
     profile,
     redis_bench,
     redis_http,
@@ -42,12 +46,26 @@ QUICK_STEPS = [50_000, 100_000]
 CARBON_FULL_STEPS = [5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000]
 CARBON_QUICK_STEPS = [1_000, 2_000]
 GET_INGEST_RATE = 100_000
-SECTIONS = ("core", "http", "agent", "fleet", "redis", "redis-http", "graphite")
+SECTIONS = (
+    "core",
+    "http",
+    "agent",
+    "fleet",
+    "redis",
+    "redis-http",
+    "graphite",
+    "alerts",
+    "prom",
+    "nab",
+)
 """``core``: ingest, carbon, apply and memory; ``http``: the HTTP API on each server beside the
 bare servers; ``agent``: the agent beside the floor; ``fleet``: the dashboard's first page for
 10,000 servers, in memory and in Redis mode; ``redis``: the Redis store (one redis-server and a
 3-master cluster) and HTTP reads from it; ``graphite``: Graphite plaintext ingest from one TCP
-client, beside carbon-cache's receiver."""
+client, beside carbon-cache's receiver; ``alerts``: one evaluation of the default alert rules
+over 100,000 servers; ``prom``: ``/metrics/servers`` for 100,000 servers and a remote read over
+the series cap; ``nab``: the anomaly detector over the NAB corpus, scored beside the published
+scoreboard, and its cost per series (about 10 s)."""
 
 
 def machine() -> dict[str, Any]:
@@ -62,6 +80,9 @@ def machine() -> dict[str, Any]:
         "pyzmq",
         "msgpack",
         "numpy",
+        "protobuf",
+        "cramjam",
+        "google-re2",
         "falcon",
         "waitress",
         "granian",
@@ -91,6 +112,26 @@ def rollups_figure(what: str, servers: int) -> dict[str, Any]:
         text=True,
         check=True,
         timeout=600,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def prom_figure(servers: int, repeats: int) -> dict[str, Any]:
+    """The figures of ``bench.prom_bench``, run in a fresh process (clean peak RSS)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.prom_bench",
+            "--servers",
+            str(servers),
+            "--repeats",
+            str(repeats),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -340,6 +381,53 @@ def graphite_rows(graphite: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def alerts_rows(alerts: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    median = alerts["evaluate_ms_median"]
+    return [
+        (
+            f"alert evaluation, {alerts['servers']:,} servers x the {alerts['rules']} default "
+            f"rules (ms, median of {alerts['evaluations']})",
+            f"≤ {alerts['target_ms']:.0f}",
+            f"{median} (max {alerts['evaluate_ms_max']}; {alerts['pending']:,} pending and "
+            f"{alerts['firing']:,} firing; what to send {alerts['due_ms_median']}, the "
+            f"/alerts listing {alerts['api_alerts_ms_median']})",
+            verdict(median, alerts["target_ms"], False),
+        )
+    ]
+
+
+def prom_rows(prom: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    expo, read = prom["exposition"], prom["remote_read"]
+    gz, om = expo["text_gzip"], expo["openmetrics_gzip"]
+    worst = max(gz["seconds_median"], om["seconds_median"])
+    memory = max(expo["peak_rss_rise_mb"], expo["tracemalloc_peak_mb"])
+    return [
+        (
+            f"GET /metrics/servers body, {expo['servers']:,} servers, gzipped, text / OpenMetrics "
+            "(s, median)",
+            "≤ 2",
+            f"{gz['seconds_median']} / {om['seconds_median']} (plain text "
+            f"{expo['text']['seconds_median']}; {expo['text']['bytes'] / 1e6:.0f} MB, "
+            f"{gz['bytes'] / 1e6:.1f} MB gzipped)",
+            verdict(worst, 2, False),
+        ),
+        (
+            "its memory beyond the snapshot: peak RSS rise / tracemalloc peak (MB)",
+            "≤ 100",
+            f"{expo['peak_rss_rise_mb']} / {expo['tracemalloc_peak_mb']} (largest chunk "
+            f"{gz['largest_chunk_bytes'] / 1e3:.0f} KB)",
+            verdict(memory, 100, False),
+        ),
+        (
+            f"remote read, one query over {read['series']:,} series ({read['samples']:,} "
+            "samples), body to body (s, median)",
+            "",
+            f"{read['seconds_median']} ({read['answer_bytes'] / 1e6:.1f} MB snappy)",
+            "",
+        ),
+    ]
+
+
 def redis_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """The Redis store's own table, one row per line."""
     rows = []
@@ -365,6 +453,12 @@ def table(results: dict[str, Any]) -> str:
         rows += redis_http_rows(results["redis_http"])
     if "graphite" in results:
         rows += graphite_rows(results["graphite"])
+    if "alerts" in results:
+        rows += alerts_rows(results["alerts"])
+    if "prom" in results:
+        rows += prom_rows(results["prom"])
+    if "nab" in results:
+        rows += nab_bench.rows(results["nab"])
     lines = ["| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -539,11 +633,13 @@ def report(results: dict[str, Any]) -> str:
         f"Machine: {m['cores']} cores, {m['model']}, {m['memory_gib']} GiB, Linux "
         f"{m['kernel']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-        + f". Mode: {results['mode']}, hold {results['hold_s']} s per step.",
+        + f". Mode: {results['mode']}, hold {results['hold_s']} s per step. "
+        f"Command: `{results['command']}`.",
         "",
         table(results),
         "",
         *http_notes(results.get("http")),
+        *(nab_bench.section(results["nab"]) if "nab" in results else []),
         "## Details",
         "",
         "```json",
@@ -563,7 +659,25 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run (default all: {', '.join(SECTIONS)})",
     )
+    parser.add_argument(
+        "--score",
+        type=Path,
+        metavar="DIR",
+        help="nab: only score the NAB-layout results in DIR (DIR/<detector>/<category>/"
+        "<detector>_<name>.csv) and print each detector's three normalised scores",
+    )
+    parser.add_argument(
+        "--nab-results",
+        type=Path,
+        metavar="DIR",
+        help="nab: write the detector's NAB-layout results to DIR (default: a temporary dir)",
+    )
     args = parser.parse_args(argv)
+    if args.score is not None:
+        if not args.score.is_dir():
+            parser.error(f"--score: {args.score} is not a directory")
+        print(nab_bench.score_lines(nab_bench.score_dir(args.score)))
+        return 0
     only = set(args.only.split(","))
     if only - set(SECTIONS):
         parser.error(f"unknown section(s): {', '.join(sorted(only - set(SECTIONS)))}")
@@ -574,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "hold_s": hold,
         "machine": machine(),
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
     }
     with tempfile.TemporaryDirectory(prefix="servertrack-bench-") as tmp:
         work = Path(tmp)
@@ -607,6 +722,9 @@ def main(argv: list[str] | None = None) -> int:
         if "redis-http" in only:
             print("HTTP reads in Redis mode ...", flush=True)
             results["redis_http"] = redis_http.measure(seconds=10.0 if args.quick else 20.0)
+        if "nab" in only:
+            print("anomaly detector over the NAB corpus ...", flush=True)
+            results["nab"] = nab_bench.measure(args.nab_results)
         if "graphite" in only:
             print("Graphite plaintext ingest and carbon-cache ...", flush=True)
             results["graphite"] = graphite_bench.measure(
@@ -614,6 +732,12 @@ def main(argv: list[str] | None = None) -> int:
                 hold,
                 work,
             )
+        if "alerts" in only:
+            print("alert evaluation ...", flush=True)
+            results["alerts"] = alerts_bench.measure(100_000)
+        if "prom" in only:
+            print("Prometheus exposition and remote read ...", flush=True)
+            results["prom"] = prom_figure(100_000, 3 if args.quick else 7)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
     name = results["mode"] if only == set(SECTIONS) else "-".join(sorted(only))

@@ -84,6 +84,20 @@ def _g(section: str, key: str, metric: str, help_text: str, *labels: str) -> Cou
     return Counter(section, key, metric, help_text, "gauge", labels)
 
 
+def _files_exhausted(section: str) -> Counter:
+    return Counter(
+        section,
+        "files_exhausted",
+        "servertrack_open_files_exhausted",
+        "Times each ServerTrack process reached its open-files limit (EMFILE) and carried on "
+        "without the descriptor it wanted (a connection not accepted, a snapshot or a memory "
+        "figure not taken); the log says what.",
+        "counter",
+        (),
+        (("process", section),),
+    )
+
+
 def _rss(section: str) -> Counter:
     return Counter(
         section,
@@ -200,9 +214,24 @@ COUNTERS: tuple[Counter, ...] = (
         "graphite_connections_closed",
         "servertrack_graphite_connections_closed",
         "Graphite connections that ended, by reason: the client closed it, idle past "
-        "--graphite-idle-timeout, over --graphite-rate, a socket error, or the receiver stopping.",
+        "--graphite-idle-timeout, a line slower than --graphite-line-timeout, under "
+        "--graphite-min-rate, over --graphite-rate, a socket error, or the receiver stopping.",
         "reason",
     ),
+    _g(
+        RECEIVER,
+        "ingest_connections_open",
+        "servertrack_ingest_connections_open",
+        "Connections open on the agents' ingest port (ZeroMQ), handshaking ones included.",
+    ),
+    _c(
+        RECEIVER,
+        "ingest_connections_refused",
+        "servertrack_ingest_connections_refused",
+        "Connections to the agents' ingest port cut at once because --ingest-max-connections "
+        "were open (a refused agent connects again by itself).",
+    ),
+    _files_exhausted(RECEIVER),
     _rss(RECEIVER),
     # aggregator
     _c(AGGREGATOR, "applied", "servertrack_samples_applied", "Samples applied to the rollups."),
@@ -285,7 +314,8 @@ COUNTERS: tuple[Counter, ...] = (
         AGGREGATOR,
         "store_errors",
         "servertrack_store_errors",
-        "Merges into Redis that failed (Redis unreachable or too slow); retried with backoff.",
+        "Merges into Redis that failed (Redis unreachable, too slow, full, or refusing the "
+        "Function calls); retried with backoff.",
     ),
     _g(
         AGGREGATOR,
@@ -327,6 +357,7 @@ COUNTERS: tuple[Counter, ...] = (
         "servertrack_snapshot_age_seconds",
         "Seconds since the aggregator last wrote its snapshot.",
     ),
+    _files_exhausted(AGGREGATOR),
     _rss(AGGREGATOR),
     # the API process
     Counter(
@@ -349,7 +380,8 @@ COUNTERS: tuple[Counter, ...] = (
         "connections_closed",
         "servertrack_http_connections_closed",
         "Connections the API closed itself, by reason: idle keep-alive, a request too slow to "
-        "arrive, or the oldest idle one evicted at the connection limit.",
+        "arrive, the oldest idle one evicted at the connection limit, or (granian) a POST that "
+        "found every body slot taken.",
         "reason",
     ),
     _c(
@@ -361,6 +393,7 @@ COUNTERS: tuple[Counter, ...] = (
         "(asked of the aggregator).",
         "result",
     ),
+    _files_exhausted(API),
     _rss(API),
 )
 
@@ -385,21 +418,102 @@ STATS_ONLY = MappingProxyType(
 AGGREGATOR_DROP_REASONS = MappingProxyType(
     {
         "unknown_server": "samples from a receiver id the aggregator could not name",
-        "server_limit": "samples of a new server beyond the aggregator's --max-servers",
+        "server_limit": "samples of a new server beyond the aggregator's --max-servers (memory "
+        "store only: with Redis, only the receiver refuses new servers, before it answers)",
+        "corrupt_key": "samples of a server whose keys in Redis are corrupt (a key of the wrong "
+        "type, a field of the wrong size): not written; the log names the key",
         "malformed_batch": "batch messages that could not be decoded",
         "batch_error": "batches whose application failed (logged with a traceback)",
     }
 )
-CLOSE_REASONS = ("idle", "slow_request", "evicted")
+CLOSE_REASONS = ("idle", "slow_request", "evicted", "body_slots_full")
 GRAPHITE_CLOSE_REASONS = MappingProxyType(
     {
         "client": "the client closed the connection",
         "idle": "no byte for --graphite-idle-timeout seconds",
+        "slow_line": "a line not whole --graphite-line-timeout seconds after its first byte",
+        "slow_rate": "fewer than --graphite-min-rate bytes a second over a --graphite-idle-timeout "
+        "window",
         "rate_limited": "more lines than --graphite-rate allows",
         "error": "a socket error (reset by the peer, ...)",
         "stopping": "the receiver stopped",
     }
 )
+
+
+ALERTS = "alerts"
+ALERT_DROP_REASONS = MappingProxyType(
+    {
+        "queue_full": "the Alertmanager's queue held its limit of other alerts: the oldest went",
+        "rejected": "the Alertmanager refused the batch as malformed (a 4xx other than 408, 429)",
+        "closed": "still queued when the host stopped",
+    }
+)
+ALERT_COUNTERS: tuple[Counter, ...] = (
+    _g(
+        ALERTS,
+        "alerts_pending",
+        "servertrack_alerts_pending",
+        "Alerts whose condition holds but not yet for the rule's for.",
+    ),
+    _g(ALERTS, "alerts_firing", "servertrack_alerts_firing", "Alerts firing now."),
+    _c(
+        ALERTS,
+        "alertmanager_sent",
+        "servertrack_alerts_sent",
+        "Alerts delivered to each Alertmanager (POSTs it answered with 200).",
+        "alertmanager",
+    ),
+    _c(
+        ALERTS,
+        "alertmanager_failed",
+        "servertrack_alerts_send_errors",
+        "POSTs to each Alertmanager that failed (no answer, a timeout, a 5xx, 408 or 429); "
+        "their alerts are tried again with backoff.",
+        "alertmanager",
+    ),
+    _c(
+        ALERTS,
+        "alertmanager_dropped",
+        "servertrack_alerts_dropped",
+        "Alerts never delivered to an Alertmanager, by reason.",
+        "alertmanager",
+        "reason",
+    ),
+    _g(
+        ALERTS,
+        "alertmanager_queued",
+        "servertrack_alerts_queue_length",
+        "Alerts waiting to be sent to each Alertmanager.",
+        "alertmanager",
+    ),
+)
+"""The alerting counters: the evaluator's (``AlertEvaluator.stats``) and the delivery's
+(``Alertmanagers.stats``), for an ``alerts`` section. They join :data:`COUNTERS` (and with them
+``/stats``, ``/metrics`` and the OpenAPI document) once a process reports that section."""
+
+
+PROMETHEUS_REJECT_REASONS = MappingProxyType(
+    {
+        # GET /metrics/servers
+        "unknown_parameter": "a query parameter other than match[] and server",
+        "bad_selector": "a match[] series selector that does not parse, or whose every matcher "
+        "matches the empty string",
+        "bad_regex": "a regular expression that RE2 cannot compile (or over 4 KiB)",
+        # POST /api/v1/read
+        "too_large": "a remote-read body over 1 MiB, compressed or decompressed",
+        "bad_encoding": "a remote-read body whose Content-Encoding is not snappy, or whose "
+        "Content-Type is not application/x-protobuf",
+        "bad_snappy": "a remote-read body that is not one snappy block",
+        "bad_protobuf": "a remote-read body that is not a ReadRequest message",
+        "bad_matcher": "a remote-read matcher of an unknown type",
+        "unsupported_response_type": "a remote-read request accepting only streamed chunks",
+        "too_many_queries": "a remote-read request with more queries than the cap",
+        "too_many_series": "a remote-read query matching more series than the cap",
+        "too_many_samples": "a remote-read query whose answer holds more samples than the cap",
+    }
+)
+"""Why ``GET /metrics/servers`` or ``POST /api/v1/read`` refused a request (a 400 naming it)."""
 
 
 def declared(section: str) -> dict[str, Counter]:

@@ -45,15 +45,24 @@ def valid_fqdn(name: Any) -> bool:
     return type(name) is str and FQDN_RE.fullmatch(name) is not None
 
 
+def valid_percent(value: Any) -> bool:
+    """The one rule for a cpu or ram value, on every path (agents, HTTP records, Graphite points):
+    an int or a float from 0 to 100. A string (``"50"``, ``"5_0"``), a bool, NaN and the
+    infinities are not. ``-0.0`` is (it is zero): it is stored as ``0.0``."""
+    kind = type(value)
+    return (kind is float or kind is int) and 0.0 <= value <= 100.0
+
+
 def check_percent(field: str, value: Any) -> float | None:
-    """``value`` as a float percentage, ``None`` if absent; raises on anything else."""
+    """``value`` as a float percentage (``-0.0`` as ``0.0``), ``None`` if absent; raises on
+    anything else."""
     if value is None:
         return None
-    if not _is_number(value) or not 0.0 <= value <= 100.0:
+    if not valid_percent(value):
         raise InvalidSample(
-            f"bad_{field}", f"{field} must be a number from 0 to 100, got {value!r}"
+            f"bad_{field}", f"{field} must be a number from 0 to 100, got {value!r:.64}"
         )
-    return float(value)
+    return float(value) + 0.0
 
 
 def check_ts(value: Any) -> float:

@@ -7,9 +7,11 @@ The rollup oracle lives in :mod:`servertrack.common.oracle`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -101,16 +103,29 @@ def wait_until(predicate: Callable[[], Any], deadline: float, what: str, step: f
     )
 
 
+def limit_open_files(files: int) -> None:
+    """In a child before ``exec`` (``preexec_fn``): at most ``files`` open files, soft and hard
+    (so the child cannot raise it back)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
+
 @dataclass
 class ChildProcess:
     """A command started in its own session (so its whole group can be killed), logging to a
-    file; :meth:`stop` sends SIGTERM and waits, killing the group if it is too slow."""
+    file; :meth:`stop` sends SIGTERM and waits, killing the group if it is too slow.
+    ``open_files`` limits it (and its children) to that many open files."""
 
     argv: list[str]
     log_path: Path
     process: subprocess.Popen | None = None
+    open_files: int | None = None
 
     def start(self) -> ChildProcess:
+        limit = (
+            None
+            if self.open_files is None
+            else functools.partial(limit_open_files, self.open_files)
+        )
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv,
@@ -118,6 +133,7 @@ class ChildProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=limit,  # setrlimit only: safe between fork and exec
             )
         return self
 
@@ -191,8 +207,11 @@ class HostUnderTest:
         raise LookupError(f"no {name} child")
 
 
-def launch_host(workdir: Path, *extra: str, name: str = "host") -> HostUnderTest:
-    """Start ``servertrack run`` with free ports under ``workdir`` and wait until it is healthy."""
+def launch_host(
+    workdir: Path, *extra: str, name: str = "host", open_files: int | None = None
+) -> HostUnderTest:
+    """Start ``servertrack run`` with free ports under ``workdir`` and wait until it is healthy;
+    ``open_files`` limits the host and its daemons to that many open files each."""
     api_port, ingest_port = free_port(), free_port()
     argv = servertrack_argv(
         "run",
@@ -206,7 +225,7 @@ def launch_host(workdir: Path, *extra: str, name: str = "host") -> HostUnderTest
         str(workdir / f"{name}-data"),
         *extra,
     )
-    process = ChildProcess(argv, workdir / f"{name}.log").start()
+    process = ChildProcess(argv, workdir / f"{name}.log", open_files=open_files).start()
     host = HostUnderTest(process, api_port, ingest_port)
     try:
         wait_until(lambda: host.get("/health")[0] == 200, READY_DEADLINE, "the host to be healthy")
@@ -253,3 +272,40 @@ def random_history(rng: random.Random, name: str, now: float, count: int) -> lis
         ram = round(rng.uniform(0, 100), 3) if index % 11 or cpu is None else None
         out.append((name, ts, cpu, ram))
     return out
+
+
+# -- ZeroMQ peers written by hand, for hostile-client tests -------------------------------------
+ZMTP_GREETING = (
+    b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+)
+"""A ZMTP 3.0 greeting: signature, version 3.0, the NULL mechanism, as client, filler."""
+
+
+def zmtp_ready(socket_type: bytes) -> bytes:
+    """The READY command of a NULL-mechanism peer of ``socket_type`` (``b"PUB"``...)."""
+    body = b"\x05READY\x0bSocket-Type" + len(socket_type).to_bytes(4, "big") + socket_type
+    return b"\x04" + bytes([len(body)]) + body
+
+
+def open_zmtp_connection(
+    port: int, socket_type: bytes = b"PUB", timeout: float = 5.0
+) -> socket.socket | None:
+    """A TCP connection to a ZeroMQ socket on 127.0.0.1:``port`` that has gone through the ZMTP
+    handshake (greetings and READY commands exchanged) and then holds still, as a client hoarding
+    connections would; ``None`` when the peer ended it during the handshake. The caller closes
+    it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        sock.sendall(ZMTP_GREETING)
+        received = b""
+        while len(received) < len(ZMTP_GREETING) + 2:  # its greeting and its READY's header
+            chunk = sock.recv(256)
+            if not chunk:
+                sock.close()
+                return None
+            received += chunk
+        sock.sendall(zmtp_ready(socket_type))
+    except (ConnectionResetError, BrokenPipeError):
+        sock.close()
+        return None
+    return sock

@@ -24,7 +24,7 @@ from servertrack.forward.points import MalformedAnswer, WindowCollector, WindowP
 from servertrack.forward.sink import Batch, GraphiteSink
 from servertrack.forward.source import SourceError
 from servertrack.forward.state_file import StateFile
-from servertrack.forward.windows import Plan, Schedule, oldest_readable, scale_of
+from servertrack.forward.windows import Plan, Schedule, align_up, oldest_readable, scale_of
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +101,33 @@ class Forwarder:
         self.monotonic = monotonic
         self.stop = stop or threading.Event()
         done_until = state.load() if state is not None else None
+        if done_until is not None:
+            done_until = self._not_ahead(done_until, clock(), config.interval)
         self.schedule = Schedule(config.interval, config.grace, config.backfill, done_until)
         self.counters = Counters()
         self.in_flight: dict[int, InFlight] = {}
         self.retry_at = float("-inf")
         self.next_report = monotonic() + config.report_every
+
+    def _not_ahead(self, done_until: int, now: float, interval: int) -> int:
+        """``done_until``, or the end of the window in progress when the state file says windows
+        were handled beyond it (written while the clock ran ahead). Kept as it is, nothing would
+        be sent until the clock caught up with it, maybe for days; so the forwarder resumes
+        from now: the first window sent is the one starting at the end of the window in
+        progress, and nothing the file counts as handled is sent again."""
+        if done_until <= now:
+            return done_until
+        resumed = min(done_until, align_up(now, interval))
+        log.warning(
+            "state file %s says windows up to %s were handled, %.0f s ahead of this clock (was "
+            "the clock ahead when it was written?); resuming from now: the first window sent "
+            "starts at %s (the sink may hold points stamped later)",
+            self.state.path if self.state is not None else "",
+            iso_utc(done_until),
+            done_until - now,
+            iso_utc(resumed),
+        )
+        return resumed
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:

@@ -13,6 +13,13 @@ import tempfile
 from pathlib import Path
 
 VERSION = 1
+LATEST = 253_402_300_799
+"""9999-12-31T23:59:59Z, the last second a date can name: a larger ``done_until`` is no time."""
+MAX_SIZE = 4096
+"""A state file is some 40 bytes; more than this is not one (and is not read whole)."""
+
+
+MOVE_AWAY = "move it away to start afresh (windows up to --backfill back are then sent again)"
 
 
 class StateFileError(ValueError):
@@ -24,23 +31,32 @@ class StateFile:
         self.path = Path(path)
 
     def load(self) -> int | None:
-        """``done_until`` from the file, or None when there is no file yet."""
+        """``done_until`` from the file, or None when there is no file yet. Anything else than
+        a JSON object whose ``done_until`` is a whole number of seconds from 0 to
+        :data:`LATEST` raises :class:`StateFileError` with a message saying what is wrong."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with self.path.open("rb") as file:
+                raw = file.read(MAX_SIZE + 1)
         except FileNotFoundError:
             return None
         except OSError as err:
             raise StateFileError(f"cannot read state file {self.path}: {err}") from err
         try:
-            data = json.loads(text)
+            if len(raw) > MAX_SIZE:
+                raise ValueError(f"over {MAX_SIZE} bytes")
+            data = json.loads(raw.decode("utf-8"))
             value = data["done_until"]
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as err:
             raise StateFileError(
-                f"state file {self.path} is not a forwarder state ({err!r}); move it away to "
-                "start afresh (windows up to --backfill back are then sent again)"
+                f"state file {self.path} is not a forwarder state ({type(err).__name__}: "
+                f"{str(err)[:200]}); {MOVE_AWAY}"
             ) from err
-        if type(value) is not int or value < 0:
-            raise StateFileError(f"state file {self.path}: done_until is {value!r}")
+        if type(value) is not int or not 0 <= value <= LATEST:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise StateFileError(
+                f"state file {self.path}: done_until is {shown}, not a time in seconds from "
+                f"0 to {LATEST}; {MOVE_AWAY}"
+            )
         return value
 
     def save(self, done_until: int) -> None:

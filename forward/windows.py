@@ -68,7 +68,7 @@ def check_settings(interval: int, grace: int, backfill: int) -> None:
         )
 
 
-def _align_up(ts: float, interval: int) -> int:
+def align_up(ts: float, interval: int) -> int:
     """The first multiple of ``interval`` at or after ``ts``."""
     return -(-math.ceil(ts) // interval) * interval
 
@@ -107,7 +107,7 @@ class Schedule:
 
     def earliest_allowed(self, now: float) -> int:
         """Start of the oldest window still inside ``--backfill`` at ``now``."""
-        return _align_up(now - self.backfill, self.interval)
+        return align_up(now - self.backfill, self.interval)
 
     def plan(self, now: float) -> Plan:
         """The windows due at ``now``, oldest first, and those given up. Changes nothing."""
@@ -116,7 +116,7 @@ class Schedule:
         if self.done_until is None:
             first, skipped = earliest, 0
         else:
-            first = _align_up(self.done_until, self.interval)
+            first = align_up(self.done_until, self.interval)
             skipped = max(0, min(earliest, latest + self.interval) - first) // self.interval
         start = max(first, earliest)
         windows = tuple(range(start, latest + 1, self.interval))
@@ -136,5 +136,5 @@ class Schedule:
         """Wall time at which the next window becomes due (``now`` or earlier: due already)."""
         if self.done_until is None:
             return now
-        start = max(_align_up(self.done_until, self.interval), self.earliest_allowed(now))
+        start = max(align_up(self.done_until, self.interval), self.earliest_allowed(now))
         return float(start + self.interval + self.grace)

@@ -26,6 +26,7 @@ COMMANDS = {
     ),
     "loadgen": ("servertrack.loadgen.fleet", "simulate a fleet and check the answers"),
     "keys": ("servertrack.host.keys", "generate a CURVE key pair"),
+    "rules": ("servertrack.alerts.cli", "check an alert rules file (rules check FILE)"),
 }
 
 

@@ -20,6 +20,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from servertrack.agent.probe import node_name
+from servertrack.api.exposure import FLAG as BEHIND_PROXY
+from servertrack.api.exposure import granian_exposure_error
 from servertrack.common.config import (
     add_option,
     add_switch,
@@ -117,6 +120,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     add_option(
         parser, "--workers", 1, "api: granian worker processes (waitress has one)", positive_int
+    )
+    add_switch(
+        parser,
+        BEHIND_PROXY,
+        "api: a proxy that buffers request bodies is in front, so --http granian may listen "
+        "beyond loopback",
     )
     add_option(
         parser,
@@ -312,6 +321,7 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
                 args.http,
                 "--workers",
                 str(args.workers),
+                *([BEHIND_PROXY] if args.behind_buffering_proxy else []),
                 "--receiver-control",
                 control,
                 "--aggregator-query",
@@ -421,6 +431,9 @@ def run(args: argparse.Namespace) -> int:
             "servertrack run: --retention must be longer than --snapshot-interval, or a crash "
             "between two snapshots could lose batches the receiver no longer holds"
         )
+    exposure = granian_exposure_error(args.http, args.bind, args.behind_buffering_proxy)
+    if exposure:
+        fatal(f"servertrack run: {exposure}")
     check_ports(args)
     locks = []
     try:
@@ -439,7 +452,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         children = plan(args, runtime_dir)
         shown = "127.0.0.1" if args.bind in ("0.0.0.0", "*") else args.bind
-        print(f"ServerTrack API on http://{shown}:{args.api_port}  (Ctrl-C stops)", flush=True)
+        base = f"http://{shown}:{args.api_port}"
+        print(f"ServerTrack API on {base}  (Ctrl-C stops)", flush=True)
+        if not args.no_agent:
+            name = args.agent_name or node_name()
+            print(
+                f"The local agent reports as {name!r}: curl -s {base}/servers/{name}/loads",
+                flush=True,
+            )
         with stop_on_signals(stop):
             code = supervise(children, stop)
     finally:

@@ -17,7 +17,12 @@ from servertrack.common import endpoints, rpc
 from servertrack.common.buckets import Clock
 from servertrack.common.gc_pause import gc_paused
 from servertrack.common.lifecycle import Ticker
-from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
+from servertrack.common.limits import (
+    DEFAULT_DEDUP_LIMIT,
+    DEFAULT_MAX_SERVERS,
+    FileShortage,
+    out_of_files,
+)
 from servertrack.common.wire import MSGPACK
 from servertrack.receiver import curve
 from servertrack.receiver.graphite import (
@@ -29,9 +34,12 @@ from servertrack.receiver.graphite import (
 )
 from servertrack.receiver.graphite_listener import (
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LINE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MIN_RATE,
     GraphiteListener,
 )
+from servertrack.receiver.ingest_limit import IngestLimit, plan_connections
 from servertrack.receiver.state import ReceiverState
 
 log = logging.getLogger(__name__)
@@ -79,6 +87,10 @@ class ReceiverConfig:
     graphite_rate: float = DEFAULT_RATE
     graphite_max_connections: int = DEFAULT_MAX_CONNECTIONS
     graphite_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    graphite_line_timeout: float = DEFAULT_LINE_TIMEOUT
+    graphite_min_rate: float = DEFAULT_MIN_RATE
+    ingest_max_connections: int | None = None
+    """Connections the ingest port holds at most (None: what the open-files limit leaves)."""
 
 
 class ReceiverDaemon:
@@ -101,6 +113,8 @@ class ReceiverDaemon:
             dedup_limit=config.dedup_limit,
         )
         self.stop = threading.Event()
+        self.files = FileShortage("receiver")
+        self.ingest: IngestLimit | None = None
         self.graphite: GraphiteListener | None = None
         if config.graphite:
             intake = GraphiteIntake(
@@ -115,11 +129,22 @@ class ReceiverDaemon:
                 config.graphite_max_connections,
                 config.graphite_idle_timeout,
                 clock,
+                line_timeout=config.graphite_line_timeout,
+                min_rate=config.graphite_min_rate,
+                files=self.files,
             )
         self._push: zmq.Socket | None = None
         self._process = psutil.Process()
+        self._rss = 0
 
     def run(self) -> None:
+        """Serve until ``stop`` is set. Raises ``rpc.BindError`` for an endpoint it cannot bind
+        and ``ingest_limit.FilesTooFew`` for an open-files limit too low to run with."""
+        ingest_cap, graphite_cap = plan_connections(
+            self.config.ingest_max_connections,
+            None if self.graphite is None else self.config.graphite_max_connections,
+        )
+        log.info("at most %d connections on the ingest port", ingest_cap)
         ctx = self.context
         sub = ctx.socket(zmq.SUB)
         control = push = auth = None
@@ -129,10 +154,13 @@ class ReceiverDaemon:
             sub.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
             sub.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_MESSAGE)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self.ingest = IngestLimit(sub, ingest_cap, self.state)
+            poller = zmq.Poller()
+            poller.register(self.ingest.start(), zmq.POLLIN)  # before bind: none is missed
             self.resume()
             rpc.bind(sub, self.config.bind)
-            poller = zmq.Poller()
-            if self.graphite is not None:
+            if self.graphite is not None and graphite_cap is not None:
+                self.graphite.max_connections = graphite_cap
                 self.graphite.open(poller)
             control = rpc.bind_router(ctx, self.config.control)
             push = ctx.socket(zmq.PUSH)
@@ -145,6 +173,8 @@ class ReceiverDaemon:
         finally:
             if self.graphite is not None:
                 self.graphite.close()
+            if self.ingest is not None:
+                self.ingest.close()
             for sock in (sub, control, push):
                 if sock is not None:
                     sock.close(linger=0)
@@ -157,23 +187,42 @@ class ReceiverDaemon:
         poller.register(sub, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
         ticker = Ticker(self.config.flush_interval)
-        graphite = self.graphite
         while not self.stop.is_set():
-            ready = dict(poller.poll(timeout=max(1, int(ticker.remaining() * 1000))))
-            if sub in ready:
-                self._drain(sub)
-            if graphite is not None and ready:
-                graphite.serve(ready, time.monotonic() + min(GRAPHITE_BUDGET, ticker.remaining()))
-            if control in ready:
-                end = time.monotonic() + min(CONTROL_BUDGET, ticker.remaining())
-                while control.poll(0, zmq.POLLIN):
-                    rpc.serve_one(control, self._handle)
-                    if time.monotonic() >= end:
-                        break
-            if ticker.due():
-                self.flush(push)
-                if graphite is not None:
-                    graphite.sweep()
+            try:
+                self._turn(poller, sub, control, push, ticker)
+            except (OSError, zmq.ZMQError) as err:
+                if not out_of_files(err):
+                    raise
+                self.files.note("in its loop", err)  # what needs no new descriptor goes on
+                self.stop.wait(0.01)
+
+    def _turn(
+        self,
+        poller: zmq.Poller,
+        sub: zmq.Socket,
+        control: zmq.Socket,
+        push: zmq.Socket,
+        ticker: Ticker,
+    ) -> None:
+        """One wake-up of the loop: read what is ready, and flush when the second is up."""
+        graphite = self.graphite
+        ready = dict(poller.poll(timeout=max(1, int(ticker.remaining() * 1000))))
+        if self.ingest is not None and self.ingest.monitor in ready:
+            self.ingest.serve()
+        if sub in ready:
+            self._drain(sub)
+        if graphite is not None and ready:
+            graphite.serve(ready, time.monotonic() + min(GRAPHITE_BUDGET, ticker.remaining()))
+        if control in ready:
+            end = time.monotonic() + min(CONTROL_BUDGET, ticker.remaining())
+            while control.poll(0, zmq.POLLIN):
+                rpc.serve_one(control, self._handle)
+                if time.monotonic() >= end:
+                    break
+        if ticker.due():
+            self.flush(push)
+            if graphite is not None:
+                graphite.sweep()
 
     def _drain(self, sub: zmq.Socket) -> None:
         """Read up to ``DRAIN_LIMIT`` waiting messages into the state.
@@ -239,9 +288,10 @@ class ReceiverDaemon:
 
     def flush(self, push: zmq.Socket) -> None:
         now = self.clock()
+        self.state.files_exhausted = self.files.count
         with gc_paused():  # a batch announcing many new servers is many small objects
             batch = self.state.flush(now)
-            batch.counters["rss_bytes"] = self._process.memory_info().rss
+            batch.counters["rss_bytes"] = self._memory()
             frames = batch.encode()
         self.state.remember(batch, frames, now)
         try:
@@ -249,6 +299,16 @@ class ReceiverDaemon:
         except zmq.Again:
             self.state.forward_dropped += len(batch)
             log.warning("aggregator backlog full: batch %d kept only for replay", batch.number)
+
+    def _memory(self) -> int:
+        """Resident memory, read from /proc (an open file); out of descriptors, the last figure."""
+        try:
+            self._rss = int(self._process.memory_info().rss)
+        except OSError as err:  # psutil lets EMFILE through as it is
+            if not out_of_files(err):
+                raise
+            self.files.note("reading its memory use", err)
+        return self._rss
 
     # -- requests from the API and the aggregator ---------------------------------------------
     def _handle(self, request: Any) -> bytes:

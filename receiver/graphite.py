@@ -6,7 +6,10 @@ by spaces or tabs. ``value`` and ``timestamp`` are numbers (integer or float); a
 ``-1`` means "now" (the receiving clock). Every line is counted once, in ``received`` of source
 ``graphite`` and then in ``accepted``, ``duplicates`` or ``rejected["graphite"][reason]``:
 
-- ``bad_line``: not three fields, a field that is not a number, or a path that is not UTF-8;
+- ``bad_line``: not three fields, a field that is not a number, or a path that is not UTF-8.
+  A number is what ``float()`` reads, but for digit separators: ``5_0`` is refused, not taken as
+  50. Python's ``float`` (so carbon-cache) and Go's ``strconv.ParseFloat`` accept them, but no
+  Graphite writer sends them, and such a value is more likely a mangled line than a reading;
 - ``unmapped``: no rule maps the path (checked before the value, so collectd's many other
   series count here whatever their value);
 - ``nan``: the value is ``nan`` (collectd sends it for a first reading);
@@ -197,13 +200,16 @@ class PathMapper:
 
 class Stream:
     """What one connection's bytes left behind: the half line waiting for its newline, whether
-    an over-long line is being discarded, and the rate limit's token bucket."""
+    an over-long line is being discarded, when that unfinished line began, and the rate limit's
+    token bucket."""
 
-    __slots__ = ("refilled", "skipping", "tail", "tokens")
+    __slots__ = ("began", "refilled", "skipping", "tail", "tokens")
 
     def __init__(self, tokens: float, now: float) -> None:
         self.tail = b""
         self.skipping = False
+        self.began: float | None = None
+        """Monotonic time of the first byte of the line not finished yet (None: none is)."""
         self.tokens = tokens
         self.refilled = now
 
@@ -233,13 +239,17 @@ class GraphiteIntake:
 
     def feed(self, stream: Stream, data: bytes, now: float, mono: float) -> bool:
         """Take the bytes a connection sent; False when it went over its line rate (the lines
-        beyond are counted ``rate_limited``, and the caller must close it)."""
+        beyond are counted ``rate_limited``, and the caller must close it). Notes in
+        ``stream.began`` when the line left unfinished began (for the line deadline)."""
+        if not data:
+            return True
         if stream.skipping:
             end = data.find(b"\n")
             if end < 0:
-                return True
+                return True  # the discarded line goes on: it began when it began
             data = data[end + 1 :]
             stream.skipping = False
+            stream.began = None
         if stream.tail:
             data = stream.tail + data
         lines = data.split(b"\n")
@@ -249,6 +259,10 @@ class GraphiteIntake:
             stream.skipping = True
             tail = b""
         stream.tail = tail
+        if not (tail or stream.skipping):
+            stream.began = None
+        elif lines or stream.began is None:
+            stream.began = mono  # a new line began in these bytes
         if not lines:
             return True
         tokens = min(self.rate, stream.tokens + (mono - stream.refilled) * self.rate)
@@ -295,6 +309,9 @@ class GraphiteIntake:
                     continue
             if target is None:
                 reject("unmapped", 1, SOURCE)
+                continue
+            if b"_" in value_text or b"_" in ts_text:  # float() takes "5_0" as 50
+                reject("bad_line", 1, SOURCE)
                 continue
             try:
                 value = float(value_text)

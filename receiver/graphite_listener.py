@@ -8,7 +8,13 @@ everything and nothing needs a lock. Parsing and mapping are :mod:`receiver.grap
   gives it, and reads at most ``READS_PER_TURN`` chunks from one connection), so batches keep
   their one-second cadence under any Graphite load; the connections served first take turns.
 - At most ``max_connections`` are open: a newcomer beyond it is closed at once (counted
-  ``graphite_connections_refused``). A connection silent for ``idle_timeout`` seconds is closed.
+  ``graphite_connections_refused``). A connection is closed when it holds a place without using
+  it: silent for ``idle_timeout`` seconds (``idle``), a line not whole ``line_timeout`` seconds
+  after its first byte (``slow_line``), or fewer than ``min_rate`` bytes a second over a window of
+  ``idle_timeout`` seconds (``slow_rate``). Trickling a byte now and then keeps a connection from
+  being idle, never from the other two.
+- Out of file descriptors, accepting stops until the next sweep (the listening socket would
+  otherwise wake the loop at once, again and again) and the shortage is counted.
 - Each closed connection is counted by reason in ``graphite_connections_closed``; the half line
   it leaves, if any, in ``rejected["graphite"]["partial_line"]``.
 """
@@ -27,7 +33,7 @@ import zmq
 
 from servertrack.common.buckets import Clock
 from servertrack.common.config import ENDPOINT_RE
-from servertrack.common.limits import raise_open_files_limit
+from servertrack.common.limits import FileShortage, out_of_files
 from servertrack.common.rpc import BindError
 from servertrack.receiver.graphite import GraphiteIntake, Stream
 
@@ -41,8 +47,14 @@ ACCEPTS_PER_TURN = 64
 BACKLOG = 128
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 120.0
-SPARE_FILES = 256
-"""Open files kept for everything but Graphite connections (sockets, the ZeroMQ context...)."""
+DEFAULT_LINE_TIMEOUT = 10.0
+"""Seconds a line may take from its first byte to its newline. A writer sends a line whole (TCP
+may split it, and the rest follows within milliseconds); only a client that trickles takes
+longer."""
+DEFAULT_MIN_RATE = 0.5
+"""Bytes a second a connection must send, on average over each ``idle_timeout`` window: 60 bytes
+in two minutes. One line a minute with a timestamp (30 bytes or more) is enough; a client that
+trickles a byte every few seconds to hold a place is not."""
 LOG_EVERY = 60.0
 """Seconds between two warnings about refused or cut connections."""
 
@@ -58,7 +70,7 @@ def tcp_address(endpoint: str) -> tuple[str, int]:
 
 
 class Connection:
-    __slots__ = ("fd", "last", "peer", "sock", "stream")
+    __slots__ = ("fd", "last", "peer", "sock", "stream", "window_bytes", "window_start")
 
     def __init__(self, sock: socket.socket, peer: Any, stream: Stream, now: float) -> None:
         self.sock = sock
@@ -66,6 +78,10 @@ class Connection:
         self.peer = peer
         self.stream = stream
         self.last = now
+        """Monotonic time of the last byte read."""
+        self.window_start = now
+        self.window_bytes = 0
+        """Bytes read since ``window_start`` (for the minimum rate)."""
 
 
 class GraphiteListener:
@@ -79,33 +95,35 @@ class GraphiteListener:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         clock: Clock = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        line_timeout: float = DEFAULT_LINE_TIMEOUT,
+        min_rate: float = DEFAULT_MIN_RATE,
+        files: FileShortage | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.intake = intake
         self.state = intake.state
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.line_timeout = line_timeout
+        self.min_rate = min_rate
         self.clock = clock
         self.monotonic = monotonic
+        self.files = files or FileShortage("receiver")
         self.sock: socket.socket | None = None
         self.fd = -1
         self.poller: zmq.Poller | None = None
         self.connections: dict[int, Connection] = {}
+        self.accepting = False
+        """Whether the listening socket is in the poller (not while out of descriptors)."""
         self._turn = 0
         self._logged = float("-inf")
 
     # -- lifecycle ----------------------------------------------------------------------------
     def open(self, poller: zmq.Poller) -> None:
-        """Bind and listen, and register with ``poller``; :class:`BindError` names the endpoint."""
+        """Bind and listen, and register with ``poller``; :class:`BindError` names the endpoint.
+        ``max_connections`` must fit in the open-files limit (``ingest_limit.plan_connections``
+        sizes it)."""
         host, port = tcp_address(self.endpoint)
-        files = raise_open_files_limit(self.max_connections + SPARE_FILES)
-        if files - SPARE_FILES < self.max_connections:
-            self.max_connections = max(16, files - SPARE_FILES)
-            log.warning(
-                "open files limited to %d: at most %d Graphite connections",
-                files,
-                self.max_connections,
-            )
         try:
             family, kind, proto, _, address = socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -125,6 +143,7 @@ class GraphiteListener:
         self.fd = sock.fileno()
         self.poller = poller
         poller.register(self.fd, zmq.POLLIN)
+        self.accepting = True
         log.info("Graphite plaintext on %s", self.endpoint)
 
     def close(self) -> None:
@@ -132,8 +151,9 @@ class GraphiteListener:
         for connection in list(self.connections.values()):
             self._drop(connection, "stopping")
         if self.sock is not None:
-            if self.poller is not None:
+            if self.poller is not None and self.accepting:
                 self.poller.unregister(self.fd)
+            self.accepting = False
             self.sock.close()
             self.sock = None
 
@@ -156,11 +176,31 @@ class GraphiteListener:
                 return
 
     def sweep(self) -> None:
-        """Close the connections silent for ``idle_timeout`` seconds (call about once a second)."""
-        cutoff = self.monotonic() - self.idle_timeout
-        for connection in [c for c in self.connections.values() if c.last < cutoff]:
-            log.debug("closing the idle Graphite connection from %s", connection.peer)
-            self._drop(connection, "idle")
+        """Close the connections that hold a place without using it (see the module docstring),
+        and accept again after a shortage of descriptors; call about once a second."""
+        now = self.monotonic()
+        for connection in list(self.connections.values()):
+            reason = self._slack(connection, now)
+            if reason is not None:
+                log.debug("closing the Graphite connection from %s: %s", connection.peer, reason)
+                self._drop(connection, reason)
+        if not self.accepting and self.sock is not None and self.poller is not None:
+            self.poller.register(self.fd, zmq.POLLIN)
+            self.accepting = True
+
+    def _slack(self, connection: Connection, now: float) -> str | None:
+        """Why ``connection`` should be closed now, if it should."""
+        if now - connection.last > self.idle_timeout:
+            return "idle"
+        began = connection.stream.began
+        if began is not None and now - began > self.line_timeout:
+            return "slow_line"
+        elapsed = now - connection.window_start
+        if elapsed >= self.idle_timeout:
+            if connection.window_bytes < self.min_rate * elapsed:
+                return "slow_rate"
+            connection.window_start, connection.window_bytes = now, 0
+        return None
 
     # -- connections --------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -171,11 +211,16 @@ class GraphiteListener:
                 sock, peer = self.sock.accept()
             except BlockingIOError:
                 return
-            except OSError as err:  # out of files, or the peer gave up: try again later
+            except OSError as err:
+                if out_of_files(err):  # accept again at the next sweep, not at once
+                    self.files.note("accepting a Graphite connection", err)
+                    self.poller.unregister(self.fd)
+                    self.accepting = False
+                    return
                 if err.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     self._warn(f"cannot accept a Graphite connection: {err}")
                     return
-                continue
+                continue  # the peer gave up
             if len(self.connections) >= self.max_connections:
                 # RST at once (linger 0), so the client does not write into a dead socket.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -207,6 +252,7 @@ class GraphiteListener:
                 return
             mono = self.monotonic()
             connection.last = mono
+            connection.window_bytes += len(data)
             if not self.intake.feed(connection.stream, data, now, mono):
                 self._warn(
                     f"closed the Graphite connection from {connection.peer}: over "

@@ -12,6 +12,8 @@ from servertrack.common.config import (
     add_option,
     add_switch,
     endpoint,
+    non_negative_float,
+    non_negative_int,
     optional_endpoint,
     optional_tcp_endpoint,
     positive_float,
@@ -22,7 +24,13 @@ from servertrack.common.lifecycle import fatal, stop_on_signals
 from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
 from servertrack.receiver import curve, graphite
 from servertrack.receiver.daemon import ReceiverConfig, ReceiverDaemon
-from servertrack.receiver.graphite_listener import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from servertrack.receiver.graphite_listener import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LINE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MIN_RATE,
+)
+from servertrack.receiver.ingest_limit import FilesTooFew
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -50,6 +58,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         endpoints.AGGREGATOR_QUERY,
         "aggregator query endpoint, asked at start for each server's newest seq ('' for none)",
         optional_endpoint,
+    )
+    add_option(
+        parser,
+        "--ingest-max-connections",
+        0,
+        "connections the --bind port holds at most (agents, one each); a newcomer beyond it is "
+        "cut at once (ingest_connections_refused); 0 for what the open-files limit leaves",
+        non_negative_int,
     )
     add_switch(parser, "--accept-pickle", "also accept the legacy pickle.gz wire format")
     add_option(parser, "--flush-interval", 1.0, "seconds between batches", positive_float)
@@ -125,6 +141,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "seconds a Graphite connection may stay silent before it is closed",
         positive_float,
     )
+    add_option(
+        parser,
+        "--graphite-line-timeout",
+        DEFAULT_LINE_TIMEOUT,
+        "seconds a Graphite line may take from its first byte to its newline; a connection "
+        "slower than that is closed (slow_line)",
+        positive_float,
+    )
+    add_option(
+        parser,
+        "--graphite-min-rate",
+        DEFAULT_MIN_RATE,
+        "bytes a second a Graphite connection must send on average over each "
+        "--graphite-idle-timeout window, or be closed (slow_rate); 0 for no minimum",
+        non_negative_float,
+    )
     return parser
 
 
@@ -162,12 +194,15 @@ def run(args: argparse.Namespace) -> int:
         graphite_rate=args.graphite_rate,
         graphite_max_connections=args.graphite_max_connections,
         graphite_idle_timeout=args.graphite_idle_timeout,
+        graphite_line_timeout=args.graphite_line_timeout,
+        graphite_min_rate=args.graphite_min_rate,
+        ingest_max_connections=args.ingest_max_connections or None,
     )
     with zmq.Context() as context:
         daemon = ReceiverDaemon(config, context)
         with stop_on_signals(daemon.stop), contextlib.suppress(KeyboardInterrupt):
             try:
                 daemon.run()
-            except rpc.BindError as err:
+            except (rpc.BindError, FilesTooFew) as err:
                 fatal(f"servertrack receiver: {err}")
     return 0

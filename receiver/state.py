@@ -53,6 +53,7 @@ from servertrack.common.sample import (
     Sample,
     make_sample,
     sample_from_mapping,
+    valid_percent,
 )
 
 NAN = float("nan")
@@ -74,11 +75,6 @@ GRAPHITE_CLAMP = 110.0
 collectd's cpu plugin in jiffies mode reports a little over 100 (100.998 was captured). Beyond it,
 or below 0, the point is refused as ``bad_cpu`` / ``bad_ram``."""
 METRICS = ("cpu", "ram")
-
-
-def _plain_percent(value: Any) -> bool:
-    """None, or a float from 0 to 100 (what the API sends for a valid cpu or ram)."""
-    return value is None or (type(value) is float and 0.0 <= value <= 100.0)
 
 
 def _seen(stream: list[Any], seq: int, ts: float) -> bool:
@@ -191,6 +187,11 @@ class ReceiverState:
         self.graphite_connections_refused = 0
         self.graphite_connections_closed: Counter[str] = Counter()
         """Kept here by the Graphite listener, so that they travel with every batch."""
+        self.ingest_connections_open = 0
+        self.ingest_connections_refused = 0
+        """Kept here by the ingest port's connection cap (``receiver.ingest_limit``)."""
+        self.files_exhausted = 0
+        """Set by the daemon: the times it ran out of file descriptors and carried on."""
         self._keys: set[tuple[int, Hashable]] = set()
         """De-duplication keys of recent seq-less samples: (server id, key)."""
         self._recent: deque[tuple[float, tuple[int, Hashable]]] = deque()
@@ -218,7 +219,9 @@ class ReceiverState:
         PERF: a msgpack map from a known server whose fields are plainly valid is admitted
         without building a :class:`Sample` (~2 µs instead of ~6 µs). Anything else takes the
         full path through :func:`sample_from_mapping`, which gives the exact verdict; the fast
-        path only ever accepts what the full path accepts (see tests).
+        path only ever accepts what the full path accepts (see tests). Both check cpu and ram
+        with the one :func:`valid_percent`: calling it here instead of an inline comparison
+        measured within noise (1.51 µs a message, best of 8, either way).
         """
         if len(frames) == 2 and frames[0] == wire.MSGPACK:
             return self.offer_msgpack(frames[1], now)
@@ -249,8 +252,8 @@ class ReceiverState:
                     + (ip is not None)
                     and type(ts) is float
                     and -1e15 < ts < 1e15
-                    and (cpu is None or (type(cpu) is float and 0.0 <= cpu <= 100.0))
-                    and (ram is None or (type(ram) is float and 0.0 <= ram <= 100.0))
+                    and (cpu is None or valid_percent(cpu))
+                    and (ram is None or valid_percent(ram))
                     and (cpu is not None or ram is not None)
                     and (seq is None or (type(seq) is int and 0 <= seq <= MAX_SEQ))
                     and (ip is None or ip == server.ips_raw)
@@ -318,8 +321,8 @@ class ReceiverState:
                 and row[0] in servers
                 and type(row[1]) is float
                 and -INF < row[1] < INF
-                and _plain_percent(row[2])
-                and _plain_percent(row[3])
+                and (row[2] is None or valid_percent(row[2]))
+                and (row[3] is None or valid_percent(row[3]))
                 and (row[2] is not None or row[3] is not None)
             ):
                 sample = Sample(row[0], row[1], row[2], row[3])
@@ -388,7 +391,7 @@ class ReceiverState:
         else:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         server = self.servers.get(name)
-        if server is not None and 0.0 <= value <= 100.0 and -1e15 < ts < 1e15:
+        if server is not None and valid_percent(value) and -1e15 < ts < 1e15:
             return self._admit_known(server, ts, cpu, ram, None, now, "graphite", (ts, metric))
         try:
             sample = make_sample(name, ts, cpu, ram)
@@ -455,8 +458,8 @@ class ReceiverState:
         server.seen = now
         self._ids.append(server.id)
         self._ts.append(ts)
-        self._cpu.append(NAN if cpu is None else cpu)
-        self._ram.append(NAN if ram is None else ram)
+        self._cpu.append(NAN if cpu is None else cpu + 0.0)  # + 0.0: -0.0 is stored as 0.0
+        self._ram.append(NAN if ram is None else ram + 0.0)
         self._seq.append(-1 if seq is None else seq)
         if source == "zmq":
             self.zmq_accepted += 1
@@ -580,6 +583,9 @@ class ReceiverState:
             "graphite_connections_open": self.graphite_connections_open,
             "graphite_connections_refused": self.graphite_connections_refused,
             "graphite_connections_closed": dict(self.graphite_connections_closed),
+            "ingest_connections_open": self.ingest_connections_open,
+            "ingest_connections_refused": self.ingest_connections_refused,
+            "files_exhausted": self.files_exhausted,
         }
 
     def health(self, server: ServerState, now: float) -> ServerHealth:

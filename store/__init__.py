@@ -3,7 +3,7 @@
 from servertrack.store.calls import MergeResult
 from servertrack.store.cells import BatchColumns
 from servertrack.store.health import ServerHealth
-from servertrack.store.redis_nodes import StoreUnavailable
+from servertrack.store.redis_nodes import CorruptKey, StoreUnavailable
 from servertrack.store.redis_store import RedisStore
 from servertrack.store.redis_url import BadStoreUrl, parse_store_url
 from servertrack.store.summary import FleetRows
@@ -11,6 +11,7 @@ from servertrack.store.summary import FleetRows
 __all__ = [
     "BadStoreUrl",
     "BatchColumns",
+    "CorruptKey",
     "FleetRows",
     "MergeResult",
     "RedisStore",

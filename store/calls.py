@@ -22,7 +22,7 @@ from servertrack.store.cells import CELL_SIZE, HEAD_DTYPE, Folded, Samples, fold
 from servertrack.store.health import ServerHealth
 from servertrack.store.health import encode as encode_health
 from servertrack.store.keys import server_keys, slot_of
-from servertrack.store.redis_nodes import Node, StoreUnavailable, Topology, bulk, pack
+from servertrack.store.redis_nodes import CORRUPT, CorruptKey, Node, Topology, bulk, pack
 from servertrack.store.roster import Roster
 
 APPLIED_HEAD = struct.Struct("<Id")
@@ -40,7 +40,7 @@ HEAD_SIZE = HEAD_DTYPE.itemsize
 @dataclass(slots=True)
 class MergeResult:
     """Sample counts of one merge: every sample given is in exactly one of ``applied``,
-    ``already_applied``, ``expired``, ``refused`` and ``invalid``."""
+    ``already_applied``, ``expired``, ``refused``, ``corrupt`` and ``invalid``."""
 
     applied: int = 0
     already_applied: int = 0
@@ -50,6 +50,9 @@ class MergeResult:
     refused: int = 0
     """Samples of new servers beyond ``max_servers`` (reason ``server_limit``)."""
     refused_servers: int = 0
+    corrupt: int = 0
+    """Samples of servers whose keys in Redis are corrupt (a key of the wrong type, a field of
+    the wrong size): nothing of them is written (reason ``corrupt_key``)."""
     invalid: int = 0
     """Samples with a non-finite ts or an infinite value."""
     servers: int = 0
@@ -75,6 +78,7 @@ class Call:
         "row",
         "samples",
         "seed",
+        "server",
         "slot",
         "source",
     )
@@ -94,6 +98,8 @@ class Call:
         self._packed = packed
         self.first = self.last = self.samples = 0
         self.seed = self.health = False
+        self.server = ""
+        """The server of an st_health call."""
         self.node: Node | None = None
         """The node an ASK redirection named, for the next round only."""
 
@@ -195,6 +201,11 @@ class MergeCalls:
         self._numbers: dict[int, bytes] = {}
         self.done: list[int] = []
         """Roster rows Redis answered for (applied or already applied)."""
+        self.corrupt: dict[str, CorruptKey] = {}
+        """Servers Redis could not merge because a key of theirs is corrupt, by name."""
+        self.failures: list[str] = []
+        """Why Redis refused calls (each refused call's reason): the merge fails once every
+        reply has been read."""
         self.spark_rows: list[int] = []
         self.spark_cells: list[bytes] = []
         """Minute cells Redis answered, as merged (``spark_rows[k]`` owns ``spark_cells[k]``,
@@ -256,6 +267,7 @@ class MergeCalls:
             )
             call = Call(-1, slot_of(hours_key), packed=command)
             call.health = True
+            call.server = name
             out.append(call)
         return out
 
@@ -263,19 +275,45 @@ class MergeCalls:
         self, call: Call, reply: Any, result: MergeResult, refold: dict[int, tuple[int, int]]
     ) -> str:
         """Account for one answer: ``done``, or why the call must be sent again (``retry``
-        elsewhere, ``unsettled`` cluster, ``reload`` the library)."""
-        if isinstance(reply, bytes) and call.row >= 0:
-            stale, seen = APPLIED_HEAD.unpack_from(reply)
-            result.applied += call.samples - stale
-            result.expired += stale
-            result.servers += 1
-            result.health += call.health
-            self._note(call, seen, reply[APPLIED_HEAD.size :])
+        elsewhere, ``unsettled`` cluster, ``reload`` the library), or ``failed`` (Redis refused
+        it, or answered what this library never answers: the reason is in :attr:`failures`).
+        A server whose keys are corrupt is ``done``: its samples are counted as ``corrupt`` and
+        the key is in :attr:`corrupt`. Never raises: every reply of a pipeline must be read."""
+        if isinstance(reply, ResponseError) and str(reply).startswith(CORRUPT):
+            damaged = CorruptKey.from_reply(str(reply))
+            self.corrupt[self._name(call)] = damaged
+            result.corrupt += call.samples
             return "done"
-        if isinstance(reply, int) and call.row < 0:
-            result.health += reply
-            return "done"
-        if isinstance(reply, int | list) and call.row >= 0:
+        if isinstance(reply, MovedError):
+            self.topology.moved(reply.slot_id, reply.host, reply.port)
+            result.redirects += 1
+            return "retry"
+        if isinstance(reply, AskError):
+            call.node = self.topology.node((reply.host, int(reply.port)))
+            result.redirects += 1
+            return "retry"
+        if isinstance(reply, TryAgainError | ClusterDownError | ReadOnlyError):
+            return "unsettled"
+        if isinstance(reply, ResponseError):
+            if "function not found" in str(reply).lower():
+                return "reload"
+            self.failures.append(f"{type(reply).__name__}: {reply}")
+            return "failed"
+        if call.row < 0:
+            if isinstance(reply, int):
+                result.health += reply
+                return "done"
+        elif isinstance(reply, bytes):
+            cells = len(reply) - APPLIED_HEAD.size
+            if cells >= 0 and cells % CELL_SIZE == 0:
+                stale, seen = APPLIED_HEAD.unpack_from(reply)
+                result.applied += call.samples - stale
+                result.expired += stale
+                result.servers += 1
+                result.health += call.health
+                self._note(call, seen, reply[APPLIED_HEAD.size :])
+                return "done"
+        elif _applied_before(reply, call):
             applied = reply if isinstance(reply, int) else int(reply[0])
             if isinstance(reply, list):
                 seen = struct.unpack_from("<d", reply[1])[0]
@@ -288,19 +326,13 @@ class MergeCalls:
             else:
                 refold[call.row] = (applied, call.samples)
             return "done"
-        if isinstance(reply, MovedError):
-            self.topology.moved(reply.slot_id, reply.host, reply.port)
-            result.redirects += 1
-            return "retry"
-        if isinstance(reply, AskError):
-            call.node = self.topology.node((reply.host, int(reply.port)))
-            result.redirects += 1
-            return "retry"
-        if isinstance(reply, TryAgainError | ClusterDownError | ReadOnlyError):
-            return "unsettled"
-        if isinstance(reply, ResponseError) and "function not found" in str(reply).lower():
-            return "reload"
-        raise StoreUnavailable(f"redis refused a merge: {reply!r}")
+        self.failures.append(f"an answer this library never gives: {reply!r:.200}")
+        return "failed"
+
+    def _name(self, call: Call) -> str:
+        if call.row >= 0:
+            return self.roster.names[call.row] or ""
+        return call.server
 
     def _note(self, call: Call, seen: float, cells: bytes) -> None:
         row = call.row
@@ -341,3 +373,16 @@ class MergeCalls:
             result.already_applied += given - again.get(row, 0)
         result.refolded += len(calls)
         return calls
+
+
+def _applied_before(reply: Any, call: Call) -> bool:
+    """Whether ``reply`` is st_merge's answer that (some of) the call's batches were applied
+    before: the highest batch applied, at least the call's first (or with the ring, a list of
+    it and the last-seen time and ring)."""
+    if isinstance(reply, list):
+        if len(reply) != 2 or not isinstance(reply[1], bytes) or len(reply[1]) < 8:
+            return False
+        if (len(reply[1]) - 8) % CELL_SIZE:
+            return False
+        reply = reply[0]
+    return isinstance(reply, int) and reply >= call.first

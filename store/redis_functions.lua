@@ -15,11 +15,16 @@ Cell (little endian, 64 bytes): stamp u32, samples u32, cpu_count u32, ram_count
 Meta "s" (32 bytes): last_seen f64, seq f64, seq_ts f64, newest minute u32, newest hour u32.
 Guard "w:<writer>" (16 bytes): last batch number applied f64, hour it was written f64.
 
+A key of the wrong type or a field of the wrong size (written by something else, or damaged)
+costs only its own server: st_merge and st_health check every key and field they read before
+they write anything, and answer that server with an error reply 'CORRUPT <key>: <why>' in its
+place (the other servers of the call are merged as usual).
+
 Redis 7.0 does not let a library reach struct, math, string, tonumber or unpack while it loads,
 so they are bound on the first call.
 ]]
 
-local VERSION = '3'
+local VERSION = '4'
 
 local CELL = '<I4I4I4I4dddddd'
 local CELL_SIZE = 64
@@ -30,6 +35,8 @@ local GUARD = '<dd'
 local CONTROL = '<ddddddd'
 local HEALTH_HEAD = '<ddd'
 local HEALTH_HEAD_SIZE = 24
+local META_SIZE = 32
+local GUARD_SIZE = 16
 local EMPTY_RING = nil
 
 local spack, sunpack, ssub, srep, floor, tonum, tunpack, tconcat
@@ -40,6 +47,17 @@ local function bind()
   floor, tonum = math.floor, tonumber
   tunpack, tconcat = unpack, table.concat
   EMPTY_RING = srep('\0', CELL_SIZE * MINUTE_SLOTS)
+end
+
+-- Stops the merge of one server: st_merge answers it with this error (see the header).
+local function corrupt(key, why)
+  error({err = 'CORRUPT ' .. key .. ': ' .. why})
+end
+
+-- The reply of redis.pcall, or corrupt() when it is an error (a key of the wrong type).
+local function checked(key, reply)
+  if type(reply) == 'table' and reply.err then corrupt(key, reply.err) end
+  return reply
 end
 
 -- Adds the cell at `pos` of `buf` into `old` when both hold the same bucket. Returns the cell
@@ -71,32 +89,42 @@ local function ttl_ms(bucket, width, keep, now)
   return ms
 end
 
--- Drops writer guards and health records not written for more than 25 hours.
+-- Drops writer guards and health records not written for more than 25 hours. It runs after the
+-- merge wrote, so it never fails: a damaged field is left for its own writer to meet, and a
+-- health key of the wrong type is left alone.
 local function prune_writers(hkey, ikey, hour)
   local fields = redis.call('HGETALL', hkey)
   local old = {}
   for i = 1, #fields, 2 do
-    local field = fields[i]
-    if ssub(field, 1, 2) == 'w:' then
-      local _, written = sunpack(GUARD, fields[i + 1])
+    local field, value = fields[i], fields[i + 1]
+    if ssub(field, 1, 2) == 'w:' and #value == GUARD_SIZE then
+      local _, written = sunpack(GUARD, value)
       if written < hour - 25 then old[#old + 1] = field end
     end
   end
   if #old > 0 then redis.call('HDEL', hkey, tunpack(old)) end
-  fields = redis.call('HGETALL', ikey)
+  fields = redis.pcall('HGETALL', ikey)
+  if fields.err then return end
   old = {}
   for i = 1, #fields, 2 do
-    local _, written = sunpack(HEALTH_HEAD, fields[i + 1])
-    if written < hour - 25 then old[#old + 1] = fields[i] end
+    local value = fields[i + 1]
+    if #value >= HEALTH_HEAD_SIZE then
+      local _, written = sunpack(HEALTH_HEAD, value)
+      if written < hour - 25 then old[#old + 1] = fields[i] end
+    end
   end
   if #old > 0 then redis.call('HDEL', ikey, tunpack(old)) end
 end
 
--- Stores a writer's health record unless a newer batch already wrote one; keeps the key's TTL
--- equal to the hour key's.
-local function store_health(hkey, ikey, writer, number, hour, now, record)
-  local held = redis.call('HGET', ikey, writer)
-  if held then
+-- The health record `writer` holds in `ikey` (false when none), read before anything is written.
+local function held_health(ikey, writer)
+  return checked(ikey, redis.pcall('HGET', ikey, writer))
+end
+
+-- Stores a writer's health record unless a newer batch already wrote one (`held`, from
+-- held_health; a damaged one is replaced); keeps the key's TTL equal to the hour key's.
+local function store_health(hkey, ikey, writer, number, hour, now, record, held)
+  if held and #held >= HEALTH_HEAD_SIZE then
     local before = sunpack(HEALTH_HEAD, held)
     if before > number then return 0 end
   end
@@ -120,12 +148,15 @@ before, or some were: the caller re-folds those above) it is the last batch numb
 integer (with flag 1: [that number, last_seen f64 followed by the ring]). When applied, a
 string: hour samples refused because the hour slot holds a newer hour (u32), last_seen (f64),
 then the minute cells as merged (with flag 1, the whole ring, unless this call created it).
+A server whose keys cannot be merged is answered 'CORRUPT <key>: <why>' (an error reply in its
+place) and nothing of it is written.
 A server's keys share a hash tag; in a cluster all servers of one call share a slot.
 ]]
 local function merge_one(mkey, hkey, ikey, writer, wfield, now, hour_now, args, a)
   local first, last, flags, health_number, seen, new_seq, new_seq_ts = sunpack(CONTROL, args[a])
   local mcells, hcells = args[a + 1], args[a + 2]
 
+  -- Everything read is checked before anything is written (see the header).
   local nh = #hcells / CELL_SIZE
   local fields = {wfield, 's'}
   for k = 0, nh - 1 do
@@ -134,23 +165,33 @@ local function merge_one(mkey, hkey, ikey, writer, wfield, now, hour_now, args, 
   end
   local got
   if nh == 1 then  -- the common case, without unpack()
-    got = redis.call('HMGET', hkey, wfield, 's', fields[3])
+    got = checked(hkey, redis.pcall('HMGET', hkey, wfield, 's', fields[3]))
   else
-    got = redis.call('HMGET', hkey, tunpack(fields))
+    got = checked(hkey, redis.pcall('HMGET', hkey, tunpack(fields)))
   end
+  if got[1] and #got[1] ~= GUARD_SIZE then
+    corrupt(hkey, 'field ' .. wfield .. ' is ' .. #got[1] .. ' bytes, not ' .. GUARD_SIZE)
+  end
+  if got[2] and #got[2] ~= META_SIZE then
+    corrupt(hkey, 'field s is ' .. #got[2] .. ' bytes, not ' .. META_SIZE)
+  end
+  local held = false
+  if flags % 8 >= 4 then held = held_health(ikey, writer) end
   if got[1] then
     local applied = sunpack(GUARD, got[1])
     if first <= applied then
+      local ring = false
+      if flags % 2 == 1 then ring = checked(mkey, redis.pcall('GET', mkey)) end
       if flags % 4 >= 2 then
         redis.call('HSET', hkey, wfield, got[1])
       end
       if flags % 8 >= 4 then
-        store_health(hkey, ikey, writer, health_number, hour_now, now, args[a + 3])
+        store_health(hkey, ikey, writer, health_number, hour_now, now, args[a + 3], held)
       end
       if flags % 2 == 1 then
         local seen = -1
         if got[2] then seen = sunpack(META, got[2]) end
-        return {applied, spack('<d', seen) .. (redis.call('GET', mkey) or '')}
+        return {applied, spack('<d', seen) .. (ring or '')}
       end
       return applied
     end
@@ -165,7 +206,7 @@ local function merge_one(mkey, hkey, ikey, writer, wfield, now, hour_now, args, 
     seq, seq_ts = new_seq, new_seq_ts
   end
 
-  -- hour cells, the guard and the meta: one HSET
+  -- hour cells, the guard and the meta: one HSET (a damaged hour cell counts as empty)
   local hset = {hkey}
   local stale = 0
   local top_h = newest_h
@@ -180,7 +221,8 @@ local function merge_one(mkey, hkey, ikey, writer, wfield, now, hour_now, args, 
     end
   end
 
-  -- minute cells: read and written in place in the ring
+  -- minute cells: read and written in place in the ring (the first read checks its type,
+  -- before the first write)
   local nm = #mcells / CELL_SIZE
   local out = {}
   local top_m = newest_m
@@ -189,7 +231,7 @@ local function merge_one(mkey, hkey, ikey, writer, wfield, now, hour_now, args, 
     local pos = k * CELL_SIZE + 1
     local stamp = sunpack('<I4', mcells, pos)
     local offset = (stamp % MINUTE_SLOTS) * CELL_SIZE
-    local old = redis.call('GETRANGE', mkey, offset, offset + CELL_SIZE - 1)
+    local old = checked(mkey, redis.pcall('GETRANGE', mkey, offset, offset + CELL_SIZE - 1))
     local merged = combine(mcells, pos, old)
     if old == '' then
       created = true
@@ -226,7 +268,7 @@ local function merge_one(mkey, hkey, ikey, writer, wfield, now, hour_now, args, 
     if top_h > newest_h and newest_h > 0 then prune_writers(hkey, ikey, hour_now) end
   end
   if flags % 8 >= 4 then
-    store_health(hkey, ikey, writer, health_number, hour_now, now, args[a + 3])
+    store_health(hkey, ikey, writer, health_number, hour_now, now, args[a + 3], held)
   end
 
   local reply = spack('<I4d', stale, last_seen)
@@ -237,6 +279,16 @@ local function merge_one(mkey, hkey, ikey, writer, wfield, now, hour_now, args, 
   return reply .. tconcat(out)
 end
 
+-- A failed server's place in an answer: its CORRUPT error, or any other error (which the checks
+-- above should leave no room for) named after the server's keys (`key` with its last letter
+-- replaced by '*'). Lua's pcall hands an error table raised in a Function over as its text.
+local function failed(key, err)
+  if type(err) == 'table' and err.err then err = err.err end
+  err = tostring(err)
+  if ssub(err, 1, 8) ~= 'CORRUPT ' then err = 'CORRUPT ' .. ssub(key, 1, -2) .. '*: ' .. err end
+  return {err = err}
+end
+
 local function merge(keys, args)
   if spack == nil then bind() end
   local writer, now = args[1], tonum(args[2])
@@ -244,8 +296,10 @@ local function merge(keys, args)
   local hour_now = floor(now / 3600)
   local out = {}
   for s = 0, #keys / 3 - 1 do
-    out[s + 1] = merge_one(keys[3 * s + 1], keys[3 * s + 2], keys[3 * s + 3], writer, wfield,
+    local mkey = keys[3 * s + 1]
+    local ok, answer = pcall(merge_one, mkey, keys[3 * s + 2], keys[3 * s + 3], writer, wfield,
       now, hour_now, args, 3 + 4 * s)
+    if ok then out[s + 1] = answer else out[s + 1] = failed(mkey, answer) end
   end
   return out
 end
@@ -253,13 +307,17 @@ end
 --[[
 st_health: a writer's health record for a server that had no samples in the call.
 KEYS: h, i.  ARGV: writer, batch number, now, record.  Nothing is written for a server without
-data (no hour key): it has nothing to show.  Answers 1 when written, else 0.
+data (no hour key): it has nothing to show.  Answers 1 when written, else 0 (or CORRUPT when
+the health key is not a hash).
 ]]
 local function health(keys, args)
   if spack == nil then bind() end
   if redis.call('EXISTS', keys[1]) == 0 then return 0 end
   local now = tonum(args[3])
-  return store_health(keys[1], keys[2], args[1], tonum(args[2]), floor(now / 3600), now, args[4])
+  local ok, held = pcall(held_health, keys[2], args[1])
+  if not ok then return failed(keys[2], held) end
+  return store_health(keys[1], keys[2], args[1], tonum(args[2]), floor(now / 3600), now, args[4],
+    held)
 end
 
 --[[

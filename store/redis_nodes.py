@@ -36,8 +36,33 @@ CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class StoreUnavailable(Exception):
-    """Redis did not answer (in time), or not everything could be confirmed: nothing is lost,
-    the caller keeps what it wanted to write and tries again later with the same batches."""
+    """Redis did not answer (in time), refused a command, or not everything could be
+    confirmed: nothing is lost, the caller keeps what it wanted to write and tries again later
+    with the same batches."""
+
+    applied = 0
+    """Samples of a failed merge that Redis applied before the failure (the next try finds
+    them applied and counts them as ``already_applied``)."""
+
+
+class CorruptKey(Exception):
+    """A server's key in Redis has the wrong type or a field of the wrong size (written by
+    something else, or damaged): that server cannot be read or merged; every other can."""
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"{key}: {why}")
+        self.key = key
+        self.why = why
+
+    @classmethod
+    def from_reply(cls, message: str) -> CorruptKey:
+        """From the Function's ``CORRUPT <key>: <why>`` error reply."""
+        key, _, why = message.removeprefix(CORRUPT).partition(": ")
+        return cls(key, why)
+
+
+CORRUPT = "CORRUPT "
+"""How the Function's error reply for a server it cannot merge begins."""
 
 
 def bulk(value: bytes) -> bytes:
@@ -237,8 +262,29 @@ def run_pipelines(
     """Send every node its commands on the writer's connection, ``chunk`` commands per write,
     keeping up to two chunks in flight per node, and read the replies; ``on_reply(work, k,
     reply)`` sees each reply as it is read, while Redis works on the next chunk. All nodes
-    progress in turn, so their Redis processes work at the same time."""
+    progress in turn, so their Redis processes work at the same time.
+
+    Every reply sent for is read, error replies included (each in its own place), or the
+    connection is dropped: one that still has replies in flight would hand them to the next
+    commands. So anything raised here (by ``on_reply`` too) drops the connections with replies
+    still unread."""
     active: list[tuple[NodeWork, Connection, list[int]]] = []
+    try:
+        _pipeline_rounds(works, chunk, on_reply, active)
+    except BaseException:
+        for work, _, sent in active:
+            if len(work.replies) < sent[0]:
+                work.node.drop_writer()
+        raise
+
+
+def _pipeline_rounds(
+    works: Iterable[NodeWork],
+    chunk: int,
+    on_reply: Callable[[NodeWork, int, Any], None] | None,
+    active: list[tuple[NodeWork, Connection, list[int]]],
+) -> None:
+    """The body of :func:`run_pipelines`; ``active`` holds the works under way."""
     for work in works:
         if not work.commands:
             continue
@@ -279,4 +325,4 @@ def run_pipelines(
                 work.node.drop_writer()
             elif len(work.replies) < len(work.commands):
                 still.append((work, conn, sent))
-        active = still
+        active[:] = still

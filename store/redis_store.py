@@ -34,10 +34,16 @@ Failures
 --------
 :meth:`RedisStore.merge` either confirms every server (a :class:`MergeResult`) or raises
 :class:`StoreUnavailable`; the caller keeps the batches and gives them again later: what was
-applied before the failure is skipped by the guards. With ``wait_replicas=N`` a merge is
-confirmed only after ``WAIT N`` on every master it wrote to, so a failover loses nothing
-confirmed (a re-sent batch that finds its guard already set rewrites the guard, so that the
-``WAIT`` covers the earlier write). Reads raise :class:`StoreUnavailable` within ``timeout``.
+applied before the failure is skipped by the guards. A call Redis refuses (a full Redis, a
+foreign library) fails the merge only once every reply has been read, so the writer's connection
+never falls out of step with its replies. A server whose keys are corrupt (the wrong type, a
+damaged field) is not a failure: its samples are counted as ``corrupt`` and the rest is merged;
+reading it raises :class:`CorruptKey`, and reading many answers it in its place.
+
+With ``wait_replicas=N`` a merge is confirmed only after ``WAIT N`` on every master it wrote
+to, so a failover loses nothing confirmed (a re-sent batch that finds its guard already set
+rewrites the guard, so that the ``WAIT`` covers the earlier write). Reads raise
+:class:`StoreUnavailable` within ``timeout``.
 
 Threads: one thread merges; any number of threads read (each node's client has a connection
 pool).
@@ -68,6 +74,7 @@ from servertrack.common.buckets import (
 )
 from servertrack.store.calls import GROUP_SIZE, Call, Group, MergeCalls, MergeResult
 from servertrack.store.cells import (
+    CELL_SIZE,
     BatchColumns,
     Samples,
     bucket_dicts,
@@ -79,6 +86,7 @@ from servertrack.store.health import ServerHealth, merged_health
 from servertrack.store.keys import CHANGES, SHARDS, server_keys, shard_keys, slot_of
 from servertrack.store.redis_nodes import (
     CONNECTION_ERRORS,
+    CorruptKey,
     Node,
     NodeKey,
     NodeWork,
@@ -147,6 +155,9 @@ class RedisStore:
         """True once :meth:`open` succeeded (a flush opens its store on first use)."""
         self._prune_shard = 0
         self._forgotten_at = float("-inf")
+        self._corrupt: dict[str, tuple[CorruptKey, float]] = {}
+        """Servers whose keys were corrupt when last merged: the problem and when it was
+        last met (``now`` of that merge); logged once, forgotten once they merge again."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     def open(self) -> None:
@@ -177,14 +188,17 @@ class RedisStore:
 
     def _ensure_library(self, node: Node, force: bool = False) -> bool:
         """Load the library on ``node`` unless it already runs this version."""
-        if not force:
-            try:
-                loaded = node.client.fcall_ro("st_version", 0)
-            except ResponseError:
-                loaded = None  # no library yet ("Function not found")
-            if loaded == LIBRARY_VERSION.encode():
-                return False
-        node.client.function_load(LIBRARY, replace=True)
+        try:
+            if not force:
+                try:
+                    loaded = node.client.fcall_ro("st_version", 0)
+                except ResponseError:
+                    loaded = None  # no library yet ("Function not found")
+                if loaded == LIBRARY_VERSION.encode():
+                    return False
+            node.client.function_load(LIBRARY, replace=True)
+        except (*CONNECTION_ERRORS, ResponseError) as err:
+            raise StoreUnavailable(f"loading the function library on {node.name}: {err}") from err
         self.library_loads += 1
         log.info("loaded function library version %s on %s", LIBRARY_VERSION, node.name)
         return True
@@ -252,15 +266,54 @@ class RedisStore:
             self._maintain(now, calls)
             return result
         try:
-            touched = self._run(pending, calls, samples, result)
-            if self.wait_replicas and touched:
-                self._wait(touched)
-        except BaseException:
+            try:
+                touched = self._run(pending, calls, samples, result)
+                if self.wait_replicas and touched:
+                    self._wait(touched)
+            finally:
+                self._note_corrupt(calls, now)
+        except BaseException as err:
+            if isinstance(err, StoreUnavailable):
+                err.applied = result.applied
             self._note_change(failed=True)  # some merges may have been applied
             raise
         self._note_change()
-        self._maintain(now, calls)
+        self._note_healed(calls)
+        try:
+            self._maintain(now, calls)
+        except StoreUnavailable as err:
+            err.applied = result.applied
+            raise
         return result
+
+    def _note_corrupt(self, calls: MergeCalls, now: float) -> None:
+        """Remember the servers whose keys are corrupt, logging each once."""
+        for name, problem in calls.corrupt.items():
+            if name not in self._corrupt:
+                log.error(
+                    "server %s is not merged: its key %s is corrupt (%s); its samples are "
+                    "dropped and counted as corrupt_key until the key is repaired or deleted",
+                    name,
+                    problem.key,
+                    problem.why,
+                )
+            self._corrupt[name] = (problem, now)
+
+    def _note_healed(self, calls: MergeCalls) -> None:
+        """Forget the corrupt servers this merge wrote to (their keys were repaired)."""
+        if not self._corrupt:
+            return
+        done = set(calls.done)
+        for name in list(self._corrupt):
+            row = self.roster.row_of.get(name)
+            if row is not None and row in done and name not in calls.corrupt:
+                del self._corrupt[name]
+                log.info("server %s is merged again: its keys are readable", name)
+
+    def corrupt_servers(self) -> dict[str, tuple[str, float]]:
+        """Servers whose keys were corrupt when last merged: name → (the key and what is wrong
+        with it, when it was last met)."""
+        return {name: (str(problem), met) for name, (problem, met) in self._corrupt.items()}
 
     def _note_change(self, failed: bool = False) -> None:
         """Raise the change counter after merges, so readers' caches ask again. A failure is
@@ -334,6 +387,16 @@ class RedisStore:
                     failure = work.error
             for node in answered.reload.values():
                 self._ensure_library(node, force=True)
+            if answered.failed:
+                # Only now, with every reply read. A library of another version answers what
+                # this one never would: once replaced, the calls are sent again.
+                replaced = [self._ensure_library(node) for node in answered.failed_nodes.values()]
+                if not any(replaced):
+                    raise StoreUnavailable(
+                        f"redis refused the merges of {len(answered.failed)} server(s): "
+                        f"{calls.failures[-1]}"
+                    )
+                answered.retry.extend(answered.failed)
             if failure is not None:
                 connection_failures += 1
                 if connection_failures > 1 or not self._transient(failure):
@@ -520,10 +583,14 @@ class RedisStore:
         return list(works.values())
 
     # -- reads --------------------------------------------------------------------------------
-    def _read_keys(self, commands: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+    def _read_keys(
+        self, commands: list[tuple[int, tuple[Any, ...]]], in_place: bool = False
+    ) -> list[Any]:
         """Run read commands ``(slot, args)`` pipelined per node; replies in order. A command
         answered ASK is sent to the importing node after ASKING; a slot that moved makes the
-        map be read again and the commands run once more."""
+        map be read again and the commands run once more. Any other error reply raises
+        StoreUnavailable, or with ``in_place`` is returned in its place (a key of the wrong
+        type is one server's problem, not the reader's)."""
         for attempt in range(2):
             groups: dict[NodeKey, tuple[Node, list[int]]] = {}
             for k, (slot, _) in enumerate(commands):
@@ -549,7 +616,7 @@ class RedisStore:
                     out[k] = reply
             if not moved:
                 for reply in out:
-                    if isinstance(reply, ResponseError):
+                    if isinstance(reply, ResponseError) and not in_place:
                         raise StoreUnavailable(f"redis refused a read: {reply}")
                 return out
             if attempt == 0:
@@ -584,11 +651,18 @@ class RedisStore:
 
     def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:
         """A server's minute and hour buckets, last-seen time and health merged over writers,
-        in the shape of the in-memory store's view; ``None`` without data in the window."""
-        return self.views([name], now)[0]
+        in the shape of the in-memory store's view; ``None`` without data in the window.
+        Raises :class:`CorruptKey` when a key of the server cannot be read."""
+        answer = self.views([name], now)[0]
+        if isinstance(answer, CorruptKey):
+            raise answer
+        return answer
 
-    def views(self, names: Sequence[str], now: float | None = None) -> list[dict[str, Any] | None]:
-        """:meth:`view` of each of ``names``, read in one round trip per node."""
+    def views(
+        self, names: Sequence[str], now: float | None = None
+    ) -> list[dict[str, Any] | CorruptKey | None]:
+        """:meth:`view` of each of ``names``, read in one round trip per node; a server whose
+        keys cannot be read is answered with its :class:`CorruptKey` in its place."""
         now = self.clock() if now is None else float(now)
         commands: list[tuple[int, tuple[Any, ...]]] = []
         for name in names:
@@ -599,8 +673,14 @@ class RedisStore:
                 (slot, ("HGETALL", hours_key)),
                 (slot, ("HGETALL", health_key)),
             ]
-        replies = self._read_keys(commands)
-        return [_view(name, *replies[3 * k : 3 * k + 3], now) for k, name in enumerate(names)]
+        replies = self._read_keys(commands, in_place=True)
+        out: list[dict[str, Any] | CorruptKey | None] = []
+        for k, name in enumerate(names):
+            try:
+                out.append(_view(name, *replies[3 * k : 3 * k + 3], now))
+            except CorruptKey as problem:
+                out.append(problem)
+        return out
 
     def _index_names(self) -> list[bytes]:
         replies = self._read_keys([_on_shard(k, "ZRANGE", 0, 0, -1) for k in range(SHARDS)])
@@ -609,8 +689,8 @@ class RedisStore:
     def _metas(self, names: list[bytes]) -> list[tuple[float, float, float] | None]:
         """(last_seen, seq, seq_ts) of each server, None when it has no data."""
         keys = [server_keys(name.decode())[1] for name in names]
-        replies = self._read_keys([(slot_of(key), ("HGET", key, "s")) for key in keys])
-        return [
+        replies = self._read_keys([(slot_of(key), ("HGET", key, "s")) for key in keys], True)
+        return [  # a server whose meta cannot be read is left out, as one without data
             META.unpack(raw)[:3] if isinstance(raw, bytes) and len(raw) == META.size else None
             for raw in replies
         ]
@@ -699,10 +779,10 @@ def _on_shard(shard: int, command: str, which: int, *args: Any) -> tuple[int, tu
     return slot_of(key), (command, key, *args)
 
 
-def _view(
-    name: str, ring: bytes | None, hours: dict[bytes, bytes], health: dict[bytes, bytes], now: float
-) -> dict[str, Any] | None:
-    """A server's view from its three keys (see :meth:`RedisStore.view`)."""
+def _view(name: str, ring: Any, hours: Any, health: Any, now: float) -> dict[str, Any] | None:
+    """A server's view from its three keys' replies (see :meth:`RedisStore.view`); raises
+    CorruptKey for a key of the wrong type or a field of the wrong size."""
+    _check_replies(name, ring, hours, health)
     if not hours or b"s" not in hours:
         return None
     hour_cells = unpack_cells(b"".join(v for f, v in hours.items() if f.isdigit()))
@@ -726,6 +806,20 @@ def _view(
     }
 
 
+def _check_replies(name: str, ring: Any, hours: Any, health: Any) -> None:
+    """Raise CorruptKey unless a server's replies have the shapes the Function writes."""
+    minutes_key, hours_key, health_key = (key.decode() for key in server_keys(name))
+    for key, reply in ((minutes_key, ring), (hours_key, hours), (health_key, health)):
+        if isinstance(reply, ResponseError):
+            raise CorruptKey(key, str(reply))
+    if ring is not None and len(ring) % CELL_SIZE:
+        raise CorruptKey(minutes_key, f"{len(ring)} bytes, not a multiple of {CELL_SIZE}")
+    for field, value in hours.items():
+        size = META.size if field == b"s" else CELL_SIZE if field.isdigit() else None
+        if size is not None and len(value) != size:
+            raise CorruptKey(hours_key, f"field {field.decode()} is {len(value)} bytes, not {size}")
+
+
 def _first_key(command: bytes) -> bytes:
     """The first key of a packed ``FCALL name numkeys key ...`` command."""
     parts = command.split(b"\r\n")
@@ -742,20 +836,32 @@ class _Round:
         self.retry: list[Call] = []
         self.partial: dict[int, tuple[int, int]] = {}
         self.reload: dict[NodeKey, Node] = {}
+        self.failed: list[Call] = []
+        self.failed_nodes: dict[NodeKey, Node] = {}
         self.unsettled = False
 
     def account(self, work: NodeWork, k: int, reply: Any) -> None:
+        """One reply, as it is read. Never raises (the pipeline must read every reply)."""
         item = self.sent[work.node.key][k]
         if item is None:  # the answer to ASKING
             return
-        members = item.calls if isinstance(item, Group) else [item]
-        if isinstance(item, Group) and isinstance(reply, list):
-            answers = reply
-        else:  # an error for the whole call (MOVED, ...), or a single call's reply
-            answers = [reply] * len(members)
+        if not isinstance(item, Group):
+            members, answers = [item], [reply]
+        elif isinstance(reply, list) and len(reply) == len(item.calls):
+            members, answers = item.calls, reply
+        elif isinstance(reply, ResponseError):  # for the whole call (MOVED, OOM, ...)
+            members, answers = item.calls, [reply] * len(item.calls)
+        else:
+            members = item.calls
+            answers = [ResponseError(f"{len(members)} merges answered {reply!r:.200}")] * len(
+                members
+            )
         for call, answer in zip(members, answers, strict=True):
             outcome = self.calls.outcome(call, answer, self.result, self.partial)
-            if outcome != "done":
+            if outcome == "failed":
+                self.failed.append(call)
+                self.failed_nodes[work.node.key] = work.node
+            elif outcome != "done":
                 self.retry.append(call)
                 self.unsettled = self.unsettled or outcome == "unsettled"
                 if outcome == "reload":

@@ -10,6 +10,7 @@ import zmq
 
 from servertrack.common.testing import HostUnderTest as Host
 from servertrack.common.testing import launch_host
+from tests.alertmanager_support import Alertmanager, Recorder
 
 
 @pytest.fixture
@@ -17,8 +18,8 @@ def start_host(tmp_path: Path) -> Iterator[Callable[..., Host]]:
     """Start ``servertrack run`` with free ports; every host is stopped (and reaped) afterwards."""
     started: list[Host] = []
 
-    def start(*extra: str) -> Host:
-        host = launch_host(tmp_path, *extra, name=f"host{len(started)}")
+    def start(*extra: str, open_files: int | None = None) -> Host:
+        host = launch_host(tmp_path, *extra, name=f"host{len(started)}", open_files=open_files)
         started.append(host)
         return host
 
@@ -47,3 +48,22 @@ HTTP_SERVERS = ("waitress", "granian")
 def http_server(request: pytest.FixtureRequest) -> str:
     """Each HTTP server ``servertrack api --http`` offers: the test runs once on each."""
     return str(request.param)
+
+
+@pytest.fixture
+def webhook() -> Iterator[Recorder]:
+    """A real HTTP server recording every notification POSTed to it; closed afterwards."""
+    recorder = Recorder().start()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, webhook: Recorder) -> Iterator[Alertmanager]:
+    """A real ``prometheus-alertmanager`` on a free loopback port notifying ``webhook``;
+    always stopped afterwards (a test may stop and start it again meanwhile)."""
+    manager = Alertmanager(tmp_path / "alertmanager", webhook.url + "/hook").start()
+    try:
+        yield manager
+    finally:
+        manager.stop()

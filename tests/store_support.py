@@ -88,10 +88,13 @@ class Fleet:
         return max(ts for fqdn, ts, _, _ in self.kept if fqdn == name)
 
 
-def assert_matches(store: RedisStore, fleet: Fleet, now: float) -> int:
-    """Every server's view equals the oracle at ``now``; returns how many servers had data."""
+def assert_matches(
+    store: RedisStore, fleet: Fleet, now: float, names: list[str] | None = None
+) -> int:
+    """Every server's view (of ``names``, by default the fleet's) equals the oracle at ``now``;
+    returns how many servers had data."""
     shown = 0
-    for name in fleet.names:
+    for name in fleet.names if names is None else names:
         view = store.view(name, now)
         expected = oracle_buckets(fleet.raw, now, name)
         if not expected["hours"]:

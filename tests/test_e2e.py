@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,6 +212,26 @@ def test_real_agent_reports_this_machine(start_host: Callable[..., Host]) -> Non
     assert 0.0 <= minute["cpu"] <= 100.0 and 0.0 < minute["ram"] <= 100.0
     ips = view["health"]["ip"]
     assert ips and set(ips) == set(node_addresses())  # the agent runs on this very machine
+
+
+def test_the_printed_first_command_answers_with_this_machine(
+    start_host: Callable[..., Host],
+) -> None:
+    """``servertrack run`` prints the name its agent reports under and a curl line for it; that
+    line's URL answers 200 with this machine's data, whatever its FQDN resolves to."""
+    host = start_host("--agent-interval", "0.2")
+    line = wait_for(
+        lambda: re.search(
+            r"The local agent reports as '([^']+)': curl -s (\S+)", host.process.log()
+        ),
+        10,
+        "the agent's name on the host's output",
+    )
+    name, url = line.group(1), line.group(2)
+    assert url == f"{host.api}/servers/{name}/loads"
+    wait_for(lambda: http("GET", url)[0] == 200, 10, "the printed URL to answer")
+    status, servers = host.get("/servers")
+    assert status == 200 and name in [s["server"] for s in servers["servers"]]
 
 
 def test_sigterm_stops_every_process_within_the_deadline(start_host: Callable[..., Host]) -> None:

@@ -767,6 +767,87 @@ def test_the_state_file_is_replaced_atomically_and_a_broken_one_is_refused(
         state.load()
 
 
+def test_a_state_ahead_of_the_clock_is_a_warning_and_the_forwarder_resumes_from_now(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state file written while the clock ran 30 days ahead: a WARNING says so, and the
+    forwarder sends every window from the end of the one in progress on, instead of nothing
+    for 30 days."""
+    caplog.set_level(logging.INFO, logger="servertrack.forward")
+    rig = make_rig(tmp_path)
+    StateFile(tmp_path / "state.json").save(int(START // 300) * 300 + 30 * DAY)
+    forwarder = rig.start()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ahead of this clock" in message for message in warnings), warnings
+    rig.run_until(forwarder, START + HOUR)
+    forwarder.shutdown()
+    resumed = math.ceil(START / 300) * 300
+    latest = (START + HOUR - 15 - 300) // 300 * 300
+    sent = sorted({ts for _, ts, _ in rig.grok.arrival})
+    assert sent == list(range(resumed, int(latest) + 1, 300))
+    assert_in_order_and_once(rig.grok)
+    assert StateFile(tmp_path / "state.json").load() == latest + 300
+
+
+def test_a_state_a_little_ahead_sends_nothing_twice(tmp_path: Path) -> None:
+    """A clock set back by a few seconds after a window was handled: that window is not sent
+    again, and the next one goes out on time."""
+    rig = make_rig(tmp_path)
+    forwarder = rig.start()
+    rig.run_until(forwarder, START + 1000)
+    forwarder.shutdown()
+    done_until = StateFile(tmp_path / "state.json").load()
+    assert done_until is not None
+    rig.wall.set(done_until - 5)
+    forwarder = rig.start()
+    rig.run_until(forwarder, done_until + 600)
+    forwarder.shutdown()
+    assert_in_order_and_once(rig.grok)
+    assert rig.grok.rejected == []
+    assert max(ts for _, ts, _ in rig.grok.arrival) == done_until
+
+
+BAD_STATES = {
+    "empty": b"",
+    "not JSON": b"garbage",
+    "binary": b"\xff\xfe\x00\x01",
+    "a list": b"[1]",
+    "a string": b'"done_until"',
+    "null": b"null",
+    "no done_until": b'{"version": 1}',
+    "a string done_until": b'{"done_until": "1800000000"}',
+    "a float done_until": b'{"done_until": 1800000000.5}',
+    "a boolean done_until": b'{"done_until": true}',
+    "NaN": b'{"done_until": NaN}',
+    "Infinity": b'{"done_until": 1e400}',
+    "negative": b'{"done_until": -300}',
+    "huge": b'{"done_until": 99999999999999999999999999}',
+    "thousands of digits": b'{"done_until": ' + b"9" * 5000 + b"}",
+    "nested too deeply": b"[" * 100_000,
+    "too long": b'{"done_until": 1800000000, "pad": "' + b" " * 10_000 + b'"}',
+}
+
+
+@pytest.mark.parametrize("content", list(BAD_STATES.values()), ids=list(BAD_STATES))
+def test_every_bad_state_file_is_refused_with_a_message(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    with pytest.raises(StateFileError, match="move it away"):
+        StateFile(path).load()
+    with pytest.raises(SystemExit) as stopped:
+        forward_main(["--graphite", "tcp://127.0.0.1:2003", "--state", str(path)])
+    assert str(stopped.value).startswith("servertrack forward: state file")
+
+
+def test_a_state_path_that_cannot_be_read_is_refused_with_a_message(tmp_path: Path) -> None:
+    """A directory, or a path under a plain file, stops the command with a message."""
+    (tmp_path / "a-file").write_text("x")
+    for path in (tmp_path, tmp_path / "a-file" / "state.json"):
+        with pytest.raises(SystemExit) as stopped:
+            forward_main(["--graphite", "tcp://127.0.0.1:2003", "--state", str(path)])
+        assert str(stopped.value).startswith("servertrack forward: cannot read state file")
+
+
 def test_the_queue_keeps_order_drops_the_oldest_and_counts() -> None:
     queue = PointQueue(5)
     queue.put(1, [b"a\n", b"b\n", b"c\n"])

@@ -107,6 +107,18 @@ def peer_closed(sock: socket.socket) -> bool:
         return False
 
 
+def peer_closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the receiver closes its end within ``seconds`` (data it sent is read and dropped;
+    a Graphite receiver sends nothing)."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
 def minute_totals(view: dict[str, Any], metric: str) -> tuple[float, int]:
     buckets = view["minutes"]
     return (
@@ -274,6 +286,99 @@ def test_a_silent_connection_is_closed_after_the_idle_timeout(
     stats = gh.wait_receiver(lambda s: closed(s, "idle") == 1, "the idle close counted")
     assert stats["accepted"]["graphite"] == 1
     assert rejected(stats, "partial_line") == 1
+
+
+class Trickler:
+    """Sends one byte at a time to each of its sockets, each on its own period, from a thread,
+    until the receiver closes the socket, ``stop()`` is called, or ``TRICKLE_LIMIT`` passes."""
+
+    def __init__(self) -> None:
+        self.plans: list[tuple[socket.socket, bytes, float]] = []
+        self.closed: set[socket.socket] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trickler")
+
+    def add(self, sock: socket.socket, data: bytes, period: float) -> None:
+        self.plans.append((sock, data, period))
+
+    def start(self) -> Trickler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=DEADLINE)
+
+    def _run(self) -> None:
+        began = time.monotonic()
+        sent = [0] * len(self.plans)
+        while not self._stop.wait(0.05) and time.monotonic() - began < TRICKLE_LIMIT:
+            elapsed = time.monotonic() - began
+            for index, (sock, data, period) in enumerate(self.plans):
+                if sock in self.closed or elapsed < sent[index] * period:
+                    continue
+                position = sent[index] % len(data)
+                try:
+                    sock.send(data[position : position + 1])
+                except OSError:
+                    self.closed.add(sock)
+                sent[index] += 1
+
+
+TRICKLE_LIMIT = 20.0
+
+
+def test_trickling_connections_are_closed_so_a_real_client_gets_in(
+    graphite_host: Callable[..., GraphiteHost],
+) -> None:
+    """Seven places, all taken: three clients trickle a byte of a line every 0.4 s (never idle,
+    never a whole line), three send a bare newline every 0.5 s (whole lines, 2 bytes a second),
+    one writes a real line every 0.5 s. With a 1 s line deadline and 4 bytes a second asked over
+    each 2 s window, the first three are closed as ``slow_line`` (their half lines counted
+    ``partial_line``), the next three as ``slow_rate``, the real writer stays, and a newcomer
+    refused at first gets in within seconds."""
+    gh = graphite_host(max_connections="7", idle_timeout="2", line_timeout="1", min_rate="4")
+    trickler = Trickler()
+    half = [gh.connect() for _ in range(3)]
+    bare = [gh.connect() for _ in range(3)]
+    writer = gh.connect()
+    for sock in half:
+        trickler.add(sock, b"servertrack.trickle.cpu 5 -1", 0.4)
+    for sock in bare:
+        trickler.add(sock, b"\n", 0.5)
+    trickler.start()
+    try:
+        gh.wait_receiver(lambda s: s["graphite_connections_open"] == 7, "seven open connections")
+        with contextlib.suppress(OSError):  # the refusal can beat the end of the handshake
+            first = gh.connect()
+            first.sendall(b"servertrack.newcomer.ram 50 -1\n")
+        gh.wait_receiver(lambda s: s["graphite_connections_refused"] >= 1, "a refusal")
+        began = time.monotonic()
+        newcomer = None
+        while newcomer is None:
+            assert time.monotonic() - began < DEADLINE, "the newcomer never got in"
+            writer.sendall(b"servertrack.writer.cpu 7 -1\n")
+            try:
+                candidate = gh.connect()
+                candidate.sendall(b"servertrack.newcomer.ram 50 -1\n")
+                if not peer_closed_within(candidate, 0.5):
+                    newcomer = candidate
+            except OSError:
+                pass
+        waited = time.monotonic() - began
+        stats = gh.wait_receiver(
+            lambda s: closed(s, "slow_line") == 3 and closed(s, "slow_rate") == 3,
+            "the six tricklers closed",
+        )
+        accepted = stats["accepted"]["graphite"]
+    finally:
+        trickler.stop()
+    assert waited < 6.0
+    assert trickler.closed >= set(half + bare)
+    assert rejected(stats, "partial_line") == 3
+    assert closed(stats, "idle") == 0
+    assert not peer_closed_within(writer, 0.1)  # the real writer is still served
+    assert accepted >= 2 and gh.loads("newcomer")["minutes"][-1]["ram"] == 50.0
 
 
 # -- cadence ------------------------------------------------------------------------------------

@@ -253,6 +253,8 @@ def test_line_endings_separators_and_timestamps() -> None:
         (b"servertrack.a.cpu 10 1795366790 extra", "bad_line"),
         (b"servertrack.a.cpu ten 1795366790", "bad_line"),
         (b"servertrack.a.cpu 10 yesterday", "bad_line"),
+        (b"servertrack.a.cpu 5_0 1795366790", "bad_line"),
+        (b"servertrack.a.cpu 50 1_795_366_790", "bad_line"),
         (b"servertrack.\xff.cpu 10 1795366790", "bad_line"),
         (b"servertrack.a.disk 10 1795366790", "unmapped"),
         (b"collectd.a.cpu.percent-idle 10 1795366790", "unmapped"),
@@ -293,6 +295,15 @@ def test_values_a_little_over_100_are_clamped_and_counted(metric: str) -> None:
     assert intake.state.graphite_clamped == sum(1 for v in values if v > 100)
 
 
+def test_negative_zero_is_taken_as_zero() -> None:
+    """``-0.0`` is a valid zero (of a new server and of a known one), stored as ``0.0``."""
+    intake, _ = intake_at(T0)
+    feed(intake, b"servertrack.z.cpu -0.0 1795366790\nservertrack.z.cpu -0 1795366791\n", T0)
+    values = [v for _, v in points(intake.state.flush(T0), intake.state)[("z", "cpu")]]
+    assert values == [0.0, 0.0]
+    assert all(math.copysign(1.0, v) == 1.0 for v in values)
+
+
 def test_line_length_limit() -> None:
     """A line of ``MAX_LINE`` bytes (before ``\\n`` or ``\\r\\n``) is read; one byte more is
     ``line_too_long``, counted once however many reads it spans, and the line after it is taken."""
@@ -327,6 +338,29 @@ def test_a_half_line_at_disconnect_is_dropped_and_counted() -> None:
     clean, _ = intake_at(T0)
     feed(clean, b"servertrack.a.cpu 1 1795366790\r\n", T0)
     assert rejected(clean.state) == {}
+
+
+def test_the_stream_notes_when_its_unfinished_line_began() -> None:
+    """``began`` is the monotonic time of the first byte of the line not finished yet: kept while
+    the line (or an over-long one being discarded) goes on, new when a line begins after a
+    newline, None when nothing is left unfinished. The listener's line deadline reads it."""
+    intake, _ = intake_at(T0)
+    stream = intake.open(0.0)
+    intake.feed(stream, b"servertrack.a.cpu 1", T0, 1.0)
+    assert stream.began == 1.0
+    intake.feed(stream, b" 17953", T0, 2.0)
+    assert stream.began == 1.0
+    intake.feed(stream, b"66790\nservertrack.a.cpu", T0, 3.0)
+    assert stream.began == 3.0
+    intake.feed(stream, b" 2 1795366791\n", T0, 4.0)
+    assert stream.began is None
+    intake.feed(stream, b"y" * (2 * MAX_LINE), T0, 5.0)
+    intake.feed(stream, b"y" * (2 * MAX_LINE), T0, 6.0)
+    assert (stream.skipping, stream.began) == (True, 5.0)
+    intake.feed(stream, b"y\n", T0, 7.0)
+    assert stream.began is None
+    assert rejected(intake.state) == {"line_too_long": 1}
+    assert intake.state.counters()["accepted"]["graphite"] == 2
 
 
 def test_duplicates_are_keyed_by_server_ts_and_metric() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from servertrack.api import granian_server
+from servertrack.api import exposure, granian_server
 from servertrack.api import main as api_main
+from servertrack.common.testing import free_port, servertrack_argv
 from servertrack.host import supervisor as host
 
 
@@ -64,3 +67,66 @@ def test_granian_workers_get_paths_and_numbers_never_a_token(tmp_path: Path) -> 
     assert "s3cret-token" not in settings
     assert json.loads(settings)["token_file"] == str(token)
     assert json.loads(settings)["backend_timeout"] == args.backend_timeout
+
+
+@pytest.mark.parametrize(
+    ("host_address", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("*", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("monitor.example.com", False),
+    ],
+)
+def test_only_loopback_addresses_count_as_loopback(host_address: str, loopback: bool) -> None:
+    assert exposure.is_loopback(host_address) is loopback
+
+
+def test_granian_beyond_loopback_needs_the_buffering_proxy_flag() -> None:
+    """Waitress listens anywhere; granian beyond loopback only with --behind-buffering-proxy."""
+    assert exposure.granian_exposure_error("waitress", "0.0.0.0", False) is None
+    assert exposure.granian_exposure_error("granian", "127.0.0.1", False) is None
+    assert exposure.granian_exposure_error("granian", "0.0.0.0", True) is None
+    refusal = exposure.granian_exposure_error("granian", "0.0.0.0", False)
+    assert refusal is not None and "--behind-buffering-proxy" in refusal
+
+
+def test_run_passes_the_buffering_proxy_flag_to_the_api() -> None:
+    children = {c.name: c for c in host.plan(run_args("--behind-buffering-proxy"), "/rt")}
+    assert "--behind-buffering-proxy" in children["api"].argv
+    children = {c.name: c for c in host.plan(run_args(), "/rt")}
+    assert "--behind-buffering-proxy" not in children["api"].argv
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["api", "--http", "granian", "--host", "0.0.0.0", "--port", "{port}"],
+        ["run", "--no-agent", "--http", "granian", "--bind", "0.0.0.0", "--api-port", "{port}"],
+    ],
+)
+def test_granian_refuses_to_listen_beyond_loopback_without_a_buffering_proxy(
+    command: list[str], tmp_path: Path
+) -> None:
+    """``servertrack api`` and ``servertrack run`` with --http granian on 0.0.0.0 and no
+    --behind-buffering-proxy leave at once with exit code 78 and a message naming the flag;
+    nothing listens."""
+    port = free_port()
+    argv = [part.format(port=port) for part in command]
+    if argv[0] == "run":
+        argv += ["--ingest-port", str(free_port()), "--runtime-dir", str(tmp_path / "rt")]
+        argv += ["--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(
+        servertrack_argv(*argv), capture_output=True, text=True, timeout=20, check=False
+    )
+    assert done.returncode == 78, done.stderr
+    assert "--behind-buffering-proxy" in done.stderr and "Traceback" not in done.stderr
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0

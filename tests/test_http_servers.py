@@ -102,6 +102,140 @@ def test_body_limits(start_host: Callable[..., Host], http_server: str) -> None:
     assert host.get("/health")[0] == 200
 
 
+def send_chunked(port: int, path: str, chunks: list[bytes]) -> bytes:
+    """POST ``chunks`` with ``Transfer-Encoding: chunked`` (a thread sends while the answer is
+    read, so a server answering early is heard); the raw answer, head and body."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+    def send() -> None:
+        try:
+            sock.sendall(head)
+            for chunk in chunks:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # answered and closed before the whole body was sent
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer or len(answer) < answer_length(answer):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        sock.close()
+        sender.join(timeout=10)
+    return answer
+
+
+def answer_length(answer: bytes) -> int:
+    """The length a raw answer has once whole (head, blank line and Content-Length bytes)."""
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(answer) + 1
+
+
+def test_chunked_bodies_are_read_and_one_over_the_limit_is_413_json(
+    start_host: Callable[..., Host], http_server: str
+) -> None:
+    """A small chunked body is recorded (202), and a 64 MiB chunked one is refused 413 with the
+    JSON error shape and the same words on both servers; the server stays up."""
+    host = start_host("--no-agent", "--http", http_server)
+    answer = send_chunked(host.api_port, "/servers/chunk-1/loads", [b'{"cpu"', b": 3.5}"])
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:300]
+    answer = send_chunked(host.api_port, "/loads", [b" " * (1 << 20)] * 64)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body) == {
+        "title": "Content Too Large",
+        "reason": "too_large",
+        "description": "body exceeds 4194304 bytes",
+    }
+    assert host.get("/stats")[1]["api"]["rejected"]["too_large"] == 1
+    assert host.get("/health")[0] == 200
+
+
+def test_every_answer_says_nosniff(
+    start_host: Callable[..., Host], tmp_path: Path, http_server: str
+) -> None:
+    """Every route, its errors and the cached fast path answer with
+    ``X-Content-Type-Options: nosniff``."""
+    (tmp_path / "read-token").write_text(READ + "\n")
+    host = start_host(
+        "--no-agent", "--http", http_server, "--read-token-file", str(tmp_path / "read-token")
+    )
+    auth = {"Authorization": f"Bearer {READ}"}
+    record = json.dumps({"cpu": 1.0}).encode()
+    batch = json.dumps([{"server": "sniff-2", "cpu": 2.0}]).encode()
+    json_type = {"Content-Type": "application/json"}
+    assert request("POST", host.api + "/servers/sniff-1/loads", record, json_type)[0] == 202
+    loads = host.api + "/servers/sniff-1/loads"
+    wait_for(lambda: request("GET", loads, headers=auth)[0] == 200, 5, "the record")
+    cases: list[tuple[str, str, bytes | None, dict[str, str], int]] = [
+        ("GET", "/health", None, {}, 200),
+        ("HEAD", "/health", None, {}, 200),
+        ("GET", "/openapi.json", None, {}, 200),
+        ("GET", "/", None, {}, 200),
+        ("GET", "/ui/servers/sniff-1", None, {}, 200),
+        ("GET", "/ui/static/style.css", None, {}, 200),
+        ("GET", "/stats", None, auth, 200),
+        ("GET", "/metrics", None, auth, 200),
+        ("GET", "/fleet", None, auth, 200),
+        ("GET", "/fleet/grid", None, auth, 200),
+        ("GET", "/servers", None, auth, 200),
+        ("GET", "/servers/sniff-1/loads", None, auth, 200),
+        ("GET", "/servers/sniff-1/loads", None, {}, 401),
+        ("GET", "/servers/nobody/loads", None, auth, 404),
+        ("GET", "/fleet?sort=bogus", None, auth, 400),
+        ("GET", "/no/such/path", None, auth, 404),
+        ("POST", "/servers/sniff-1/loads", record, json_type, 202),
+        ("POST", "/loads", batch, json_type, 202),
+        ("POST", "/loads", b"{not json", json_type, 400),
+        ("POST", "/servers/sniff-1/loads", b'{"cpu": 101}', json_type, 422),
+        ("PUT", "/loads", batch, {**json_type, **auth}, 405),
+    ]
+    for method, path, body, headers, expected in cases:
+        status, head, _ = request(method, host.api + path, body, headers)
+        assert status == expected, (method, path, status)
+        assert head.get("x-content-type-options") == "nosniff", (method, path, head)
+
+    def served_from_cache() -> bool:
+        status, head, _ = request("GET", loads, headers=auth)
+        hits = request("GET", host.api + "/stats", headers=auth)[2]
+        assert status == 200 and head.get("x-content-type-options") == "nosniff"
+        return bool(json.loads(hits)["api"]["read_cache"].get("hit"))
+
+    wait_for(served_from_cache, 5, "a read served by the fast path")
+    with socket.create_connection(("127.0.0.1", host.api_port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /loads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"x-content-type-options: nosniff" in answer.lower()
+    if http_server == "waitress":  # its own answer to a request it cannot parse (hyper's is bare)
+        with socket.create_connection(("127.0.0.1", host.api_port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+            answer = sock.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert (
+            head.startswith(b"HTTP/1.1 400") and b"x-content-type-options: nosniff" in head.lower()
+        )
+        assert json.loads(body)["reason"] == "bad_request"
+
+
 def aggregator_view(host: Host, zmq_context: zmq.Context, name: str) -> dict[str, Any]:
     """The aggregator's own answer for ``name``, asked on its query socket (no API between)."""
     client = rpc.RpcClient(zmq_context, f"ipc://{host_runtime(host)}/query", 2.0)

@@ -8,14 +8,17 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from servertrack.aggregator.redis_rollups import RedisRollups
+from servertrack.aggregator.state import AggregatorState
 from servertrack.common.redis_testing import RedisServer
 from servertrack.common.testing import FakeClock
 from servertrack.store.cells import BatchColumns
+from servertrack.store.keys import server_keys
 from servertrack.store.redis_store import RedisStore, StoreUnavailable
-from tests.store_support import T0, Fleet, assert_matches
+from tests.store_support import T0, Fleet, assert_matches, one_each
 
 pytestmark = pytest.mark.e2e
 
@@ -136,3 +139,46 @@ def test_reads_go_on_while_a_job_writes_on_another_thread(
     sending = len({name for name, *_ in fleet.kept})
     assert rollups.server_count() == sending
     assert assert_matches(rollups.redis, fleet, clock()) == sending
+
+
+def test_the_aggregator_reports_failing_merges_and_corrupt_keys_and_reads_the_rest(
+    redis_server: RedisServer, rollups: RedisRollups, clock: FakeClock
+) -> None:
+    """Through the aggregator's state: while Redis is full the health problems say merges fail,
+    with Redis' reason, until one succeeds; a server whose hour key is a string has its samples
+    counted as corrupt_key and is named in the problems for a minute after the last merge that
+    met it; a views query answers it 502 corrupt_key and the others as usual."""
+    state = AggregatorState(rollups, clock)
+    names = ["victim", "fine-0", "fine-1"]
+    fleet = Fleet(names)
+    hold(rollups, "run-c", one_each(0, [0, 1, 2], clock()), fleet)
+    state.flush_store(clock())
+    assert state.problems(clock()) == []
+    client = redis_server.client()
+    client.config_set("maxmemory", 1)
+    try:
+        hold(rollups, "run-c", one_each(1, [0, 1, 2], clock()), fleet)
+        with pytest.raises(StoreUnavailable):
+            state.flush_store(clock())
+        (problem,) = state.problems(clock())
+        assert problem.startswith("store: merges fail") and "maxmemory" in problem
+    finally:
+        client.config_set("maxmemory", 0)
+    key = server_keys("victim")[1]
+    client.delete(key)
+    client.set(key, "not a hash")
+    clock.advance(1.0)
+    hold(rollups, "run-c", one_each(2, [0, 1, 2], clock()), fleet)
+    state.flush_store(clock())
+    counters = state.stats(clock())["aggregator"]
+    assert counters["dropped"]["corrupt_key"] == 2 and counters["applied"] == 3 + 4
+    (problem,) = state.problems(clock())
+    assert "1 server(s) not merged" in problem and key.decode() in problem
+    reply = msgpack.unpackb(state.answer({"op": "views", "names": names}, clock()))
+    assert [view["status"] for view in reply["views"]] == [502, 200, 200]
+    assert reply["views"][0]["reason"] == "corrupt_key"
+    assert key.decode() in reply["views"][0]["message"]
+    clock.advance(60.0)
+    assert state.problems(clock()) != []
+    clock.advance(1.0)
+    assert state.problems(clock()) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,12 +23,14 @@ from servertrack.common.redis_testing import RedisServer
 from servertrack.common.testing import FakeClock
 from servertrack.store.cells import BatchColumns
 from servertrack.store.keys import server_keys
+from servertrack.store.redis_nodes import CorruptKey, NodeWork, Topology, pack, run_pipelines
 from servertrack.store.redis_store import (
     LIBRARY_VERSION,
     MergeResult,
     RedisStore,
     StoreUnavailable,
 )
+from servertrack.store.redis_url import parse_store_url
 from tests.store_support import HOUR, MINUTE, T0, Fleet, assert_matches, one_each, sample_count
 
 pytestmark = pytest.mark.e2e
@@ -590,6 +593,232 @@ def test_bad_input_gets_a_clear_error_or_is_counted(
     )
     result = store.merge("w", [batch], ["x"], None, now)
     assert (result.applied, result.invalid) == (1, 3)
+
+
+# -- Redis refusing calls, and corrupt keys ----------------------------------------------------
+FOREIGN_LIBRARY = """#!lua name=servertrack
+redis.register_function('st_merge', function() return %s end)
+redis.register_function{function_name='st_version', callback=function() return '%s' end,
+  flags={'no-writes'}}
+"""
+
+
+def with_data(fleet: Fleet) -> int:
+    """Servers of ``fleet`` with a sample inside the window."""
+    return len({sample[0] for sample in fleet.kept})
+
+
+def test_a_pipeline_cut_short_while_reading_drops_its_connection(
+    redis_server: RedisServer,
+) -> None:
+    """Anything raised while a pipeline reads (here by the reply callback, at the first of 50
+    replies) drops the writer's connection: the next pipeline on that node reads its own
+    replies, never the ones left in flight."""
+    topology = Topology(parse_store_url(redis_server.url), 1.0)
+    try:
+        topology.open()
+        (node,) = topology.masters()
+
+        def fail(work: NodeWork, k: int, reply: Any) -> None:
+            raise RuntimeError("a callback that fails")
+
+        cut = NodeWork(node, [pack("ECHO", f"old-{k}") for k in range(50)])
+        with pytest.raises(RuntimeError):
+            run_pipelines([cut], chunk=8, on_reply=fail)
+        fresh = NodeWork(node, [pack("ECHO", f"new-{k}") for k in range(3)])
+        run_pipelines([fresh])
+        assert fresh.replies == [b"new-0", b"new-1", b"new-2"]
+    finally:
+        topology.close()
+
+
+def test_a_full_redis_fails_whole_merges_and_the_writer_recovers_exactly_once(
+    redis_server: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
+) -> None:
+    """``maxmemory 1``: Redis refuses every Function call of a merge (seven per merge here).
+    Each merge raises StoreUnavailable, saying why, having read every reply; so once Redis has
+    room again the next merge on the same connection gets its own replies, and the held batches
+    land exactly once (the oracle agrees)."""
+    store = open_store(redis_server.url)
+    fleet = Fleet([f"full-{k:03d}" for k in range(100)], seed=21)
+    store.merge("w", [fleet.batch("w", clock.now)], fleet.names, None, clock.now)
+    client = redis_server.client()
+    held: list[BatchColumns] = []
+    failures = []
+    client.config_set("maxmemory", 1)
+    try:
+        for _ in range(3):
+            clock.advance(1.0)
+            held.append(fleet.batch("w", clock.now))
+            with pytest.raises(StoreUnavailable) as refused:
+                store.merge("w", held, fleet.names, None, clock.now)
+            failures.append(refused.value)
+    finally:
+        client.config_set("maxmemory", 0)
+    for _ in range(3):
+        clock.advance(1.0)
+        held.append(fleet.batch("w", clock.now))
+        result = store.merge("w", held, fleet.names, None, clock.now)
+        assert result.applied + result.expired == sample_count(held)
+        assert result.already_applied == 0
+        held = []
+    assert assert_matches(store, fleet, clock.now) == with_data(fleet)
+    assert all("maxmemory" in str(failure) for failure in failures), failures
+    assert [failure.applied for failure in failures] == [0, 0, 0]
+
+
+def test_redis_filling_up_mid_merge_keeps_what_it_applied_and_takes_the_rest_later(
+    redis_server: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
+) -> None:
+    """Redis runs out of memory in the middle of a merge of 1,500 new servers: the calls sent
+    before are applied, the rest refused. The merge raises StoreUnavailable with the number of
+    samples applied; given the same batch once Redis has room, those are found applied and the
+    rest are merged: every sample once."""
+    store = open_store(redis_server.url)
+    fleet = Fleet([f"fill-{k:04d}" for k in range(1500)], seed=5)
+    batch = fleet.batch("w", clock.now, rate=0)
+    kept = sample_count([batch]) - fleet.expired
+    client = redis_server.client()
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 1_000_000)
+    try:
+        with pytest.raises(StoreUnavailable, match="maxmemory") as refused:
+            store.merge("w", [batch], fleet.names, None, clock.now)
+    finally:
+        client.config_set("maxmemory", 0)
+    applied = refused.value.applied
+    assert 0 < applied < kept
+    result = store.merge("w", [batch], fleet.names, None, clock.now)
+    assert (result.already_applied, result.applied) == (applied, kept - applied)
+    assert assert_matches(store, fleet, clock.now) == kept
+
+
+def test_a_foreign_library_fails_merges_until_it_is_flushed_then_all_lands_once(
+    redis_server: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
+) -> None:
+    """A library named servertrack, claiming this version, whose st_merge refuses every call:
+    merges raise StoreUnavailable (never another error) and the writer keeps its replies in
+    step; after FUNCTION FLUSH the next merge loads this library, and every held sample lands
+    once."""
+    store = open_store(redis_server.url)
+    fleet = Fleet([f"lib-{k:02d}" for k in range(40)], seed=4)
+    store.merge("w", [fleet.batch("w", clock.now)], fleet.names, None, clock.now)
+    client = redis_server.client()
+    client.function_load(
+        FOREIGN_LIBRARY % ("redis.error_reply('ERR not this library')", LIBRARY_VERSION),
+        replace=True,
+    )
+    held: list[BatchColumns] = []
+    failures = []
+    for _ in range(3):
+        clock.advance(1.0)
+        held.append(fleet.batch("w", clock.now))
+        with pytest.raises(StoreUnavailable) as refused:
+            store.merge("w", held, fleet.names, None, clock.now)
+        failures.append(str(refused.value))
+    client.function_flush()
+    clock.advance(1.0)
+    held.append(fleet.batch("w", clock.now))
+    result = store.merge("w", held, fleet.names, None, clock.now)
+    assert result.applied + result.expired == sample_count(held)
+    assert result.already_applied == 0
+    assert store.library_version() == LIBRARY_VERSION
+    assert assert_matches(store, fleet, clock.now) == with_data(fleet)
+    assert all("not this library" in failure for failure in failures), failures
+
+
+def test_a_library_of_another_version_met_by_a_merge_is_replaced_and_nothing_is_lost(
+    redis_server: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
+) -> None:
+    """A library of another version loaded behind the writer's back answers st_merge with what
+    this one never answers (one number for a whole call): the merge does not take it for
+    "applied before", replaces the library and sends the calls again."""
+    store = open_store(redis_server.url)
+    fleet = Fleet([f"old-{k:02d}" for k in range(40)], seed=8)
+    redis_server.client().function_load(FOREIGN_LIBRARY % ("1", "0"), replace=True)
+    batches = [fleet.batch("w", clock.now) for _ in range(2)]
+    result = store.merge("w", batches, fleet.names, None, clock.now)
+    assert result.applied + result.expired == sample_count(batches)
+    assert store.library_loads == 2 and store.library_version() == LIBRARY_VERSION
+    assert assert_matches(store, fleet, clock.now) == with_data(fleet)
+
+
+def test_a_corrupt_key_costs_only_its_servers_samples(
+    redis_server: RedisServer,
+    open_store: Callable[..., RedisStore],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One server's hour key replaced by a string without a TTL, another's meta cut short, a
+    third's minute ring turned into a hash, a fourth's health key into a list: every merge
+    writes the rest of the fleet (the oracle agrees), counts those servers' samples as
+    ``corrupt`` and logs each key once; reading one of them raises CorruptKey naming the key,
+    reading many answers it in its place; a repaired server is merged again."""
+    store = open_store(redis_server.url)
+    victims = ["string-hour", "short-meta", "hash-ring", "list-health"]
+    fleet = Fleet(victims + [f"fine-{k:02d}" for k in range(36)], seed=17)
+    store.merge("w", [one_each(0, [0, 1, 2, 3], clock.now)], fleet.names, None, clock.now)
+    fleet.numbers["w"] = 1  # the fleet's batches follow that one
+    store.merge("w", [fleet.batch("w", clock.now, rate=0)], fleet.names, None, clock.now)
+    client = redis_server.client()
+    keys = {name: [key.decode() for key in server_keys(name)] for name in victims}
+    untouched = {  # what must not change: nothing of a refused server is written
+        name: (client.hget(keys[name][1], "w:w"), client.get(keys[name][0]))
+        for name in ("short-meta", "list-health")
+    }
+    client.delete(keys["string-hour"][1])
+    client.set(keys["string-hour"][1], "not a hash")
+    client.hset(keys["short-meta"][1], "s", client.hget(keys["short-meta"][1], "s")[:5])
+    client.delete(keys["hash-ring"][0])
+    client.hset(keys["hash-ring"][0], "x", "y")
+    client.delete(keys["list-health"][2])
+    client.rpush(keys["list-health"][2], "x")
+    bad = {
+        "string-hour": keys["string-hour"][1],
+        "short-meta": keys["short-meta"][1],
+        "hash-ring": keys["hash-ring"][0],
+        "list-health": keys["list-health"][2],
+    }
+    health = {"list-health": ServerHealth(lost=3), "fine-00": ServerHealth(lost=2)}
+    for _ in range(3):
+        clock.advance(5.0)
+        start = len(fleet.raw)
+        batch = fleet.batch("w", clock.now, rate=0)
+        result = store.merge("w", [batch], fleet.names, health, clock.now)
+        lost = sum(1 for sample in fleet.raw[start:] if sample[0] in victims)
+        assert result.corrupt == lost == 4
+        assert result.applied + result.expired + result.corrupt == len(batch)
+    assert {name: what.split(": ")[0] for name, (what, _) in store.corrupt_servers().items()} == bad
+    for name, (guard, ring) in untouched.items():
+        assert guard is not None and ring is not None
+        assert (client.hget(keys[name][1], "w:w"), client.get(keys[name][0])) == (guard, ring)
+    for key in bad.values():
+        assert len([r for r in caplog.records if key in r.getMessage()]) == 1, key
+    # the health of a victim without samples in the merge: refused for it alone
+    empty = BatchColumns(9, np.empty(0, np.int64), np.empty(0), np.empty(0), np.empty(0))
+    assert (
+        store.merge("w", [empty], [], {"list-health": ServerHealth(lost=5)}, clock.now).health == 0
+    )
+    fine = fleet.names[len(victims) :]
+    fleet.raw = [s for s in fleet.raw if s[0] not in victims]
+    fleet.kept = [s for s in fleet.kept if s[0] not in victims]
+    assert assert_matches(store, fleet, clock.now, fine) == len(fine)
+    assert store.view("fine-00", clock.now)["health"]["lost"] == 2
+    for name, key in bad.items():
+        with pytest.raises(CorruptKey, match=re.escape(key)):
+            store.view(name, clock.now)
+    answers = store.views(fleet.names, clock.now)
+    assert [isinstance(a, CorruptKey) for a in answers] == [n in victims for n in fleet.names]
+    assert answers[4:] == [store.view(name, clock.now) for name in fine]
+    listed = {name for name, _ in store.servers(clock.now)[0]}
+    assert listed == set(fleet.names) - {"string-hour", "short-meta"}
+    assert set(store.sequences()[0]) & {"string-hour", "short-meta"} == set()
+    assert set(store.sequences()[0]) >= set(fine)
+    client.delete(keys["string-hour"][1])  # repaired: the server is written again
+    clock.advance(5.0)
+    batch = fleet.batch("w", clock.now, servers=["string-hour"], rate=0)
+    assert store.merge("w", [batch], fleet.names, None, clock.now).corrupt == 0
+    assert "string-hour" not in store.corrupt_servers()
+    assert sum(b["samples"] for b in store.view("string-hour", clock.now)["hours"]) == 1
 
 
 # -- the dashboard summary ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -156,6 +157,122 @@ def test_hundreds_of_slow_and_idle_clients_starve_nobody(
         for sock in slow + idle:
             sock.close()
         api.stop()
+
+
+SLOW_BODIES = 64
+TOKEN = "rec-slow-bodies-0123456789"
+RECORD_PATH = "/servers/fast-1/loads"
+BODY_HEAD = (
+    b"POST /servers/slow-body/loads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 1000000\r\n\r\n{"
+)
+
+
+def answered_within(url: str, limit: float) -> bool:
+    """A new connection's GET of ``url`` is answered 200 within ``limit`` seconds."""
+    began = time.monotonic()
+    try:
+        status, _ = http_json("GET", url, timeout=limit)
+    except OSError:
+        return False
+    return status == 200 and time.monotonic() - began < limit
+
+
+def recorded_within(url: str, token: str, limit: float) -> bool:
+    """A new connection's POST of one record with ``token`` is answered 202 within ``limit``."""
+    request = urllib.request.Request(
+        url,
+        data=b'{"cpu": 7.5}',
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    began = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=limit) as answer:
+            status = answer.status
+    except OSError:
+        return False
+    return status == 202 and time.monotonic() - began < limit
+
+
+def slow_bodies_attack(
+    base: str, count: int, seconds: float, record_token: str | None = None
+) -> list[str]:
+    """``count`` connections send a POST head announcing a 1 MB body, then one byte each every
+    2 s for ``seconds``; meanwhile /health and a cached read are asked again and again (and a
+    record posted with ``record_token``, when given), each on a new connection with a 1 s
+    timeout. Returns the probes that failed."""
+    port = int(base.rsplit(":", 1)[1])
+    sockets = connect(port, count)
+    failed = []
+    try:
+        for sock in sockets:
+            sock.sendall(BODY_HEAD)
+        end = time.monotonic() + seconds
+        next_byte = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            for path in ("/health", "/servers/fast-1/loads"):
+                if not answered_within(base + path, 1.0):
+                    failed.append(f"{path} at {seconds - (end - time.monotonic()):.1f} s")
+            if record_token and not recorded_within(base + RECORD_PATH, record_token, 1.0):
+                failed.append(f"record at {seconds - (end - time.monotonic()):.1f} s")
+            if time.monotonic() >= next_byte:
+                next_byte += 2.0
+                for sock in sockets:
+                    try:
+                        sock.send(b" ")
+                    except OSError:
+                        continue  # refused at once and closed: the attacker is gone
+            time.sleep(0.2)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return failed
+
+
+def test_slowly_sent_bodies_starve_nobody(
+    start_host: Callable[..., HostUnderTest], http_server: str
+) -> None:
+    """64 clients announce a 1 MB body and send it one byte every 2 s: every /health and every
+    cached read of a new client is answered within 1 s meanwhile (on granian the bodies beyond
+    the body slots are refused at once, and counted)."""
+    host = start_host("--no-agent", "--http", http_server)
+    assert host.post("/servers/fast-1/loads", {"cpu": 5.0})[0] == 202
+    wait_until(lambda: host.get("/servers/fast-1/loads")[0] == 200, 5, "the record")
+    failed = slow_bodies_attack(host.api, SLOW_BODIES, 6.0)
+    assert failed == [], failed
+    if http_server == "granian":
+        closed = host.get("/stats")[1]["api"]["connections_closed"]
+        assert closed["body_slots_full"] >= SLOW_BODIES // 2
+    ok = wait_until(lambda: host.post("/servers/fast-1/loads", {"cpu": 6.0})[0] == 202, 5, "202")
+    assert ok
+
+
+def test_with_a_record_token_slow_bodies_without_it_hold_no_body_slot(
+    start_host: Callable[..., HostUnderTest], tmp_path: Path, http_server: str
+) -> None:
+    """With --token-file, 64 clients without the token trickling bodies block no record: a
+    record with the token is answered 202 within 1 s throughout (granian refuses a POST without
+    the token before reading its body)."""
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    host = start_host("--no-agent", "--http", http_server, "--token-file", str(tmp_path / "token"))
+    assert recorded_within(host.api + RECORD_PATH, TOKEN, 5.0)
+    wait_until(lambda: host.get("/servers/fast-1/loads")[0] == 200, 5, "the record")
+    failed = slow_bodies_attack(host.api, SLOW_BODIES, 6.0, record_token=TOKEN)
+    assert failed == [], failed
+
+
+@pytest.mark.faults
+def test_hundreds_of_slowly_sent_bodies_for_half_a_minute_starve_nobody(
+    start_host: Callable[..., HostUnderTest], http_server: str
+) -> None:
+    """The same with 300 trickled bodies for 30 s (past waitress' --request-timeout, which cuts
+    them, while granian refuses those beyond its body slots)."""
+    host = start_host("--no-agent", "--http", http_server)
+    assert host.post("/servers/fast-1/loads", {"cpu": 5.0})[0] == 202
+    wait_until(lambda: host.get("/servers/fast-1/loads")[0] == 200, 5, "the record")
+    failed = slow_bodies_attack(host.api, ATTACKERS, 30.0)
+    assert failed == [], failed
 
 
 def test_at_the_connection_limit_the_longest_idle_makes_room(
