@@ -26,6 +26,7 @@ from servertrack.common.limits import (
 from servertrack.common.wire import MSGPACK
 from servertrack.receiver import curve
 from servertrack.receiver.graphite import (
+    CACHE_SIZE,
     DEFAULT_RATE,
     MAX_LINE,
     GraphiteIntake,
@@ -119,7 +120,9 @@ class ReceiverDaemon:
         if config.graphite:
             intake = GraphiteIntake(
                 self.state,
-                PathMapper(config.graphite_rules),
+                # Room for every server's cpu and ram paths: a cache smaller than the paths
+                # that come round each interval is emptied before any is read again.
+                PathMapper(config.graphite_rules, max(CACHE_SIZE, 2 * config.max_servers)),
                 config.graphite_max_line,
                 config.graphite_rate,
             )

@@ -63,7 +63,8 @@ client on the 2-core test machine, not 300,000), so it cuts only a client that f
 the bench's."""
 MAX_RULES = 1000
 CACHE_SIZE = 200_000
-"""Paths whose mapping is remembered; the memory is emptied when it is full."""
+"""Paths whose mapping is remembered at least (the receiver makes room for a cpu and a ram path
+per server it may track); the memory is emptied when it is full."""
 
 NODE_TEXT = re.compile(r"[A-Za-z0-9_-]+")
 PLACEHOLDER = re.compile(r"(\*|\{server\})")
