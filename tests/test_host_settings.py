@@ -11,7 +11,9 @@ child must end up with the same settings, parsed from its argv in the environmen
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,8 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
+from servertrack.common.lifecycle import port_unavailable
+from servertrack.common.testing import free_port
 from servertrack.host import supervisor as host
 from servertrack.host.cli import command_parser
 from tests.support import assert_fatal
@@ -330,3 +334,17 @@ def test_an_ipv6_bind_address_is_bracketed_in_endpoints(files: Path) -> None:
     assert receiver["bind"] == "tcp://[::1]:5556"
     assert receiver["graphite"] == "tcp://[::1]:2003"
     assert settings("agent", children["agent"].argv[3:])["connect"] == "tcp://[::1]:5556"
+
+
+def test_the_port_probe_gives_the_reason_a_port_cannot_be_listened_on() -> None:
+    """One probe for every command that checks its ports before it starts: None for a free
+    port (on an address or on every one), the system's reason for one something listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        number = taken.getsockname()[1]
+        assert port_unavailable("127.0.0.1", number) == os.strerror(errno.EADDRINUSE)
+        assert port_unavailable("*", number) == os.strerror(errno.EADDRINUSE)
+    assert port_unavailable("127.0.0.1", number) is None
+    assert port_unavailable("*", free_port()) is None
+    assert port_unavailable("192.0.2.1", free_port()) == os.strerror(errno.EADDRNOTAVAIL)
