@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import zmq.auth
 
 from servertrack.common.lifecycle import port_unavailable
 from servertrack.common.testing import free_port
@@ -187,27 +186,6 @@ BEFORE: dict[str, tuple[list[str], dict[str, str], dict[str, list[str]]]] = {
 }
 
 
-@pytest.fixture
-def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The files the command lines name, usable as given, and no SERVERTRACK variable set."""
-    for variable in [name for name in os.environ if name.startswith("SERVERTRACK_")]:
-        monkeypatch.delenv(variable)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    for name, text in (("token", "record\n"), ("read", "read\n"), ("pw", "secret\n")):
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(0o600)
-    (tmp_path / "graphite.map").write_text("hosts.{server}.memory.percent-used ram\n")
-    keys = tmp_path / "keys"
-    (keys / "authorized").mkdir(parents=True)
-    zmq.auth.create_certificates(keys, "receiver")
-    public, _ = zmq.auth.create_certificates(keys, "agent")
-    os.link(public, keys / "authorized" / "agent.key")
-    for secret in keys.glob("*.key_secret"):
-        secret.chmod(0o600)
-    (tmp_path / "rt").mkdir()
-    return tmp_path
-
-
 def filled(argv: list[str], tmp: Path) -> list[str]:
     return [part.format(tmp=tmp, rt=tmp / "rt") for part in argv]
 
@@ -233,17 +211,19 @@ def settings(child: str, argv: list[str]) -> dict[str, object]:
 
 @pytest.mark.parametrize("case", list(BEFORE))
 def test_each_daemon_gets_the_settings_it_got_before(
-    case: str, files: Path, environment: object, monkeypatch: pytest.MonkeyPatch
+    case: str, setting_files: Path, environment: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     argv, env, before = BEFORE[case]
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     host_env = dict(os.environ)
-    children = host.plan(host.build_parser().parse_args(filled(argv, files)), str(files / "rt"))
+    children = host.plan(
+        host.build_parser().parse_args(filled(argv, setting_files)), str(setting_files / "rt")
+    )
     assert [child.name for child in children] == list(before)
     for child in children:
         environment(host_env)  # type: ignore[operator]
-        expected = settings(child.name, filled(before[child.name], files)[1:])
+        expected = settings(child.name, filled(before[child.name], setting_files)[1:])
         assert child.argv[:3] == [sys.executable, "-m", before[child.name][0]]
         environment(child.environment())  # type: ignore[operator]
         assert settings(child.name, child.argv[3:]) == expected, child.name
@@ -255,7 +235,7 @@ def children_of(argv: list[str], tmp: Path) -> dict[str, host.Child]:
 
 
 def test_children_do_not_get_their_daemons_variables(
-    files: Path, environment: object, monkeypatch: pytest.MonkeyPatch
+    setting_files: Path, environment: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Variables meant for standalone daemons (an environment file shared with the nodes'
     agents) do not reach the host's children: the host's settings are the only ones. What
@@ -268,10 +248,10 @@ def test_children_do_not_get_their_daemons_variables(
         "SERVERTRACK_API_TOKEN_FILE": "{tmp}/token",
     }
     for name, value in stray.items():
-        monkeypatch.setenv(name, value.format(tmp=files))
+        monkeypatch.setenv(name, value.format(tmp=setting_files))
     monkeypatch.setenv("SERVERTRACK_RECEIVER_GRAPHITE_RATE", "1000")
     monkeypatch.setenv("SERVERTRACK_LOG_LEVEL", "DEBUG")
-    children = children_of(["--graphite-port", "2003"], files)
+    children = children_of(["--graphite-port", "2003"], setting_files)
     got = {}
     for name, child in children.items():
         own = {
@@ -289,12 +269,12 @@ def test_children_do_not_get_their_daemons_variables(
 
 
 def test_a_bad_variable_of_a_daemon_stops_the_host_naming_it(
-    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    setting_files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Before anything starts (it used to stop only the receiver, again and again)."""
     monkeypatch.setenv("SERVERTRACK_RECEIVER_GRAPHITE_RATE", "fast")
     with pytest.raises(SystemExit) as stopped:
-        children_of([], files)
+        children_of([], setting_files)
     assert stopped.value.code == 2
     assert "SERVERTRACK_RECEIVER_GRAPHITE_RATE='fast'" in capsys.readouterr().err
 
@@ -309,27 +289,27 @@ def test_a_bad_variable_of_a_daemon_stops_the_host_naming_it(
     ],
 )
 def test_retention_must_outlast_the_snapshot_interval_when_there_are_snapshots(
-    argv: list[str], refused: bool, files: Path, capsys: pytest.CaptureFixture[str]
+    argv: list[str], refused: bool, setting_files: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if refused:
-        assert_fatal(capsys, lambda: children_of(argv, files), "--retention must be longer")
+        assert_fatal(capsys, lambda: children_of(argv, setting_files), "--retention must be longer")
     else:
-        assert children_of(argv, files)
+        assert children_of(argv, setting_files)
 
 
 def test_a_check_of_the_local_agent_names_runs_flag(
-    files: Path, capsys: pytest.CaptureFixture[str]
+    setting_files: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The agent's ``--curve-secret`` is ``--agent-curve-secret`` to ``servertrack run``."""
-    (files / "keys" / "agent.key_secret").write_text("not a key\n")
+    (setting_files / "keys" / "agent.key_secret").write_text("not a key\n")
     argv = [*BEFORE["curve"][0]]
     message = "servertrack run: --agent-curve-secret: cannot read the key pair"
-    assert_fatal(capsys, lambda: children_of(argv, files), message)
+    assert_fatal(capsys, lambda: children_of(argv, setting_files), message)
 
 
-def test_an_ipv6_bind_address_is_bracketed_in_endpoints(files: Path) -> None:
+def test_an_ipv6_bind_address_is_bracketed_in_endpoints(setting_files: Path) -> None:
     """``--bind ::1`` gives ``tcp://[::1]:PORT``, which the receiver and the agent accept."""
-    children = children_of(["--bind", "::1", "--graphite-port", "2003"], files)
+    children = children_of(["--bind", "::1", "--graphite-port", "2003"], setting_files)
     receiver = settings("receiver", children["receiver"].argv[3:])
     assert receiver["bind"] == "tcp://[::1]:5556"
     assert receiver["graphite"] == "tcp://[::1]:2003"

@@ -5,12 +5,10 @@ environment without those variables (which is how ``servertrack run`` starts its
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import zmq.auth
 
 from servertrack.agent.settings import AgentSettings
 from servertrack.aggregator.settings import AggregatorSettings
@@ -91,24 +89,6 @@ SAMPLES: dict[type[Settings], dict[str, str]] = {
 }
 
 
-@pytest.fixture
-def tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The files the samples name, usable as given; no SERVERTRACK variable set."""
-    for variable in [name for name in os.environ if name.startswith("SERVERTRACK_")]:
-        monkeypatch.delenv(variable)
-    monkeypatch.chdir(tmp_path)
-    for name, text in (("token", "record\n"), ("read", "read\n"), ("pw", "secret\n")):
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(0o600)
-    (tmp_path / "graphite.map").write_text("hosts.{server}.memory.percent-used ram\n")
-    keys = tmp_path / "keys"
-    (keys / "authorized").mkdir(parents=True)
-    for name in ("receiver", "agent"):
-        zmq.auth.create_certificates(keys, name)
-        (keys / f"{name}.key_secret").chmod(0o600)
-    return tmp_path
-
-
 def parse(kind: type[Settings], argv: list[str]) -> Settings:
     """``kind``'s settings of ``argv``, by a parser built now (so in today's environment)."""
     parser = argparse.ArgumentParser(prog=f"servertrack {kind.COMMAND}")
@@ -133,39 +113,43 @@ def without_variables(kind: type[Settings], call: Callable[[], Settings]) -> Set
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.COMMAND)
 def test_the_samples_give_every_option_a_value_other_than_its_default(
-    kind: type[Settings], tmp: Path
+    kind: type[Settings], setting_files: Path
 ) -> None:
     """So the round trips below carry every option, and a value only a default would give
     cannot pass for one that travelled."""
     assert list(SAMPLES[kind]) == [option.flag for option in kind.OPTIONS]
-    settings = parse(kind, sample_argv(kind, tmp))
+    settings = parse(kind, sample_argv(kind, setting_files))
     for option in kind.OPTIONS:
         assert getattr(settings, option.field) != option.default, option.flag
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.COMMAND)
-def test_flags_to_argv_and_back_give_the_same_settings(kind: type[Settings], tmp: Path) -> None:
-    settings = parse(kind, sample_argv(kind, tmp))
+def test_flags_to_argv_and_back_give_the_same_settings(
+    kind: type[Settings], setting_files: Path
+) -> None:
+    settings = parse(kind, sample_argv(kind, setting_files))
     assert parse(kind, settings.to_argv()) == settings
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.COMMAND)
-def test_defaults_to_argv_and_back_give_the_same_settings(kind: type[Settings], tmp: Path) -> None:
+def test_defaults_to_argv_and_back_give_the_same_settings(
+    kind: type[Settings], setting_files: Path
+) -> None:
     settings = parse(kind, [])
     assert parse(kind, settings.to_argv()) == settings
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.COMMAND)
 def test_variables_to_argv_and_back_give_the_same_settings(
-    kind: type[Settings], tmp: Path, monkeypatch: pytest.MonkeyPatch
+    kind: type[Settings], setting_files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every option set by its variable gives what its flag gives; the command line written
     of those settings gives them again, with the variables set or not."""
     for flag, text in SAMPLES[kind].items():
-        value = "yes" if text == ON else text.format(tmp=tmp)
+        value = "yes" if text == ON else text.format(tmp=setting_files)
         monkeypatch.setenv(variable_name(kind.COMMAND, flag), value)
     settings = parse(kind, [])
-    assert settings == parse(kind, sample_argv(kind, tmp))
+    assert settings == parse(kind, sample_argv(kind, setting_files))
     argv = settings.to_argv()
     assert parse(kind, argv) == settings
     assert without_variables(kind, lambda: parse(kind, argv)) == settings
@@ -177,10 +161,10 @@ def test_a_value_that_looks_like_a_flag_is_written_with_an_equals_sign() -> None
     assert Option("--on", False, "", switch=True).to_argv(False) == []
 
 
-def test_file_paths_are_made_absolute(tmp: Path) -> None:
+def test_file_paths_are_made_absolute(setting_files: Path) -> None:
     """A child started from another directory finds the same file."""
     settings = parse(AggregatorSettings, ["--snapshot", "relative/aggregator.npz"])
-    assert settings.snapshot == str(tmp / "relative" / "aggregator.npz")  # type: ignore[attr-defined]
+    assert settings.snapshot == str(setting_files / "relative" / "aggregator.npz")  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -217,10 +201,10 @@ def test_file_paths_are_made_absolute(tmp: Path) -> None:
     ],
 )
 def test_settings_a_daemon_cannot_run_with_are_refused_naming_the_flag(
-    kind: type[Settings], argv: list[str], flag: str | None, reason: str, tmp: Path
+    kind: type[Settings], argv: list[str], flag: str | None, reason: str, setting_files: Path
 ) -> None:
-    (tmp / "empty").write_text("\n")
+    (setting_files / "empty").write_text("\n")
     with pytest.raises(ConfigError) as refused:
-        parse(kind, [part.format(tmp=tmp) for part in argv])
+        parse(kind, [part.format(tmp=setting_files) for part in argv])
     assert refused.value.flag == flag
     assert reason in refused.value.reason
