@@ -3,6 +3,12 @@
 The receiver, the aggregator and the API (plus a local agent) each run in their own process and
 talk over ipc sockets in a private runtime directory, so two hosts on different ports can run side
 by side. A child that dies is started again, with a growing pause if it keeps dying.
+
+The host knows no daemon's flags: each daemon declares its options in its ``settings`` module,
+``run`` offers some of them under its own names (:data:`OFFERS`), and :func:`compose` makes each
+daemon's settings of those, of what the host decides (endpoints, ports) and of the daemon's own
+variables, checked before anything starts. A child gets its settings as its command line
+(``to_argv``).
 """
 
 from __future__ import annotations
@@ -234,6 +240,11 @@ def run_flag(kind: type[Settings], flag: str) -> str:
     return next(offered, f"{kind.COMMAND} {flag}")
 
 
+def reachable(bind: str) -> str:
+    """The address at which a client on this machine reaches a socket listening on ``bind``."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "*") else bind
+
+
 def child_of(settings: Settings) -> Child:
     """The process of a daemon with ``settings``: given on its command line, and nothing of them
     left to its variables, which the host has already read."""
@@ -304,7 +315,6 @@ def local_agent(
 ) -> AgentSettings:
     """The local agent's settings. With CURVE it gets the receiver's public key only, written
     next to the sockets; a warning says when its own key is not among the authorized ones."""
-    agent_host = "127.0.0.1" if args.bind in ("0.0.0.0", "*") else args.bind
     server_key = None
     if receiver.curve_secret is not None:
         try:
@@ -316,7 +326,7 @@ def local_agent(
     agent = compose(
         AgentSettings,
         args,
-        connect=tcp_endpoint(agent_host, args.ingest_port),
+        connect=tcp_endpoint(reachable(args.bind), args.ingest_port),
         server_key=server_key,
     )
     authorized = receiver.authorized_keys
@@ -420,8 +430,7 @@ def run(args: argparse.Namespace) -> int:
                 locks.append(hold_lock(os.path.join(data_dir, "host.lock"), "data directory"))
         except OSError as err:  # LockHeld included
             fatal(f"servertrack run: {err}")
-        shown = "127.0.0.1" if args.bind in ("0.0.0.0", "*") else args.bind
-        base = f"http://{shown}:{args.api_port}"
+        base = f"http://{reachable(args.bind)}:{args.api_port}"
         print(f"ServerTrack API on {base}  (Ctrl-C stops)", flush=True)
         if not args.no_agent:
             name = args.agent_name or node_name()

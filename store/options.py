@@ -59,8 +59,8 @@ STORE_OPTIONS = (
         positive_float,
     ),
 )
-"""``--store`` and ``--store-password-file``: what the aggregator and every API reading the store
-take."""
+"""The store, its password file and its timeout: what the aggregator and every API reading the
+store take."""
 WRITER_OPTIONS = (
     Option(
         "--store-flush",
