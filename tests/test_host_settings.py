@@ -1,5 +1,7 @@
 """``servertrack run`` composes its daemons' settings: each child gets the same settings as the
-command lines the host wrote by hand before its daemons declared their own flags.
+command lines the host wrote by hand before its daemons declared their own flags; the children
+get none of their daemons' variables; every daemon's settings are checked before anything
+starts, a failure named by ``run``'s flag; and the one port probe every command uses.
 
 ``BEFORE`` holds, for a few representative ``servertrack run`` command lines and environments,
 the exact argv each child was started with then (``{tmp}`` and ``{rt}`` stand for the test's
