@@ -82,6 +82,45 @@ def test_no_generation_while_the_counter_cannot_be_read(
     wait_until(generation.current, 5, "the counter read again")
 
 
+def test_a_merge_follows_the_counter_read_before_unless_reads_failed_between(
+    generation: StoreGeneration, counter: Counter
+) -> None:
+    """After a merge the generation before is the counter read last (the same minute); after a
+    spell in which the counter could not be read it is unknown: merges may have come and gone
+    unheard, so no answer kept before may pass for the previous one."""
+    first = wait_until(generation.current, 5, "the first read of the counter")
+    counter.count = 3
+    second = wait_until(lambda: generation.tag() != first.number and generation.current(), 5, "3")
+    assert second.before == first.number and second.since >= first.since
+    counter.down = True
+    wait_until(lambda: generation.current() is None, 5, "the generation given up")
+    counter.count = 5
+    counter.down = False
+    third = wait_until(generation.current, 5, "the counter read again")
+    assert third.number != second.number and third.before is None
+
+
+def test_a_minute_that_turned_while_nobody_asked_is_dated_when_it_turned(
+    counter: Counter, clock: FakeClock
+) -> None:
+    """The minute turned 40 s before the first question after a quiet spell: the new generation
+    is dated at the turn, not at the question (the cache's grace for the previous answer is long
+    over), and the one before it is the same counter in the minute before."""
+    ticks = FakeClock(1000.0)
+    generation = StoreGeneration(counter, clock, poll=0.01, fresh_for=0.3, monotonic=ticks)
+    try:
+        first = wait_until(generation.current, 5, "the first read of the counter")
+        assert first.since == 1000.0
+        clock.advance(55 + 40)  # from :05 to :40 of the next minute, nobody asking
+        ticks.advance(55 + 40)
+        current = wait_until(generation.current, 5, "the counter read again")
+        assert current.number != first.number and current.before == first.number
+        assert current.since == 1000.0 + 55
+        assert generation.current() == current  # dated once
+    finally:
+        generation.close()
+
+
 class SteppingClock:
     """Answers ``first`` once after :meth:`step_at` is called, then ``then`` for good."""
 
