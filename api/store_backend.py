@@ -25,17 +25,12 @@ from servertrack.api.backend import Unavailable, ZmqBackend
 from servertrack.api.store_generation import StoreGeneration
 from servertrack.common.buckets import Clock, iso_utc
 from servertrack.common.sample import Sample
+from servertrack.common.views import view_reply
 from servertrack.store.redis_nodes import StoreUnavailable
 from servertrack.store.redis_store import RedisStore
 
 MAX_VIEWS = 500
 """Servers one ``views`` query may ask for (the read cache refreshes in such groups)."""
-
-
-def _answer(view: dict[str, Any] | None) -> dict[str, Any]:
-    if view is None:
-        return {"status": 404}
-    return {"status": 200, "body": json.dumps(view).encode()}
 
 
 class StoreReader:
@@ -101,14 +96,14 @@ class StoreBackend:
                 return self._stats(request, deadline)
             store = self._ready()
             if op == "view":
-                reply = _answer(store.view(str(request.get("name")), now))
+                reply = view_reply(store.view(str(request.get("name")), now), now)
                 return reply if gen is None else {**reply, "gen": gen}
             if op == "views":
                 names = request.get("names")
                 if not isinstance(names, list) or len(names) > MAX_VIEWS:
                     return {"status": 400, "message": f"names: a list of at most {MAX_VIEWS}"}
                 views = store.views([str(name) for name in names], now)
-                return {"views": [_answer(view) for view in views], "gen": gen}
+                return {"views": [view_reply(view, now) for view in views], "gen": gen}
             if op == "servers":
                 limit = request.get("limit")
                 after = request.get("after")

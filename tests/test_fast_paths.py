@@ -24,6 +24,7 @@ from servertrack.api.generation import Current, GenerationWatch
 from servertrack.api.group import GroupCommit
 from servertrack.api.stats import ApiStats
 from servertrack.common.batch import Batch
+from servertrack.common.oracle import iso_z
 from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
 from servertrack.common.testing import FakeClock, wait_until
@@ -352,6 +353,32 @@ class OneAtATime:
 
 def samples_shown(reply: dict[str, Any]) -> int:
     return sum(bucket["samples"] for bucket in json.loads(reply["body"])["hours"])
+
+
+def test_answers_say_when_they_were_read_and_a_kept_one_keeps_its_time() -> None:
+    """Every answer carries ``ServerTrack-As-Of``, the aggregator's clock when it read its
+    store, beside the aggregator's bytes; a kept answer keeps the time it was read (through
+    Falcon and before it alike), and the next generation's answer has its own."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample("web", NOW - 1, 3.0, None)])
+    generation = FixedGeneration(backend.aggregator.generation)
+    cache = CachedReads(backend, generation)
+    app = create_app(cache, clock)
+    fast = FastReads(app, cache, None, request_deadline=2)
+
+    def as_of(wsgi: Any) -> str:
+        return str(testing.simulate_get(wsgi, "/servers/web/loads").headers["ServerTrack-As-Of"])
+
+    try:
+        assert as_of(app) == iso_z(NOW)
+        clock.now += 5
+        assert as_of(app) == as_of(fast) == iso_z(NOW)
+        backend.record([Sample("web", NOW + 4, 3.0, None)])
+        generation.value = backend.aggregator.generation
+        assert as_of(fast) == as_of(app) == iso_z(NOW + 5)
+    finally:
+        cache.close()
 
 
 def test_after_a_quiet_spell_an_answer_kept_generations_ago_is_never_served() -> None:

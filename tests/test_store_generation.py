@@ -121,6 +121,26 @@ def test_a_minute_that_turned_while_nobody_asked_is_dated_when_it_turned(
         generation.close()
 
 
+def test_an_answer_read_from_redis_is_as_of_the_clock_the_read_took(tmp_path: Path) -> None:
+    minute = 1_699_999_980.0
+    clock = FakeClock(minute + 7.25)
+    redis_server = RedisServer(tmp_path / "redis").start()
+    store = RedisStore(redis_server.url, clock=clock)
+    backend = StoreBackend(store, None, clock)
+    try:
+        store.open()
+        batch = BatchColumns(
+            0, np.zeros(1, np.int64), np.array([minute + 1]), np.ones(1), np.ones(1)
+        )
+        store.merge("w", [batch], ["dated"], None, minute + 2)
+        assert backend.query({"op": "view", "name": "dated"})["as_of"] == iso_z(minute + 7.25)
+        views = backend.query({"op": "views", "names": ["dated"]})["views"]
+        assert views[0]["as_of"] == iso_z(minute + 7.25)
+    finally:
+        backend.close()
+        redis_server.stop()
+
+
 class SteppingClock:
     """Answers ``first`` once after :meth:`step_at` is called, then ``then`` for good."""
 
