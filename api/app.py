@@ -33,6 +33,7 @@ from servertrack.api.ui import add_pages
 from servertrack.common.buckets import Clock, time_verdict
 from servertrack.common.limits import out_of_files
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
+from servertrack.common.views import AS_OF_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,9 @@ class ServerLoads:
             raise NotFound("unknown_server", f"no data for server {name!r} in the last 24 hours")
         resp.data = reply["body"]
         resp.content_type = JSON
+        as_of = reply.get("as_of")
+        if isinstance(as_of, str):
+            resp.set_header(AS_OF_HEADER, as_of)
 
 
 class Loads:
