@@ -50,7 +50,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from servertrack.receiver.state import METRICS, ReceiverState
+from servertrack.common.sample import METRICS
+from servertrack.receiver.state import ReceiverState
 
 SOURCE = "graphite"
 MAX_LINE = 1024
