@@ -324,7 +324,7 @@ class ReceiverState:
     ) -> str | None:
         """Admit valid values of a known server: the time window, then its sequence streams
         (without seq, the de-duplication by ``key``), then the batch being built."""
-        window = self._window
+        window = self._window  # PERF: inline, the window's bounds; its verdict only to refuse
         if window.now != now:
             window = self._window_at(now)
         if not window.oldest <= ts <= window.newest:
