@@ -31,7 +31,7 @@ from servertrack.forward.points import (
     answer_time,
     window_points,
 )
-from servertrack.forward.sink import Batch, GraphiteSink
+from servertrack.forward.sink import GraphiteSink, LineBatch
 from servertrack.forward.source import SourceError
 from servertrack.forward.state_file import StateFile
 from servertrack.forward.windows import Plan, Schedule, align_up, oldest_readable, scale_of
@@ -317,7 +317,7 @@ class Forwarder:
         self.in_flight[window.t] = InFlight(window.servers, len(window.lines))
         self.queue.put(window.t, window.lines)
 
-    def _settle(self, finished: list[Batch]) -> None:
+    def _settle(self, finished: list[LineBatch]) -> None:
         for batch in finished:
             info = self.in_flight.pop(batch.tag, InFlight(0, len(batch.lines)))
             self.counters.points_sent += batch.written
