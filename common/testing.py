@@ -182,6 +182,12 @@ class HostUnderTest:
     def ingest(self) -> str:
         return f"tcp://127.0.0.1:{self.ingest_port}"
 
+    @property
+    def runtime_dir(self) -> str:
+        """Where its daemons' ipc sockets are (``receiver-control``, ``query``, ...)."""
+        argv = self.process.argv
+        return argv[argv.index("--runtime-dir") + 1]
+
     def get(self, path: str) -> tuple[int, Any]:
         return http_json("GET", self.api + path)
 
