@@ -24,12 +24,14 @@ from servertrack.common.fleet import (
     MAX_CURSOR_DIGITS,
     MAX_FILTER,
     MAX_LIMIT,
+    MAX_NAMES_VERSION,
     SORT_COLUMNS,
     SPARKLINE_MINUTES,
     STALE_AFTER,
     STATUSES,
 )
 from servertrack.common.sample import FQDN_RE
+from servertrack.common.views import AS_OF_HEADER
 
 FQDN_PATTERN = f"^{FQDN_RE.pattern}$"
 METRICS_MEDIA_TYPE = "text/plain"
@@ -87,6 +89,7 @@ OTHER_REASONS = (
     "bad_sort",
     "bad_order",
     "bad_q",
+    "bad_names",
 )
 
 
@@ -370,16 +373,26 @@ SCHEMAS["FleetPage"] = {
 }
 SCHEMAS["FleetGrid"] = {
     "type": "object",
-    "required": ["now", "servers", "cpu", "status"],
+    "required": ["now", "count", "names_version", "cpu", "status"],
     "additionalProperties": False,
-    "description": "Every tracked server, in name order, as parallel arrays.",
+    "description": "Every tracked server, in name order, compact: for `count` servers, `cpu` "
+    "and `status` hold one entry each, and `servers` their names, sent only when the request's "
+    "`names` is not the current `names_version` (keep the names and the version, and send it "
+    "back: the names then travel only when a server comes or goes).",
     "properties": {
         "now": {"type": "string"},
+        "count": COUNT,
+        "names_version": {
+            "type": "string",
+            "pattern": f"^[0-9a-z-]{{1,{MAX_NAMES_VERSION}}}$",
+            "description": "Changes whenever the list of names does; opaque.",
+        },
         "servers": {"type": "array", "items": {"type": "string"}},
         "cpu": {
-            "type": "array",
-            "items": NULLABLE_NUMBER,
-            "description": "Current cpu (see FleetRow.cpu), rounded to 0.1.",
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "Base64 of `count` little-endian uint16: each server's current cpu "
+            "(see FleetRow.cpu) in tenths of a percent, 0 to 1000; 65535 when it has none.",
         },
         "status": {
             "type": "string",
@@ -481,7 +494,17 @@ def build_document(
                 "get": _operation(
                     "A server's minute and hour buckets",
                     {
-                        "200": _json(_ref("ServerLoads"), "The server's rollups."),
+                        "200": {
+                            **_json(_ref("ServerLoads"), "The server's rollups."),
+                            "headers": {
+                                AS_OF_HEADER: {
+                                    "description": "When this answer was read from the store, "
+                                    "ISO 8601 UTC: every sample applied by then is in it. An "
+                                    "answer served from the read cache keeps its time.",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
                         "400": _error("Bad server name."),
                         "404": _error("No data for this server in the last 24 hours."),
                         "502": _error(
@@ -567,8 +590,23 @@ def build_document(
             "/fleet/grid": {
                 "get": _operation(
                     "Every server's current cpu and status, compact, for the heat grid",
-                    {"200": _json(_ref("FleetGrid"), "All servers, in name order.")},
+                    {
+                        "200": _json(_ref("FleetGrid"), "All servers, in name order."),
+                        "400": _error("A bad parameter: reason bad_names or unknown_parameter."),
+                    },
                     read,
+                    parameters=[
+                        {
+                            "name": "names",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "pattern": f"^[0-9a-z-]{{1,{MAX_NAMES_VERSION}}}$",
+                            },
+                            "description": "The `names_version` of the names the caller holds: "
+                            "the answer leaves `servers` out while it is still current.",
+                        }
+                    ],
                 )
             },
             "/": {
