@@ -31,7 +31,7 @@ from servertrack.common.buckets import MINUTE, Clock
 from servertrack.common.gc_pause import gc_paused
 from servertrack.common.lifecycle import Ticker
 from servertrack.common.limits import FileShortage, out_of_files
-from servertrack.store.redis_nodes import StoreUnavailable
+from servertrack.readmodel.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 MAX_BATCH_BYTES = 512 * 2**20

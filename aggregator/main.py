@@ -9,14 +9,12 @@ import logging
 import zmq
 
 from servertrack.aggregator.daemon import AggregatorDaemon
-from servertrack.aggregator.redis_rollups import RedisRollups
 from servertrack.aggregator.settings import AggregatorSettings
 from servertrack.aggregator.store import RollupStore
 from servertrack.common import rpc
 from servertrack.common.config import setup_logging
 from servertrack.common.lifecycle import fatal, hold_lock, stop_on_signals
 from servertrack.store.options import MEMORY, store_password
-from servertrack.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +36,10 @@ def make_store(settings: AggregatorSettings) -> RollupStore | None:
     (until its receiver restarts, which starts its table again from the servers Redis holds)."""
     if settings.store == MEMORY:
         return None
+    # Only a Redis store needs redis-py: memory mode never imports it.
+    from servertrack.aggregator.redis_rollups import RedisRollups
+    from servertrack.store.redis_store import RedisStore
+
     try:
         password = store_password(settings)
         writer = RedisStore(

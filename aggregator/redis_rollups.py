@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from servertrack.aggregator.rollups import ApplyResult
 from servertrack.common.batch import ServerHealth
 from servertrack.common.buckets import HOUR, HOUR_WINDOW, Clock
+from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
+from servertrack.readmodel.fleet import FleetTable
+from servertrack.readmodel.values import ServersPage, ServerView
 from servertrack.store.cells import BatchColumns
-from servertrack.store.redis_nodes import StoreUnavailable
+from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
 
 DEFAULT_MAX_PENDING = 5_000_000
@@ -116,6 +119,7 @@ class RedisRollups:
     ) -> None:
         self.writer = store
         self.redis = reader if reader is not None else store
+        self.reader = RedisReader(self.redis)
         """The connection reads go through (the writer's own when no reader is given: then
         flushes must run on the reading thread)."""
         self.clock = clock
@@ -294,41 +298,37 @@ class RedisRollups:
         out = self.in_flight.samples if self.in_flight is not None else 0
         return self.pending_samples + out
 
-    def _reader(self) -> RedisStore:
+    def _reader(self) -> RedisReader:
         if not self.redis.opened:
             self.redis.open()  # StoreUnavailable while Redis is down
-        return self.redis
+        return self.reader
 
     def _names(self) -> list[str]:
         return [name or "" for name in self.name_of]
 
-    # -- reads --------------------------------------------------------------------------------
-    def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:
-        view = self._reader().view(name, self.advance(now))
-        if view is not None:
-            view.pop("health", None)  # the aggregator answers with its own health record
-        return view
+    # -- reads: the Redis read model ---------------------------------------------------------
+    def view(self, name: str, now: float | None = None) -> ServerView | None:
+        return self._reader().view(name, self.advance(now))
 
-    def servers_page(
-        self, now: float | None, after: str | None, limit: int
-    ) -> tuple[list[tuple[str, float]], int, bool]:
-        rows, total, following = self._reader().servers(self.advance(now), limit, after)
-        return rows, total, following is not None
+    def views(
+        self, names: Sequence[str], now: float | None = None
+    ) -> list[ServerView | CorruptKey | None]:
+        return self._reader().views(names, self.advance(now))
+
+    def servers_page(self, after: str | None, limit: int, now: float | None = None) -> ServersPage:
+        return self._reader().servers_page(after, limit, self.advance(now))
 
     def server_count(self) -> int:
-        return self._reader().server_count()
+        return self._reader().store.server_count()
 
     def sequences(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         return self._reader().sequences()
 
     def fleet_version(self, now: float) -> int:
-        """Redis changes under other writers too: the table is read again every second."""
-        return int(now)
+        return self.reader.fleet_version(now)
 
-    def fleet_table(self, now: float | None = None) -> Any:
-        from servertrack.aggregator.fleet import table_from_rows
-
-        return table_from_rows(self._reader().fleet_rows(self.advance(now)))
+    def fleet_table(self, now: float | None = None) -> FleetTable:
+        return self._reader().fleet_table(self.advance(now))
 
     # -- snapshots: Redis keeps the data ------------------------------------------------------
     def snapshot(self) -> None:

@@ -15,73 +15,78 @@ leave the garbage collector nothing to scan.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import numpy as np
 from sortedcontainers import SortedList
 
 from servertrack.aggregator.current import CurrentValues
+from servertrack.aggregator.fleet_table import fleet_table
+from servertrack.common.batch import ServerHealth
 from servertrack.common.buckets import (
     HOUR,
     HOUR_WINDOW,
     MINUTE,
     MINUTE_WINDOW,
     Clock,
-    iso_utc,
     oldest_accepted_ts,
 )
+from servertrack.readmodel.cells import CELL_DTYPE, METRICS, clear, shown
+from servertrack.readmodel.errors import CorruptKey
+from servertrack.readmodel.fleet import FleetTable
+from servertrack.readmodel.health import merge_health
+from servertrack.readmodel.values import ServersPage, ServerView
 
-METRICS = ("cpu", "ram")
+NO_BUCKET = np.iinfo(np.int64).min
 
 
 class Ring:
-    """Sum/count/min/max of cpu and ram for ``slots`` consecutive buckets of ``width`` seconds."""
+    """The cells (:mod:`servertrack.readmodel.cells`) of ``slots`` consecutive buckets of
+    ``width`` seconds, one row per server: ``cells[row, bucket % slots]``.
+
+    Each field of the cells is also reachable as an array of its own (``fields["cpu_sum"]``: a
+    view into the cells, so a write through it is a write to the cells)."""
 
     def __init__(self, width: int, window: int, capacity: int) -> None:
         self.width = width
         self.window = window
         self.slots = window + 1
-        self.bucket_of_slot = np.full(self.slots, np.iinfo(np.int64).min, dtype=np.int64)
-        self.current = np.iinfo(np.int64).min
-        self.fields: dict[str, np.ndarray] = {
-            "samples": np.zeros((capacity, self.slots), np.uint32),
-        }
-        for metric in METRICS:
-            for name, dtype in (("sum", np.float64), ("count", np.uint32)):
-                self.fields[f"{metric}_{name}"] = np.zeros((capacity, self.slots), dtype)
-            for name in ("min", "max"):
-                self.fields[f"{metric}_{name}"] = np.zeros((capacity, self.slots), np.float64)
+        self.bucket_of_slot = np.full(self.slots, NO_BUCKET, dtype=np.int64)
+        self.current = NO_BUCKET
+        self.cells = np.zeros((capacity, self.slots), CELL_DTYPE)
+        self.fields = self._views()
         self.ready = 0
-        """Rows made empty so far. The arrays start as zeros the system gives on first touch, so
+        """Rows made empty so far. The cells start as zeros the system gives on first touch, so
         the rows above ``ready`` cost no memory and no time until :meth:`prepare` empties them
-        (min +inf, max -inf) just before they are used; nothing else reads or writes them."""
+        (min +inf, max -inf, each slot stamped) just before they are used; nothing else reads
+        or writes them."""
 
-    @staticmethod
-    def empty_value(name: str) -> float:
-        if name.endswith("_min"):
-            return np.inf
-        if name.endswith("_max"):
-            return -np.inf
-        return 0
+    def _views(self) -> dict[str, np.ndarray]:
+        return {name: self.cells[name] for name in CELL_DTYPE.names if name != "stamp"}
+
+    def _stamps(self) -> np.ndarray:
+        """Each slot's bucket number as a cell stamp (0 for a slot no bucket has had yet)."""
+        return np.where(self.bucket_of_slot >= 0, self.bucket_of_slot, 0).astype(np.uint32)
 
     def prepare(self, rows: int) -> None:
-        """Make the rows below ``rows`` ready to take samples (empty buckets)."""
-        for name, array in self.fields.items():
-            empty = self.empty_value(name)
-            if empty:
-                array[self.ready : rows] = empty
+        """Make the rows below ``rows`` ready to take samples (empty cells)."""
+        if rows > self.ready:
+            clear(self.cells[self.ready : rows], self._stamps())
         self.ready = max(self.ready, rows)
 
     def grow(self, capacity: int) -> None:
-        for name, array in self.fields.items():
-            bigger = np.zeros((capacity, self.slots), array.dtype)
-            bigger[: self.ready] = array[: self.ready]
-            self.fields[name] = bigger
+        bigger = np.zeros((capacity, self.slots), CELL_DTYPE)
+        bigger[: self.ready] = self.cells[: self.ready]
+        self.cells = bigger
+        self.fields = self._views()
 
     def clear_rows(self, rows: np.ndarray) -> None:
-        for name, array in self.fields.items():
-            array[rows] = self.empty_value(name)
+        emptied = self.cells[rows]
+        clear(emptied, self._stamps())
+        self.cells[rows] = emptied
 
     def advance(self, current: int) -> None:
         """Move the window so that bucket ``current`` is the newest complete one shown."""
@@ -93,9 +98,10 @@ class Ring:
         stale = self.bucket_of_slot != expected
         if stale.any():
             columns = np.flatnonzero(stale)
-            for name, array in self.fields.items():
-                array[: self.ready, columns] = self.empty_value(name)
             self.bucket_of_slot[columns] = expected[columns]
+            emptied = self.cells[: self.ready, columns]
+            clear(emptied, self._stamps()[columns])
+            self.cells[: self.ready, columns] = emptied
 
     def in_window(self, buckets: np.ndarray) -> np.ndarray:
         """Which buckets have a slot: the window plus the one bucket ahead of it."""
@@ -108,6 +114,7 @@ class Ring:
 
         PERF: unbuffered ``ufunc.at`` handles repeated cells without sorting; with an array
         operand it costs ~2-5 ms per field for 200k samples (an argsort alone costs ~10 ms).
+        The fields are views into 64-byte cells, so one sample's fields share a cache line.
         """
         if rows.size == 0:
             return
@@ -128,37 +135,13 @@ class Ring:
             np.minimum.at(f[f"{metric}_min"].reshape(-1), where, column)
             np.maximum.at(f[f"{metric}_max"].reshape(-1), where, column)
 
-    def buckets_of(self, row: int) -> list[dict[str, Any]]:
-        """The non-empty buckets of ``row`` inside the window, oldest first."""
-        f = self.fields
-        shown = (self.bucket_of_slot > self.current - self.window) & (
-            self.bucket_of_slot <= self.current
-        )
-        filled = f["samples"][row] > 0
-        slots = np.flatnonzero(shown & filled)
-        slots = slots[np.argsort(self.bucket_of_slot[slots])]
-        out = []
-        for slot in slots.tolist():
-            bucket: dict[str, Any] = {"start": iso_utc(int(self.bucket_of_slot[slot]) * self.width)}
-            counts = {metric: int(f[f"{metric}_count"][row, slot]) for metric in METRICS}
-            for metric, count in counts.items():
-                if count:
-                    total = float(f[f"{metric}_sum"][row, slot])
-                    bucket[metric] = total / count
-                    bucket[f"{metric}_sum"] = total
-                    bucket[f"{metric}_min"] = float(f[f"{metric}_min"][row, slot])
-                    bucket[f"{metric}_max"] = float(f[f"{metric}_max"][row, slot])
-                else:
-                    bucket[metric] = bucket[f"{metric}_sum"] = None
-                    bucket[f"{metric}_min"] = bucket[f"{metric}_max"] = None
-                bucket[f"{metric}_samples"] = count
-            bucket["samples"] = int(f["samples"][row, slot])
-            out.append(bucket)
-        return out
+    def shown_cells(self, row: int) -> np.ndarray:
+        """The cells of ``row`` holding samples inside the window, oldest first."""
+        return shown(self.cells[row], self.current - self.window + 1, self.current)
 
     @property
     def nbytes(self) -> int:
-        return sum(array.nbytes for array in self.fields.values())
+        return int(self.cells.nbytes)
 
 
 REFUSED = -2
@@ -211,6 +194,8 @@ class Rollups:
         self.last_seq_ts = np.full(capacity, -np.inf, np.float64)
         """Each server's newest agent seq and its ts, so a restarted receiver can resume loss
         counting where the previous one stopped."""
+        self.health: dict[str, dict[str, tuple[float, ServerHealth]]] = {}
+        """Name → receiver run → (when written, that run's health of the server)."""
         self.current_values = CurrentValues(capacity)
         """Each row's current cpu and ram, kept as samples come (for the dashboard's table)."""
         self.row_of: dict[str, int] = {}
@@ -310,6 +295,7 @@ class Rollups:
             name = self.name_of[row]
             self.name_of[row] = None
             del self.row_of[name]
+            self.health.pop(name, None)
             self.sorted_names.remove(name)
             self.free_rows.append(row)
         self.last_seen[rows] = -np.inf
@@ -399,37 +385,47 @@ class Rollups:
         return result
 
     # -- reads --------------------------------------------------------------------------------
-    def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:
-        """A server's minute and hour buckets, or ``None`` if it has no data in the window."""
+    def view(self, name: str, now: float | None = None) -> ServerView | None:
+        """A server's minute and hour cells, or ``None`` if it has no data in the window."""
         now = self.advance(now)
         row = self.row_of.get(name)
         if row is None:
             return None
-        hours = self.hours.buckets_of(row)
-        if not hours:
+        hours = self.hours.shown_cells(row)
+        if not hours.size:
             return None
-        return {
-            "server": name,
-            "minutes": self.minutes.buckets_of(row),
-            "hours": hours,
-            "last_seen": iso_utc(float(self.last_seen[row])),
-        }
+        return ServerView(
+            name,
+            self.minutes.shown_cells(row),
+            hours,
+            float(self.last_seen[row]),
+            now,
+            merge_health(self._health_records(name)),
+        )
+
+    def views(
+        self, names: Sequence[str], now: float | None = None
+    ) -> list[ServerView | CorruptKey | None]:
+        now = self.advance(now)
+        return [self.view(name, now) for name in names]
 
     def servers(self, now: float | None = None) -> list[tuple[str, float]]:
         """Tracked servers with their last-seen ts, by name."""
-        return self.servers_page(now, None, len(self.row_of) or 1)[0]
+        return self.servers_page(None, len(self.row_of) or 1, now).servers
 
-    def servers_page(
-        self, now: float | None, after: str | None, limit: int
-    ) -> tuple[list[tuple[str, float]], int, bool]:
+    def servers_page(self, after: str | None, limit: int, now: float | None = None) -> ServersPage:
         """Up to ``limit`` tracked servers named after ``after`` (from the first when None), by
-        name, with their last-seen ts; how many servers are tracked in all; whether more follow."""
+        name, with their last-seen ts, and how many are tracked in all."""
         self.advance(now)
         names = self.sorted_names
         start = 0 if after is None else names.bisect_right(after)
         page = names[start : start + limit]
         rows = [(name, float(self.last_seen[self.row_of[name]])) for name in page]
-        return rows, len(names), start + limit < len(names)
+        following = page[-1] if page and start + limit < len(names) else None
+        return ServersPage(rows, len(names), following)
+
+    def _health_records(self, name: str) -> list[tuple[float, ServerHealth]]:
+        return [(written, health) for written, health in self.health.get(name, {}).values()]
 
     def name_index(self) -> NameIndex:
         """Every tracked server's row and name in name order, kept until a name comes or goes.
@@ -445,8 +441,13 @@ class Rollups:
     def tracks(self, name: str) -> bool:
         return name in self.row_of
 
-    def note_health(self, epoch: str, health: dict[str, Any]) -> None:
-        """The aggregator keeps health itself when the rollups are in its memory."""
+    def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
+        """The health of servers as receiver run ``epoch`` reports it: kept per run, merged at
+        each read (:func:`~servertrack.readmodel.health.merge_health`), as Redis keeps it."""
+        written = self.clock()
+        for name, record in health.items():
+            if name in self.row_of:
+                self.health.setdefault(name, {})[epoch] = (written, record)
 
     def take(self, now: float | None = None, upto: tuple[str, int] | None = None) -> None:
         """Nothing is held back: every sample was applied by :meth:`apply`."""
@@ -458,10 +459,8 @@ class Rollups:
         """Changes whenever the fleet table would: a batch applied, rows released, a new minute."""
         return (self.applied_total, self.evictions, int(now // MINUTE))
 
-    def fleet_table(self, now: float | None = None) -> Any:
-        """The dashboard's table of every server (see :mod:`servertrack.aggregator.fleet`)."""
-        from servertrack.aggregator.fleet import fleet_table  # it reads these rings
-
+    def fleet_table(self, now: float | None = None) -> FleetTable:
+        """The dashboard's table of every server (see :mod:`servertrack.aggregator.fleet_table`)."""
         return fleet_table(self, self.advance(now))
 
     def server_count(self) -> int:
@@ -487,9 +486,8 @@ class Rollups:
     def _check_shapes(self) -> None:
         used = len(self.name_of)
         for ring in (self.minutes, self.hours):
-            for name, array in ring.fields.items():
-                if array.shape != (self.capacity, ring.slots):
-                    raise ValueError(f"snapshot field {name} has shape {array.shape}")
+            if ring.cells.shape != (self.capacity, ring.slots):
+                raise ValueError(f"snapshot cells have shape {ring.cells.shape}")
         if self.last_seen.shape[0] < used or len(self.row_of) > used:
             raise ValueError("snapshot names and rows do not agree")
 
@@ -524,7 +522,8 @@ class Rollups:
 
 # -- snapshots ----------------------------------------------------------------------------------
 def rollup_arrays(rollups: Rollups) -> dict[str, np.ndarray]:
-    """Everything a :class:`Rollups` holds, as plain arrays (no pickles) for ``np.savez``."""
+    """Everything a :class:`Rollups` holds, as plain arrays (no pickles) for ``np.savez``: the
+    cells as they are, the names, and the health records packed with msgpack."""
     used = len(rollups.name_of)
     arrays: dict[str, np.ndarray] = {
         name: getattr(rollups, name)[:used] for name in ("last_seen", "last_seq", "last_seq_ts")
@@ -532,11 +531,44 @@ def rollup_arrays(rollups: Rollups) -> dict[str, np.ndarray]:
     for label, ring in (("minutes", rollups.minutes), ("hours", rollups.hours)):
         arrays[f"{label}.bucket_of_slot"] = ring.bucket_of_slot
         arrays[f"{label}.current"] = np.array([ring.current], np.int64)
-        for name, array in ring.fields.items():
-            arrays[f"{label}.{name}"] = array[:used]
+        arrays[f"{label}.cells"] = ring.cells[:used]
     names = "\n".join(name or "" for name in rollups.name_of).encode()
     arrays["names"] = np.frombuffer(names, np.uint8)
+    health = [
+        [name, [[epoch, written, record.to_wire()] for epoch, (written, record) in runs.items()]]
+        for name, runs in rollups.health.items()
+    ]
+    arrays["health"] = np.frombuffer(msgpack.packb(health), np.uint8)
     return arrays
+
+
+def _snapshot_cells(arrays: dict[str, np.ndarray], label: str, count: int) -> np.ndarray:
+    """A ring's cells from a snapshot; one written before the cells layout holds each field as
+    an array of its own, and its cells are assembled from those (stamped by the caller)."""
+    key = f"{label}.cells"
+    if key in arrays:
+        cells = np.asarray(arrays[key])
+        if cells.dtype != CELL_DTYPE or cells.shape[0] != count:
+            raise ValueError(f"snapshot {key} does not fit: {cells.dtype}, {cells.shape}")
+        return cells
+    fields = [name for name in CELL_DTYPE.names if name != "stamp"]
+    first = np.asarray(arrays[f"{label}.{fields[0]}"])
+    cells = np.zeros(first.shape, CELL_DTYPE)
+    for name in fields:
+        cells[name] = arrays[f"{label}.{name}"]
+    return cells
+
+
+def _snapshot_health(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    if "health" not in arrays:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, runs in msgpack.unpackb(bytes(arrays["health"])):
+        out[str(name)] = {
+            str(epoch): (float(written), ServerHealth.from_wire(record))
+            for epoch, written, record in runs
+        }
+    return out
 
 
 def restore_rollups(
@@ -549,8 +581,8 @@ def restore_rollups(
     for label, ring in (("minutes", rollups.minutes), ("hours", rollups.hours)):
         ring.bucket_of_slot[:] = arrays[f"{label}.bucket_of_slot"]
         ring.current = int(arrays[f"{label}.current"][0])
-        for name, array in ring.fields.items():
-            array[: len(names)] = arrays[f"{label}.{name}"]
+        ring.cells[: len(names)] = _snapshot_cells(arrays, label, len(names))
+        ring.cells["stamp"][: len(names)] = ring._stamps()
         ring.ready = len(names)
     for name in ("last_seen", "last_seq", "last_seq_ts"):
         getattr(rollups, name)[: len(names)] = arrays[name]
@@ -558,5 +590,8 @@ def restore_rollups(
     rollups.row_of = {name: row for row, name in enumerate(names) if name is not None}
     rollups.sorted_names = SortedList(rollups.row_of)
     rollups.free_rows = [row for row, name in enumerate(names) if name is None]
+    rollups.health = {
+        name: runs for name, runs in _snapshot_health(arrays).items() if name in rollups.row_of
+    }
     rollups.current_values.rebuild(rollups.minutes, len(names))
     return rollups

@@ -8,7 +8,6 @@ it only moves bytes and keeps the schedule; every method here takes ``now``.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections import Counter, deque
@@ -18,15 +17,21 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from servertrack.aggregator.fleet import FleetAnswers
 from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import REFUSED
 from servertrack.aggregator.store import RollupStore
 from servertrack.common.batch import Batch, ServerHealth
-from servertrack.common.buckets import Clock, iso_utc, minute_index
+from servertrack.common.buckets import Clock, minute_index
 from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, declared
-from servertrack.common.views import view_reply
-from servertrack.store.redis_nodes import CorruptKey, StoreUnavailable
+from servertrack.common.fleet import BadFleetQuery, query_from_request
+from servertrack.readmodel.answers import (
+    encode_answer,
+    servers_answer,
+    view_answer,
+    views_answers,
+)
+from servertrack.readmodel.errors import StoreUnavailable
+from servertrack.readmodel.fleet import FleetAnswers
 
 APPLY_SLICE = 32_768
 """Samples applied between two looks at the query socket, so a large batch (or the first sight
@@ -49,25 +54,42 @@ CORRUPT_SHOWN = 60.0
 the last merge that met it."""
 SERVERS_NAMED = 3
 """Servers with corrupt keys named in a health problem at most."""
-COUNTED = ("lost", "duplicates", "rejected", "seq_resets")
-"""Per-server counters that add up over receiver runs."""
 UNKNOWN = -1
 COUNTED_HERE = declared(AGGREGATOR)
 MAX_VIEWS = 1000
 """Servers one ``views`` query may ask for (the API's read cache refreshes in such groups)."""
 
 
-def corrupt_answer(problem: CorruptKey) -> dict[str, Any]:
-    """The answer for a server whose data in the store cannot be read (a 502 for HTTP)."""
-    return {
-        "status": 502,
-        "reason": "corrupt_key",
-        "message": f"this server's data in the store cannot be read: {problem}",
+def refused(reason: str, message: str) -> dict[str, Any]:
+    """The reply to a query that cannot be answered as asked."""
+    return {"refused": [reason, message]}
+
+
+def legacy_health(meta: dict[str, Any], names: dict[int, str]) -> list[tuple[str, dict[str, Any]]]:
+    """The health a snapshot written before the store kept it holds in its bookkeeping (the
+    earlier receiver runs' totals per name, then the current run's per server), as the records
+    the store keeps now: (receiver run, name → health), oldest first."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    earlier = {
+        str(name): ServerHealth(
+            lost=int(totals[0]),
+            duplicates=int(totals[1]),
+            rejected=int(totals[2]),
+            seq_resets=int(totals[3]) if len(totals) > 3 else 0,
+        )
+        for name, totals in meta.get("health_before", {}).items()
     }
-
-
-def counted(health: ServerHealth) -> tuple[int, ...]:
-    return tuple(getattr(health, name) for name in COUNTED)
+    if earlier:
+        out.append(("earlier runs", earlier))
+    epoch = meta.get("ledger", {}).get("epoch")
+    if isinstance(epoch, str) and meta.get("servers"):
+        current = {
+            names[int(k)]: ServerHealth.from_wire(v)
+            for k, v in meta["servers"]
+            if int(k) in names
+        }
+        out.append((epoch, current))
+    return out
 
 
 def _percentile(values: deque[float], percent: float) -> float | None:
@@ -83,22 +105,13 @@ class ReceiverIds:
         self.id_of: dict[str, int] = {}
         self.rows = np.full(0, UNKNOWN, np.int64)
         self.evictions_seen = 0
-        self.servers: dict[int, ServerHealth] = {}
-        """Receiver id → the server's health in the current receiver run."""
 
-    def reset(self, epoch: str) -> dict[str, tuple[int, ...]]:
-        """Start a new receiver run; returns the finished run's counters by name."""
-        finished = {
-            self.names[server_id]: counted(health)
-            for server_id, health in self.servers.items()
-            if server_id in self.names
-        }
+    def reset(self, epoch: str) -> None:
+        """Start a new receiver run (its ids mean other servers)."""
         self.epoch = epoch
         self.names.clear()
         self.id_of.clear()
-        self.servers.clear()
         self.rows = np.full(0, UNKNOWN, np.int64)
-        return finished
 
     def learn(self, pairs: list[tuple[int, str]], store: RollupStore) -> None:
         if not pairs:
@@ -112,7 +125,6 @@ class ReceiverIds:
             previous = self.names.get(server_id)
             if previous is not None and previous != name:  # the receiver reused a freed id
                 self.id_of.pop(previous, None)
-                self.servers.pop(server_id, None)
             self.names[server_id] = name
             self.id_of[name] = server_id
             self.rows[server_id] = store.row_for(name)
@@ -145,8 +157,6 @@ class AggregatorState:
         self.recent_lags: deque[float] = deque(maxlen=LAG_HISTORY)
         self.recent_sizes: deque[int] = deque(maxlen=LAG_HISTORY)
         self.newest_number = -1
-        self.health_before: dict[str, tuple[int, ...]] = {}
-        """Counters of earlier receiver runs, by server name."""
         self.snapshot_taken = 0.0
         self.snapshot_error: str | None = None
         """Why the last snapshot could not be written, until one is written again."""
@@ -203,9 +213,7 @@ class AggregatorState:
         """Switch to receiver run ``epoch`` if it is a new one (its ids mean other servers)."""
         if epoch == self.ids.epoch:
             return
-        for name, counts in self.ids.reset(epoch).items():
-            before = self.health_before.get(name, (0,) * len(COUNTED))
-            self.health_before[name] = tuple(a + b for a, b in zip(before, counts, strict=True))
+        self.ids.reset(epoch)
         self.newest_number = -1
         self._new_run = True
 
@@ -235,7 +243,6 @@ class AggregatorState:
         if ids.evictions_seen != self.store.evictions:
             ids.rebuild(self.store)
             ids.evictions_seen = self.store.evictions
-            self._forget_evicted()
         known_size = min(ids.rows.size, int(batch.ids.max()) + 1) if len(batch) else 0
         rows = np.full(len(batch), UNKNOWN, np.int64)
         if known_size:
@@ -280,8 +287,6 @@ class AggregatorState:
         if batch.number < self.newest_number:
             return  # a re-sent batch: its totals are older than those already known
         self.newest_number = batch.number
-        for server_id, health in batch.servers:
-            ids.servers[server_id] = health
         if batch.servers:
             changed = {ids.names[i]: h for i, h in batch.servers if i in ids.names}
             self.store.note_health(batch.epoch, changed)
@@ -348,12 +353,6 @@ class AggregatorState:
     def batch_error(self) -> None:
         self.counters["batch_error"] += 1
 
-    def _forget_evicted(self) -> None:
-        """Drop the health totals of servers the store released (silent for 24 hours)."""
-        tracks = self.store.tracks
-        for name in [n for n in self.health_before if not tracks(n)]:
-            del self.health_before[name]
-
     # -- recovery -----------------------------------------------------------------------------
     def replay_request(self) -> dict[str, Any]:
         """What to ask the receiver for: every retained batch after the last one applied (all
@@ -379,8 +378,6 @@ class AggregatorState:
         return {
             "ledger": self.ledger.to_dict(),
             "receiver_names": sorted(self.ids.names.items()),
-            "servers": sorted((k, v.to_wire()) for k, v in self.ids.servers.items()),
-            "health_before": self.health_before,
             "counters": dict(self.counters),
             "newest_number": self.newest_number,
             "taken": now,
@@ -391,11 +388,7 @@ class AggregatorState:
         TypeError or ValueError when it does not fit: nothing is changed then)."""
         ledger = BatchLedger.from_dict(meta["ledger"])
         names = [(int(i), str(n)) for i, n in meta["receiver_names"]]
-        servers = {int(k): ServerHealth.from_wire(v) for k, v in meta["servers"]}
-        before = {
-            str(k): (*map(int, v), *(0,) * (len(COUNTED) - len(v)))
-            for k, v in meta["health_before"].items()
-        }
+        legacy = legacy_health(meta, dict(names))
         counters = Counter({str(k): int(v) for k, v in meta["counters"].items()})
         newest, taken = int(meta["newest_number"]), float(meta["taken"])
         self.store.restore(arrays)
@@ -405,8 +398,8 @@ class AggregatorState:
         self.ids.epoch = ledger.epoch
         self.ids.learn(names, self.store)
         self.ids.evictions_seen = self.store.evictions
-        self.ids.servers = servers
-        self.health_before = before
+        for epoch, health in legacy:
+            self.store.note_health(epoch, health)
         self.counters.update(counters)
         self.newest_number = newest
         self.snapshot_taken = taken
@@ -425,82 +418,69 @@ class AggregatorState:
 
     # -- answers ------------------------------------------------------------------------------
     def answer(self, request: Any, now: float, wall: float | None = None) -> bytes | None:
-        """The msgpack reply to one query, or None when its deadline (wall clock ``wall``) has
-        passed: the client gave up, so the work is not done and nothing is sent. A store out of
-        reach answers ``{"status": 503}``."""
+        """The msgpack reply to one query (see :meth:`_answer`), or None when its deadline (wall
+        clock ``wall``) has passed: the client gave up, so the work is not done and nothing is
+        sent. A store out of reach answers ``{"unavailable": why}``."""
         deadline = request.get("deadline") if isinstance(request, dict) else None
         if isinstance(deadline, int | float) and (wall if wall is not None else now) > deadline:
             self.counters["queries_expired"] += 1
             return None
         try:
-            return self._answer(request, now)
+            return msgpack.packb(self._answer(request, now))
         except StoreUnavailable as err:
-            return msgpack.packb({"status": 503, "message": f"the store does not answer: {err}"})
+            return msgpack.packb({"unavailable": f"the store does not answer: {err}"})
 
-    def _answer(self, request: Any, now: float) -> bytes:
+    def _answer(self, request: Any, now: float) -> dict[str, Any]:
+        """The reply to one query, by ``op``: ``view`` → ``{"answer", "gen"}`` (an answer
+        encoded by :func:`~servertrack.readmodel.answers.encode_answer`); ``views`` →
+        ``{"answers", "gen"}``; ``servers``, ``fleet``, ``grid`` → ``{"body": JSON}``; ``stats``
+        → ``{"stats"}``; ``watch`` → ``{"gen"}``; a query that cannot be answered →
+        ``{"refused": [reason, message]}``. HTTP statuses are the API's business."""
         op = request.get("op") if isinstance(request, dict) else None
         if op == "view":
-            return msgpack.packb(
-                {**self.view(str(request.get("name")), now), "gen": self.generation}
-            )
+            view = self.store.views([str(request.get("name"))], now)[0]
+            return {"answer": encode_answer(view_answer(view)), "gen": self.generation}
         if op == "views":
             names = request.get("names")
             if not isinstance(names, list) or len(names) > MAX_VIEWS:
-                return msgpack.packb({"status": 400, "message": f"names: a list of {MAX_VIEWS}"})
-            views = [self.view(str(name), now) for name in names]
-            return msgpack.packb({"views": views, "gen": self.generation})
+                return refused("bad_request", f"names: a list of at most {MAX_VIEWS}")
+            answers = views_answers(self.store, [str(name) for name in names], now)
+            return {"answers": [encode_answer(a) for a in answers], "gen": self.generation}
         if op == "watch":
-            return self.watch_reply()
+            return {"gen": self.generation}
         if op == "servers":
-            return msgpack.packb({"status": 200, "body": self.servers_page(request, now)})
-        if op in ("fleet", "grid"):
-            return self.fleet.answer(op, self.store, request, now)
+            limit = request.get("limit")
+            after = request.get("after")
+            return {
+                "body": servers_answer(
+                    self.store,
+                    after if isinstance(after, str) else None,
+                    limit if type(limit) is int and limit > 0 else 1000,
+                    now,
+                )
+            }
+        if op == "fleet":
+            try:
+                query = query_from_request(request)
+            except BadFleetQuery as err:
+                return refused(err.reason, err.message)
+            return {"body": self.fleet.page(self.store, query, now)}
+        if op == "grid":
+            known = request.get("names")
+            known = known if isinstance(known, str) else None
+            return {"body": self.fleet.grid(self.store, known, now)}
         if op == "stats":
-            return msgpack.packb({"status": 200, "body": json.dumps(self.stats(now)).encode()})
+            return {"stats": self.stats(now)}
         if op == "sequences":
             names, seqs, stamps = self.store.sequences()
-            return msgpack.packb({"names": names, "seq": seqs.tolist(), "ts": stamps.tolist()})
+            return {"names": names, "seq": seqs.tolist(), "ts": stamps.tolist()}
         if op == "ping":
-            return msgpack.packb(self.ping(now))
-        return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
-
-    def view(self, name: str, now: float) -> dict[str, Any]:
-        """A server's answer: ``{"status": 200, "body": JSON bytes, "as_of": ISO time}``,
-        ``{"status": 404}`` (see :func:`~servertrack.common.views.view_reply`), or the answer
-        for a server whose keys are corrupt."""
-        try:
-            view = self.store.view(name, now)
-        except CorruptKey as problem:
-            return corrupt_answer(problem)
-        if view is not None:
-            view["health"] = self.server_health(view["server"])
-        return view_reply(view, now)
+            return self.ping(now)
+        return refused("unknown_op", f"unknown op {op!r}")
 
     def watch_reply(self) -> bytes:
         """The answer to a ``watch``: the current generation."""
         return msgpack.packb({"gen": self.generation})
-
-    def servers_page(self, request: dict[str, Any], now: float) -> bytes:
-        limit = request.get("limit")
-        limit = limit if type(limit) is int and limit > 0 else 1000
-        after = request.get("after")
-        after = after if isinstance(after, str) else None
-        page, total, more = self.store.servers_page(now, after, limit)
-        servers = [{"server": name, "last_seen": iso_utc(seen)} for name, seen in page]
-        following = page[-1][0] if more and page else None
-        return json.dumps({"servers": servers, "total": total, "next_cursor": following}).encode()
-
-    def server_health(self, name: str) -> dict[str, Any]:
-        totals = list(self.health_before.get(name, (0,) * len(COUNTED)))
-        known = self.ids.servers.get(self.ids.id_of.get(name, -1))
-        if known is not None:
-            totals = [a + b for a, b in zip(totals, counted(known), strict=True)]
-        return {
-            "ip": list(known.ips) if known else [],
-            **dict(zip(COUNTED, totals, strict=True)),
-            "skew_seconds": known.skew if known else None,
-            "name_conflict": known.name_conflict if known else False,
-        }
 
     def _server_count(self) -> int | None:
         try:

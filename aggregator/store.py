@@ -1,7 +1,10 @@
 """The store interface the aggregator talks to: any store that keeps the rollups implements it.
 
-The in-memory :class:`~servertrack.aggregator.rollups.Rollups` is one. A store that keeps its data
-itself (and needs no snapshot) answers ``None`` from :meth:`RollupStore.snapshot`.
+The in-memory :class:`~servertrack.aggregator.rollups.Rollups` is one,
+:class:`~servertrack.aggregator.redis_rollups.RedisRollups` the other. Its reads are the read
+model (:class:`~servertrack.readmodel.model.ReadModel`); the rest is how batches go in. A store
+that keeps its data itself (and needs no snapshot) answers ``None`` from
+:meth:`RollupStore.snapshot`.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import numpy as np
 
 from servertrack.aggregator.rollups import ApplyResult
 from servertrack.common.batch import ServerHealth
+from servertrack.readmodel.model import ReadModel
 
 
-class RollupStore(Protocol):
+class RollupStore(ReadModel, Protocol):
     evictions: int
     """Bumped whenever rows are released; rows cached by callers must then be looked up again."""
 
@@ -43,8 +47,8 @@ class RollupStore(Protocol):
         ...
 
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
-        """The health of servers as receiver run ``epoch`` reports it (a store that serves
-        readers of its own keeps it; the in-memory one leaves it to the aggregator)."""
+        """The health of servers as receiver run ``epoch`` reports it: kept per run, merged at
+        each read by :func:`~servertrack.readmodel.health.merge_health`."""
         ...
 
     def take(self, now: float | None = None, upto: tuple[str, int] | None = None) -> Any:
@@ -62,24 +66,7 @@ class RollupStore(Protocol):
 
     def sequences(self) -> tuple[list[str], np.ndarray, np.ndarray]: ...
 
-    def view(self, name: str, now: float | None = None) -> dict[str, Any] | None: ...
-
-    def servers_page(
-        self, now: float | None, after: str | None, limit: int
-    ) -> tuple[list[tuple[str, float]], int, bool]:
-        """A page of ``(name, last_seen)`` by name after ``after``; the total; whether more
-        follow."""
-        ...
-
     def tracks(self, name: str) -> bool: ...
-
-    def fleet_version(self, now: float) -> Any:
-        """A value that changes whenever :meth:`fleet_table` would answer differently."""
-        ...
-
-    def fleet_table(self, now: float | None = None) -> Any:
-        """Every tracked server's row of the dashboard (``aggregator.fleet.FleetTable``)."""
-        ...
 
     def server_count(self) -> int: ...
 

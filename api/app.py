@@ -1,4 +1,4 @@
-"""The Falcon app: ``create_app(backend, clock)`` builds it over injected dependencies."""
+"""The Falcon app: ``create_app(reads, admission, clock)`` builds it over injected dependencies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import falcon
 import falcon.media
 import zmq
 
-from servertrack.api.auth import TokenAuth
+from servertrack.api.admission import Admission, AdmissionGuard
 from servertrack.api.backend import Backend, Unavailable
 from servertrack.api.errors import (
     ApiError,
@@ -24,16 +24,18 @@ from servertrack.api.errors import (
     serialize_error,
     status_reason,
 )
-from servertrack.api.fleet import FleetResource, GridResource
+from servertrack.api.fleet_resources import FleetResource, GridResource
 from servertrack.api.headers import SecurityHeaders
 from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
+from servertrack.api.read_path import ReadPath
 from servertrack.api.stats import ApiStats
 from servertrack.api.ui import add_pages
 from servertrack.common.buckets import HOUR_WINDOW, MAX_FUTURE_SECONDS, Clock, time_verdict
+from servertrack.common.headers import AS_OF_HEADER
 from servertrack.common.limits import out_of_files
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
-from servertrack.common.views import AS_OF_HEADER
+from servertrack.readmodel.errors import CorruptKey
 
 log = logging.getLogger(__name__)
 
@@ -143,28 +145,29 @@ def _record(backend: Backend, samples: list[Sample], resp: falcon.Response) -> N
 
 
 class ServerLoads:
-    def __init__(self, backend: Backend, intake: Intake) -> None:
-        self.backend = backend
+    def __init__(self, reads: ReadPath, intake: Intake) -> None:
+        self.reads = reads
         self.intake = intake
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         check_name(name)
         sample = self.intake.sample(name, req.get_media(), SINGLE_FIELDS, None)
-        _record(self.backend, [sample], resp)
+        _record(self.reads.backend, [sample], resp)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         check_name(name)
-        reply = self.backend.query({"op": "view", "name": name}, req.context.deadline)
-        status = reply.get("status")
-        if status == 502:  # the store holds this server's data in a form it cannot read
-            raise ApiError(falcon.HTTP_502, reply["reason"], reply["message"])
-        if status != 200:
+        answer = self.reads.view(name, req.context.deadline)
+        if isinstance(answer, CorruptKey):  # the store holds this server's data unreadably
+            raise ApiError(
+                falcon.HTTP_502,
+                "corrupt_key",
+                f"this server's data in the store cannot be read: {answer}",
+            )
+        if answer is None:
             raise NotFound("unknown_server", f"no data for server {name!r} in the last 24 hours")
-        resp.data = reply["body"]
+        resp.data = answer.body
         resp.content_type = JSON
-        as_of = reply.get("as_of")
-        if isinstance(as_of, str):
-            resp.set_header(AS_OF_HEADER, as_of)
+        resp.set_header(AS_OF_HEADER, answer.as_of)
 
 
 class Loads:
@@ -223,9 +226,7 @@ class Servers:
         cursor = req.get_param("cursor")
         if cursor is not None and not valid_fqdn(cursor):
             raise BadRequest("bad_cursor", "cursor must be a next_cursor this API gave")
-        request = {"op": "servers", "limit": limit, "after": cursor}
-        reply = self.backend.query(request, req.context.deadline)
-        resp.data = reply["body"]
+        resp.data = self.backend.servers(cursor, limit, req.context.deadline)
         resp.content_type = JSON
 
 
@@ -237,8 +238,7 @@ class Stats:
         self.stats = stats
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        reply = self.backend.query({"op": "stats"}, req.context.deadline)
-        resp.media = {**json.loads(reply["body"]), "api": self.stats.snapshot()}
+        resp.media = {**self.backend.stats(req.context.deadline), "api": self.stats.snapshot()}
 
 
 class Health:
@@ -255,28 +255,6 @@ class Health:
         status = "ok" if up and not problems else "degraded" if up else "unavailable"
         resp.status = falcon.HTTP_200 if up else falcon.HTTP_503
         resp.media = {"status": status, **parts}
-
-
-class RequestGuard:
-    """Middleware: a request whose client has gone, or that waited in the server's queue past
-    ``deadline`` seconds, is answered 503 at once instead of being worked on; every request gets
-    a ``deadline`` (wall clock) that travels with its backend queries."""
-
-    def __init__(self, stats: ApiStats, deadline: float, wall: Clock = time.time) -> None:
-        self.stats = stats
-        self.deadline = deadline
-        self.wall = wall
-
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        now = self.wall()
-        arrived = req.env.get("servertrack.arrived") or now
-        req.context.deadline = arrived + self.deadline
-        gone = req.env.get("waitress.client_disconnected")
-        if (gone is not None and gone()) or now > req.context.deadline:
-            self.stats.abandoned()
-            raise ServiceUnavailable(
-                "abandoned", "the request waited too long or its client went away"
-            )
 
 
 def _count_refusals(stats: ApiStats) -> Any:
@@ -343,29 +321,23 @@ def _unrouted_server_path(req: falcon.Request, resp: falcon.Response, **params: 
 
 
 def create_app(
-    backend: Backend,
+    reads: ReadPath,
+    admission: Admission,
     clock: Clock = time.time,
-    record_token: str | None = None,
-    read_token: str | None = None,
     stats: ApiStats | None = None,
-    request_deadline: float = REQUEST_DEADLINE,
 ) -> falcon.App:
-    """The WSGI app over ``backend``; ``clock`` decides the default ts and the time window.
-
-    ``record_token`` / ``read_token``, when given, are the bearer tokens POST and GET requests
-    need (``/health`` and ``/openapi.json`` stay open). ``stats`` receives the API's own counts.
-    """
+    """The WSGI app over the read path (its backend takes the rest); ``clock`` decides the
+    default ts and the time window. ``admission`` says which requests may be worked on (tokens,
+    deadline, a client gone); ``stats`` receives the API's own counts."""
     stats = stats or ApiStats()
-    middleware: list[Any] = [SecurityHeaders(), RequestGuard(stats, request_deadline)]
-    if record_token or read_token:
-        middleware.append(TokenAuth(record_token, read_token))
-    app = falcon.App(middleware=middleware)
+    backend = reads.backend
+    app = falcon.App(middleware=[SecurityHeaders(), AdmissionGuard(admission, stats)])
     handler = StrictJSONHandler()
     app.req_options.media_handlers = falcon.media.Handlers({JSON: handler, "*/*": handler})
     app.req_options.default_media_type = JSON
     intake = Intake(clock)
     resources: dict[str, Any] = {
-        "/servers/{name}/loads": ServerLoads(backend, intake),
+        "/servers/{name}/loads": ServerLoads(reads, intake),
         "/loads": Loads(backend, intake),
         "/servers": Servers(backend),
         "/stats": Stats(backend, stats),
@@ -377,8 +349,8 @@ def create_app(
             build_document(
                 max_batch=MAX_BATCH,
                 max_body=MAX_BODY,
-                record_auth=bool(record_token),
-                read_auth=bool(read_token),
+                record_auth=admission.record_token is not None,
+                read_auth=admission.read_token is not None,
             )
         ),
     }

@@ -1,107 +1,85 @@
-"""What the HTTP API needs from the monitoring host, and its ZeroMQ implementation."""
+"""What the HTTP API needs from the monitoring host: the read answers of
+:mod:`servertrack.readmodel.answers`, records, counters and health.
+
+Two implementations: :class:`~servertrack.api.daemons_backend.DaemonsBackend` asks the host's
+aggregator (whose in-memory rollups make the answers) and receiver over ZeroMQ;
+:class:`~servertrack.api.store_backend.StoreBackend` makes the same answers itself from Redis,
+recording through a receiver when it has one. Neither starts a thread: the generation source
+and the group commit they use are started and closed by
+:class:`~servertrack.api.read_path.ReadPath`.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-import zmq
-
-from servertrack.api.generation import GenerationWatch
-from servertrack.api.group import GroupCommit
-from servertrack.common import rpc
+from servertrack.api.generation import Current
+from servertrack.common.fleet import FleetQuery
 from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
+from servertrack.readmodel.answers import Answer
+from servertrack.readmodel.errors import CorruptKey
 
-__all__ = ["Backend", "Unavailable", "ZmqBackend"]
+__all__ = ["Backend", "Kept", "Threaded", "Unavailable"]
+
+Kept = tuple[int | None, Answer | CorruptKey | None]
+"""An answer with the generation it belongs to (None: not to be kept)."""
+
+
+class Threaded(Protocol):
+    """A part that runs a thread: started and closed by its owner, never on first use."""
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Backend(Protocol):
-    def record(self, samples: list[Sample]) -> dict[str, Any]: ...
+    """Each call raises :class:`Unavailable` when the part it needs does not answer in time;
+    ``deadline`` (wall clock) is when the answer stops being useful."""
 
-    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        """Ask the aggregator; ``deadline`` (wall clock) is when the answer stops being useful."""
+    def view(self, name: str, deadline: float | None = None) -> Kept:
+        """A server's answer: None without data, its ``CorruptKey`` when unreadable."""
         ...
 
-    def ping(self) -> dict[str, Any]: ...
+    def views(self, names: Sequence[str]) -> tuple[int | None, list[Answer | CorruptKey | None]]:
+        """Many servers' answers at once, with the generation they all belong to."""
+        ...
 
+    def servers(self, after: str | None, limit: int, deadline: float | None = None) -> bytes:
+        """The JSON of a page of ``GET /servers``."""
+        ...
 
-class ZmqBackend:
-    """Talks to the receiver (records) and the aggregator (reads) with one socket per thread.
+    def fleet(self, query: FleetQuery, deadline: float | None = None) -> bytes:
+        """The JSON of a page of ``GET /fleet`` (``BadFleetQuery`` when the store refuses it)."""
+        ...
 
-    A single record goes through :class:`GroupCommit` (one receiver trip for the records that
-    arrive together); a batch (``POST /loads``) makes its own trip. ``generation`` follows the
-    aggregator's state number for the read cache (:mod:`servertrack.api.cache`). Without an
-    aggregator (an API in Redis mode that records through a receiver) queries answer
-    :class:`Unavailable` and ``ping`` asks the receiver only.
-    """
+    def grid(self, known: str | None, deadline: float | None = None) -> bytes:
+        """The JSON of ``GET /fleet/grid``."""
+        ...
 
-    def __init__(
-        self,
-        receiver_control: str,
-        aggregator_query: str | None,
-        timeout: float = 0.5,
-        context: zmq.Context | None = None,
-        record_timeout: float = 5.0,
-    ) -> None:
-        self.context = context or zmq.Context.instance()
-        self.receiver = rpc.ThreadLocalClients(
-            self.context, receiver_control, timeout, record_timeout
-        )
-        self.aggregator = (
-            rpc.ThreadLocalClients(self.context, aggregator_query, timeout)
-            if aggregator_query
-            else None
-        )
-        self.group = GroupCommit(
-            rpc.RpcClient(self.context, receiver_control, timeout, record_timeout),
-            wait=2 * max(timeout, record_timeout) + timeout,
-        )
-        self.generation = (
-            GenerationWatch(self.context, aggregator_query) if aggregator_query else None
-        )
-        self._closing: list[Callable[[], None]] = []
-
-    def on_close(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` first in :meth:`close` (to stop threads that use these sockets)."""
-        self._closing.append(hook)
-
-    def record(self, samples: list[Sample]) -> dict[str, Any]:
-        if len(samples) == 1:
-            return self.group.record(samples[0])
-        rows = [[s.fqdn, s.ts, s.cpu, s.ram] for s in samples]
-        return self.receiver.get().call({"op": "record", "samples": rows})
-
-    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        """The aggregator's answer. The request carries the wall-clock time after which the
-        aggregator skips it (this side has given up by then: it waits at most the timeout)."""
-        if self.aggregator is None:
-            raise Unavailable("no aggregator is configured (--aggregator-query)")
-        client = self.aggregator.get()
-        give_up = time.time() + client.timeout_ms / 1000
-        reply = client.call({**request, "deadline": min(give_up, deadline or give_up)})
-        if isinstance(reply, dict) and reply.get("status") == 503:
-            raise Unavailable(str(reply.get("message", "the aggregator's store does not answer")))
-        return reply
+    def stats(self, deadline: float | None = None) -> dict[str, Any]:
+        """The receiver's and aggregator's counters (empty sections when there are none)."""
+        ...
 
     def ping(self) -> dict[str, Any]:
-        status: dict[str, Any] = {}
-        for name, clients in (("receiver", self.receiver), ("aggregator", self.aggregator)):
-            if clients is None:
-                continue
-            try:
-                status[name] = clients.get().call({"op": "ping"})
-            except Unavailable as err:
-                status[name] = {"ok": False, "error": str(err)}
-        return status
+        """Each part's health: ``{part: {"ok": bool, "problems": [...], ...}}``."""
+        ...
+
+    def record(self, samples: list[Sample]) -> dict[str, Any]:
+        """The receiver's verdict on ``samples`` (one: through the group commit)."""
+        ...
+
+    def generation(self) -> Current | None:
+        """Which state answers come from now (None: unknown, nothing may be kept)."""
+        ...
+
+    def threads(self) -> list[Threaded]:
+        """The parts it holds that run threads (a generation source, a group commit), for
+        their owner to start and close."""
+        ...
 
     def close(self) -> None:
-        for hook in self._closing:
-            hook()
-        self.group.close()
-        if self.generation is not None:
-            self.generation.close()
-        self.receiver.close()
-        if self.aggregator is not None:
-            self.aggregator.close()
+        """Close its sockets and connections (its threads are stopped before, by their owner)."""
+        ...

@@ -29,8 +29,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from servertrack.api.admission import Admission
 from servertrack.api.app import DRAIN_LIMIT, MAX_BODY
-from servertrack.api.auth import bearer_ok
 from servertrack.api.headers import NOSNIFF
 from servertrack.api.stats import ApiStats
 
@@ -51,11 +51,11 @@ class BodySlots:
         app: Callable[..., Iterable[bytes]],
         slots: int,
         stats: ApiStats,
-        record_token: str | None = None,
+        admission: Admission,
         max_body: int = MAX_BODY,
     ) -> None:
         self.app = app
-        self.record_token = record_token.encode() if record_token else None
+        self.admission = admission
         self.slots = threading.BoundedSemaphore(slots)
         self.count = slots
         self.stats = stats
@@ -65,11 +65,8 @@ class BodySlots:
         if environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)  # only a POST's body is ever read
         size = self._size_to_read(environ)
-        if size == 0 or (
-            self.record_token is not None
-            and not bearer_ok(environ.get("HTTP_AUTHORIZATION"), self.record_token)
-        ):
-            return self.app(environ, start_response)
+        if size == 0 or self.admission.refusal(environ) is not None:
+            return self.app(environ, start_response)  # the app refuses it, body unread
         if not self.slots.acquire(blocking=False):
             self.stats.connection_closed(FULL)
             return self._refuse(start_response)

@@ -1,12 +1,13 @@
-"""A read cache in front of any :class:`~servertrack.api.backend.Backend`: a server's answer is
-kept until the aggregator's state changes, so an unchanged answer costs no round trip.
+"""The read cache in front of any :class:`~servertrack.api.backend.Backend`: a server's answer is
+kept until the store's state changes, so an unchanged answer costs no round trip.
 
 The aggregator numbers its state (``gen``): the number changes whenever an answer could change (a
 batch with samples or news of a server applied, a new minute, servers released, a snapshot
-restored) and rides on every ``view`` answer. A :class:`Generation` source
-(``ZmqBackend.generation``, a long poll on the aggregator) says which number is current; it hears
-of a new one within milliseconds of the batch. In Redis mode the number is the store's change
-counter with the minute (``StoreBackend.generation``, :mod:`servertrack.api.store_generation`).
+restored) and rides on every ``view`` answer. ``Backend.generation()`` says which number is
+current: over the host's daemons a long poll on the aggregator
+(:class:`~servertrack.api.generation.GenerationWatch`), which hears of a new one within
+milliseconds of the batch; in Redis mode the store's change counter with the minute
+(:mod:`servertrack.api.store_generation`).
 
 When the generation changes, one background thread asks the aggregator again for each server
 read in the generation that ended, in groups (``views``); until their new answers are in, for at
@@ -24,7 +25,9 @@ before, or a refresh that is late, is asked directly as without a cache. When th
 not heard from for ``Generation.fresh_for`` seconds (1 s), nothing kept is served: reads go to
 the backend (503s when it is down).
 
-The bytes served are the aggregator's own, byte for byte.
+The bytes served are the store's answer as :mod:`servertrack.readmodel.answers` made it, byte
+for byte. The refresh thread is started and stopped by its owner
+(:class:`~servertrack.api.read_path.ReadPath`).
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from servertrack.api.backend import Backend, Unavailable
-from servertrack.api.generation import Current
+from servertrack.readmodel.answers import Answer
+from servertrack.readmodel.errors import CorruptKey
 
 log = logging.getLogger(__name__)
 MAX_ENTRIES = 100_000
@@ -44,32 +47,22 @@ MAX_ENTRIES = 100_000
 GRACE = 0.5
 """Seconds after a new generation during which the previous answer may still be served."""
 REFRESH_GROUP = 500
-"""Servers asked for in one ``views`` query."""
+"""Servers asked for in one ``views`` call."""
 
-Entry = tuple[int, dict[str, Any]]
-
-
-class Generation(Protocol):
-    def current(self) -> Current | None:
-        """The aggregator's current state number, when it was first heard (monotonic) and the
-        number current just before it, or None when the aggregator was not heard from
-        recently."""
-        ...
+Entry = tuple[int, Answer | None]
+"""A kept answer (None: the server had no data) with its generation."""
 
 
 class CachedReads:
-    """A Backend: ``view`` queries are answered from the cache when the generation allows, every
-    other call goes straight through."""
+    """Servers' answers kept per generation (see the module docstring)."""
 
     def __init__(
         self,
         backend: Backend,
-        generation: Generation | None,
         grace: float = GRACE,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
-        self.generation = generation
         self.grace = grace
         self.monotonic = monotonic
         self._entries: dict[str, Entry] = {}
@@ -93,60 +86,54 @@ class CachedReads:
         """Reads by how they were served (the ``read_cache`` counter of ``/stats``)."""
         return {"hit": self.hits, "stale": self.stale, "miss": self.misses}
 
-    # -- the Backend protocol ------------------------------------------------------------------
-    def record(self, samples: Any) -> dict[str, Any]:
-        return self.backend.record(samples)
-
-    def ping(self) -> dict[str, Any]:
-        return self.backend.ping()
-
-    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        name = request.get("name")
-        if request.get("op") != "view" or self.generation is None or not isinstance(name, str):
-            return self.backend.query(request, deadline)
-        current = self.generation.current()
+    def view(self, name: str, deadline: float | None = None) -> Answer | CorruptKey | None:
+        """The server's answer: kept when the generation allows, else asked (and kept)."""
+        current = self.backend.generation()
         if current is not None:
-            kept = self._lookup(name, *current)
-            if kept is not None:
+            found, kept = self._lookup(name, *current)
+            if found:
                 return kept
         self.misses += 1
-        reply = self.backend.query(request, deadline)
-        self._keep(name, reply)
-        self._read.add(name)
-        return reply
+        gen, answer = self.backend.view(name, deadline)
+        if not isinstance(answer, CorruptKey):
+            self._keep(name, gen, answer)
+            self._read.add(name)
+        return answer
 
-    def peek(self, name: str) -> dict[str, Any] | None:
+    def peek(self, name: str) -> Answer | None:
         """The answer for ``name`` the cache may serve now, else None (nothing is asked)."""
-        current = self.generation.current() if self.generation is not None else None
-        return None if current is None else self._lookup(name, *current)
+        current = self.backend.generation()
+        if current is None:
+            return None
+        return self._lookup(name, *current)[1]
 
     # -- inside --------------------------------------------------------------------------------
     def _lookup(
         self, name: str, current: int, since: float, before: int | None
-    ) -> dict[str, Any] | None:
+    ) -> tuple[bool, Answer | None]:
+        """Whether an answer may be served from the cache, and which."""
         if current != self._gen and since >= self._changed:
             self._new_generation(current, since, before)
         entry = self._entries.get(name)
         if entry is not None and entry[0] == current:
             self.hits += 1
             self._read.add(name)
-            return entry[1]
+            return True, entry[1]
         if self.monotonic() - self._changed < self.grace:
             entry = self._previous.get(name)
             if entry is not None:
                 self.stale += 1
                 self._read.add(name)
-                return entry[1]
-        return None
+                return True, entry[1]
+        return False, None
 
-    def _keep(self, name: str, reply: dict[str, Any]) -> None:
-        gen = reply.get("gen")
-        if not isinstance(gen, int) or gen != self._gen:
+    def _keep(self, name: str, gen: int | None, answer: Answer | None) -> None:
+        if gen is None or gen != self._gen:
             return  # an answer of another generation than the one served now
         entries = self._entries
         if len(entries) >= MAX_ENTRIES:
             entries = self._entries = {}
-        entries[name] = (gen, reply)
+        entries[name] = (gen, answer)
 
     def _new_generation(self, current: int, since: float, before: int | None) -> None:
         """Keep the answers kept so far as the previous ones for ``GRACE`` seconds if they are
@@ -164,11 +151,12 @@ class CachedReads:
             self._gen = current
             self._changed = since
             if self._to_refresh:
-                self._start_refresher()
                 self._wake.set()
 
-    def _start_refresher(self) -> None:
-        if self._refresher is None and not self._stop.is_set():
+    # -- the refresh thread ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the refresh thread."""
+        if self._refresher is None:
             self._refresher = threading.Thread(
                 target=self._refresh_loop, name="read-cache-refresh", daemon=True
             )
@@ -186,19 +174,17 @@ class CachedReads:
                     break  # superseded: the next round asks again
                 group = names[start : start + REFRESH_GROUP]
                 try:
-                    reply = self.backend.query({"op": "views", "names": group})
+                    answer_gen, answers = self.backend.views(group)
                 except Unavailable as err:
                     log.debug("read cache refresh failed: %s", err)
                     break
-                views = reply.get("views")
-                if not isinstance(views, list) or len(views) != len(group):
-                    break  # an aggregator without "views": reads ask one by one
-                answer_gen = reply.get("gen")
-                for name, view in zip(group, views, strict=True):
-                    self._keep(name, {**view, "gen": answer_gen})
+                for name, answer in zip(group, answers, strict=True):
+                    if not isinstance(answer, CorruptKey):
+                        self._keep(name, answer_gen, answer)
 
     def close(self) -> None:
-        """Stop the refresh thread (at most one aggregator reply timeout later)."""
+        """Stop the refresh thread (at most one backend reply timeout later); safe to call
+        twice, or without a start."""
         self._stop.set()
         self._wake.set()
         if self._refresher is not None:

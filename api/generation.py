@@ -57,9 +57,7 @@ class Heard:
 
     def current(self) -> Current | None:
         """The number last heard, when it was first heard (``monotonic``) and the number heard
-        just before it, if it was heard recently enough."""
-        if self._thread is None:
-            self.start()
+        just before it, if it was heard recently enough (never before :meth:`start`)."""
         now = self.monotonic()
         if now - self._heard > self.fresh_for:
             return None
@@ -84,6 +82,7 @@ class Heard:
         self._heard = float("-inf")
 
     def start(self) -> None:
+        """Start the thread (its owner does, once; a second call does nothing)."""
         with self._lock:
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(

@@ -4,7 +4,8 @@ Granian runs WSGI apps in worker processes that import a target, so the app is b
 ``servertrack api`` checks its flags and token files, puts its settings into the environment
 (``SERVERTRACK_API_WORKER``, JSON: paths and numbers, never a token) and hands over to granian;
 each worker calls :func:`worker_app`, which reads them back, reads the token files and builds the
-app with :func:`servertrack.api.main.build_app` over its own ZeroMQ context.
+app with :func:`servertrack.api.assembly.build_app` over its own ZeroMQ context, and starts its
+read path.
 
 What bounds clients here (measured with the same 300 + 300 slow-loris test as waitress):
 - ``--request-timeout``: hyper's header read timeout. A request's headers must arrive within it,
@@ -27,6 +28,7 @@ What bounds clients here (measured with the same 300 + 300 slow-loris test as wa
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -34,6 +36,8 @@ from typing import Any
 
 import zmq
 
+from servertrack.api.assembly import build_app
+from servertrack.api.bodies import BodySlots, slots_for
 from servertrack.api.server import raise_open_files_limit
 from servertrack.common.lifecycle import die_with_parent, fatal, port_unavailable
 from servertrack.common.tokens import read_token_file
@@ -137,13 +141,12 @@ class _ExpectedThreads(logging.Filter):
 def worker_app() -> Any:
     """Granian's factory target: the app, built in a worker process from the settings that
     ``servertrack api`` put in the environment."""
-    from servertrack.api.bodies import BodySlots, slots_for
-    from servertrack.api.main import build_app  # it imports this module
-
     die_with_parent()  # a worker must not outlive an API killed with -9
     settings = json.loads(os.environ[CONFIG_VARIABLE])
     args = argparse.Namespace(**settings)
     record = read_token_file(args.token_file) if args.token_file else None
     read = read_token_file(args.read_token_file) if args.read_token_file else None
-    app, _backend, stats = build_app(args, zmq.Context(), record, read)
-    return BodySlots(app, slots_for(args.threads), stats, record_token=record)
+    app, reads, stats = build_app(args, zmq.Context(), record, read)
+    reads.start()
+    atexit.register(reads.close)  # granian gives a WSGI worker no stop hook of its own
+    return BodySlots(app, slots_for(args.threads), stats, app.admission)

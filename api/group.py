@@ -63,7 +63,7 @@ class GroupCommit:
     def record(self, sample: Sample) -> dict[str, Any]:
         """The receiver's verdict on one sample, shaped like a ``record`` reply."""
         if self._thread is None:
-            self._start()
+            raise Unavailable("single records are not taken yet: the group commit is not started")
         waiting = _Waiting([sample.fqdn, sample.ts, sample.cpu, sample.ram])
         self._queue.put(waiting)
         if not waiting.done.acquire(timeout=self.wait):
@@ -82,7 +82,8 @@ class GroupCommit:
             return verdict
         return {"error": str(verdict), "index": None}
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the thread that sends the groups (its owner does, once)."""
         with self._lock:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -140,9 +141,15 @@ class GroupCommit:
             waiting.done.release()
 
     def close(self) -> None:
+        """Send what is queued, stop the thread and close the receiver socket; safe to call
+        twice, or without a start."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             thread = self._thread
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout=self.wait + 1)
+        if thread is None:
+            self.client.close()
+            return
+        self._queue.put(None)
+        thread.join(timeout=self.wait + 1)

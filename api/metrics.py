@@ -7,7 +7,6 @@ API process itself; the global registry is never touched.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -111,8 +110,7 @@ def make_registry(backend: Backend, api: ApiStats) -> CollectorRegistry:
     """A registry of its own: the stats collector and the API process's standard metrics."""
 
     def fetch() -> Stats:
-        reply = backend.query({"op": "stats"})
-        return {**json.loads(reply["body"]), "api": api.snapshot()}
+        return {**backend.stats(), "api": api.snapshot()}
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(fetch))

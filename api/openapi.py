@@ -30,8 +30,8 @@ from servertrack.common.fleet import (
     STALE_AFTER,
     STATUSES,
 )
+from servertrack.common.headers import AS_OF_HEADER
 from servertrack.common.sample import FQDN_RE
-from servertrack.common.views import AS_OF_HEADER
 
 FQDN_PATTERN = f"^{FQDN_RE.pattern}$"
 METRICS_MEDIA_TYPE = "text/plain"

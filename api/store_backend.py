@@ -1,57 +1,40 @@
-"""Reads straight from a shared store: with ``--store redis://...`` an API is a read replica.
+"""The API's backend over a shared Redis store: with ``--store redis://...`` an API reads Redis
+itself and makes the answers the aggregator would make (:mod:`servertrack.readmodel.answers`,
+over :class:`~servertrack.store.reader.RedisReader`).
 
-Every read (a server's loads, the server list, the dashboard's fleet) is answered from Redis,
-with no aggregator hop, so any number of APIs anywhere answer alike for every server any host
-wrote. Records go to a receiver when one is configured (``--receiver-control``), and ``/stats``
-and the health of the daemons come from that host's receiver and aggregator when configured;
-without them, records answer 503 and ``/health`` looks at the store alone.
+Every read (a server's loads, the server list, the dashboard's fleet) is answered from Redis, with
+no aggregator hop, so any number of APIs anywhere answer alike for every server any host wrote.
+Records go to a receiver when one is configured (``--receiver-control``), and ``/stats`` and the
+health of the daemons come from that host's receiver and aggregator when configured; without
+them, records answer 503 and ``/health`` looks at the store alone.
 
-Answers of a server's loads carry the store's generation (:mod:`servertrack.api.store_generation`),
-so the read cache (:mod:`servertrack.api.cache`) can keep them until a writer merges again.
+Answers carry the store's generation (:mod:`servertrack.api.store_generation`, a thread started
+by the read path), taken before the read, so the read cache can keep them until a writer merges
+again and never keeps one under a generation newer than what it shows.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
-import msgpack
-
-from servertrack.aggregator.fleet import FleetAnswers, table_from_rows
-from servertrack.aggregator.state import corrupt_answer
-from servertrack.api.backend import Unavailable, ZmqBackend
+from servertrack.api.backend import Kept, Threaded, Unavailable
+from servertrack.api.daemons_backend import DaemonsBackend
+from servertrack.api.generation import Current
 from servertrack.api.store_generation import StoreGeneration
-from servertrack.common.buckets import Clock, iso_utc
+from servertrack.common.buckets import Clock
+from servertrack.common.fleet import FleetQuery
 from servertrack.common.sample import Sample
-from servertrack.common.views import view_reply
-from servertrack.store.redis_nodes import CorruptKey, StoreUnavailable
+from servertrack.readmodel.answers import Answer, servers_answer, view_answer, views_answers
+from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
+from servertrack.readmodel.fleet import FleetAnswers
+from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
 
 MAX_VIEWS = 500
-"""Servers one ``views`` query may ask for (the read cache refreshes in such groups)."""
-
-
-def _answer(view: dict[str, Any] | CorruptKey | None, now: float) -> dict[str, Any]:
-    if isinstance(view, CorruptKey):
-        return corrupt_answer(view)
-    return view_reply(view, now)
-
-
-class StoreReader:
-    """What the dashboard's fleet answers need of a store, read from Redis."""
-
-    def __init__(self, store: RedisStore) -> None:
-        self.store = store
-
-    def fleet_version(self, now: float) -> int:
-        """Other hosts write too: the table is read again every second."""
-        return int(now)
-
-    def fleet_table(self, now: float | None = None) -> Any:
-        return table_from_rows(self.store.fleet_rows(now))
+"""Servers one ``views`` call may ask for (the read cache refreshes in such groups)."""
 
 
 class StoreBackend:
@@ -59,31 +42,71 @@ class StoreBackend:
     docstring); ``daemons`` is a backend of the local receiver and aggregator, or None."""
 
     def __init__(
-        self, store: RedisStore, daemons: ZmqBackend | None, clock: Clock = time.time
+        self, store: RedisStore, daemons: DaemonsBackend | None, clock: Clock = time.time
     ) -> None:
         self.store = store
         self.daemons = daemons
         self.clock = clock
-        self.reader = StoreReader(store)
-        self.fleet = FleetAnswers()
-        self.generation = StoreGeneration(lambda: self._ready().changes(), clock)
+        self.reader = RedisReader(store)
+        self.fleet_answers = FleetAnswers()
+        self.watch = StoreGeneration(lambda: self._ready().store.changes(), clock)
+        """The store's change counter with the minute (a thread: started by the read path)."""
         self._opened = False
         self._open_lock = threading.Lock()
-        self._closing: list[Callable[[], None]] = []
 
-    def on_close(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` first in :meth:`close` (to stop threads that read through this)."""
-        self._closing.append(hook)
-
-    def _ready(self) -> RedisStore:
+    def _ready(self) -> RedisReader:
+        """The reader, the store opened first (a Redis down at start is tried again here)."""
         if not self._opened:
             with self._open_lock:
                 if not self._opened:
                     self.store.open()
                     self._opened = True
-        return self.store
+        return self.reader
 
-    # -- records ------------------------------------------------------------------------------
+    def _read(self, what: Any) -> Any:
+        try:
+            return what(self._ready())
+        except StoreUnavailable as err:
+            raise Unavailable(f"the store does not answer: {err}") from err
+
+    # -- reads --------------------------------------------------------------------------------
+    def generation(self) -> Current | None:
+        return self.watch.current()
+
+    def view(self, name: str, deadline: float | None = None) -> Kept:
+        gen = self.watch.tag()  # before the clock and the read: see the module docstring
+        now = self.clock()
+        view = self._read(lambda reader: reader.views([name], now)[0])
+        return gen, view_answer(view)
+
+    def views(self, names: Sequence[str]) -> tuple[int | None, list[Answer | CorruptKey | None]]:
+        if len(names) > MAX_VIEWS:
+            raise ValueError(f"at most {MAX_VIEWS} servers a call")
+        gen = self.watch.tag()
+        now = self.clock()
+        return gen, self._read(lambda reader: views_answers(reader, names, now))
+
+    def servers(self, after: str | None, limit: int, deadline: float | None = None) -> bytes:
+        now = self.clock()
+        body: bytes = self._read(lambda reader: servers_answer(reader, after, limit, now))
+        return body
+
+    def fleet(self, query: FleetQuery, deadline: float | None = None) -> bytes:
+        now = self.clock()
+        body: bytes = self._read(lambda reader: self.fleet_answers.page(reader, query, now))
+        return body
+
+    def grid(self, known: str | None, deadline: float | None = None) -> bytes:
+        now = self.clock()
+        body: bytes = self._read(lambda reader: self.fleet_answers.grid(reader, known, now))
+        return body
+
+    def stats(self, deadline: float | None = None) -> dict[str, Any]:
+        if self.daemons is None or self.daemons.aggregator is None:
+            return {"receiver": {}, "aggregator": {}}
+        return self.daemons.stats(deadline)
+
+    # -- records and health ---------------------------------------------------------------------
     def record(self, samples: list[Sample]) -> dict[str, Any]:
         if self.daemons is None:
             raise Unavailable(
@@ -91,65 +114,19 @@ class StoreBackend:
             )
         return self.daemons.record(samples)
 
-    # -- reads --------------------------------------------------------------------------------
-    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        op = request.get("op")
-        # The generation comes before the clock and the read, so an answer is never older than
-        # the generation it is kept under (the generation includes the minute).
-        gen = self.generation.tag() if op in ("view", "views") else None
-        now = self.clock()
-        try:
-            if op == "stats":
-                return self._stats(request, deadline)
-            store = self._ready()
-            if op == "view":
-                reply = _answer(store.views([str(request.get("name"))], now)[0], now)
-                return reply if gen is None else {**reply, "gen": gen}
-            if op == "views":
-                names = request.get("names")
-                if not isinstance(names, list) or len(names) > MAX_VIEWS:
-                    return {"status": 400, "message": f"names: a list of at most {MAX_VIEWS}"}
-                views = store.views([str(name) for name in names], now)
-                return {"views": [_answer(view, now) for view in views], "gen": gen}
-            if op == "servers":
-                limit = request.get("limit")
-                after = request.get("after")
-                rows, total, following = store.servers(
-                    now,
-                    limit if type(limit) is int and limit > 0 else 1000,
-                    after if isinstance(after, str) else None,
-                )
-                servers = [{"server": name, "last_seen": iso_utc(seen)} for name, seen in rows]
-                body = {"servers": servers, "total": total, "next_cursor": following}
-                return {"status": 200, "body": json.dumps(body).encode()}
-            if op in ("fleet", "grid"):
-                answer: dict[str, Any] = msgpack.unpackb(
-                    self.fleet.answer(op, self.reader, request, now)
-                )
-                return answer
-        except StoreUnavailable as err:
-            raise Unavailable(f"the store does not answer: {err}") from err
-        return {"status": 400, "message": f"unknown op {op!r}"}
-
-    def _stats(self, request: dict[str, Any], deadline: float | None) -> dict[str, Any]:
-        stats: dict[str, Any] = {"receiver": {}, "aggregator": {}}
-        if self.daemons is not None and self.daemons.aggregator is not None:
-            stats = json.loads(self.daemons.query(request, deadline)["body"])
-        return {"status": 200, "body": json.dumps(stats).encode()}
-
     def ping(self) -> dict[str, Any]:
         parts: dict[str, Any] = self.daemons.ping() if self.daemons is not None else {}
         try:
-            self._ready().ping()
+            self._ready().store.ping()
             parts["store"] = {"ok": True}
         except StoreUnavailable as err:
             parts["store"] = {"ok": False, "error": str(err)}
         return parts
 
+    def threads(self) -> list[Threaded]:
+        return [self.watch] + (self.daemons.threads() if self.daemons is not None else [])
+
     def close(self) -> None:
-        for hook in self._closing:
-            hook()
-        self.generation.close()
         if self.daemons is not None:
             self.daemons.close()
         self.store.close()

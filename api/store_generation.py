@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from servertrack.api.generation import Current, Heard
 from servertrack.common.buckets import MINUTE, Clock
-from servertrack.store.redis_nodes import StoreUnavailable
+from servertrack.readmodel.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 POLL = 0.05

@@ -38,9 +38,11 @@ import redis
 
 from servertrack.common.batch import ServerHealth
 from servertrack.common.redis_testing import RedisClusterUnderTest, RedisServer
+from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.store.cells import BatchColumns
 from servertrack.store.keys import SHARDS, server_keys, shard_keys
-from servertrack.store.redis_store import RedisStore, StoreUnavailable
+from servertrack.store.reader import RedisReader
+from servertrack.store.redis_store import RedisStore
 
 FULL_STEPS = [10_000, 25_000, 50_000, 75_000, 100_000, 125_000, 150_000]
 QUICK_STEPS = [10_000, 50_000]
@@ -142,7 +144,7 @@ def sustain(
         wrong = 0
         for name in checked:
             now = time.time()
-            view = store.view(name, now)
+            view = RedisReader(store).view(name, now)
             held = sum(bucket["samples"] for bucket in view["hours"]) if view else 0
             wrong += held != feeder.number + filled_in_window(prefilled, now)
         seconds = time.monotonic() - began
@@ -226,10 +228,10 @@ def memory(url: str, client: redis.Redis, servers: int) -> dict[str, Any]:
     store.open()
     try:
         fill_all_buckets(store, servers, now)
-        view = store.view(names_of(1)[0], now)
+        view = RedisReader(store).view(names_of(1)[0], now)
         assert view is not None and len(view["minutes"]) == 60 and len(view["hours"]) == 24
         began = time.perf_counter()
-        rows = store.fleet_rows(now)
+        rows = RedisReader(store).fleet_rows(now)
         fleet_ms = (time.perf_counter() - began) * 1e3
         assert len(rows) == servers
     finally:
@@ -289,7 +291,7 @@ def _reader(
             else:
                 scheduled = time.perf_counter()
             try:
-                store.view(rng.choice(names), time.time())
+                RedisReader(store).view(rng.choice(names), time.time())
             except StoreUnavailable:
                 errors[slot] += 1
             else:

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from servertrack.common.views import AS_OF_HEADER
+from servertrack.common.headers import AS_OF_HEADER
 
 log = logging.getLogger(__name__)
 

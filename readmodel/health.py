@@ -53,6 +53,7 @@ def merge_health(records: Iterable[tuple[float, ServerHealth]]) -> Health:
     if not kept:
         return NO_HEALTH
     newest_at, newest = max(kept, key=lambda record: record[0])
+    recent = newest_at - CONFLICT_RECENT
     return Health(
         ips=tuple(newest.ips),
         lost=sum(health.lost for _, health in kept),
@@ -60,7 +61,5 @@ def merge_health(records: Iterable[tuple[float, ServerHealth]]) -> Health:
         rejected=sum(health.rejected for _, health in kept),
         skew=float(newest.skew),
         seq_resets=sum(health.seq_resets for _, health in kept),
-        name_conflict=any(
-            health.name_conflict for written, health in kept if written >= newest_at - CONFLICT_RECENT
-        ),
+        name_conflict=any(health.name_conflict for written, health in kept if written >= recent),
     )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from servertrack.common.buckets import HOUR, MINUTE, iso_utc
-from servertrack.readmodel.values import ServerView, ServersPage
+from servertrack.readmodel.values import ServersPage, ServerView
 
 
 @lru_cache(maxsize=4096)
@@ -54,14 +54,14 @@ def bucket_rows(cells: np.ndarray, width: int) -> list[dict[str, Any]]:
 
 
 def view_document(view: ServerView) -> dict[str, Any]:
-    """The answer of ``GET /servers/{name}/loads`` as a JSON-ready mapping."""
+    """The answer of ``GET /servers/{name}/loads`` as a JSON-ready mapping (the time it is as
+    of travels beside it, so the body is a function of the state alone)."""
     return {
         "server": view.name,
         "minutes": bucket_rows(view.minutes, MINUTE),
         "hours": bucket_rows(view.hours, HOUR),
         "last_seen": iso_utc(view.last_seen),
         "health": view.health.to_json(),
-        "as_of": iso_utc(view.as_of),
     }
 
 

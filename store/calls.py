@@ -18,11 +18,13 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from servertrack.store.cells import CELL_SIZE, HEAD_DTYPE, Folded, Samples, fold
+from servertrack.readmodel.cells import CELL_SIZE
+from servertrack.readmodel.errors import CorruptKey
+from servertrack.store.cells import HEAD_DTYPE, Folded, Samples, fold
 from servertrack.store.health import ServerHealth
 from servertrack.store.health import encode as encode_health
 from servertrack.store.keys import server_keys, slot_of
-from servertrack.store.redis_nodes import CORRUPT, CorruptKey, Node, Topology, bulk, pack
+from servertrack.store.redis_nodes import CORRUPT, Node, Topology, bulk, corrupt_key, pack
 from servertrack.store.roster import Roster
 
 APPLIED_HEAD = struct.Struct("<Id")
@@ -280,7 +282,7 @@ class MergeCalls:
         A server whose keys are corrupt is ``done``: its samples are counted as ``corrupt`` and
         the key is in :attr:`corrupt`. Never raises: every reply of a pipeline must be read."""
         if isinstance(reply, ResponseError) and str(reply).startswith(CORRUPT):
-            damaged = CorruptKey.from_reply(str(reply))
+            damaged = corrupt_key(str(reply))
             self.corrupt[self._name(call)] = damaged
             result.corrupt += call.samples
             return "done"

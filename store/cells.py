@@ -1,56 +1,24 @@
-"""Rollup cells for the Redis store: pure numpy, no I/O.
+"""Folding batches into cells for the Redis store: pure numpy, no I/O.
 
-A cell is one bucket of one server, packed in 64 little-endian bytes (the layout the Redis
-Function reads with ``struct``)::
-
-    stamp u32 | samples u32 | cpu_count u32 | ram_count u32 |
-    cpu_sum f64 | cpu_min f64 | cpu_max f64 | ram_sum f64 | ram_min f64 | ram_max f64
-
-``stamp`` is the bucket number (``ts // 60`` or ``ts // 3600``); 0 marks an empty slot. A metric
-without samples has count 0, sum 0, min +inf and max -inf. Sums are float64 and counts integers,
-so a mean is ``sum / count`` over raw samples, as exact as in memory.
-
+The cells (:mod:`servertrack.readmodel.cells`, 64 bytes a bucket) are the layout both stores
+keep; the Redis Function reads them with ``struct`` and merges them into the stored ones.
 :func:`fold` groups the samples of one or more batches by (server, bucket) with the bucket rules
 of :mod:`servertrack.common.buckets` and the same windows as the in-memory rollups: hours inside
 the 24-hour window plus the next hour, minutes inside the 60-minute window plus the next minute.
-64 bytes is also the largest value Redis keeps in a compact listpack hash (``hash-max-listpack-
-value``), which the hour hash relies on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
-from servertrack.common.buckets import HOUR, HOUR_WINDOW, MINUTE, MINUTE_WINDOW, iso_utc
+from servertrack.common.buckets import HOUR, HOUR_WINDOW, MINUTE, MINUTE_WINDOW
 from servertrack.common.sample import valid_columns
+from servertrack.readmodel.cells import CELL_DTYPE, HOUR_SLOTS, MINUTE_SLOTS
 
-CELL_DTYPE = np.dtype(
-    [
-        ("stamp", "<u4"),
-        ("samples", "<u4"),
-        ("cpu_count", "<u4"),
-        ("ram_count", "<u4"),
-        ("cpu_sum", "<f8"),
-        ("cpu_min", "<f8"),
-        ("cpu_max", "<f8"),
-        ("ram_sum", "<f8"),
-        ("ram_min", "<f8"),
-        ("ram_max", "<f8"),
-    ]
-)
-CELL_SIZE = CELL_DTYPE.itemsize
-MINUTE_SLOTS = MINUTE_WINDOW + 1
-"""The minute ring: the 60 minutes shown plus the next one (samples up to 60 s ahead)."""
-HOUR_SLOTS = HOUR_WINDOW + 1
 HEAD_DTYPE = np.dtype([("last_seen", "<f8"), ("seq", "<f8"), ("seq_ts", "<f8")])
 """Per server and call: newest ts folded, and the newest agent seq with its ts (-1 = none)."""
-METRICS = ("cpu", "ram")
-
-assert CELL_SIZE == 64, "the Redis Function reads 64-byte cells"
 
 
 @dataclass(slots=True)
@@ -267,63 +235,11 @@ def fold(samples: Samples, now: float) -> Folded:
     )
 
 
-def unpack_cells(raw: bytes) -> np.ndarray:
-    """Cells from their packed bytes (a whole minute ring or concatenated cells)."""
-    usable = len(raw) - len(raw) % CELL_SIZE
-    return np.frombuffer(raw, CELL_DTYPE, count=usable // CELL_SIZE)
-
-
-@lru_cache(maxsize=4096)
-def _start(seconds: int) -> str:
-    """PERF: formatting a bucket start took half of a view's CPU; every server shows the same
-    86 starts at a time, so they are formatted once."""
-    return iso_utc(seconds)
-
-
-def bucket_dicts(cells: np.ndarray, width: int, oldest: int, newest: int) -> list[dict[str, Any]]:
-    """The non-empty cells with a stamp in ``oldest..newest``, oldest first, in the shape of
-    :meth:`servertrack.aggregator.rollups.Rollups.view` (``null`` for a metric without
-    samples)."""
-    shown = cells[(cells["stamp"] >= oldest) & (cells["stamp"] <= newest) & (cells["samples"] > 0)]
-    shown = shown[np.argsort(shown["stamp"], kind="stable")]
-    stamps, samples = shown["stamp"].tolist(), shown["samples"].tolist()
-    cpu_n, cpu_sum = shown["cpu_count"].tolist(), shown["cpu_sum"].tolist()
-    cpu_min, cpu_max = shown["cpu_min"].tolist(), shown["cpu_max"].tolist()
-    ram_n, ram_sum = shown["ram_count"].tolist(), shown["ram_sum"].tolist()
-    ram_min, ram_max = shown["ram_min"].tolist(), shown["ram_max"].tolist()
-    out = []
-    for k, stamp in enumerate(stamps):
-        c, r = cpu_n[k], ram_n[k]
-        out.append(
-            {
-                "start": _start(stamp * width),
-                "cpu": cpu_sum[k] / c if c else None,
-                "cpu_sum": cpu_sum[k] if c else None,
-                "cpu_min": cpu_min[k] if c else None,
-                "cpu_max": cpu_max[k] if c else None,
-                "cpu_samples": c,
-                "ram": ram_sum[k] / r if r else None,
-                "ram_sum": ram_sum[k] if r else None,
-                "ram_min": ram_min[k] if r else None,
-                "ram_max": ram_max[k] if r else None,
-                "ram_samples": r,
-                "samples": samples[k],
-            }
-        )
-    return out
-
-
 __all__ = [
-    "CELL_DTYPE",
-    "CELL_SIZE",
     "HEAD_DTYPE",
-    "HOUR_SLOTS",
-    "MINUTE_SLOTS",
     "BatchColumns",
     "Folded",
     "Samples",
-    "bucket_dicts",
     "concat",
     "fold",
-    "unpack_cells",
 ]

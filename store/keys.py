@@ -13,6 +13,7 @@ merge, moves.
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 from redis.crc import key_slot
 
@@ -41,3 +42,9 @@ def shard_keys(shard: int) -> tuple[bytes, bytes]:
 def slot_of(key: bytes) -> int:
     """The Redis Cluster slot of ``key`` (its hash tag's CRC16 modulo 16384)."""
     return key_slot(key)
+
+
+def on_shard(shard: int, command: str, which: int, *args: Any) -> tuple[int, tuple[Any, ...]]:
+    """A read command on shard ``shard``'s index (``which`` 0) or summary (1) key."""
+    key = shard_keys(shard)[which]
+    return slot_of(key), (command, key, *args)

@@ -27,6 +27,7 @@ from redis.connection import Connection
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
+from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
 from servertrack.store.redis_url import StoreAddress
 
 log = logging.getLogger(__name__)
@@ -35,30 +36,10 @@ NodeKey = tuple[str, int]
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-class StoreUnavailable(Exception):
-    """Redis did not answer (in time), refused a command, or not everything could be
-    confirmed: nothing is lost, the caller keeps what it wanted to write and tries again later
-    with the same batches."""
-
-    applied = 0
-    """Samples of a failed merge that Redis applied before the failure (the next try finds
-    them applied and counts them as ``already_applied``)."""
-
-
-class CorruptKey(Exception):
-    """A server's key in Redis has the wrong type or a field of the wrong size (written by
-    something else, or damaged): that server cannot be read or merged; every other can."""
-
-    def __init__(self, key: str, why: str) -> None:
-        super().__init__(f"{key}: {why}")
-        self.key = key
-        self.why = why
-
-    @classmethod
-    def from_reply(cls, message: str) -> CorruptKey:
-        """From the Function's ``CORRUPT <key>: <why>`` error reply."""
-        key, _, why = message.removeprefix(CORRUPT).partition(": ")
-        return cls(key, why)
+def corrupt_key(message: str) -> CorruptKey:
+    """The :class:`CorruptKey` of the Function's ``CORRUPT <key>: <why>`` error reply."""
+    key, _, why = message.removeprefix(CORRUPT).partition(": ")
+    return CorruptKey(key, why)
 
 
 CORRUPT = "CORRUPT "

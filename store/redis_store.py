@@ -67,37 +67,31 @@ from servertrack.common.buckets import (
     HOUR,
     HOUR_WINDOW,
     MINUTE,
-    MINUTE_WINDOW,
     Clock,
-    iso_utc,
     oldest_accepted_ts,
 )
+from servertrack.readmodel.cells import unpack_cells
+from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
 from servertrack.store.calls import GROUP_SIZE, Call, Group, MergeCalls, MergeResult
 from servertrack.store.cells import (
-    CELL_SIZE,
     BatchColumns,
     Samples,
-    bucket_dicts,
     concat,
     fold,
-    unpack_cells,
 )
-from servertrack.store.health import ServerHealth, merged_health
-from servertrack.store.keys import CHANGES, SHARDS, server_keys, shard_keys, slot_of
+from servertrack.store.health import ServerHealth
+from servertrack.store.keys import CHANGES, SHARDS, on_shard, server_keys, shard_keys, slot_of
 from servertrack.store.redis_nodes import (
     CONNECTION_ERRORS,
-    CorruptKey,
     Node,
     NodeKey,
     NodeWork,
-    StoreUnavailable,
     Topology,
     pack,
     run_pipelines,
 )
 from servertrack.store.redis_url import parse_store_url
 from servertrack.store.roster import Roster
-from servertrack.store.summary import FleetRows, decode_fleet
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +324,14 @@ class RedisStore:
     def changes(self) -> int:
         """The change counter: it moves after every merge of any writer (0 when none wrote for
         26 hours)."""
-        (count,) = self._read_keys([(slot_of(CHANGES), ("GET", CHANGES))])
+        (count,) = self.read_keys([(slot_of(CHANGES), ("GET", CHANGES))])
         return int(count) if count else 0
+
+    def server_count(self) -> int:
+        """Servers in the index (a server silent for the whole window leaves it within about a
+        minute of merges)."""
+        replies = self.read_keys([on_shard(k, "ZCARD", 0) for k in range(SHARDS)])
+        return int(sum(replies))
 
     def _apply_limit(self, samples: Samples, names: Sequence[str], result: MergeResult) -> Samples:
         """Refuse the samples of new servers beyond ``max_servers``."""
@@ -344,7 +344,7 @@ class RedisStore:
         count = self.server_count()
         if count + len(unknown) <= self.max_servers:
             return samples
-        exists = self._read_keys(
+        exists = self.read_keys(
             [
                 (slot_of(server_keys(names[k])[1]), ("EXISTS", server_keys(names[k])[1]))
                 for k in unknown
@@ -534,7 +534,7 @@ class RedisStore:
 
     def _prune_shard_now(self, shard: int, now: float) -> int:
         idx, summary = shard_keys(shard)
-        members, records = self._read_keys(
+        members, records = self.read_keys(
             [(slot_of(idx), ("ZRANGE", idx, 0, -1)), (slot_of(idx), ("HGETALL", summary))]
         )
         oldest = oldest_accepted_ts(now)
@@ -583,7 +583,7 @@ class RedisStore:
         return list(works.values())
 
     # -- reads --------------------------------------------------------------------------------
-    def _read_keys(
+    def read_keys(
         self, commands: list[tuple[int, tuple[Any, ...]]], in_place: bool = False
     ) -> list[Any]:
         """Run read commands ``(slot, args)`` pipelined per node; replies in order. A command
@@ -648,176 +648,6 @@ class RedisStore:
                 flat = replies[n]
                 replies[n] = dict(zip(flat[::2], flat[1::2], strict=True))
         return replies
-
-    def view(self, name: str, now: float | None = None) -> dict[str, Any] | None:
-        """A server's minute and hour buckets, last-seen time and health merged over writers,
-        in the shape of the in-memory store's view; ``None`` without data in the window.
-        Raises :class:`CorruptKey` when a key of the server cannot be read."""
-        answer = self.views([name], now)[0]
-        if isinstance(answer, CorruptKey):
-            raise answer
-        return answer
-
-    def views(
-        self, names: Sequence[str], now: float | None = None
-    ) -> list[dict[str, Any] | CorruptKey | None]:
-        """:meth:`view` of each of ``names``, read in one round trip per node; a server whose
-        keys cannot be read is answered with its :class:`CorruptKey` in its place."""
-        now = self.clock() if now is None else float(now)
-        commands: list[tuple[int, tuple[Any, ...]]] = []
-        for name in names:
-            minutes_key, hours_key, health_key = server_keys(name)
-            slot = slot_of(hours_key)
-            commands += [
-                (slot, ("GET", minutes_key)),
-                (slot, ("HGETALL", hours_key)),
-                (slot, ("HGETALL", health_key)),
-            ]
-        replies = self._read_keys(commands, in_place=True)
-        out: list[dict[str, Any] | CorruptKey | None] = []
-        for k, name in enumerate(names):
-            try:
-                out.append(_view(name, *replies[3 * k : 3 * k + 3], now))
-            except CorruptKey as problem:
-                out.append(problem)
-        return out
-
-    def _index_names(self) -> list[bytes]:
-        replies = self._read_keys([_on_shard(k, "ZRANGE", 0, 0, -1) for k in range(SHARDS)])
-        return sorted(name for names in replies for name in names)
-
-    def _metas(self, names: list[bytes]) -> list[tuple[float, float, float] | None]:
-        """(last_seen, seq, seq_ts) of each server, None when it has no data."""
-        keys = [server_keys(name.decode())[1] for name in names]
-        replies = self._read_keys([(slot_of(key), ("HGET", key, "s")) for key in keys], True)
-        return [  # a server whose meta cannot be read is left out, as one without data
-            META.unpack(raw)[:3] if isinstance(raw, bytes) and len(raw) == META.size else None
-            for raw in replies
-        ]
-
-    def servers(
-        self, now: float | None = None, limit: int = 1000, cursor: str | None = None
-    ) -> tuple[list[tuple[str, float]], int, str | None]:
-        """One page of servers by name after ``cursor``: ``(rows of (name, last_seen), total,
-        next_cursor)``; ``next_cursor`` is None on the last page. Servers silent for the whole
-        window are left out of the rows (``total`` counts the index, which is pruned within a
-        minute or so)."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        now = self.clock() if now is None else float(now)
-        page, more = self._page(limit, cursor.encode() if cursor else None)
-        oldest = oldest_accepted_ts(now)
-        rows = [
-            (name.decode(), meta[0])
-            for name, meta in zip(page, self._metas(page), strict=True)
-            if meta is not None and meta[0] >= oldest
-        ]
-        next_cursor = page[-1].decode() if more and page else None
-        return rows, self.server_count(), next_cursor
-
-    def _page(self, limit: int, after: bytes | None) -> tuple[list[bytes], bool]:
-        """The first ``limit`` names after ``after`` over all shards, and whether more follow.
-        Each shard is read in name order from its last name read; a name is certain once every
-        shard not yet exhausted has been read past it."""
-        want = max(8, 2 * limit // SHARDS + 4)
-        fetched: dict[int, list[bytes]] = {k: [] for k in range(SHARDS)}
-        open_shards: set[int] = set(range(SHARDS))
-        ask = {k: want for k in range(SHARDS)}
-        while True:
-            commands = []
-            for k, count in ask.items():
-                start = fetched[k][-1] if fetched[k] else after
-                low = b"(" + start if start is not None else b"-"
-                commands.append(_on_shard(k, "ZRANGE", 0, low, "+", "BYLEX", "LIMIT", 0, count))
-            for (k, count), names in zip(ask.items(), self._read_keys(commands), strict=True):
-                fetched[k].extend(names)
-                if len(names) < count:
-                    open_shards.discard(k)
-            every = sorted(name for names in fetched.values() for name in names)
-            if not open_shards:
-                return every[:limit], len(every) > limit
-            bound = min(fetched[k][-1] for k in open_shards)
-            certain = [name for name in every if name <= bound]
-            if len(certain) >= limit:
-                return certain[:limit], True
-            ask = {k: 2 * want for k in open_shards if fetched[k][-1] == bound}
-
-    def server_count(self) -> int:
-        """Servers in the index (a server silent for the whole window leaves it within about a
-        minute of merges)."""
-        replies = self._read_keys([_on_shard(k, "ZCARD", 0) for k in range(SHARDS)])
-        return int(sum(replies))
-
-    def sequences(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Each server's newest agent seq and its ts, for servers that number their samples."""
-        oldest = oldest_accepted_ts(self.clock())
-        names = self._index_names()
-        out_names: list[str] = []
-        seqs: list[int] = []
-        stamps: list[float] = []
-        for name, meta in zip(names, self._metas(names), strict=True):
-            if meta is None or meta[1] < 0 or meta[0] < oldest:
-                continue
-            out_names.append(name.decode())
-            seqs.append(int(meta[1]))
-            stamps.append(meta[2])
-        return out_names, np.asarray(seqs, np.int64), np.asarray(stamps, np.float64)
-
-    def fleet_rows(self, now: float | None = None) -> FleetRows:
-        """Every server's last-seen time, current cpu/ram and cpu sparkline, from the summary
-        records (one HGETALL per shard)."""
-        now = self.clock() if now is None else float(now)
-        replies = self._read_keys([_on_shard(k, "HGETALL", 1) for k in range(SHARDS)])
-        names = [name.decode() for reply in replies for name in reply]
-        records = [record for reply in replies for record in reply.values()]
-        return decode_fleet(names, records, now)
-
-
-def _on_shard(shard: int, command: str, which: int, *args: Any) -> tuple[int, tuple[Any, ...]]:
-    """A read command on shard ``shard``'s index (``which`` 0) or summary (1) key."""
-    key = shard_keys(shard)[which]
-    return slot_of(key), (command, key, *args)
-
-
-def _view(name: str, ring: Any, hours: Any, health: Any, now: float) -> dict[str, Any] | None:
-    """A server's view from its three keys' replies (see :meth:`RedisStore.view`); raises
-    CorruptKey for a key of the wrong type or a field of the wrong size."""
-    _check_replies(name, ring, hours, health)
-    if not hours or b"s" not in hours:
-        return None
-    hour_cells = unpack_cells(b"".join(v for f, v in hours.items() if f.isdigit()))
-    current_hour = int(now // HOUR)
-    shown_hours = bucket_dicts(hour_cells, HOUR, current_hour - HOUR_WINDOW + 1, current_hour)
-    if not shown_hours:
-        return None
-    current_minute = int(now // MINUTE)
-    last_seen = META.unpack(hours[b"s"])[0]
-    return {
-        "server": name,
-        "minutes": bucket_dicts(
-            unpack_cells(ring or b""),
-            MINUTE,
-            current_minute - MINUTE_WINDOW + 1,
-            current_minute,
-        ),
-        "hours": shown_hours,
-        "last_seen": iso_utc(last_seen),
-        "health": merged_health(health.values()),
-    }
-
-
-def _check_replies(name: str, ring: Any, hours: Any, health: Any) -> None:
-    """Raise CorruptKey unless a server's replies have the shapes the Function writes."""
-    minutes_key, hours_key, health_key = (key.decode() for key in server_keys(name))
-    for key, reply in ((minutes_key, ring), (hours_key, hours), (health_key, health)):
-        if isinstance(reply, ResponseError):
-            raise CorruptKey(key, str(reply))
-    if ring is not None and len(ring) % CELL_SIZE:
-        raise CorruptKey(minutes_key, f"{len(ring)} bytes, not a multiple of {CELL_SIZE}")
-    for field, value in hours.items():
-        size = META.size if field == b"s" else CELL_SIZE if field.isdigit() else None
-        if size is not None and len(value) != size:
-            raise CorruptKey(hours_key, f"field {field.decode()} is {len(value)} bytes, not {size}")
 
 
 def _first_key(command: bytes) -> bytes:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from servertrack.common.buckets import MINUTE, MINUTE_WINDOW, iso_utc, oldest_accepted_ts
-from servertrack.store.cells import MINUTE_SLOTS
+from servertrack.readmodel.cells import MINUTE_SLOTS
 
 SHOWN = MINUTE_WINDOW
 """Minutes a reader shows: the 60 up to its current one."""

@@ -29,7 +29,7 @@ import yaml
 from waitress import wasyncore
 from waitress.server import create_server
 
-from servertrack.api.auth import bearer_ok
+from servertrack.api.admission import bearer_ok
 from servertrack.common.buckets import HOUR, MINUTE, oldest_accepted_ts
 from servertrack.common.fleet import STATUSES, status_of
 from servertrack.common.oracle import RawSample

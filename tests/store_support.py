@@ -8,8 +8,11 @@ import random
 import numpy as np
 
 from servertrack.common.oracle import RawSample, bucket_differences, iso_z, oracle_buckets
+from servertrack.readmodel.model import ReadModel
 from servertrack.store.cells import BatchColumns
+from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
+from tests.support import document
 
 MINUTE = 60
 HOUR = 3600
@@ -89,13 +92,15 @@ class Fleet:
 
 
 def assert_matches(
-    store: RedisStore, fleet: Fleet, now: float, names: list[str] | None = None
+    model: RedisStore | ReadModel, fleet: Fleet, now: float, names: list[str] | None = None
 ) -> int:
-    """Every server's view (of ``names``, by default the fleet's) equals the oracle at ``now``;
-    returns how many servers had data."""
+    """Every server's view (of ``names``, by default the fleet's) equals the oracle at ``now``,
+    read from a read model or straight from a Redis store; returns how many servers had
+    data."""
+    reader = RedisReader(model) if isinstance(model, RedisStore) else model
     shown = 0
     for name in fleet.names if names is None else names:
-        view = store.view(name, now)
+        view = document(reader.view(name, now))
         expected = oracle_buckets(fleet.raw, now, name)
         if not expected["hours"]:
             assert view is None, f"{name} at {iso_z(now)}: expected no data"

@@ -18,12 +18,21 @@ import pytest
 
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import AggregatorState
-from servertrack.api.backend import Unavailable
+from servertrack.api.admission import Admission
+from servertrack.api.app import REQUEST_DEADLINE
+from servertrack.api.assembly import assemble
+from servertrack.api.backend import Backend, Threaded, Unavailable
+from servertrack.api.daemons_backend import AggregatorReplies
+from servertrack.api.generation import Current
+from servertrack.api.stats import ApiStats
 from servertrack.common.batch import Batch
 from servertrack.common.lifecycle import EXIT_CONFIG
 from servertrack.common.oracle import bucket_differences
 from servertrack.common.sample import Sample
 from servertrack.common.testing import wait_until
+from servertrack.readmodel.errors import CorruptKey
+from servertrack.readmodel.render import view_document
+from servertrack.readmodel.values import ServerView
 from servertrack.receiver.state import ReceiverState
 
 
@@ -37,8 +46,10 @@ class Clock:
         return self.now
 
 
-class InProcessBackend:
-    """Receiver and aggregator state wired directly, with every record flushed and applied."""
+class InProcessBackend(AggregatorReplies):
+    """Receiver and aggregator state wired directly, with every record flushed and applied: a
+    :class:`~servertrack.api.backend.Backend` whose queries reach the real aggregator state
+    without a socket (its replies decoded as the daemons backend decodes them)."""
 
     def __init__(self, clock: Clock, receiver_clock: Clock | None = None) -> None:
         self.clock = clock
@@ -59,20 +70,30 @@ class InProcessBackend:
         batch = self.state.flush(self.state.clock())
         self.aggregator.apply(Batch.decode(batch.encode()), self.clock())
 
-    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+    def _ask(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         reply = self.aggregator.answer({**request, "deadline": deadline}, self.clock(), time.time())
         if reply is None:
             raise Unavailable("the aggregator skipped a query past its deadline")
-        return msgpack.unpackb(reply)
+        return self._checked(msgpack.unpackb(reply))
+
+    def generation(self) -> Current | None:
+        return None  # nothing is kept: every read asks the aggregator
 
     def ping(self) -> dict[str, Any]:
         return {"receiver": {"ok": True}, "aggregator": self.aggregator.ping(self.clock())}
 
+    def threads(self) -> list[Threaded]:
+        return []
 
-class DownBackend:
-    """A backend whose receiver and/or aggregator does not answer, like ``ZmqBackend`` then."""
+    def close(self) -> None:
+        pass
+
+
+class DownBackend(InProcessBackend):
+    """A backend whose receiver and/or aggregator does not answer, as the daemons backend then."""
 
     def __init__(self, receiver_up: bool = False, aggregator_up: bool = False) -> None:
+        super().__init__(Clock(time.time()))
         self.receiver_up = receiver_up
         self.aggregator_up = aggregator_up
 
@@ -81,10 +102,10 @@ class DownBackend:
             raise Unavailable("receiver did not answer within 500 ms")
         return {"accepted": len(samples), "duplicates": 0}
 
-    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+    def _ask(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         if not self.aggregator_up:
             raise Unavailable("aggregator did not answer within 500 ms")
-        return {"status": 200, "body": b"{}"}
+        return super()._ask(request, deadline)
 
     def ping(self) -> dict[str, Any]:
         def part(up: bool) -> dict[str, Any]:
@@ -100,6 +121,28 @@ class PingRaises(DownBackend):
         raise Unavailable("nobody answered the ping")
 
 
+def api_app(
+    backend: Backend,
+    clock: Callable[[], float] = time.time,
+    *,
+    record_token: str | None = None,
+    read_token: str | None = None,
+    request_deadline: float = REQUEST_DEADLINE,
+    stats: ApiStats | None = None,
+) -> Any:
+    """The API's WSGI app over ``backend``, assembled as ``servertrack api`` assembles it."""
+    admission = Admission(record_token, read_token, request_deadline)
+    return assemble(backend, admission, clock, stats)[0]
+
+
+def document(view: ServerView | CorruptKey | None) -> Any:
+    """A read-model view as its JSON document (for the oracle's comparisons); None and a
+    ``CorruptKey`` as they are."""
+    if view is None or isinstance(view, CorruptKey):
+        return view
+    return view_document(view)
+
+
 def wait_for(predicate: Callable[[], Any], deadline: float, what: str, step: float = 0.1) -> Any:
     """Poll ``predicate`` until it returns something truthy, failing the test after ``deadline``."""
     try:
@@ -108,7 +151,10 @@ def wait_for(predicate: Callable[[], Any], deadline: float, what: str, step: flo
         pytest.fail(str(err))
 
 
-def assert_matches_oracle(view: dict[str, Any], expected: dict[str, list[dict[str, Any]]]) -> None:
+def assert_matches_oracle(view: Any, expected: dict[str, list[dict[str, Any]]]) -> None:
+    """``view`` (an answer's JSON, or a read-model view) holds the oracle's buckets."""
+    if isinstance(view, ServerView):
+        view = view_document(view)
     assert bucket_differences(view, expected) == []
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from falcon import testing
 
-from servertrack.api.app import MAX_BATCH, MAX_BODY, create_app
-from tests.support import Clock, DownBackend, InProcessBackend, PingRaises
+from servertrack.api.app import MAX_BATCH, MAX_BODY
+from tests.support import Clock, DownBackend, InProcessBackend, PingRaises, api_app
 
 MINUTE = 60
 HOUR = 3600
@@ -44,7 +44,7 @@ def backend(clock: Clock) -> InProcessBackend:
 
 @pytest.fixture
 def client(backend: InProcessBackend, clock: Clock) -> testing.TestClient:
-    return testing.TestClient(create_app(backend, clock))
+    return testing.TestClient(api_app(backend, clock))
 
 
 def post(client: testing.TestClient, name: str, body: Any) -> testing.Result:
@@ -538,7 +538,7 @@ def test_one_bad_item_refuses_the_whole_batch(
 def test_backend_refusal_is_422_with_its_index(clock: Clock) -> None:
     """A batch the receiver refuses (its clock is a day ahead) is a 422 with reason and index."""
     backend = InProcessBackend(clock, receiver_clock=Clock(NOW + 25 * HOUR))
-    client = testing.TestClient(create_app(backend, clock))
+    client = testing.TestClient(api_app(backend, clock))
     batch = [{"server": "a", "cpu": 1.0, "ts": NOW}, {"server": "b", "cpu": 1.0}]
     assert_error(post_batch(client, batch), 422, "too_old", index=0)
     assert len(backend.calls) == 1
@@ -574,7 +574,7 @@ def test_body_of_exactly_the_limit_is_read(client: testing.TestClient) -> None:
 
 # -- backend unavailable and health -------------------------------------------------------------
 def down_client(backend: DownBackend) -> testing.TestClient:
-    return testing.TestClient(create_app(backend, Clock(NOW)))
+    return testing.TestClient(api_app(backend, Clock(NOW)))
 
 
 @pytest.mark.parametrize(

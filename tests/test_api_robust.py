@@ -13,9 +13,9 @@ from falcon import testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from servertrack.api.app import SERVERS_PAGE, SERVERS_PAGE_MAX, create_app
+from servertrack.api.app import SERVERS_PAGE, SERVERS_PAGE_MAX
 from servertrack.api.stats import ApiStats
-from tests.support import Clock, InProcessBackend
+from tests.support import Clock, InProcessBackend, api_app
 
 NOW = 1_800_000_030.0
 
@@ -32,7 +32,7 @@ def stats() -> ApiStats:
 
 @pytest.fixture
 def client(backend: InProcessBackend, stats: ApiStats) -> testing.TestClient:
-    return testing.TestClient(create_app(backend, backend.clock, stats=stats))
+    return testing.TestClient(api_app(backend, backend.clock, stats=stats))
 
 
 def documented(result: testing.Result, status: int, reason: str) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def test_a_request_that_waited_past_its_deadline_is_dropped_unworked(
     backend: InProcessBackend, stats: ApiStats
 ) -> None:
     """A request stamped as arrived long ago is answered 503 at once; the backend is not asked."""
-    client = testing.TestClient(create_app(backend, backend.clock, stats=stats, request_deadline=2))
+    client = testing.TestClient(api_app(backend, backend.clock, stats=stats, request_deadline=2))
     stale = {"servertrack.arrived": time.time() - 10}
     result = client.simulate_post("/servers/a/loads", json={"cpu": 1}, extras=stale)
     documented(result, 503, "abandoned")
@@ -178,7 +178,7 @@ def test_a_request_that_waited_past_its_deadline_is_dropped_unworked(
 def test_a_request_whose_client_has_gone_is_dropped(
     backend: InProcessBackend, stats: ApiStats
 ) -> None:
-    client = testing.TestClient(create_app(backend, backend.clock, stats=stats))
+    client = testing.TestClient(api_app(backend, backend.clock, stats=stats))
     gone = {"waitress.client_disconnected": lambda: True}
     assert client.simulate_get("/servers", extras=gone).status_code == 503
     assert stats.snapshot()["requests_abandoned"] == 1

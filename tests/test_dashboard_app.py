@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import msgpack
 import numpy as np
 import pytest
 from falcon import testing
@@ -19,9 +18,8 @@ from openapi_spec_validator import validate
 
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import AggregatorState
-from servertrack.api.app import create_app
 from servertrack.common.testing import FakeClock
-from tests.support import DownBackend
+from tests.support import Clock, DownBackend, InProcessBackend, api_app
 
 STATIC = Path(__file__).resolve().parent.parent / "api" / "static"
 NOW = 1_700_000_030.0
@@ -40,14 +38,12 @@ FILES = {
 }
 
 
-class StateBackend:
-    """Reads answered by the aggregator's own answer code over real rollups."""
+class StateBackend(InProcessBackend):
+    """Reads answered by the aggregator's own answer code over real rollups, at ``NOW``."""
 
     def __init__(self, state: AggregatorState) -> None:
-        self.state = state
-
-    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        return msgpack.unpackb(self.state.answer(request, NOW))
+        super().__init__(Clock(NOW))
+        self.aggregator = state
 
     def record(self, samples: list[Any]) -> dict[str, Any]:  # pragma: no cover - not used here
         raise AssertionError("no records in these tests")
@@ -74,7 +70,7 @@ def state(rollups: Rollups) -> AggregatorState:
 
 @pytest.fixture
 def client(state: AggregatorState) -> testing.TestClient:
-    return testing.TestClient(create_app(StateBackend(state), clock=lambda: NOW))
+    return testing.TestClient(api_app(StateBackend(state), clock=lambda: NOW))
 
 
 # -- static files and pages ----------------------------------------------------------------------
@@ -260,7 +256,7 @@ def test_answers_match_their_openapi_schemas(client: testing.TestClient) -> None
 
 
 def test_pages_need_no_token_but_their_data_does(state: AggregatorState) -> None:
-    app = create_app(StateBackend(state), clock=lambda: NOW, read_token=TOKEN)
+    app = api_app(StateBackend(state), clock=lambda: NOW, read_token=TOKEN)
     client = testing.TestClient(app)
     for path in ("/", "/ui/servers/web-1.example.com", "/ui/static/overview.js"):
         assert client.simulate_get(path).status_code == 200, path
@@ -271,13 +267,13 @@ def test_pages_need_no_token_but_their_data_does(state: AggregatorState) -> None
         assert refused.headers["WWW-Authenticate"].startswith("Bearer")
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         assert client.simulate_get(path, headers=bearer).status_code == 200, path
-    recorded = create_app(StateBackend(state), clock=lambda: NOW, record_token=TOKEN)
+    recorded = api_app(StateBackend(state), clock=lambda: NOW, record_token=TOKEN)
     assert testing.TestClient(recorded).simulate_post("/").status_code == 401
     assert testing.TestClient(recorded).simulate_post("/ui/static/style.css").status_code == 401
 
 
 def test_an_unavailable_aggregator_is_a_503_for_the_data_not_the_pages() -> None:
-    client = testing.TestClient(create_app(DownBackend(), clock=lambda: NOW))
+    client = testing.TestClient(api_app(DownBackend(), clock=lambda: NOW))
     assert client.simulate_get("/fleet").status_code == 503
     assert client.simulate_get("/fleet").json["reason"] == "backend_unavailable"
     assert client.simulate_get("/").status_code == 200

@@ -7,6 +7,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -17,9 +18,10 @@ from falcon import testing
 from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import AggregatorState
-from servertrack.api.app import create_app
+from servertrack.api.admission import Admission
+from servertrack.api.assembly import assemble
+from servertrack.api.backend import Kept
 from servertrack.api.cache import GRACE, CachedReads
-from servertrack.api.fastpath import FastReads
 from servertrack.api.generation import Current, GenerationWatch
 from servertrack.api.group import GroupCommit
 from servertrack.api.stats import ApiStats
@@ -28,6 +30,8 @@ from servertrack.common.oracle import iso_z
 from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
 from servertrack.common.testing import FakeClock, wait_until
+from servertrack.readmodel.answers import Answer
+from servertrack.readmodel.errors import CorruptKey
 from servertrack.receiver.state import ReceiverState
 from tests.support import Clock, InProcessBackend
 
@@ -129,11 +133,11 @@ def test_generation_changes_with_every_batch_minute_and_restore() -> None:
     state.housekeeping(NOW)
     start = state.generation
     reply = msgpack.unpackb(state.answer({"op": "view", "name": "x"}, NOW))
-    assert reply == {"status": 404, "gen": start}
+    assert reply == {"answer": None, "gen": start}
     state.apply(batch_of(receiver, [["x", NOW - 1, 5.0, None]], NOW), NOW)
     assert state.generation == start + 1
     reply = msgpack.unpackb(state.answer({"op": "view", "name": "x"}, NOW))
-    assert (reply["status"], reply["gen"]) == (200, start + 1)
+    assert reply["answer"] is not None and reply["gen"] == start + 1
     state.housekeeping(NOW + 10)  # same minute (NOW is :30), nothing released
     assert state.generation == start + 1
     state.housekeeping(NOW + 31)  # the next minute
@@ -176,6 +180,7 @@ def test_watch_is_answered_on_a_new_batch_and_heartbeats(
     """The API's watch hears a new generation within milliseconds of a batch, hears from an
     idle aggregator at least every second, and says None once the aggregator is gone."""
     watch = GenerationWatch(zmq_context, aggregator.config.query, fresh_for=1.5)
+    watch.start()
     try:
         first = wait_until(watch.current, 5, "a first generation")
         push = zmq_context.socket(zmq.PUSH)
@@ -225,134 +230,124 @@ class FixedGeneration:
         return None if self._value is None else Current(self._value, self.since, self.before)
 
 
+class CacheBackend(InProcessBackend):
+    """The in-process backend with a generation set by hand (:class:`FixedGeneration`), noting
+    its reads; calls run one at a time (the in-process aggregator is not made for threads), and
+    ``views`` (the cache's refresh) waits while ``refresh`` is clear."""
+
+    def __init__(self, clock: Clock, ticks: FakeClock | None = None) -> None:
+        super().__init__(clock)
+        self.source = FixedGeneration(self.aggregator.generation, ticks)
+        self.asked: list[str] = []
+        self.refresh = threading.Event()
+        self.refresh.set()
+        self.lock = threading.Lock()
+
+    def announce(self) -> None:
+        """The aggregator's current generation is heard (as its long poll would hear it)."""
+        self.source.value = self.aggregator.generation
+
+    def generation(self) -> Current | None:
+        return self.source.current()
+
+    def direct(self, name: str) -> Answer | CorruptKey | None:
+        """The aggregator's own answer of now, not noted."""
+        with self.lock:
+            return super().view(name)[1]
+
+    def record(self, samples: list[Sample]) -> dict[str, Any]:
+        with self.lock:
+            return super().record(samples)
+
+    def view(self, name: str, deadline: float | None = None) -> Kept:
+        with self.lock:
+            self.asked.append("view")
+            return super().view(name, deadline)
+
+    def views(self, names: Sequence[str]) -> tuple[int | None, list[Answer | CorruptKey | None]]:
+        self.refresh.wait(timeout=5)
+        with self.lock:
+            self.asked.append("views")
+            return super().views(names)
+
+
 def test_the_cache_serves_only_the_current_generation() -> None:
     """A view is asked once per generation; a new generation, or none known (the aggregator not
-    heard from), goes to the backend again; other queries are never cached."""
-    clock = Clock(NOW)
-    backend = InProcessBackend(clock)
+    heard from), goes to the backend again."""
+    backend = CacheBackend(Clock(NOW))
     backend.record([Sample("web", NOW - 1, 3.0, None)])
-    asked: list[dict[str, Any]] = []
-    original = backend.query
-
-    def counting(request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        asked.append(request)
-        return original(request, deadline)
-
-    backend.query = counting  # type: ignore[method-assign]
-    generation = FixedGeneration(backend.aggregator.generation)
-    cache = CachedReads(backend, generation, grace=0.0)
-    direct = original({"op": "view", "name": "web"})
+    backend.announce()
+    cache = CachedReads(backend, grace=0.0)
+    direct = backend.direct("web")
     for _ in range(5):
-        assert cache.query({"op": "view", "name": "web"}) == direct
-    assert len(asked) == 1
+        assert cache.view("web") == direct
+    assert backend.asked == ["view"]
     backend.record([Sample("web", NOW - 2, 4.0, None)])  # a batch: a new generation
-    assert cache.query({"op": "view", "name": "web"}) == direct  # not yet announced
-    generation.value = backend.aggregator.generation
-    fresh = cache.query({"op": "view", "name": "web"})
-    assert fresh != direct and fresh == original({"op": "view", "name": "web"})
-    generation.value = None
-    cache.query({"op": "view", "name": "web"})
-    cache.query({"op": "view", "name": "web"})
-    cache.query({"op": "servers"})
-    assert len(asked) == 5
+    assert cache.view("web") == direct  # not yet announced
+    backend.announce()
+    fresh = cache.view("web")
+    assert fresh != direct and fresh == backend.direct("web")
+    backend.source.value = None
+    cache.view("web")
+    cache.view("web")
+    assert backend.asked == ["view"] * 4
 
 
 def test_after_a_new_generation_the_previous_answer_serves_until_the_refresh_is_in() -> None:
     """Right after a batch, reads get the previous answer (for at most the grace) while one
-    background ``views`` query asks again for every server read before; then the new answers
+    background ``views`` call asks again for every server read before; then the new answers
     serve, and past the grace without them a read asks the backend itself."""
-    clock = Clock(NOW)
-    backend = InProcessBackend(clock)
-    backend.record([Sample(name, NOW - 1, 3.0, None) for name in ("a", "b", "c")])
-    asked: list[str] = []
-    original = backend.query
-    release = threading.Event()
-
-    def slow(request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        asked.append(request["op"])
-        if request["op"] == "views":
-            release.wait(timeout=5)
-        return original(request, deadline)
-
-    backend.query = slow  # type: ignore[method-assign]
     ticks = FakeClock(100.0)
-    generation = FixedGeneration(backend.aggregator.generation, ticks)
-    cache = CachedReads(backend, generation, grace=0.5, monotonic=ticks)
+    backend = CacheBackend(Clock(NOW), ticks)
+    backend.record([Sample(name, NOW - 1, 3.0, None) for name in ("a", "b", "c")])
+    backend.announce()
+    backend.refresh.clear()
+    cache = CachedReads(backend, grace=0.5, monotonic=ticks)
+    cache.start()
     try:
-        before = {name: cache.query({"op": "view", "name": name}) for name in ("a", "b")}
+        before = {name: cache.view(name) for name in ("a", "b")}
         backend.record([Sample("a", NOW - 2, 9.0, None)])  # a new generation
-        generation.value = backend.aggregator.generation
-        assert cache.query({"op": "view", "name": "a"}) == before["a"]  # the previous answer
+        backend.announce()
+        assert cache.view("a") == before["a"]  # the previous answer
         assert cache.peek("b") == before["b"]
-        release.set()
+        backend.refresh.set()
         wait_until(lambda: cache.peek("a") not in (None, before["a"]), 5, "the refreshed answer")
-        assert cache.peek("a") == original({"op": "view", "name": "a"})
-        assert asked == ["view", "view", "views"]  # c was never read: it is not asked for
+        assert cache.peek("a") == backend.direct("a")
+        assert backend.asked == ["view", "view", "views"]  # c was never read: not asked for
         backend.record([Sample("b", NOW - 3, 9.0, None)])
-        release.clear()  # hold the refresh: only the grace decides
-        generation.value = backend.aggregator.generation
+        backend.refresh.clear()  # hold the refresh: only the grace decides
+        backend.announce()
         ticks.advance(0.6)  # heard 0.6 s ago, read only now: the grace is over all the same
         assert cache.peek("b") is None
-        assert cache.query({"op": "view", "name": "c"}) == original({"op": "view", "name": "c"})
+        assert cache.view("c") == backend.direct("c")
     finally:
-        release.set()
+        backend.refresh.set()
         cache.close()
 
 
 def test_a_thread_late_with_the_generation_does_not_turn_the_cache_back() -> None:
     """A thread that read the generation just before another thread moved the cache on to a
     newer one leaves the cache on the newer one (no answer older than it is kept as current)."""
-    clock = Clock(NOW)
-    backend = InProcessBackend(clock)
-    backend.record([Sample("a", NOW - 1, 3.0, None)])
     ticks = FakeClock(100.0)
-    generation = FixedGeneration(backend.aggregator.generation, ticks)
-    cache = CachedReads(backend, generation, grace=0.0, monotonic=ticks)
-    try:
-        old = generation.current()
-        assert old is not None
-        cache.query({"op": "view", "name": "a"})
-        ticks.advance(0.1)
-        backend.record([Sample("a", NOW - 2, 9.0, None)])
-        generation.value = backend.aggregator.generation
-        newer = cache.query({"op": "view", "name": "a"})  # moves the cache on
-        assert newer["gen"] == generation.value
-        cache._lookup("a", *old)  # the late thread
-        assert cache.peek("a") == newer
-    finally:
-        cache.close()
+    backend = CacheBackend(Clock(NOW), ticks)
+    backend.record([Sample("a", NOW - 1, 3.0, None)])
+    backend.announce()
+    cache = CachedReads(backend, grace=0.0, monotonic=ticks)
+    old = backend.generation()
+    assert old is not None
+    cache.view("a")
+    ticks.advance(0.1)
+    backend.record([Sample("a", NOW - 2, 9.0, None)])
+    backend.announce()
+    newer = cache.view("a")  # moves the cache on
+    assert cache._gen == backend.source.value
+    cache._lookup("a", *old)  # the late thread
+    assert cache.peek("a") == newer
 
 
-VIEW_A = {"op": "view", "name": "a"}
-
-
-class OneAtATime:
-    """A backend used by the test thread and the cache's refresh thread one call at a time (the
-    in-process aggregator is not made for threads); ``views`` (the refresh) waits while
-    ``refresh`` is clear."""
-
-    def __init__(self, backend: InProcessBackend) -> None:
-        self.backend = backend
-        self.refresh = threading.Event()
-        self.refresh.set()
-        self.lock = threading.Lock()
-
-    def record(self, samples: list[Sample]) -> dict[str, Any]:
-        with self.lock:
-            return self.backend.record(samples)
-
-    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        if request["op"] == "views":
-            self.refresh.wait(timeout=5)
-        with self.lock:
-            return self.backend.query(request, deadline)
-
-    def ping(self) -> dict[str, Any]:
-        return self.backend.ping()
-
-
-def samples_shown(reply: dict[str, Any]) -> int:
-    return sum(bucket["samples"] for bucket in json.loads(reply["body"])["hours"])
+def samples_shown(answer: Answer | CorruptKey | None) -> int:
+    assert isinstance(answer, Answer)
+    return sum(bucket["samples"] for bucket in json.loads(answer.body)["hours"])
 
 
 def test_answers_say_when_they_were_read_and_a_kept_one_keeps_its_time() -> None:
@@ -360,75 +355,71 @@ def test_answers_say_when_they_were_read_and_a_kept_one_keeps_its_time() -> None
     store, beside the aggregator's bytes; a kept answer keeps the time it was read (through
     Falcon and before it alike), and the next generation's answer has its own."""
     clock = Clock(NOW)
-    backend = InProcessBackend(clock)
+    backend = CacheBackend(clock)
     backend.record([Sample("web", NOW - 1, 3.0, None)])
-    generation = FixedGeneration(backend.aggregator.generation)
-    cache = CachedReads(backend, generation)
-    app = create_app(cache, clock)
-    fast = FastReads(app, cache, None, request_deadline=2)
+    backend.announce()
+    fast, _, _ = assemble(backend, Admission(None, None, 2), clock)
+    app = fast.app
 
     def as_of(wsgi: Any) -> str:
         return str(testing.simulate_get(wsgi, "/servers/web/loads").headers["ServerTrack-As-Of"])
 
-    try:
-        assert as_of(app) == iso_z(NOW)
-        clock.now += 5
-        assert as_of(app) == as_of(fast) == iso_z(NOW)
-        backend.record([Sample("web", NOW + 4, 3.0, None)])
-        generation.value = backend.aggregator.generation
-        assert as_of(fast) == as_of(app) == iso_z(NOW + 5)
-    finally:
-        cache.close()
+    assert as_of(app) == iso_z(NOW)
+    clock.now += 5
+    assert as_of(app) == as_of(fast) == iso_z(NOW)
+    backend.record([Sample("web", NOW + 4, 3.0, None)])
+    backend.announce()
+    assert as_of(fast) == as_of(app) == iso_z(NOW + 5)
 
 
 def test_after_a_quiet_spell_an_answer_kept_generations_ago_is_never_served() -> None:
     """Read in one generation, then not while two more were heard a second apart: a read 0.1 s
     after the newest was heard gets the backend's answer of now. The kept answer is two
     generations old, so it is not "the previous answer", grace or not."""
-    backend = InProcessBackend(Clock(NOW))
-    backend.record([Sample("a", NOW - 30, 1.0, None)])
-    calls = OneAtATime(backend)
-    calls.refresh.clear()  # no background refresh: only the rule decides
     ticks = FakeClock(100.0)
-    generation = FixedGeneration(backend.aggregator.generation, ticks)
-    cache = CachedReads(calls, generation, grace=0.5, monotonic=ticks)
+    backend = CacheBackend(Clock(NOW), ticks)
+    backend.record([Sample("a", NOW - 30, 1.0, None)])
+    backend.announce()
+    backend.refresh.clear()  # no background refresh: only the rule decides
+    cache = CachedReads(backend, grace=0.5, monotonic=ticks)
+    cache.start()
     try:
-        kept = cache.query(VIEW_A)
+        kept = cache.view("a")
         for second in (1, 2):  # two batches nobody reads in between
             ticks.advance(1.0)
             backend.record([Sample("a", NOW - 30 + second, 2.0, None)])
-            generation.value = backend.aggregator.generation
+            backend.announce()
         ticks.advance(0.1)
         assert cache.peek("a") is None
-        now = cache.query(VIEW_A)
-        assert now == backend.query(VIEW_A) and samples_shown(now) == samples_shown(kept) + 2
+        now = cache.view("a")
+        assert now == backend.direct("a") and samples_shown(now) == samples_shown(kept) + 2
         assert cache.counts()["stale"] == 0
     finally:
-        calls.refresh.set()
+        backend.refresh.set()
         cache.close()
 
 
 def test_the_answer_of_the_generation_just_before_serves_for_the_grace_only() -> None:
     """Read, a quiet spell with no change, then one batch: the answer kept is exactly one
     generation old, and serves for the grace after the new generation was heard, not after."""
-    backend = InProcessBackend(Clock(NOW))
-    backend.record([Sample("a", NOW - 30, 1.0, None)])
-    calls = OneAtATime(backend)
-    calls.refresh.clear()
     ticks = FakeClock(100.0)
-    generation = FixedGeneration(backend.aggregator.generation, ticks)
-    cache = CachedReads(calls, generation, grace=0.5, monotonic=ticks)
+    backend = CacheBackend(Clock(NOW), ticks)
+    backend.record([Sample("a", NOW - 30, 1.0, None)])
+    backend.announce()
+    backend.refresh.clear()
+    cache = CachedReads(backend, grace=0.5, monotonic=ticks)
+    cache.start()
     try:
-        kept = cache.query(VIEW_A)
+        kept = cache.view("a")
         ticks.advance(7.0)
         backend.record([Sample("a", NOW - 29, 2.0, None)])
-        generation.value = backend.aggregator.generation
+        backend.announce()
         ticks.advance(0.49)
         assert cache.peek("a") == kept
         ticks.advance(0.01)
         assert cache.peek("a") is None
     finally:
-        calls.refresh.set()
+        backend.refresh.set()
         cache.close()
 
 
@@ -437,12 +428,12 @@ def test_no_answer_is_older_than_the_grace_at_any_read_rate(period: float) -> No
     """A batch every second, heard at once; a read every ``period`` s, out of phase with the
     batches, for 100 s of an injected clock, the background refresh racing the reads for real:
     every answer shows every sample applied more than the grace before it was read."""
-    backend = InProcessBackend(Clock(NOW))
-    backend.record([Sample("a", NOW - 3000, 1.0, None)])
-    calls = OneAtATime(backend)
     ticks = FakeClock(100.0)
-    generation = FixedGeneration(backend.aggregator.generation, ticks)
-    cache = CachedReads(calls, generation, grace=GRACE, monotonic=ticks)
+    backend = CacheBackend(Clock(NOW), ticks)
+    backend.record([Sample("a", NOW - 3000, 1.0, None)])
+    backend.announce()
+    cache = CachedReads(backend, grace=GRACE, monotonic=ticks)
+    cache.start()
     applied = [(float("-inf"), 1)]
     batches = [(100.55 + k, "batch") for k in range(100)]
     reads = [(100.0 + j * period, "read") for j in range(int(100 / period))]
@@ -451,11 +442,11 @@ def test_no_answer_is_older_than_the_grace_at_any_read_rate(period: float) -> No
         for at, kind in sorted(batches + reads):
             ticks.set(at)
             if kind == "batch":
-                calls.record([Sample("a", NOW - 3000 + at, 2.0, None)])
-                generation.value = backend.aggregator.generation
+                backend.record([Sample("a", NOW - 3000 + at, 2.0, None)])
+                backend.announce()
                 applied.append((at, applied[-1][1] + 1))
             else:
-                shows = samples_shown(cache.query(VIEW_A))
+                shows = samples_shown(cache.view("a"))
                 due = max(count for when, count in applied if when <= at - GRACE)
                 if shows < due:
                     stale.append(f"at {at - 100:.2f} s: {shows} < {due}")
@@ -498,6 +489,7 @@ def test_group_commit_groups_concurrent_records_and_keeps_each_verdict() -> None
     state = ReceiverState(FakeClock(NOW))
     client = ReceiverOverRpc(state, delay=0.01)
     group = GroupCommit(client, wait=5.0)  # type: ignore[arg-type]
+    group.start()
     samples = [
         Sample(f"s{n % 7}", NOW - n // 2, 101.0 if n % 5 == 0 else 1.0, None) for n in range(40)
     ]
@@ -529,6 +521,7 @@ def test_group_commit_groups_concurrent_records_and_keeps_each_verdict() -> None
 
 def test_group_commit_turns_an_unreachable_receiver_into_unavailable() -> None:
     group = GroupCommit(ReceiverOverRpc(ReceiverState(FakeClock(NOW)), down=True), wait=5.0)  # type: ignore[arg-type]
+    group.start()
     try:
         with pytest.raises(Unavailable, match="not reachable"):
             group.record(Sample("a", NOW, 1.0, None))
@@ -540,6 +533,7 @@ def test_group_commit_gives_up_after_its_wait() -> None:
     """A receiver slower than the wait: the request gets Unavailable (503) after the wait."""
     client = ReceiverOverRpc(ReceiverState(FakeClock(NOW)), delay=1.0)
     group = GroupCommit(client, wait=0.2)  # type: ignore[arg-type]
+    group.start()
     began = time.monotonic()
     try:
         with pytest.raises(Unavailable, match="may still have been applied"):
@@ -555,13 +549,12 @@ def test_fast_reads_answer_exactly_as_falcon_and_defer_everything_else() -> None
     that needs a refusal or a check (no token, a query string, past its deadline, client gone,
     an unknown server) is left to the app, which answers as before."""
     clock = Clock(NOW)
-    backend = InProcessBackend(clock)
+    backend = CacheBackend(clock)
     backend.record([Sample("web", NOW - 1, 3.0, None)])
-    generation = FixedGeneration(backend.aggregator.generation)
-    cache = CachedReads(backend, generation)
+    backend.announce()
     stats = ApiStats()
-    app = create_app(cache, clock, read_token=READ_TOKEN, stats=stats, request_deadline=2)
-    fast = FastReads(app, cache, READ_TOKEN, request_deadline=2)
+    fast, reads, _ = assemble(backend, Admission(None, READ_TOKEN, 2), clock, stats)
+    app, cache = fast.app, reads.cache
     auth = {"Authorization": f"Bearer {READ_TOKEN}"}
     slow = testing.simulate_get(app, "/servers/web/loads", headers=auth)  # fills the cache
     hits = cache.hits
@@ -582,7 +575,7 @@ def test_fast_reads_answer_exactly_as_falcon_and_defer_everything_else() -> None
         == 503
     )
     assert stats.snapshot()["requests_abandoned"] == 2
-    generation.value = None  # aggregator not heard from: no cached answer is served
+    backend.source.value = None  # aggregator not heard from: no cached answer is served
     hits = cache.hits
     testing.simulate_get(fast, "/servers/web/loads", headers=auth)
     assert cache.hits == hits
@@ -592,12 +585,11 @@ def test_fast_reads_leave_names_the_app_refuses_to_the_app() -> None:
     """A name the app refuses (400) is never answered by the fast path, even while the cache
     holds answers: only names the app checked are ever kept."""
     clock = Clock(NOW)
-    backend = InProcessBackend(clock)
+    backend = CacheBackend(clock)
     backend.record([Sample("web", NOW - 1, 3.0, None)])
-    cache = CachedReads(backend, FixedGeneration(backend.aggregator.generation))
-    app = create_app(cache, clock)
-    fast = FastReads(app, cache, None, request_deadline=2)
+    backend.announce()
+    fast, reads, _ = assemble(backend, Admission(None, None, 2), clock)
     assert testing.simulate_get(fast, "/servers/web/loads").status_code == 200
     for name in ("we b", "..", "a" * 300):
         assert testing.simulate_get(fast, f"/servers/{name}/loads").status_code == 400
-    assert set(cache._entries) == {"web"}
+    assert set(reads.cache._entries) == {"web"}

@@ -1,4 +1,5 @@
-"""The fleet overview (``aggregator/fleet.py``) against a brute-force restatement over raw samples.
+"""The fleet overview (``readmodel/fleet.py`` over ``aggregator/fleet_table.py``) against a
+brute-force restatement over raw samples.
 
 The oracle here keeps every raw sample in a list and recomputes each figure in plain Python
 (``math.fsum`` over the samples of a minute, ``sorted`` with explicit keys), sharing nothing with
@@ -18,14 +19,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from servertrack.aggregator.fleet import (
-    GRID_NO_CPU,
-    FleetAnswers,
-    fleet_grid,
-    fleet_page,
-    fleet_table,
-)
+from servertrack.aggregator.fleet_table import fleet_table
 from servertrack.aggregator.rollups import Rollups
+from servertrack.aggregator.state import AggregatorState
 from servertrack.common.buckets import oldest_accepted_ts
 from servertrack.common.fleet import (
     MAX_LIMIT,
@@ -33,9 +29,11 @@ from servertrack.common.fleet import (
     BadFleetQuery,
     FleetQuery,
     parse_fleet_query,
+    query_from_request,
 )
 from servertrack.common.oracle import RawSample, iso_z
 from servertrack.common.testing import FakeClock
+from servertrack.readmodel.fleet import GRID_NO_CPU, FleetAnswers, fleet_grid, fleet_page
 
 MINUTE = 60
 T0 = 1_699_999_200.0
@@ -484,9 +482,12 @@ def test_pages_are_the_whole_order_cut_when_many_servers_share_a_value(
 
 # -- the aggregator's answers and their cache ----------------------------------------------------
 def ask(answers: FleetAnswers, rollups: Rollups, now: float, **request: Any) -> dict[str, Any]:
-    reply = msgpack.unpackb(answers.answer(request.pop("op", "fleet"), rollups, request, now))
-    assert reply["status"] == 200, reply
-    return json.loads(reply["body"])
+    if request.pop("op", "fleet") == "grid":
+        body = answers.grid(rollups, request.get("names"), now)
+    else:
+        body = answers.page(rollups, query_from_request(request), now)
+    answer: dict[str, Any] = json.loads(body)
+    return answer
 
 
 def test_the_table_is_rebuilt_only_after_a_batch_or_a_new_minute() -> None:
@@ -506,9 +507,9 @@ def test_the_table_is_rebuilt_only_after_a_batch_or_a_new_minute() -> None:
     assert answers.rebuilds == 3
 
 
-def test_a_bad_request_to_the_aggregator_is_answered_400_with_its_reason() -> None:
-    rollups = loaded([("a.example", NOW, 1.0, 1.0)], NOW)
-    reply = msgpack.unpackb(FleetAnswers().answer("fleet", rollups, {"sort": "x"}, NOW))
-    assert reply["status"] == 400 and reply["reason"] == "bad_sort"
-    reply = msgpack.unpackb(FleetAnswers().answer("fleet", rollups, {"limit": "many"}, NOW))
-    assert reply["status"] == 400 and reply["reason"] == "bad_request"
+def test_a_bad_request_to_the_aggregator_is_refused_with_its_reason() -> None:
+    state = AggregatorState(loaded([("a.example", NOW, 1.0, 1.0)], NOW))
+    reply = msgpack.unpackb(state.answer({"op": "fleet", "sort": "x"}, NOW))
+    assert reply["refused"][0] == "bad_sort"
+    reply = msgpack.unpackb(state.answer({"op": "fleet", "limit": "many"}, NOW))
+    assert reply["refused"][0] == "bad_request"

@@ -17,6 +17,7 @@ from servertrack.common.oracle import RawSample, bucket_differences, oracle_buck
 from servertrack.common.testing import FakeClock
 from servertrack.loadgen.encoding import name_block, pack_many
 from servertrack.receiver.state import ReceiverState
+from tests.support import document
 
 SERVERS = 3 * APPLY_SLICE + 1000
 """Enough servers for a first batch of four slices."""
@@ -54,7 +55,7 @@ def test_batches_across_minute_edges_match_the_oracle_for_every_checked_server()
     now = clock()
     wrong = []
     for index, samples in sent.items():
-        view = aggregator.store.view(names[index], now)
+        view = document(aggregator.store.view(names[index], now))
         assert view is not None, names[index]
         differences = bucket_differences(view, oracle_buckets(samples, now))
         if differences:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from servertrack.aggregator.state import AggregatorState
 from servertrack.common.batch import Batch
 from servertrack.common.testing import FakeClock
 from servertrack.receiver.state import ReceiverState
+from tests.support import document
 
 
 def test_each_batch_is_admitted_once_whatever_the_order() -> None:
@@ -84,7 +84,7 @@ def test_a_new_aggregator_asks_for_the_names_its_first_batch_does_not_announce()
     assert not restarted.needs_names(batch)
     restarted.apply(batch)
     assert restarted.counters["unknown_server"] == 0
-    view = json.loads(restarted.view("steady", clock.now)["body"])
+    view = document(restarted.store.view("steady", clock.now))
     assert [minute["cpu_sum"] for minute in view["minutes"]] == [7.0]
 
 
@@ -118,7 +118,7 @@ def test_snapshot_round_trip_keeps_every_bucket(tmp_path: Path) -> None:
     restored._check()
     assert restored.servers() == rollups.servers()
     for name in names:
-        assert restored.view(name) == rollups.view(name)
+        assert document(restored.view(name)) == document(rollups.view(name))
 
 
 def test_missing_snapshot_reads_as_none(tmp_path: Path) -> None:

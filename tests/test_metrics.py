@@ -18,10 +18,7 @@ from falcon import testing
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from servertrack.api.app import create_app
-from servertrack.api.cache import CachedReads
 from servertrack.api.metrics import StatsCollector
-from servertrack.api.stats import ApiStats
 from servertrack.common.counters import (
     AGGREGATOR_DROP_REASONS,
     GRAPHITE_CLOSE_REASONS,
@@ -32,7 +29,7 @@ from servertrack.common.counters import (
 from servertrack.common.testing import ChildProcess, HostUnderTest, free_port, wait_until
 from servertrack.receiver.graphite import GraphiteIntake
 from servertrack.receiver.state import ReceiverState
-from tests.support import Clock, DownBackend, InProcessBackend
+from tests.support import Clock, DownBackend, InProcessBackend, api_app
 
 SHARED = Path(
     os.environ.get("SERVERTRACK_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")
@@ -167,10 +164,7 @@ def test_the_daemons_stats_are_exactly_the_declared_counters() -> None:
     """What the receiver, the aggregator and the API put in /stats is what
     ``common/counters.py`` declares (the /metrics and OpenAPI derivations rely on it)."""
     clock = Clock(1_800_000_000.0)
-    cache = CachedReads(InProcessBackend(clock), None)  # wired as servertrack api does
-    api_stats = ApiStats()
-    api_stats.include("read_cache", cache.counts)
-    client = testing.TestClient(create_app(cache, clock, stats=api_stats))
+    client = testing.TestClient(api_app(InProcessBackend(clock), clock))  # as servertrack api
     client.simulate_post("/servers/web-1/loads", json={"cpu": 5})
     client.simulate_post("/servers/web-1/loads", json={"cpu": 500})
     stats = client.simulate_get("/stats").json
@@ -208,7 +202,7 @@ def test_the_receivers_graphite_counters_are_exported() -> None:
 def test_metrics_endpoint_serves_the_prometheus_text_format() -> None:
     """/metrics answers in Prometheus' content type, with the API process's own metrics."""
     clock = Clock(1_800_000_000.0)
-    client = testing.TestClient(create_app(InProcessBackend(clock), clock))
+    client = testing.TestClient(api_app(InProcessBackend(clock), clock))
     client.simulate_post("/servers/web-1/loads", json={"cpu": 5})
     result = client.simulate_get("/metrics")
     assert result.status_code == 200
@@ -220,14 +214,14 @@ def test_metrics_endpoint_serves_the_prometheus_text_format() -> None:
 def test_each_app_has_its_own_registry() -> None:
     """Two apps in one process both serve /metrics: nothing is registered globally."""
     clock = Clock(1_800_000_000.0)
-    clients = [testing.TestClient(create_app(InProcessBackend(clock), clock)) for _ in range(2)]
+    clients = [testing.TestClient(api_app(InProcessBackend(clock), clock)) for _ in range(2)]
     for client in clients:
         assert client.simulate_get("/metrics").status_code == 200
 
 
 def test_metrics_is_503_json_when_the_aggregator_does_not_answer() -> None:
     """Without stats there is nothing to scrape: a 503 JSON error, like the other reads."""
-    client = testing.TestClient(create_app(DownBackend(), Clock(1_800_000_000.0)))
+    client = testing.TestClient(api_app(DownBackend(), Clock(1_800_000_000.0)))
     result = client.simulate_get("/metrics")
     assert result.status_code == 503
     assert result.json["reason"] == "backend_unavailable"

@@ -35,9 +35,10 @@ from servertrack.common.testing import (
     http_json,
     servertrack_argv,
 )
-from servertrack.store.redis_nodes import StoreUnavailable
+from servertrack.readmodel.errors import StoreUnavailable
+from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
-from tests.support import wait_for
+from tests.support import document, wait_for
 
 pytestmark = pytest.mark.e2e
 SERVER = "fresh.example"
@@ -192,7 +193,7 @@ def store_count(
         store.open()
 
         def from_redis() -> int:
-            view = store.view(SERVER)
+            view = document(RedisReader(store).view(SERVER))
             return 0 if view is None else samples_in(view)
 
         return from_redis, store.close

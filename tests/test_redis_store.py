@@ -23,6 +23,7 @@ from servertrack.common.redis_testing import RedisServer
 from servertrack.common.testing import FakeClock
 from servertrack.store.cells import BatchColumns
 from servertrack.store.keys import server_keys
+from servertrack.store.reader import RedisReader
 from servertrack.store.redis_nodes import CorruptKey, NodeWork, Topology, pack, run_pipelines
 from servertrack.store.redis_store import (
     LIBRARY_VERSION,
@@ -32,6 +33,7 @@ from servertrack.store.redis_store import (
 )
 from servertrack.store.redis_url import parse_store_url
 from tests.store_support import HOUR, MINUTE, T0, Fleet, assert_matches, one_each, sample_count
+from tests.support import document
 
 pytestmark = pytest.mark.e2e
 
@@ -95,7 +97,7 @@ def test_views_match_the_oracle_over_25_hours(
         clock.advance(rng.uniform(40, 200))
     assert checks >= 11
     assert assert_matches(store, fleet, clock.now) == len(fleet.names) - 1
-    assert store.view(silent, clock.now) is None
+    assert document(RedisReader(store).view(silent, clock.now)) is None
     assert totals.expired == fleet.expired
     assert totals.applied == len(fleet.kept)
     assert totals.invalid == totals.already_applied == totals.refused == 0
@@ -122,14 +124,19 @@ def test_minute_and_hour_edges_follow_the_bucket_rules(
         np.array([np.nan, 50.0, 60.0]),
     )
     store.merge("w", [batch], ["edge"], None, now)
-    view = store.view("edge", now)
+    view = document(RedisReader(store).view("edge", now))
     assert view is not None
     assert bucket_differences(view, oracle_buckets(raw, now)) == []
     assert [b["start"] for b in view["minutes"]] == [iso_z(T0 + 10 * MINUTE)]
     assert view["minutes"][0]["ram"] is None and view["minutes"][0]["ram_samples"] == 0
     later = now + 60
-    assert bucket_differences(store.view("edge", later), oracle_buckets(raw, later)) == []
-    assert len(store.view("edge", later)["minutes"]) == 2
+    assert (
+        bucket_differences(
+            document(RedisReader(store).view("edge", later)), oracle_buckets(raw, later)
+        )
+        == []
+    )
+    assert len(document(RedisReader(store).view("edge", later))["minutes"]) == 2
 
 
 # -- exactly once -------------------------------------------------------------------------------
@@ -200,7 +207,7 @@ def test_two_writers_on_one_server_add_up(
             target.merge(writer, sent[writer][-3:], fleet.names, health, clock.now)
             clock.advance(0.5)
     assert assert_matches(store, fleet, clock.now) == 2
-    view = other.view("shared-1", clock.now)
+    view = document(RedisReader(other).view("shared-1", clock.now))
     assert view is not None
     assert view["health"] == {
         "ip": ["192.0.2.2"],
@@ -211,7 +218,7 @@ def test_two_writers_on_one_server_add_up(
         "seq_resets": 1,
         "name_conflict": False,
     }
-    assert store.view("shared-2", clock.now)["health"]["lost"] == 0
+    assert document(RedisReader(store).view("shared-2", clock.now))["health"]["lost"] == 0
 
 
 def test_health_of_a_server_without_samples_is_kept_only_if_it_has_data(
@@ -231,12 +238,12 @@ def test_health_of_a_server_without_samples_is_kept_only_if_it_has_data(
         clock.now,
     )
     assert result.health == 1
-    assert store.view("known", clock.now)["health"]["lost"] == 4
-    assert store.view("ghost", clock.now) is None
+    assert document(RedisReader(store).view("known", clock.now))["health"]["lost"] == 4
+    assert document(RedisReader(store).view("ghost", clock.now)) is None
     assert redis_server.client().exists(*server_keys("ghost")) == 0
     older = BatchColumns(3, np.empty(0, np.int64), np.empty(0), np.empty(0), np.empty(0))
     store.merge("w", [older], [], {"known": ServerHealth(lost=1)}, clock.now)
-    assert store.view("known", clock.now)["health"]["lost"] == 4
+    assert document(RedisReader(store).view("known", clock.now))["health"]["lost"] == 4
 
 
 def test_sequences_keep_each_servers_newest_seq(
@@ -265,13 +272,13 @@ def test_sequences_keep_each_servers_newest_seq(
     store.merge("w", [first], names, None, now)  # a re-send changes nothing
     older = batch(0, [0], [99], [now - 10])  # another writer, flushing an older sample late
     store.merge("w2", [older], names, None, now)
-    got, seqs, stamps = store.sequences()
+    got, seqs, stamps = RedisReader(store).sequences()
     assert got == ["s-1", "s-2"]
     assert seqs.tolist() == [0, 41]
     assert stamps.tolist() == [now - 0.5, now - 0.5]
     # batches given out of order are folded in batch order: the newest seq is batch 1's
     store.merge("w3", [batch(1, [1], [51], [now]), batch(0, [1], [50], [now])], names, None, now)
-    assert store.sequences()[1].tolist() == [0, 51]
+    assert RedisReader(store).sequences()[1].tolist() == [0, 51]
 
 
 # -- keys, TTL and the index ----------------------------------------------------------------------
@@ -363,8 +370,8 @@ def test_the_change_counter_moves_after_every_merge_and_views_read_alike(
     assert first.changes() == 3
     assert 0 < redis_server.client().pttl("st:{#changes}:n") <= 26 * HOUR * 1000
     names = [*written, "never-written"]
-    views = second.views(names, clock.now)
-    assert views == [first.view(name, clock.now) for name in names]
+    views = [document(v) for v in RedisReader(second).views(names, clock.now)]
+    assert views == [document(RedisReader(first).view(name, clock.now)) for name in names]
     assert views[-1] is None and all(view is not None for view in views[:-1])
 
 
@@ -379,7 +386,7 @@ def test_a_writer_behind_cannot_overwrite_newer_buckets(
     store.merge("ahead", [one_each(0, [0], ahead)], ["skew"], None, ahead)
     result = store.merge("behind", [one_each(0, [0], behind)], ["skew"], None, behind)
     assert (result.applied, result.expired) == (0, 1)
-    view = store.view("skew", ahead)
+    view = document(RedisReader(store).view("skew", ahead))
     assert [b["samples"] for b in view["hours"]] == [1]
     assert bucket_differences(view, oracle_buckets([("skew", ahead, 10.0, 20.0)], ahead)) == []
     # 61 minutes apart: the same minute slot, the same hour when within one hour
@@ -387,7 +394,7 @@ def test_a_writer_behind_cannot_overwrite_newer_buckets(
     store.merge("late", [one_each(0, [0], base + 61 * MINUTE)], ["min"], None, base + 62 * MINUTE)
     result = store.merge("early", [one_each(0, [0], base)], ["min"], None, base + 30)
     assert (result.applied, result.expired) == (1, 0)
-    view = store.view("min", base + 62 * MINUTE)
+    view = document(RedisReader(store).view("min", base + 62 * MINUTE))
     assert [b["samples"] for b in view["minutes"]] == [1]
     assert [b["samples"] for b in view["hours"]] == [1, 1]
 
@@ -401,16 +408,16 @@ def test_servers_vanish_after_the_window_and_the_index_is_pruned(
     names = ["quiet", "chatty"]
     store.merge("w", [one_each(0, [0, 1], clock.now)], names, None, clock.now)
     clock.advance(61 * MINUTE)
-    assert store.view("quiet", clock.now)["minutes"] == []
+    assert document(RedisReader(store).view("quiet", clock.now))["minutes"] == []
     for number in range(1, 26):
         clock.advance(HOUR)
         store.merge("w", [one_each(number, [1], clock.now)], names, None, clock.now)
-    assert store.view("quiet", clock.now) is None
-    rows, _, _ = store.servers(clock.now)
+    assert document(RedisReader(store).view("quiet", clock.now)) is None
+    rows, _, _ = RedisReader(store).servers(clock.now)
     assert [name for name, _ in rows] == ["chatty"]
     store.prune(clock.now)
     assert store.server_count() == 1
-    assert [name for name in store.fleet_rows(clock.now).names] == ["chatty"]
+    assert [name for name in RedisReader(store).fleet_rows(clock.now).names] == ["chatty"]
 
 
 def test_servers_are_paged_by_name(
@@ -425,7 +432,7 @@ def test_servers_are_paged_by_name(
     cursor = None
     pages = 0
     while True:
-        rows, total, cursor = store.servers(clock.now, limit=1000, cursor=cursor)
+        rows, total, cursor = RedisReader(store).servers(clock.now, limit=1000, cursor=cursor)
         assert total == 2500
         assert all(last_seen == clock.now - 1 for _, last_seen in rows)
         seen.extend(name for name, _ in rows)
@@ -434,10 +441,10 @@ def test_servers_are_paged_by_name(
             break
     assert pages == 3
     assert seen == sorted(names)
-    small, _, cursor = store.servers(clock.now, limit=7, cursor=sorted(names)[100])
+    small, _, cursor = RedisReader(store).servers(clock.now, limit=7, cursor=sorted(names)[100])
     assert [name for name, _ in small] == sorted(names)[101:108]
     assert cursor == sorted(names)[107]
-    last, _, cursor = store.servers(clock.now, limit=7, cursor=sorted(names)[-3])
+    last, _, cursor = RedisReader(store).servers(clock.now, limit=7, cursor=sorted(names)[-3])
     assert [name for name, _ in last] == sorted(names)[-2:] and cursor is None
 
 
@@ -454,9 +461,11 @@ def test_new_servers_beyond_max_servers_are_refused(
     again = open_store(redis_server.url, max_servers=5)
     result = again.merge("w", [one_each(1, list(range(8)), clock.now)], names, None, clock.now)
     assert (result.applied, result.refused) == (5, 3)
-    admitted = {name for name, _ in again.servers(clock.now)[0]}
+    admitted = {name for name, _ in RedisReader(again).servers(clock.now)[0]}
     assert len(admitted) == 5
-    assert {n for n in names if again.view(n, clock.now) is not None} == admitted
+    assert {
+        n for n in names if document(RedisReader(again).view(n, clock.now)) is not None
+    } == admitted
 
 
 # -- failures -----------------------------------------------------------------------------------
@@ -478,7 +487,7 @@ def test_a_stopped_redis_is_reported_within_the_timeout_and_nothing_held_is_lost
             assert time.monotonic() - began < 0.5 + 0.5
             began = time.monotonic()
             with pytest.raises(StoreUnavailable):
-                store.view("held-0", clock.now)
+                document(RedisReader(store).view("held-0", clock.now))
             assert time.monotonic() - began < 0.5 + 0.5
             clock.advance(1.0)
     finally:
@@ -802,23 +811,29 @@ def test_a_corrupt_key_costs_only_its_servers_samples(
     fleet.raw = [s for s in fleet.raw if s[0] not in victims]
     fleet.kept = [s for s in fleet.kept if s[0] not in victims]
     assert assert_matches(store, fleet, clock.now, fine) == len(fine)
-    assert store.view("fine-00", clock.now)["health"]["lost"] == 2
+    assert document(RedisReader(store).view("fine-00", clock.now))["health"]["lost"] == 2
     for name, key in bad.items():
         with pytest.raises(CorruptKey, match=re.escape(key)):
-            store.view(name, clock.now)
-    answers = store.views(fleet.names, clock.now)
+            document(RedisReader(store).view(name, clock.now))
+    answers = [document(v) for v in RedisReader(store).views(fleet.names, clock.now)]
     assert [isinstance(a, CorruptKey) for a in answers] == [n in victims for n in fleet.names]
-    assert answers[4:] == [store.view(name, clock.now) for name in fine]
-    listed = {name for name, _ in store.servers(clock.now)[0]}
+    assert answers[4:] == [document(RedisReader(store).view(name, clock.now)) for name in fine]
+    listed = {name for name, _ in RedisReader(store).servers(clock.now)[0]}
     assert listed == set(fleet.names) - {"string-hour", "short-meta"}
-    assert set(store.sequences()[0]) & {"string-hour", "short-meta"} == set()
-    assert set(store.sequences()[0]) >= set(fine)
+    assert set(RedisReader(store).sequences()[0]) & {"string-hour", "short-meta"} == set()
+    assert set(RedisReader(store).sequences()[0]) >= set(fine)
     client.delete(keys["string-hour"][1])  # repaired: the server is written again
     clock.advance(5.0)
     batch = fleet.batch("w", clock.now, servers=["string-hour"], rate=0)
     assert store.merge("w", [batch], fleet.names, None, clock.now).corrupt == 0
     assert "string-hour" not in store.corrupt_servers()
-    assert sum(b["samples"] for b in store.view("string-hour", clock.now)["hours"]) == 1
+    assert (
+        sum(
+            b["samples"]
+            for b in document(RedisReader(store).view("string-hour", clock.now))["hours"]
+        )
+        == 1
+    )
 
 
 # -- the dashboard summary ------------------------------------------------------------------------
@@ -837,11 +852,11 @@ def test_fleet_rows_show_current_means_and_a_sparkline(
     restarted = open_store(redis_server.url, summary_interval=0.0)
     restarted.merge("w2", [fleet.batch("w2", clock.now)], names, None, clock.now)
     reader = open_store(redis_server.url)
-    rows = reader.fleet_rows(clock.now)
+    rows = RedisReader(reader).fleet_rows(clock.now)
     assert rows.names == sorted(names)
     minute = int(clock.now // MINUTE)
     for k, name in enumerate(rows.names):
-        view = reader.view(name, clock.now)
+        view = document(RedisReader(reader).view(name, clock.now))
         assert view is not None
         assert iso_z(float(rows.last_seen[k])) == view["last_seen"]
         for metric, minutes, current in (
@@ -886,7 +901,7 @@ def test_a_full_server_stays_compact(
     )
     health = {name: ServerHealth(ips=("192.0.2.1", "2001:db8::1"), lost=1) for name in names}
     store.merge("w", [batch], names, health, clock.now)
-    view = store.view(names[0], clock.now)
+    view = document(RedisReader(store).view(names[0], clock.now))
     assert view is not None and (len(view["minutes"]), len(view["hours"])) == (60, 24)
     client = redis_server.client()
     total = sum(int(client.memory_usage(key, samples=0)) for key in client.scan_iter(count=1000))

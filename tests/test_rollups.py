@@ -15,6 +15,7 @@ from servertrack.aggregator.rollups import REFUSED, ApplyResult, Rollups
 from servertrack.common.buckets import iso_utc, time_verdict
 from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
 from servertrack.common.testing import FakeClock
+from tests.support import document
 
 MINUTE = 60
 HOUR = 3600
@@ -146,14 +147,16 @@ def test_random_stream_matches_oracle_over_25_hours() -> None:
             for name in rng.sample(sorted(sent), 3):
                 # Only samples of the last 26 hours can be in any window; trim to keep it fast.
                 sent[name] = [s for s in sent[name] if s[1] >= now - 26 * HOUR]
-                view = rollups.view(name)
+                view = document(rollups.view(name))
                 assert_view(view, oracle_buckets(sent[name], now), f"{name} at {now:.3f}")
                 if view is not None:
                     assert view["last_seen"] == iso_z(newest[name])
     now = clock()
     rollups._check()
     for name in sent:
-        assert_view(rollups.view(name), oracle_buckets(sent[name], now), f"{name} at the end")
+        assert_view(
+            document(rollups.view(name)), oracle_buckets(sent[name], now), f"{name} at the end"
+        )
     tracked = {name for name, _ in rollups.servers()}
     assert "gone-early.example.com" not in tracked
     assert "returns.example.com" in tracked
@@ -205,7 +208,7 @@ def test_small_random_streams_match_oracle(start_ms: int, events: list[Any]) -> 
         rollups._check()
         for other in PROPERTY_SERVERS:
             expected = oracle_buckets(sent, now, fqdn=other)
-            assert_view(rollups.view(other), expected, f"{other} at {now}")
+            assert_view(document(rollups.view(other)), expected, f"{other} at {now}")
 
 
 # -- buckets -----------------------------------------------------------------------------------
@@ -216,7 +219,7 @@ def test_bucket_boundaries_follow_ts_minus_ts_mod_width(rollups: Rollups, clock:
     feed(rollups, [("a", T0 + 59.999999, 3.0, 3.0)])  # still minute :00
     feed(rollups, [("a", T0 + 60, 4.0, 4.0)])  # minute :01
     now = clock.set(T0 + 3 * MINUTE)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert starts(view, "minutes") == [
         "2023-11-14T21:59:00Z",
         "2023-11-14T22:00:00Z",
@@ -239,7 +242,7 @@ def test_partial_samples_report_none_for_the_missing_metric(
     sent += [("r", T0 + 65, None, 10.0)]
     feed(rollups, sent)
     now = clock.set(T0 + 2 * MINUTE)
-    cpu_only, ram_only = rollups.view("c"), rollups.view("r")
+    cpu_only, ram_only = document(rollups.view("c")), document(rollups.view("r"))
     assert cpu_only is not None and ram_only is not None
     bucket = cpu_only["minutes"][0]
     assert (bucket["cpu"], bucket["cpu_samples"], bucket["samples"]) == (50.0, 2, 2)
@@ -259,7 +262,7 @@ def test_partial_samples_mixed_in_one_bucket_count_every_sample(
     sent: list[RawSample] = [("a", T0 + 5, 40.0, None), ("a", T0 + 6, None, 10.0)]
     feed(rollups, sent)
     now = clock.set(T0 + MINUTE)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert view is not None
     bucket = view["minutes"][0]
     assert (bucket["cpu_samples"], bucket["ram_samples"]) == (1, 1)
@@ -282,7 +285,7 @@ def test_late_samples_land_in_their_own_old_buckets(rollups: Rollups, clock: Fak
         clock.advance(0.25)
         feed(rollups, [sample])
     sent += late
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert view is not None
     assert starts(view, "minutes") == ["2023-11-15T03:20:00Z", "2023-11-15T03:30:00Z"]
     assert view["minutes"][0]["cpu"] == 30.0 and view["minutes"][0]["samples"] == 2
@@ -305,7 +308,7 @@ def test_sample_older_than_minute_window_counts_only_in_hours(
         ("a", now - 90 * MINUTE, 30.0, 30.0),
     ]
     feed(rollups, sent)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert starts(view, "minutes") == [iso_utc(current_minute - 59 * MINUTE)]
     assert view is not None
     assert [b["samples"] for b in view["hours"]] == [1, 2]
@@ -320,15 +323,15 @@ def test_sample_of_next_minute_shows_once_its_minute_is_current(
     now = clock()  # T0 + 30
     ahead: RawSample = ("a", now + 60, 90.0, 80.0)  # exactly 60 s ahead: minute :01
     feed(rollups, [ahead])
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert view is not None
     assert view["minutes"] == []
     assert starts(view, "hours") == ["2023-11-14T22:00:00Z"]
     assert_view(view, oracle_buckets([ahead], now))
     clock.advance(29.999)
-    assert rollups.view("a")["minutes"] == []  # type: ignore[index]
+    assert document(rollups.view("a"))["minutes"] == []  # type: ignore[index]
     now = clock.advance(0.001)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert starts(view, "minutes") == ["2023-11-14T22:01:00Z"]
     assert_view(view, oracle_buckets([ahead], now))
 
@@ -340,12 +343,12 @@ def test_sample_of_next_hour_shows_once_its_hour_is_current(
     now = clock.set(T0 + HOUR - 20)
     ahead: RawSample = ("a", T0 + HOUR + 30, 55.0, None)
     assert feed(rollups, [ahead]) == ApplyResult(applied=1, expired=0)
-    assert rollups.view("a") is None
+    assert document(rollups.view("a")) is None
     assert_view(None, oracle_buckets([ahead], now))
     now = clock.set(T0 + HOUR - 0.001)
-    assert rollups.view("a") is None
+    assert document(rollups.view("a")) is None
     now = clock.set(T0 + HOUR)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert starts(view, "minutes") == starts(view, "hours") == ["2023-11-14T23:00:00Z"]
     assert_view(view, oracle_buckets([ahead], now))
 
@@ -357,14 +360,14 @@ def test_minute_window_slides_past_a_minute_60_minutes_old(
     sent: list[RawSample] = [("a", T0 + 5, 10.0, 20.0)]
     feed(rollups, sent)
     clock.set(T0 + 59 * MINUTE + 59.999)
-    assert starts(rollups.view("a"), "minutes") == ["2023-11-14T22:00:00Z"]
+    assert starts(document(rollups.view("a")), "minutes") == ["2023-11-14T22:00:00Z"]
     now = clock.set(T0 + 60 * MINUTE)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert starts(view, "minutes") == []
     assert starts(view, "hours") == ["2023-11-14T22:00:00Z"]
     assert_view(view, oracle_buckets(sent, now))
     clock.set(T0 + 61 * MINUTE)
-    assert starts(rollups.view("a"), "minutes") == []
+    assert starts(document(rollups.view("a")), "minutes") == []
 
 
 def test_hour_window_slides_past_an_hour_24_hours_old(rollups: Rollups, clock: FakeClock) -> None:
@@ -377,17 +380,17 @@ def test_hour_window_slides_past_an_hour_24_hours_old(rollups: Rollups, clock: F
         feed(rollups, [sample])
         sent.append(sample)
     now = clock.set(T0 + 24 * HOUR - 0.001)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert starts(view, "hours")[0] == "2023-11-14T22:00:00Z"
     assert len(starts(view, "hours")) == 24
     assert_view(view, oracle_buckets(sent, now))
     now = clock.set(T0 + 24 * HOUR)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert starts(view, "hours")[0] == "2023-11-14T23:00:00Z"
     assert len(starts(view, "hours")) == 23
     assert_view(view, oracle_buckets(sent, now))
     now = clock.set(T0 + 25 * HOUR)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert starts(view, "hours")[0] == "2023-11-15T00:00:00Z"
     assert_view(view, oracle_buckets(sent, now))
 
@@ -400,7 +403,7 @@ def test_hour_mean_is_mean_of_raw_samples_not_of_minute_means(
     sent += [("a", T0 + 3, 0.0, 0.0), ("a", T0 + 61, 100.0, 100.0)]
     feed(rollups, sent)
     now = clock.set(T0 + 2 * MINUTE)
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert view is not None
     minute_means = [bucket["cpu"] for bucket in view["minutes"]]
     assert minute_means == [0.0, 100.0]
@@ -427,7 +430,7 @@ def test_many_servers_in_one_batch_with_repeated_keys(rollups: Rollups, clock: F
     rollups._check()
     assert rollups.capacity >= 50
     for name in names:
-        assert_view(rollups.view(name), oracle_buckets(batch, now, fqdn=name), name)
+        assert_view(document(rollups.view(name)), oracle_buckets(batch, now, fqdn=name), name)
 
 
 # -- server lifetime and memory -----------------------------------------------------------------
@@ -438,16 +441,16 @@ def test_server_silent_for_24_hours_is_forgotten_and_its_row_reused(
     feed(rollups, [("old", T0 + 10, 10.0, 10.0)])
     row = rollups.row_for("old")
     clock.set(T0 + 24 * HOUR - 1)
-    assert rollups.view("old") is not None
+    assert document(rollups.view("old")) is not None
     evictions = rollups.evictions
     clock.set(T0 + 24 * HOUR)
-    assert rollups.view("old") is None
+    assert document(rollups.view("old")) is None
     assert rollups.evict_silent() == 1  # the aggregator's housekeeping, between batches
     assert rollups.evictions == evictions + 1
     assert "old" not in dict(rollups.servers())
     feed(rollups, [("new", clock(), 70.0, None)])
     assert rollups.row_for("new") == row
-    view = rollups.view("new")
+    view = document(rollups.view("new"))
     assert view is not None
     assert [b["cpu_samples"] for b in view["hours"]] == [1]
     assert view["hours"][0]["ram_samples"] == 0
@@ -459,9 +462,9 @@ def test_churning_servers_do_not_grow_capacity(rollups: Rollups, clock: FakeCloc
     for generation in range(30):
         names = [f"gen{generation}-{i}" for i in range(4)]
         feed(rollups, [(name, clock(), 1.0, 2.0) for name in names])
-        assert all(rollups.view(name) is not None for name in names)
+        assert all(document(rollups.view(name)) is not None for name in names)
         clock.advance(24 * HOUR + MINUTE)
-        assert all(rollups.view(name) is None for name in names)
+        assert all(document(rollups.view(name)) is None for name in names)
         rollups.evict_silent()
     assert rollups.capacity == 4
     assert len(rollups.name_of) == 4
@@ -491,7 +494,7 @@ def test_rows_up_to_the_server_cap_are_set_aside_at_once_and_never_copied() -> N
     assert all(a is b for a, b in zip(arrays, kept, strict=True))
     assert rollups.capacity == 20_000
     rollups._check()
-    assert rollups.view("t04999")["minutes"][0]["cpu"] == 7.0
+    assert document(rollups.view("t04999"))["minutes"][0]["cpu"] == 7.0
 
 
 def test_first_sample_of_new_server_is_kept_when_the_minute_rolls() -> None:
@@ -499,12 +502,12 @@ def test_first_sample_of_new_server_is_kept_when_the_minute_rolls() -> None:
     clock = FakeClock(T0 + 30.0)
     rollups = Rollups(clock=clock, capacity=4)
     rollups.record("fresh", clock(), 12.0, 34.0)
-    view = rollups.view("fresh")
+    view = document(rollups.view("fresh"))
     assert view is not None
     assert_view(view, oracle_buckets([("fresh", T0 + 30.0, 12.0, 34.0)], clock()))
     clock.advance(MINUTE)  # same thing at a later minute, with an established server around
     rollups.record("fresh-too", clock(), 1.0, 2.0)
-    assert rollups.view("fresh-too") is not None
+    assert document(rollups.view("fresh-too")) is not None
 
 
 def test_server_back_after_long_silence_keeps_its_new_sample(clock: FakeClock) -> None:
@@ -513,7 +516,7 @@ def test_server_back_after_long_silence_keeps_its_new_sample(clock: FakeClock) -
     rollups.record("back", T0 + 10, 10.0, 10.0, now=T0 + 10)
     now = clock.set(T0 + 24 * HOUR + 5 * MINUTE)
     rollups.record("back", now, 60.0, 70.0)
-    assert_view(rollups.view("back"), oracle_buckets([("back", now, 60.0, 70.0)], now))
+    assert_view(document(rollups.view("back")), oracle_buckets([("back", now, 60.0, 70.0)], now))
 
 
 def test_evicted_row_does_not_leak_samples_into_the_next_server(clock: FakeClock) -> None:
@@ -524,7 +527,7 @@ def test_evicted_row_does_not_leak_samples_into_the_next_server(clock: FakeClock
     rollups.record("old", now, 60.0, 70.0)
     now = clock.advance(1)
     rollups.record("other", now, 20.0, 20.0)
-    view = rollups.view("other")
+    view = document(rollups.view("other"))
     assert view is not None
     assert view["hours"][0]["samples"] == 1
     assert_view(view, oracle_buckets([("other", now, 20.0, 20.0)], now))
@@ -540,7 +543,7 @@ def test_record_for_existing_server_counts_expired_samples(
     assert rollups.record("a", oldest, 5.0, 5.0) == ApplyResult(applied=1, expired=0)
     assert rollups.record("a", oldest - 1e-3, 5.0, 5.0) == ApplyResult(applied=0, expired=1)
     assert rollups.expired_total == 1
-    view = rollups.view("a")
+    view = document(rollups.view("a"))
     assert view is not None
     assert view["hours"][0]["start"] == iso_utc(oldest)
     assert view["hours"][0]["samples"] == 1

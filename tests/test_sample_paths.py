@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 from falcon import testing
 
-from servertrack.api.app import create_app
 from servertrack.common.sample import valid_columns, valid_percent, valid_ts
 from servertrack.common.testing import FakeClock
 from servertrack.receiver.graphite import GraphiteIntake
 from servertrack.store.cells import Samples, fold
-from tests.support import InProcessBackend
+from tests.support import InProcessBackend, api_app
 
 MINUTE = 60
 HOUR = 3600
@@ -71,7 +70,7 @@ class Paths:
         self.clock = FakeClock(NOW)
         self.backend = InProcessBackend(self.clock)
         self.state = self.backend.state
-        self.client = testing.TestClient(create_app(self.backend, self.clock))
+        self.client = testing.TestClient(api_app(self.backend, self.clock))
         self.graphite = GraphiteIntake(self.state)
 
     def agent(self, name: str, ts: Any, cpu: Any, seq: int) -> str | None:

@@ -16,8 +16,9 @@ from servertrack.api.store_generation import StoreGeneration
 from servertrack.common.oracle import iso_z
 from servertrack.common.redis_testing import RedisServer
 from servertrack.common.testing import FakeClock, wait_until
+from servertrack.readmodel.answers import Answer
+from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.store.cells import BatchColumns
-from servertrack.store.redis_nodes import StoreUnavailable
 from servertrack.store.redis_store import RedisStore
 
 
@@ -47,6 +48,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def generation(counter: Counter, clock: FakeClock) -> Iterator[StoreGeneration]:
     source = StoreGeneration(counter, clock, poll=0.01, fresh_for=0.3)
+    source.start()
     yield source
     source.close()
 
@@ -108,6 +110,7 @@ def test_a_minute_that_turned_while_nobody_asked_is_dated_when_it_turned(
     over), and the one before it is the same counter in the minute before."""
     ticks = FakeClock(1000.0)
     generation = StoreGeneration(counter, clock, poll=0.01, fresh_for=0.3, monotonic=ticks)
+    generation.start()
     try:
         first = wait_until(generation.current, 5, "the first read of the counter")
         assert first.since == 1000.0
@@ -133,9 +136,10 @@ def test_an_answer_read_from_redis_is_as_of_the_clock_the_read_took(tmp_path: Pa
             0, np.zeros(1, np.int64), np.array([minute + 1]), np.ones(1), np.ones(1)
         )
         store.merge("w", [batch], ["dated"], None, minute + 2)
-        assert backend.query({"op": "view", "name": "dated"})["as_of"] == iso_z(minute + 7.25)
-        views = backend.query({"op": "views", "names": ["dated"]})["views"]
-        assert views[0]["as_of"] == iso_z(minute + 7.25)
+        answer = backend.view("dated")[1]
+        assert isinstance(answer, Answer) and answer.as_of == iso_z(minute + 7.25)
+        (kept,) = backend.views(["dated"])[1]
+        assert isinstance(kept, Answer) and kept.as_of == iso_z(minute + 7.25)
     finally:
         backend.close()
         redis_server.stop()
@@ -163,19 +167,22 @@ def test_an_answer_is_never_kept_under_a_later_minute_than_it_shows(tmp_path: Pa
     redis_server = RedisServer(tmp_path / "redis").start()
     store = RedisStore(redis_server.url, clock=clock)
     backend = StoreBackend(store, None, clock)
+    backend.watch.start()
     try:
         store.open()
         batch = BatchColumns(
             0, np.zeros(1, np.int64), np.array([minute + 0.25]), np.ones(1), np.ones(1)
         )
         store.merge("w", [batch], ["turning"], None, minute + 1)
-        wait_until(backend.generation.current, 5, "the change counter read")
+        wait_until(backend.generation, 5, "the change counter read")
         clock.step_at(minute - 0.001, minute + 0.5)  # the read starts at :59.999, ends at :00.5
-        reply = backend.query({"op": "view", "name": "turning"})
-        kept_minute = reply["gen"] & 0xFFFFFFFF
-        starts = [m["start"] for m in json.loads(reply["body"])["minutes"]]
+        gen, answer = backend.view("turning")
+        assert gen is not None and isinstance(answer, Answer)
+        kept_minute = gen & 0xFFFFFFFF
+        starts = [m["start"] for m in json.loads(answer.body)["minutes"]]
         shows_new_minute = iso_z(minute) in starts
         assert kept_minute < minute // 60 or shows_new_minute, (kept_minute, starts)
     finally:
+        backend.watch.close()
         backend.close()
         redis_server.stop()

@@ -13,15 +13,11 @@ import pytest
 
 from servertrack.common.batch import ServerHealth
 from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
-from servertrack.store.cells import (
-    CELL_DTYPE,
-    BatchColumns,
-    bucket_dicts,
-    concat,
-    fold,
-    unpack_cells,
-)
-from servertrack.store.health import HEAD, encode, merged_health
+from servertrack.readmodel.cells import CELL_DTYPE, shown, unpack_cells
+from servertrack.readmodel.health import Health, merge_health
+from servertrack.readmodel.render import bucket_rows
+from servertrack.store.cells import BatchColumns, concat, fold
+from servertrack.store.health import HEAD, encode, records
 from servertrack.store.redis_url import BadStoreUrl, parse_store_url
 from servertrack.store.summary import RECORD_SIZE, SparkRing, decode_fleet
 
@@ -167,8 +163,8 @@ def test_folded_cells_equal_the_oracle_buckets() -> None:
         hours = folded.hour_cells[folded.hour_bounds[k] : folded.hour_bounds[k + 1]]
         cur_m, cur_h = int(NOW // MINUTE), int(NOW // HOUR)
         expected = oracle_buckets(samples, NOW, name)
-        got_minutes = bucket_dicts(minutes, MINUTE, cur_m - 59, cur_m)
-        got_hours = bucket_dicts(hours, HOUR, cur_h - 23, cur_h)
+        got_minutes = bucket_rows(shown(minutes, cur_m - 59, cur_m), MINUTE)
+        got_hours = bucket_rows(shown(hours, cur_h - 23, cur_h), HOUR)
         for got, want in ((got_minutes, expected["minutes"]), (got_hours, expected["hours"])):
             assert [b["start"] for b in got] == [b["start"] for b in want]
             for have, should in zip(got, want, strict=True):
@@ -193,21 +189,18 @@ def test_cells_survive_packing_byte_for_byte() -> None:
 
 # -- health -----------------------------------------------------------------------------------
 def test_health_records_merge_over_writers() -> None:
-    """Counters add up over writers, the newest writer's ip and skew win, a conflict anywhere
-    shows, and an unreadable record is skipped."""
+    """Counters add up over writers, the newest writer's ip and skew win, a conflict of a
+    writer heard within ten minutes of the newest shows (an older one's does not), and an
+    unreadable record is skipped."""
     old = HEAD.pack(5, 1, 100.0) + encode(ServerHealth(("a",), 1, 2, 3, 0.5, 1, True))
     new = HEAD.pack(2, 1, 200.0) + encode(ServerHealth(("b", "c"), 10, 20, 30, 0.125, 0))
-    merged = merged_health([old, b"junk", HEAD.pack(0, 0, 300.0) + b"\xc1", new])
-    assert merged == {
-        "ip": ["b", "c"],
-        "lost": 11,
-        "duplicates": 22,
-        "rejected": 33,
-        "skew_seconds": 0.125,
-        "seq_resets": 1,
-        "name_conflict": True,
-    }
-    assert merged_health([])["ip"] == []
+    stored = records([old, b"junk", HEAD.pack(0, 0, 300.0) + b"\xc1", new])
+    assert [written for written, _ in stored] == [100.0, 200.0]
+    assert merge_health(stored) == Health(("b", "c"), 11, 22, 33, 0.125, 1, True)
+    much_later = HEAD.pack(9, 1, 800.0) + encode(ServerHealth(("d",), 0, 0, 0, 0.0, 0))
+    merged = merge_health(records([old, new, much_later]))
+    assert merged.ips == ("d",) and merged.lost == 11 and not merged.name_conflict
+    assert merge_health([]) == Health()
 
 
 # -- summary ----------------------------------------------------------------------------------

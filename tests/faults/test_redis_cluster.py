@@ -13,8 +13,10 @@ import pytest
 from servertrack.common.batch import ServerHealth
 from servertrack.common.redis_testing import RedisClusterUnderTest
 from servertrack.common.testing import FakeClock, wait_until
+from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.store.keys import server_keys, slot_of
-from servertrack.store.redis_store import RedisStore, StoreUnavailable
+from servertrack.store.reader import RedisReader
+from servertrack.store.redis_store import RedisStore
 from tests.store_support import HOUR, T0, Fleet, assert_matches, one_each, sample_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -43,9 +45,9 @@ def test_merges_through_the_cluster_match_the_oracle(cluster: RedisClusterUnderT
             store.merge("w", [fleet.batch("w", clock.now)], fleet.names, None, clock.now)
             clock.advance(173.0)
         assert assert_matches(store, fleet, clock.now) == len(fleet.names)
-        rows, total, cursor = store.servers(clock.now, limit=25)
+        rows, total, cursor = RedisReader(store).servers(clock.now, limit=25)
         assert (len(rows), total) == (25, 60) and cursor == sorted(fleet.names)[24]
-        assert store.fleet_rows(clock.now).names == sorted(fleet.names)
+        assert RedisReader(store).fleet_rows(clock.now).names == sorted(fleet.names)
     owners = {master.port: master.client().dbsize() for master in cluster.master_nodes()}
     assert len(owners) == 3 and all(size > 0 for size in owners.values()), owners
 
@@ -79,7 +81,9 @@ def test_moved_and_asked_slots_are_followed(cluster: RedisClusterUnderTest) -> N
         source.client.execute_command(
             "MIGRATE", *target.key, "", 0, 5000, "KEYS", *server_keys(name)
         )
-        assert store.view(name, clock.now)["hours"][0]["samples"] == 1  # read through ASK
+        assert (
+            RedisReader(store).view(name, clock.now)["hours"][0]["samples"] == 1
+        )  # read through ASK
         result = store.merge("w", [one_each(1, [0], clock.now)], names, None, clock.now)
         assert (result.applied, result.redirects) == (1, 1)
         with pytest.raises(StoreUnavailable, match="not merged"):
@@ -91,7 +95,9 @@ def test_moved_and_asked_slots_are_followed(cluster: RedisClusterUnderTest) -> N
         assert result.applied == 3 and result.redirects >= 1
         assert store.topology.node_for_slot(slot).key == target.key
         assert target.client.exists(server_keys(twin)[1]) == 1
-        counts = {n: store.view(n, clock.now + 1)["hours"][0]["samples"] for n in names}
+        counts = {
+            n: RedisReader(store).view(n, clock.now + 1)["hours"][0]["samples"] for n in names
+        }
         assert counts == {name: 3, twin: 2}
 
 

@@ -1,27 +1,16 @@
-"""``GET /fleet`` and ``GET /fleet/grid``: the overview's data, computed by the aggregator.
+"""``GET /fleet`` and ``GET /fleet/grid``: the overview's data (:mod:`servertrack.readmodel.fleet`).
 
 Parameters are checked here first, so a bad one is answered without a round trip; the
-aggregator checks them again and does the sorting, filtering and paging next to the data.
+aggregator checks them again when it makes the page next to the data (memory mode).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import falcon
 
 from servertrack.api.backend import Backend
 from servertrack.api.errors import BadRequest
 from servertrack.common.fleet import BadFleetQuery, parse_fleet_query, parse_grid_query
-
-
-def _reply_body(reply: dict[str, Any]) -> bytes:
-    if reply.get("status") == 200:
-        return reply["body"]
-    raise BadRequest(
-        str(reply.get("reason", "bad_request")),
-        str(reply.get("message", "refused by the aggregator")),
-    )
 
 
 class FleetResource:
@@ -34,10 +23,9 @@ class FleetResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             query = parse_fleet_query(req.params)
+            resp.data = self.backend.fleet(query, req.context.deadline)
         except BadFleetQuery as err:
             raise BadRequest(err.reason, err.message) from err
-        reply = self.backend.query({"op": "fleet", **query.to_request()}, req.context.deadline)
-        resp.data = _reply_body(reply)
         resp.content_type = falcon.MEDIA_JSON
         resp.cache_control = ["no-store"]
 
@@ -54,9 +42,6 @@ class GridResource:
             names = parse_grid_query(req.params)
         except BadFleetQuery as err:
             raise BadRequest(err.reason, err.message) from err
-        request: dict[str, Any] = {"op": "grid"}
-        if names is not None:
-            request["names"] = names
-        resp.data = _reply_body(self.backend.query(request, req.context.deadline))
+        resp.data = self.backend.grid(names, req.context.deadline)
         resp.content_type = falcon.MEDIA_JSON
         resp.cache_control = ["no-store"]

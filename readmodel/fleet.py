@@ -1,15 +1,13 @@
-"""The fleet overview over the rollups: one row per tracked server, computed with numpy.
+"""The fleet overview: the table both stores build, and its answers (a page of the table, the
+heat grid), made here whichever store built the table.
 
-:func:`fleet_table` reads what the rollups keep for it: each row's current cpu and ram (kept up
-to date as batches are applied, :mod:`servertrack.aggregator.current`) and the rows in name order
-(kept until a name comes or goes), so a table for 250,000 servers is a few gathers, not a scan of
-every server's 60 minutes. Sparklines are read from the rings for a page's rows only. Another
-store provides the same :class:`FleetTable` through a ``fleet_table(now)`` method of its own.
-
-The table only changes when a batch is applied, rows are released or the minute moves, so
-:class:`FleetAnswers` keeps it until then; a request then costs a status pass, a filter, the
-page's part of the order (a partial selection, not a sort of the whole fleet) and its rows. Ages
-and statuses are taken at each request, so they never lag.
+A store builds a :class:`FleetTable` its own way (the in-memory rollups keep each row's current
+values as batches are applied, :mod:`servertrack.aggregator.fleet_table`; Redis keeps a summary
+record per server, :mod:`servertrack.store.reader`). :class:`FleetAnswers` keeps the table until
+the store's ``fleet_version`` changes (a batch applied, rows released, the minute moved); a
+request then costs a status pass, a filter, the page's part of the order (a partial selection, not
+a sort of the whole fleet) and its rows. Ages and statuses are taken at each request, so they
+never lag.
 
 The heat grid's answer is compact: each server's cpu as one little-endian uint16 of tenths of a
 percent (base64), its status as one letter, and its name only when the names changed since the
@@ -22,25 +20,20 @@ import base64
 import json
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import msgpack
 import numpy as np
 
-from servertrack.aggregator.rollups import Rollups
-from servertrack.common.buckets import MINUTE, iso_utc, oldest_accepted_ts
+from servertrack.common.buckets import MINUTE, iso_utc
 from servertrack.common.fleet import (
     DOWN_AFTER,
     HOTTEST,
-    SPARKLINE_MINUTES,
     STALE_AFTER,
     STATUSES,
-    BadFleetQuery,
     FleetQuery,
     encode_cursor,
-    query_from_request,
 )
 
 SPARKLINE_DECIMALS = 1
@@ -108,113 +101,12 @@ class FleetTable:
         return len(self.names)
 
 
-def _means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / counts  # 0 / 0 = NaN: no sample
+class FleetSource(Protocol):
+    """What :class:`FleetAnswers` needs of a store (every read model has it)."""
 
+    def fleet_version(self, now: float) -> Hashable: ...
 
-def _minute_mean(rollups: Rollups, used: int) -> MinuteMean:
-    """Sum of sums over sum of counts of the current minute, or the previous one while the
-    current minute has no sample yet."""
-    ring = rollups.minutes
-    f = ring.fields
-    for minute, current in ((ring.current, True), (ring.current - 1, False)):
-        slot = minute % ring.slots
-        if ring.bucket_of_slot[slot] != minute:
-            continue
-        samples = int(f["samples"][:used, slot].sum())
-        if samples == 0 and current:
-            continue
-        values: dict[str, Any] = {}
-        for metric in ("cpu", "ram"):
-            count = int(f[f"{metric}_count"][:used, slot].sum())
-            total = float(f[f"{metric}_sum"][:used, slot].sum())
-            values[f"{metric}_samples"] = count
-            values[metric] = total / count if count else None
-        return MinuteMean(minute, current, samples, **values)
-    return MinuteMean(ring.current, True, 0, 0, 0, None, None)
-
-
-def _ring_sparklines(rollups: Rollups, rows: np.ndarray, first: int) -> Callable:
-    """The sparklines of table indices, read from the minute ring when asked for."""
-    ring = rollups.minutes
-    buckets = np.arange(first, first + SPARKLINE_MINUTES, dtype=np.int64)
-    slots = buckets % ring.slots
-
-    def sparklines(indices: np.ndarray) -> np.ndarray:
-        cells = np.ix_(rows[indices], slots)
-        f = ring.fields
-        means = _means(f["cpu_sum"][cells], f["cpu_count"][cells])
-        means[:, ring.bucket_of_slot[slots] != buckets] = np.nan
-        return np.round(means, SPARKLINE_DECIMALS)
-
-    return sparklines
-
-
-def fleet_table(rollups: Rollups, now: float) -> FleetTable:
-    """The overview of every server ``rollups`` tracks at ``now`` (moves its windows to now)."""
-    rollups.advance(now)
-    index = rollups.name_index()
-    rows, names, lower = index.rows, index.names, index.lower
-    seen = rollups.last_seen[rows]
-    visible = seen >= oldest_accepted_ts(now)
-    if not visible.all():  # silent for 24 hours, released at the next sweep
-        keep = np.flatnonzero(visible)
-        rows, seen = rows[keep], seen[keep]
-        names = [names[i] for i in keep.tolist()]
-        lower = lazy_lower(names)
-    current = rollups.current_values.mean
-    first = rollups.minutes.current - SPARKLINE_MINUTES + 1
-    return FleetTable(
-        names=names,
-        cpu=current["cpu"][rows],
-        ram=current["ram"][rows],
-        last_seen=seen,
-        first_minute=int(first),
-        mean=_minute_mean(rollups, len(rollups.name_of)),
-        sparklines=_ring_sparklines(rollups, rows, first),
-        lower=lower,
-    )
-
-
-def table_from_rows(rows: Any) -> FleetTable:
-    """The table from a store's summary rows (``servertrack.store.summary.FleetRows``): current
-    values and sparklines as the summary holds them (0.01 % steps), the fleet's minute mean from
-    the exact sums and counts it carries."""
-    mean = MinuteMean(rows.minute, True, 0, 0, 0, None, None)
-    for minute, current in ((rows.minute, True), (rows.minute - 1, False)):
-        totals = rows.totals.get(minute)
-        if not totals or (not totals["samples"] and current):
-            continue
-        cpu_n, ram_n = int(totals["cpu_count"]), int(totals["ram_count"])
-        mean = MinuteMean(
-            minute,
-            current,
-            int(totals["samples"]),
-            cpu_n,
-            ram_n,
-            totals["cpu_sum"] / cpu_n if cpu_n else None,
-            totals["ram_sum"] / ram_n if ram_n else None,
-        )
-        break
-    names = list(rows.names)
-    minutes = rows.cpu_minutes
-    return FleetTable(
-        names=names,
-        cpu=rows.cpu,
-        ram=rows.ram,
-        last_seen=rows.last_seen,
-        first_minute=rows.minute - SPARKLINE_MINUTES + 1,
-        mean=mean,
-        sparklines=lambda indices: np.round(minutes[indices], SPARKLINE_DECIMALS),
-        lower=lazy_lower(names),
-    )
-
-
-def table_of(store: Any, now: float) -> FleetTable:
-    """The fleet table of any store (each store knows how to build it from its own data)."""
-    table: FleetTable = store.fleet_table(now)
-    return table
+    def fleet_table(self, now: float) -> FleetTable: ...
 
 
 def _number(value: float) -> float | None:
@@ -353,11 +245,11 @@ def fleet_grid(
 
 
 class FleetAnswers:
-    """Answers the aggregator's ``fleet`` and ``grid`` queries over a cached table."""
+    """The fleet answers over a table kept until the store's ``fleet_version`` changes."""
 
     def __init__(self) -> None:
-        self._store: Any = None
-        self._key: tuple[Any, ...] | None = None
+        self._source: FleetSource | None = None
+        self._key: Hashable = None
         self._table: FleetTable | None = None
         self.rebuilds = 0
         self._names: list[str] | None = None
@@ -370,32 +262,30 @@ class FleetAnswers:
         """Changes whenever the table's list of names does (a server came, left or was hidden)."""
         return f"{self._names_epoch}-{self._names_changes}"
 
-    def table(self, store: Any, now: float) -> FleetTable:
+    def table(self, source: FleetSource, now: float) -> FleetTable:
         """The cached table, rebuilt when a batch was applied, rows were released, the minute
         moved or the store was replaced (a restored snapshot)."""
-        key = store.fleet_version(now)
-        if self._table is None or store is not self._store or key != self._key:
-            table = table_of(store, now)
+        key = source.fleet_version(now)
+        if self._table is None or source is not self._source or key != self._key:
+            table = source.fleet_table(now)
             if table.names is not self._names and table.names != self._names:
                 self._names_changes += 1
             self._names = table.names
             self._table = table
-            self._store, self._key = store, key
+            self._source, self._key = source, key
             self.rebuilds += 1
         return self._table
 
-    def answer(self, op: str, store: Any, request: dict[str, Any], now: float) -> bytes:
-        if op == "grid":
-            known = request.get("names")
-            table = self.table(store, now)
-            body = fleet_grid(
-                table, now, self.names_version, known if isinstance(known, str) else None
-            )
-        else:
-            try:
-                query = query_from_request(request)
-            except BadFleetQuery as err:
-                return msgpack.packb({"status": 400, "reason": err.reason, "message": err.message})
-            body = fleet_page(self.table(store, now), query, now)
-        text = json.dumps(body, allow_nan=False, separators=(",", ":"))
-        return msgpack.packb({"status": 200, "body": text.encode()})
+    def page(self, source: FleetSource, query: FleetQuery, now: float) -> bytes:
+        """The JSON of one page of the overview (``GET /fleet``)."""
+        return _json(fleet_page(self.table(source, now), query, now))
+
+    def grid(self, source: FleetSource, known: str | None, now: float) -> bytes:
+        """The JSON of the heat grid (``GET /fleet/grid``); the names only when ``known`` is not
+        the current names version."""
+        table = self.table(source, now)
+        return _json(fleet_grid(table, now, self.names_version, known))
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
