@@ -104,6 +104,6 @@ class CurrentValues:
         if rows.size == 0:
             return
         cells = rows * ring.slots + self.minute[metric][rows] % ring.slots
-        total = ring.fields[f"{metric}_sum"].reshape(-1).take(cells)
-        count = ring.fields[f"{metric}_count"].reshape(-1).take(cells)
+        total = ring.fields[f"{metric}_sum"].reshape(-1)[cells]
+        count = ring.fields[f"{metric}_count"].reshape(-1)[cells]
         self.mean[metric][rows] = total / count

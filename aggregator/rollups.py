@@ -25,6 +25,7 @@ from sortedcontainers import SortedList
 
 from servertrack.aggregator.current import CurrentValues
 from servertrack.aggregator.fleet_table import fleet_table
+from servertrack.aggregator.health_runs import HealthRuns
 from servertrack.common.batch import ServerHealth
 from servertrack.common.buckets import (
     HOUR,
@@ -72,9 +73,17 @@ class Ring:
         return np.where(self.bucket_of_slot >= 0, self.bucket_of_slot, 0).astype(np.uint32)
 
     def prepare(self, rows: int) -> None:
-        """Make the rows below ``rows`` ready to take samples (empty cells)."""
+        """Make the rows below ``rows`` ready to take samples (empty cells).
+
+        PERF: the rows above ``ready`` were never written, so they are zeros already: only the
+        stamps and the extremes are set (a pass over all of each cell would touch its memory
+        twice)."""
         if rows > self.ready:
-            clear(self.cells[self.ready : rows], self._stamps())
+            block = self.cells[self.ready : rows]
+            block["stamp"] = self._stamps()
+            for metric in METRICS:
+                block[f"{metric}_min"] = np.inf
+                block[f"{metric}_max"] = -np.inf
         self.ready = max(self.ready, rows)
 
     def grow(self, capacity: int) -> None:
@@ -99,9 +108,9 @@ class Ring:
         if stale.any():
             columns = np.flatnonzero(stale)
             self.bucket_of_slot[columns] = expected[columns]
-            emptied = self.cells[: self.ready, columns]
-            clear(emptied, self._stamps()[columns])
-            self.cells[: self.ready, columns] = emptied
+            stamps = self._stamps()
+            for column in columns.tolist():  # each column a view: emptied in place, no copy
+                clear(self.cells[: self.ready, column], stamps[column])
 
     def in_window(self, buckets: np.ndarray) -> np.ndarray:
         """Which buckets have a slot: the window plus the one bucket ahead of it."""
@@ -194,8 +203,8 @@ class Rollups:
         self.last_seq_ts = np.full(capacity, -np.inf, np.float64)
         """Each server's newest agent seq and its ts, so a restarted receiver can resume loss
         counting where the previous one stopped."""
-        self.health: dict[str, dict[str, tuple[float, ServerHealth]]] = {}
-        """Name → receiver run → (when written, that run's health of the server)."""
+        self.health = HealthRuns()
+        """Each receiver run's newest health record of each server."""
         self.current_values = CurrentValues(capacity)
         """Each row's current cpu and ram, kept as samples come (for the dashboard's table)."""
         self.row_of: dict[str, int] = {}
@@ -291,13 +300,15 @@ class Rollups:
         self.hours.clear_rows(rows)
         self.current_values.clear_rows(rows)
         self.names_changed += 1
+        names = []
         for row in gone:
             name = self.name_of[row]
+            names.append(name)
             self.name_of[row] = None
             del self.row_of[name]
-            self.health.pop(name, None)
             self.sorted_names.remove(name)
             self.free_rows.append(row)
+        self.health.forget(names, oldest_accepted_ts(now))
         self.last_seen[rows] = -np.inf
         self.last_seq[rows] = -1
         self.last_seq_ts[rows] = -np.inf
@@ -400,7 +411,7 @@ class Rollups:
             hours,
             float(self.last_seen[row]),
             now,
-            merge_health(self._health_records(name)),
+            merge_health(self.health.records(name)),
         )
 
     def views(
@@ -424,9 +435,6 @@ class Rollups:
         following = page[-1] if page and start + limit < len(names) else None
         return ServersPage(rows, len(names), following)
 
-    def _health_records(self, name: str) -> list[tuple[float, ServerHealth]]:
-        return [(written, health) for written, health in self.health.get(name, {}).values()]
-
     def name_index(self) -> NameIndex:
         """Every tracked server's row and name in name order, kept until a name comes or goes.
 
@@ -443,11 +451,10 @@ class Rollups:
 
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
         """The health of servers as receiver run ``epoch`` reports it: kept per run, merged at
-        each read (:func:`~servertrack.readmodel.health.merge_health`), as Redis keeps it."""
-        written = self.clock()
-        for name, record in health.items():
-            if name in self.row_of:
-                self.health.setdefault(name, {})[epoch] = (written, record)
+        each read (:func:`~servertrack.readmodel.health.merge_health`), as Redis keeps it. (A
+        record of a server refused at the cap is kept but never read; the receiver names at
+        most its own cap of them.)"""
+        self.health.note(epoch, self.clock(), health)
 
     def take(self, now: float | None = None, upto: tuple[str, int] | None = None) -> None:
         """Nothing is held back: every sample was applied by :meth:`apply`."""
@@ -534,11 +541,7 @@ def rollup_arrays(rollups: Rollups) -> dict[str, np.ndarray]:
         arrays[f"{label}.cells"] = ring.cells[:used]
     names = "\n".join(name or "" for name in rollups.name_of).encode()
     arrays["names"] = np.frombuffer(names, np.uint8)
-    health = [
-        [name, [[epoch, written, record.to_wire()] for epoch, (written, record) in runs.items()]]
-        for name, runs in rollups.health.items()
-    ]
-    arrays["health"] = np.frombuffer(msgpack.packb(health), np.uint8)
+    arrays["health"] = np.frombuffer(msgpack.packb(rollups.health.to_wire()), np.uint8)
     return arrays
 
 
@@ -557,18 +560,6 @@ def _snapshot_cells(arrays: dict[str, np.ndarray], label: str, count: int) -> np
     for name in fields:
         cells[name] = arrays[f"{label}.{name}"]
     return cells
-
-
-def _snapshot_health(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    if "health" not in arrays:
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for name, runs in msgpack.unpackb(bytes(arrays["health"])):
-        out[str(name)] = {
-            str(epoch): (float(written), ServerHealth.from_wire(record))
-            for epoch, written, record in runs
-        }
-    return out
 
 
 def restore_rollups(
@@ -590,8 +581,8 @@ def restore_rollups(
     rollups.row_of = {name: row for row, name in enumerate(names) if name is not None}
     rollups.sorted_names = SortedList(rollups.row_of)
     rollups.free_rows = [row for row, name in enumerate(names) if name is None]
-    rollups.health = {
-        name: runs for name, runs in _snapshot_health(arrays).items() if name in rollups.row_of
-    }
+    if "health" in arrays:
+        rollups.health = HealthRuns.from_wire(msgpack.unpackb(bytes(arrays["health"])))
+        rollups.health.keep_only(rollups.row_of)
     rollups.current_values.rebuild(rollups.minutes, len(names))
     return rollups

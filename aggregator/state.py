@@ -84,9 +84,7 @@ def legacy_health(meta: dict[str, Any], names: dict[int, str]) -> list[tuple[str
     epoch = meta.get("ledger", {}).get("epoch")
     if isinstance(epoch, str) and meta.get("servers"):
         current = {
-            names[int(k)]: ServerHealth.from_wire(v)
-            for k, v in meta["servers"]
-            if int(k) in names
+            names[int(k)]: ServerHealth.from_wire(v) for k, v in meta["servers"] if int(k) in names
         }
         out.append((epoch, current))
     return out

@@ -2,7 +2,7 @@
 
 A :class:`Rollups` is filled with ``--servers`` servers, every one with a sample in each of the
 60 minutes, and handed to a real :class:`AggregatorDaemon` (its query loop in a thread, ipc
-sockets); the API is ``create_app`` over a ``ZmqBackend`` served by waitress on a free loopback
+sockets); the API is ``create_app`` over a ``DaemonsBackend`` served by waitress on a free loopback
 port, and ``GET /fleet`` (the default first page: 100 rows, sorted by status then cpu) is timed
 from request to last byte over a kept-alive connection.
 
@@ -40,12 +40,11 @@ import numpy as np
 import zmq
 
 from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
-from servertrack.aggregator.fleet import fleet_table
+from servertrack.aggregator.fleet_table import fleet_table
 from servertrack.aggregator.rollups import Rollups
-from servertrack.api.app import create_app
-from servertrack.api.backend import ZmqBackend
+from servertrack.api.assembly import assemble
+from servertrack.api.daemons_backend import DaemonsBackend
 from servertrack.api.server import make_waitress
-from servertrack.api.stats import ApiStats
 from servertrack.common.fleet_testing import FleetSchedule, Read, run_fleet
 from servertrack.common.limits import DEFAULT_MAX_SERVERS
 from servertrack.common.testing import FakeClock, free_port, launch_host
@@ -105,8 +104,11 @@ def measure(servers: int, repeats: int) -> dict[str, Any]:
         daemon = AggregatorDaemon(config, rollups, context, clock=clock)
         aggregator = threading.Thread(target=daemon.run, name="aggregator", daemon=True)
         aggregator.start()
-        backend = ZmqBackend(config.receiver_control, config.query, 5.0, context)
-        server = make_waitress(create_app(backend, clock), "127.0.0.1", free_port(), 4, ApiStats())
+        app, reads, stats = assemble(
+            DaemonsBackend(config.receiver_control, config.query, 5.0, context), clock=clock
+        )
+        reads.start()
+        server = make_waitress(app, "127.0.0.1", free_port(), 4, stats)
         serving = threading.Thread(target=server.run, name="waitress", daemon=True)
         serving.start()
         connection = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=30)
@@ -126,7 +128,7 @@ def measure(servers: int, repeats: int) -> dict[str, Any]:
             server.stop(timeout=5)
             daemon.stop.set()
             aggregator.join(timeout=10)
-            backend.close()
+            reads.close()
             context.destroy(linger=0)
     return {
         "servers": servers,
@@ -160,10 +162,9 @@ def measure_redis(servers: int, repeats: int) -> dict[str, Any]:
             writer.open()
             fill_all_buckets(writer, servers, time.time())
             clock = FakeClock(time.time())
-            backend = StoreBackend(reader, None, clock)
-            server = make_waitress(
-                create_app(backend, clock), "127.0.0.1", free_port(), 4, ApiStats()
-            )
+            app, reads, stats = assemble(StoreBackend(reader, None, clock), clock=clock)
+            reads.start()
+            server = make_waitress(app, "127.0.0.1", free_port(), 4, stats)
             threading.Thread(target=server.run, name="waitress", daemon=True).start()
             connection = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=30)
             try:
@@ -181,8 +182,8 @@ def measure_redis(servers: int, repeats: int) -> dict[str, Any]:
         finally:
             if server is not None:
                 server.stop(timeout=5)
+                reads.close()
             writer.close()
-            reader.close()
             redis_server.stop()
     return {
         "servers": servers,

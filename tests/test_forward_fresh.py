@@ -21,6 +21,7 @@ from servertrack.common.oracle import RawSample, forwarded_points
 from servertrack.common.testing import FakeClock, HostUnderTest
 from servertrack.forward.daemon import ForwardConfig, Forwarder
 from servertrack.forward.source import ApiSource
+from servertrack.readmodel.answers import Answer, decode_answer
 from tests.support import wait_for
 from tests.test_forward_sink import Listener, flush_until, listening, make_sink
 
@@ -42,10 +43,10 @@ def record(host: HostUnderTest, samples: list[RawSample]) -> None:
 
 def held(aggregator: rpc.RpcClient, name: str) -> int:
     """Samples of ``name`` the aggregator holds, asked on its query socket (no cache between)."""
-    reply = aggregator.call({"op": "view", "name": name})
-    if reply.get("status") != 200:
+    answer = decode_answer(aggregator.call({"op": "view", "name": name})["answer"])
+    if not isinstance(answer, Answer):
         return 0
-    return sum(bucket["samples"] for bucket in json.loads(reply["body"])["hours"])
+    return sum(bucket["samples"] for bucket in json.loads(answer.body)["hours"])
 
 
 def record_batch(

@@ -22,6 +22,7 @@ import zmq
 from servertrack.common import rpc
 from servertrack.common.testing import HostUnderTest as Host
 from servertrack.common.testing import http_json
+from servertrack.readmodel.answers import decode_answer
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -245,11 +246,11 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return b"".join(parts)
 
 
-def aggregator_view(host: Host, zmq_context: zmq.Context, name: str) -> dict[str, Any]:
+def aggregator_view(host: Host, zmq_context: zmq.Context, name: str) -> Any:
     """The aggregator's own answer for ``name``, asked on its query socket (no API between)."""
     client = rpc.RpcClient(zmq_context, f"ipc://{host_runtime(host)}/query", 2.0)
     try:
-        return client.call({"op": "view", "name": name})
+        return decode_answer(client.call({"op": "view", "name": name})["answer"])
     finally:
         client.close()
 
@@ -291,7 +292,7 @@ def test_reads_follow_every_batch_and_are_the_aggregators_bytes(
         direct = aggregator_view(host, zmq_context, name)
         second = request("GET", url)[2]
         if first == second:  # no batch between the two reads
-            assert direct["body"] == first
+            assert direct.body == first
             break
     else:
         pytest.fail("every pair of reads straddled a batch")

@@ -5,7 +5,6 @@ connections (the receiver's own case is in ``test_ingest_limit.py``)."""
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,7 +82,7 @@ def test_the_aggregator_carries_on_out_of_file_descriptors(
                 reply = client.call({"op": "stats"})
             except rpc.Unavailable:  # still taking back its descriptors
                 return None
-            stats: dict[str, Any] = json.loads(reply["body"])["aggregator"]
+            stats: dict[str, Any] = reply["stats"]["aggregator"]
             age = stats["snapshot_age_seconds"]
             written = age is not None and age < 0.5  # a snapshot since the shortage
             return stats if stats["snapshot_errors"] >= 1 and written else None

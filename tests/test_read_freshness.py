@@ -35,6 +35,7 @@ from servertrack.common.testing import (
     http_json,
     servertrack_argv,
 )
+from servertrack.readmodel.answers import Answer, decode_answer
 from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
@@ -200,8 +201,8 @@ def store_count(
     client = rpc.RpcClient(context, f"ipc://{host.runtime_dir}/query", 1.0)
 
     def from_aggregator() -> int:
-        reply = client.call({"op": "view", "name": SERVER})
-        return samples_in(json.loads(reply["body"])) if reply.get("status") == 200 else 0
+        answer = decode_answer(client.call({"op": "view", "name": SERVER})["answer"])
+        return samples_in(json.loads(answer.body)) if isinstance(answer, Answer) else 0
 
     return from_aggregator, client.close
 
