@@ -46,9 +46,19 @@ test: $(VENV)/.test-installed ## Install what the tests need and run the suite
 test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests
 	$(BIN)/python -m pytest -m faults $(ARGS)
 
-lint: $(VENV)/.test-installed ## ruff check and format check
+# import-linter (and mypy) need the packages under one servertrack/ folder: a tree of links.
+LINT_TREE := .lint
+PACKAGE_DIRS = $(shell $(BIN)/python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['tool']['setuptools']['package-dir'].values()))")
+
+$(LINT_TREE)/servertrack/__init__.py: pyproject.toml | $(VENV)/.test-installed
+	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)/servertrack
+	for p in $(PACKAGE_DIRS); do ln -s ../../$$p $(LINT_TREE)/servertrack/$$p; done
+	touch $@
+
+lint: $(VENV)/.test-installed $(LINT_TREE)/servertrack/__init__.py ## ruff, the import contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	cd $(LINT_TREE) && PYTHONPATH=. ../$(BIN)/lint-imports ../pyproject.toml
 
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install -q -e '.[test,bench]'
@@ -62,4 +72,4 @@ bench-quick: $(VENV)/.bench-installed ## The same machinery with short holds (~5
 	$(BIN)/python -m bench --quick $(ARGS)
 
 clean: ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(LINT_TREE) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -121,6 +121,8 @@ class AggregatorDaemon:
 
     def run(self) -> None:
         self.restore()
+        if self.store.writes_behind:  # the writer thread, started here and stopped at the end
+            self._flusher = concurrent.futures.ThreadPoolExecutor(1, "store-writer")
         pull = self.context.socket(zmq.PULL)
         query = None
         try:
@@ -256,8 +258,8 @@ class AggregatorDaemon:
         job = self.state.take_flush(self.clock())
         if job is None:
             return
-        if self._flusher is None:
-            self._flusher = concurrent.futures.ThreadPoolExecutor(1, "store-writer")
+        if self._flusher is None:  # a store that holds batches back has a writer from the start
+            raise RuntimeError("the store holds batches back but the writer thread is not running")
         self._flush = (job, self._flusher.submit(job.run), time.monotonic())
 
     def reap_flush(self, wait: float = 0.0) -> bool:

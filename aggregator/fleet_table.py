@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from servertrack.common.buckets import oldest_accepted_ts
-from servertrack.common.fleet import SPARKLINE_MINUTES
+from servertrack.common.fleet_query import SPARKLINE_MINUTES
 from servertrack.readmodel.fleet import SPARKLINE_DECIMALS, FleetTable, MinuteMean, lazy_lower
 
 if TYPE_CHECKING:  # the rollups build their table with this module's function

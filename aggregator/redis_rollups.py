@@ -109,6 +109,9 @@ class FlushJob:
 class RedisRollups:
     """Batches held for Redis, and reads from it (see the module docstring)."""
 
+    writes_behind = True
+    """Batches are held and merged into Redis by the aggregator's writer thread."""
+
     def __init__(
         self,
         store: RedisStore,

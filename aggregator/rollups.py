@@ -183,6 +183,9 @@ class NameIndex:
 class Rollups:
     """All servers' minute and hour rollups. Pass ``now`` or inject ``clock``; no I/O inside."""
 
+    writes_behind = False
+    """Batches go to the store as they are applied."""
+
     def __init__(
         self, clock: Clock = time.time, capacity: int = 1024, max_servers: int | None = None
     ) -> None:

@@ -23,7 +23,7 @@ from servertrack.aggregator.store import RollupStore
 from servertrack.common.batch import Batch, ServerHealth
 from servertrack.common.buckets import Clock, minute_index
 from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, declared
-from servertrack.common.fleet import BadFleetQuery, query_from_request
+from servertrack.common.fleet_query import BadFleetQuery, query_from_request
 from servertrack.readmodel.answers import (
     encode_answer,
     servers_answer,

@@ -21,6 +21,8 @@ from servertrack.readmodel.model import ReadModel
 class RollupStore(ReadModel, Protocol):
     evictions: int
     """Bumped whenever rows are released; rows cached by callers must then be looked up again."""
+    writes_behind: bool
+    """Whether it holds batches back for a writer thread (:meth:`take`), as Redis does."""
 
     def row_for(self, name: str) -> int:
         """The row of ``name``, created on first sight; ``REFUSED`` beyond the server cap."""

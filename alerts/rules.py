@@ -31,7 +31,7 @@ from typing import TypeVar
 import yaml
 
 from servertrack.common.buckets import HOUR, HOUR_WINDOW
-from servertrack.common.fleet import STALE_AFTER
+from servertrack.common.fleet_query import STALE_AFTER
 
 SILENT = "silent"
 METRICS = ("cpu", "ram")

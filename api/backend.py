@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from servertrack.api.generation import Current
-from servertrack.common.fleet import FleetQuery
+from servertrack.common.fleet_query import FleetQuery
 from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer

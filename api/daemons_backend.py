@@ -22,7 +22,7 @@ from servertrack.api.backend import Kept, Threaded, Unavailable
 from servertrack.api.generation import Current, GenerationWatch
 from servertrack.api.group import GroupCommit
 from servertrack.common import rpc
-from servertrack.common.fleet import BadFleetQuery, FleetQuery
+from servertrack.common.fleet_query import BadFleetQuery, FleetQuery
 from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer, decode_answer
 from servertrack.readmodel.errors import CorruptKey

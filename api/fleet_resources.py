@@ -10,7 +10,7 @@ import falcon
 
 from servertrack.api.backend import Backend
 from servertrack.api.errors import BadRequest
-from servertrack.common.fleet import BadFleetQuery, parse_fleet_query, parse_grid_query
+from servertrack.common.fleet_query import BadFleetQuery, parse_fleet_query, parse_grid_query
 
 
 class FleetResource:

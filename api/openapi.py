@@ -16,7 +16,7 @@ import falcon
 from servertrack.api.ui import STATIC_FOLDERS, STATIC_PREFIX, load_assets
 from servertrack.api.ui import static_names as served_names
 from servertrack.common.counters import COUNTERS, REJECT_REASONS, STATS_ONLY
-from servertrack.common.fleet import (
+from servertrack.common.fleet_query import (
     DEFAULT_LIMIT,
     DEFAULT_ORDER,
     DOWN_AFTER,

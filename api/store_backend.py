@@ -25,7 +25,7 @@ from servertrack.api.daemons_backend import DaemonsBackend
 from servertrack.api.generation import Current
 from servertrack.api.store_generation import StoreGeneration
 from servertrack.common.buckets import Clock
-from servertrack.common.fleet import FleetQuery
+from servertrack.common.fleet_query import FleetQuery
 from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer, servers_answer, view_answer, views_answers
 from servertrack.readmodel.errors import CorruptKey, StoreUnavailable

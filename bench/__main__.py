@@ -37,8 +37,8 @@ from bench import (
     redis_bench,
     redis_http,
 )
-from servertrack.common.testing import launch_host
-from servertrack.loadgen.fleet import send_fleet
+from servertrack.loadgen.main import send_fleet
+from servertrack.testing.hosts import launch_host
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_STEPS = [50_000, 100_000, 125_000, 150_000, 175_000, 200_000, 250_000, 300_000]

@@ -45,9 +45,9 @@ from servertrack.aggregator.rollups import Rollups
 from servertrack.api.assembly import assemble
 from servertrack.api.daemons_backend import DaemonsBackend
 from servertrack.api.server import make_waitress
-from servertrack.common.fleet_testing import FleetSchedule, Read, run_fleet
 from servertrack.common.limits import DEFAULT_MAX_SERVERS
-from servertrack.common.testing import FakeClock, free_port, launch_host
+from servertrack.testing.fleet_load import FleetSchedule, Read, run_fleet
+from servertrack.testing.hosts import FakeClock, free_port, launch_host
 
 NOW = 1_800_000_030.0
 TARGET_MS = 100.0
@@ -150,8 +150,8 @@ def measure_redis(servers: int, repeats: int) -> dict[str, Any]:
     (every minute and hour), read by the API straight from Redis (``StoreBackend``)."""
     from bench.redis_bench import fill_all_buckets
     from servertrack.api.store_backend import StoreBackend
-    from servertrack.common.redis_testing import RedisServer
     from servertrack.store.redis_store import RedisStore
+    from servertrack.testing.redis import RedisServer
 
     with tempfile.TemporaryDirectory(prefix="servertrack-fleet-redis-") as folder:
         redis_server = RedisServer(Path(folder) / "redis").start()

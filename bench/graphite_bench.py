@@ -39,8 +39,8 @@ import numpy as np
 import psutil
 
 from bench.carbon_baseline import SENDER_GIVE_UP_S, START_DELAY_S, Fleet, sender_main
-from servertrack.common.testing import free_port, launch_host
-from servertrack.loadgen.fleet import receiver_totals, wait_settled
+from servertrack.loadgen.main import receiver_totals, wait_settled
+from servertrack.testing.hosts import free_port, launch_host
 
 FULL_STEPS = [50_000, 100_000, 150_000, 200_000]
 QUICK_STEPS = [50_000, 100_000]

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from servertrack.api.server import make_waitress
 from servertrack.api.stats import ApiStats
-from servertrack.common.testing import (
+from servertrack.testing.hosts import (
     ChildProcess,
     free_port,
     http_json,

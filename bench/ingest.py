@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from servertrack.common.testing import free_port, launch_host
-from servertrack.loadgen.fleet import Plan, receiver_totals, send_fleet, wait_settled
+from servertrack.loadgen.main import Plan, receiver_totals, send_fleet, wait_settled
+from servertrack.testing.hosts import free_port, launch_host
 
 DRAIN_LIMIT = 3.0
 """Seconds from the last send until all is applied: one flush interval plus the 2 s lag bound."""

@@ -37,12 +37,12 @@ import numpy as np
 import redis
 
 from servertrack.common.batch import ServerHealth
-from servertrack.common.redis_testing import RedisClusterUnderTest, RedisServer
 from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.store.cells import BatchColumns
 from servertrack.store.keys import SHARDS, server_keys, shard_keys
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
+from servertrack.testing.redis import RedisClusterUnderTest, RedisServer
 
 FULL_STEPS = [10_000, 25_000, 50_000, 75_000, 100_000, 125_000, 150_000]
 QUICK_STEPS = [10_000, 50_000]

@@ -19,9 +19,9 @@ from typing import Any
 import psutil
 
 from bench import http_bench, ingest
-from servertrack.common.redis_testing import RedisServer
-from servertrack.common.testing import HostUnderTest, launch_host
-from servertrack.loadgen.fleet import send_fleet
+from servertrack.loadgen.main import send_fleet
+from servertrack.testing.hosts import HostUnderTest, launch_host
+from servertrack.testing.redis import RedisServer
 
 HTTP_SERVERS = ("waitress", "granian")
 

@@ -21,7 +21,7 @@ import zmq
 
 from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
 from servertrack.common.batch import Batch
-from servertrack.common.testing import FakeClock
+from servertrack.testing.hosts import FakeClock
 
 NOW = 1_800_000_030.0
 

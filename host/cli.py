@@ -24,7 +24,7 @@ COMMANDS = {
         "servertrack.forward.main",
         "stream per-window means to Graphite or Grok (plaintext protocol)",
     ),
-    "loadgen": ("servertrack.loadgen.fleet", "simulate a fleet and check the answers"),
+    "loadgen": ("servertrack.loadgen.main", "simulate a fleet and check the answers"),
     "keys": ("servertrack.host.keys", "generate a CURVE key pair"),
     "rules": ("servertrack.alerts.cli", "check an alert rules file (rules check FILE)"),
 }

@@ -1,5 +1,5 @@
 import sys
 
-from servertrack.loadgen.fleet import main
+from servertrack.loadgen.main import main
 
 sys.exit(main())

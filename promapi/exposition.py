@@ -43,7 +43,7 @@ class ServerMinutes:
 
     Float columns use NaN for "no value" (that series is omitted for that server).
     ``minute_start`` is the start (epoch seconds) of the last complete minute, one for all or
-    one per server; ``status`` is the rank in ``common.fleet.STATUSES`` (0 down, 1 stale,
+    one per server; ``status`` is the rank in ``common.fleet_query.STATUSES`` (0 down, 1 stale,
     2 live).
     """
 

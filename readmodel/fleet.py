@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from servertrack.common.buckets import MINUTE, iso_utc
-from servertrack.common.fleet import (
+from servertrack.common.fleet_query import (
     DOWN_AFTER,
     HOTTEST,
     STALE_AFTER,

@@ -52,7 +52,10 @@ def merge_health(records: Iterable[tuple[float, ServerHealth]]) -> Health:
     kept = list(records)
     if not kept:
         return NO_HEALTH
-    newest_at, newest = max(kept, key=lambda record: record[0])
+    newest_at, newest = kept[0]
+    for written, health in kept:
+        if written >= newest_at:  # of records written at once, the one given last
+            newest_at, newest = written, health
     recent = newest_at - CONFLICT_RECENT
     return Health(
         ips=tuple(newest.ips),

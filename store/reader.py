@@ -22,7 +22,7 @@ from servertrack.common.buckets import (
     MINUTE_WINDOW,
     oldest_accepted_ts,
 )
-from servertrack.common.fleet import SPARKLINE_MINUTES
+from servertrack.common.fleet_query import SPARKLINE_MINUTES
 from servertrack.readmodel.cells import CELL_SIZE, shown, unpack_cells
 from servertrack.readmodel.errors import CorruptKey
 from servertrack.readmodel.fleet import SPARKLINE_DECIMALS, FleetTable, MinuteMean, lazy_lower

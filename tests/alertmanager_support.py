@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from servertrack.common.testing import ChildProcess, free_port, wait_until
+from servertrack.testing.hosts import ChildProcess, free_port, wait_until
 
 READY_DEADLINE = 30.0
 HOLD_LIMIT = 30.0

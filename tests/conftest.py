@@ -10,8 +10,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from servertrack.common.testing import HostUnderTest as Host
-from servertrack.common.testing import launch_host
+from servertrack.testing.hosts import HostUnderTest as Host
+from servertrack.testing.hosts import launch_host
 from tests.alertmanager_support import Alertmanager, Recorder
 
 

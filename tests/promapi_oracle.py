@@ -11,7 +11,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from servertrack.common.fleet import STATUSES, status_of
+from servertrack.common.fleet_query import STATUSES, status_of
 from servertrack.common.oracle import oracle_buckets
 from tests.promapi_support import SyntheticFleet
 

@@ -31,13 +31,13 @@ from waitress.server import create_server
 
 from servertrack.api.admission import bearer_ok
 from servertrack.common.buckets import HOUR, MINUTE, oldest_accepted_ts
-from servertrack.common.fleet import STATUSES, status_of
+from servertrack.common.fleet_query import STATUSES, status_of
 from servertrack.common.oracle import RawSample
-from servertrack.common.testing import ChildProcess, free_port, wait_until
 from servertrack.promapi import exposition, remote_read
 from servertrack.promapi.errors import BadPromRequest
 from servertrack.promapi.exposition import ServerMinutes
 from servertrack.promapi.remote_read import Limits, SeriesHistory
+from servertrack.testing.hosts import ChildProcess, free_port, wait_until
 
 LIVE = ("web-1.example.com", "web-2.example.com", "web-3.example.com", "db-1.example.com")
 STALE = "batch-1.example.com"

@@ -29,11 +29,11 @@ from servertrack.common.batch import Batch
 from servertrack.common.lifecycle import EXIT_CONFIG
 from servertrack.common.oracle import bucket_differences
 from servertrack.common.sample import Sample
-from servertrack.common.testing import wait_until
 from servertrack.readmodel.errors import CorruptKey
 from servertrack.readmodel.render import view_document
 from servertrack.readmodel.values import ServerView
 from servertrack.receiver.state import ReceiverState
+from servertrack.testing.hosts import wait_until
 
 
 class Clock:

@@ -18,7 +18,7 @@ from servertrack.agent.probe import PsutilProbe, node_addresses, node_name
 from servertrack.agent.publisher import Agent, AgentConfig
 from servertrack.common import wire
 from servertrack.common.sample import IP_RE, MAX_IPS, Sample, sample_from_mapping
-from servertrack.common.testing import FakeClock, free_port
+from servertrack.testing.hosts import FakeClock, free_port
 
 INTERVAL = 0.05
 WAIT = 10.0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from servertrack.common.testing import servertrack_argv
+from servertrack.testing.hosts import servertrack_argv
 
 pytestmark = pytest.mark.e2e
 ALLOWED_THIRD_PARTY = {"zmq", "psutil", "msgpack"}

@@ -20,7 +20,7 @@ from servertrack.alerts.delivery import (
 from servertrack.alerts.evaluate import AlertEvaluator, FleetColumns
 from servertrack.alerts.rules import DEFAULT_RULES, Rule, When
 from servertrack.common.counters import ALERT_COUNTERS, ALERT_DROP_REASONS
-from servertrack.common.testing import free_port, wait_until
+from servertrack.testing.hosts import free_port, wait_until
 from tests.alertmanager_support import Alertmanager, Recorder, notified
 
 DEADLINE = 20.0

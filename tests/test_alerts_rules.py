@@ -22,7 +22,7 @@ from servertrack.alerts.rules import (
     parse_rules,
     rules_file_argument,
 )
-from servertrack.common.testing import servertrack_argv
+from servertrack.testing.hosts import servertrack_argv
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 EXAMPLE = """\

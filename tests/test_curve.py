@@ -14,14 +14,14 @@ import pytest
 import zmq
 import zmq.auth
 
-from servertrack.common.testing import ChildProcess as Process
-from servertrack.common.testing import HostUnderTest as Host
-from servertrack.common.testing import free_port
-from servertrack.common.testing import servertrack_argv as servertrack
 from servertrack.host import cli
 from servertrack.host import supervisor as host
 from servertrack.receiver import curve
 from servertrack.receiver.daemon import ReceiverConfig, ReceiverDaemon
+from servertrack.testing.hosts import ChildProcess as Process
+from servertrack.testing.hosts import HostUnderTest as Host
+from servertrack.testing.hosts import free_port
+from servertrack.testing.hosts import servertrack_argv as servertrack
 from tests.support import assert_fatal, wait_for
 
 e2e = pytest.mark.e2e

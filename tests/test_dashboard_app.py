@@ -18,7 +18,7 @@ from openapi_spec_validator import validate
 
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import AggregatorState
-from servertrack.common.testing import FakeClock
+from servertrack.testing.hosts import FakeClock
 from tests.support import Clock, DownBackend, InProcessBackend, api_app
 
 STATIC = Path(__file__).resolve().parent.parent / "api" / "static"

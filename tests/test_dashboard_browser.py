@@ -26,9 +26,9 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from servertrack.common.fleet_testing import FleetSchedule, run_fleet
 from servertrack.common.limits import DEFAULT_MAX_SERVERS
-from servertrack.common.testing import HostUnderTest, free_port, launch_host, wait_until
+from servertrack.testing.fleet_load import FleetSchedule, run_fleet
+from servertrack.testing.hosts import HostUnderTest, free_port, launch_host, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

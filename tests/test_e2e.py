@@ -16,12 +16,12 @@ from servertrack.agent.probe import node_addresses
 from servertrack.common import wire
 from servertrack.common.oracle import RawSample, oracle_buckets
 from servertrack.common.sample import Sample
-from servertrack.common.testing import ChildProcess as Process
-from servertrack.common.testing import HostUnderTest as Host
-from servertrack.common.testing import free_port, random_history, view_at_stable_minute, wait_until
-from servertrack.common.testing import http_json as http
-from servertrack.common.testing import servertrack_argv as servertrack
-from servertrack.common.testing import warm_up as _warm_up
+from servertrack.testing.hosts import ChildProcess as Process
+from servertrack.testing.hosts import HostUnderTest as Host
+from servertrack.testing.hosts import free_port, random_history, view_at_stable_minute, wait_until
+from servertrack.testing.hosts import http_json as http
+from servertrack.testing.hosts import servertrack_argv as servertrack
+from servertrack.testing.hosts import warm_up as _warm_up
 from tests.support import assert_matches_oracle, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -29,10 +29,10 @@ from servertrack.common.batch import Batch
 from servertrack.common.oracle import iso_z
 from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
-from servertrack.common.testing import FakeClock, wait_until
 from servertrack.readmodel.answers import Answer
 from servertrack.readmodel.errors import CorruptKey
 from servertrack.receiver.state import ReceiverState
+from servertrack.testing.hosts import FakeClock, wait_until
 from tests.support import Clock, InProcessBackend
 
 NOW = 1_800_000_030.0

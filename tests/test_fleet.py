@@ -23,7 +23,7 @@ from servertrack.aggregator.fleet_table import fleet_table
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import AggregatorState
 from servertrack.common.buckets import oldest_accepted_ts
-from servertrack.common.fleet import (
+from servertrack.common.fleet_query import (
     MAX_LIMIT,
     SORT_COLUMNS,
     BadFleetQuery,
@@ -32,8 +32,8 @@ from servertrack.common.fleet import (
     query_from_request,
 )
 from servertrack.common.oracle import RawSample, iso_z
-from servertrack.common.testing import FakeClock
 from servertrack.readmodel.fleet import GRID_NO_CPU, FleetAnswers, fleet_grid, fleet_page
+from servertrack.testing.hosts import FakeClock
 
 MINUTE = 60
 T0 = 1_699_999_200.0

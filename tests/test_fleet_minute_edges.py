@@ -14,9 +14,9 @@ from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import APPLY_SLICE, AggregatorState
 from servertrack.common.batch import Batch
 from servertrack.common.oracle import RawSample, bucket_differences, oracle_buckets
-from servertrack.common.testing import FakeClock
 from servertrack.loadgen.encoding import name_block, pack_many
 from servertrack.receiver.state import ReceiverState
+from servertrack.testing.hosts import FakeClock
 from tests.support import document
 
 SERVERS = 3 * APPLY_SLICE + 1000

@@ -18,9 +18,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from servertrack.common.fleet_testing import FleetSchedule, run_fleet
 from servertrack.common.limits import DEFAULT_MAX_SERVERS
-from servertrack.common.testing import HostUnderTest, free_port
+from servertrack.testing.fleet_load import FleetSchedule, run_fleet
+from servertrack.testing.hosts import HostUnderTest, free_port
 
 pytestmark = pytest.mark.e2e
 PAGE_WITHIN_S = 1.0

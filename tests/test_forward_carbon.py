@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from servertrack.common.testing import ChildProcess as Process
-from servertrack.common.testing import HostUnderTest as Host
-from servertrack.common.testing import free_port, wait_until
-from servertrack.common.testing import servertrack_argv as servertrack
+from servertrack.testing.hosts import ChildProcess as Process
+from servertrack.testing.hosts import HostUnderTest as Host
+from servertrack.testing.hosts import free_port, wait_until
+from servertrack.testing.hosts import servertrack_argv as servertrack
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -18,10 +18,10 @@ import zmq
 
 from servertrack.common import rpc
 from servertrack.common.oracle import RawSample, forwarded_points
-from servertrack.common.testing import FakeClock, HostUnderTest
 from servertrack.forward.daemon import ForwardConfig, Forwarder
 from servertrack.forward.source import ApiSource
 from servertrack.readmodel.answers import Answer, decode_answer
+from servertrack.testing.hosts import FakeClock, HostUnderTest
 from tests.support import wait_for
 from tests.test_forward_sink import Listener, flush_until, listening, make_sink
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from servertrack.common.testing import free_port, wait_until
 from servertrack.forward.sink import Backoff, GraphiteSink, PointQueue, SinkConnection
+from servertrack.testing.hosts import free_port, wait_until
 
 LOOPBACK = "127.0.0.1"
 DEADLINE = 10.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from servertrack.common.testing import ChildProcess, free_port, servertrack_argv, wait_until
+from servertrack.testing.hosts import ChildProcess, free_port, servertrack_argv, wait_until
 
 pytestmark = pytest.mark.e2e
 BAD = {

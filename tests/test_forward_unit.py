@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from servertrack.common.oracle import iso_z
-from servertrack.common.testing import FakeClock
 from servertrack.forward.daemon import ForwardConfig, Forwarder
 from servertrack.forward.main import main as forward_main
 from servertrack.forward.main import parse_graphite
@@ -35,6 +34,7 @@ from servertrack.forward.sink import Backoff, GraphiteSink, PointQueue, WriteFai
 from servertrack.forward.source import SourceError
 from servertrack.forward.state_file import StateFile, StateFileError
 from servertrack.forward.windows import Schedule, ScheduleError, check_settings
+from servertrack.testing.hosts import FakeClock
 
 DAY = 86400
 HOUR = 3600

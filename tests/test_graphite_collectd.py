@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from servertrack.common.testing import ChildProcess, HostUnderTest, free_port, wait_until
+from servertrack.testing.hosts import ChildProcess, HostUnderTest, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

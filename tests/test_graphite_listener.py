@@ -23,7 +23,7 @@ import zmq
 
 from servertrack.common.batch import Batch
 from servertrack.common.lifecycle import EXIT_CONFIG
-from servertrack.common.testing import (
+from servertrack.testing.hosts import (
     ChildProcess,
     HostUnderTest,
     free_port,

@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from servertrack.common.batch import Batch
-from servertrack.common.testing import FakeClock
 from servertrack.forward.points import MetricSum, window_points
 from servertrack.receiver.graphite import (
     MAX_LINE,
@@ -30,6 +29,7 @@ from servertrack.receiver.graphite import (
     parse_rules,
 )
 from servertrack.receiver.state import ReceiverState
+from servertrack.testing.hosts import FakeClock
 
 SHARED = Path(
     os.environ.get("SERVERTRACK_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")

@@ -18,14 +18,14 @@ import pytest
 
 from servertrack.common.curve_keys import generate_pair
 from servertrack.common.lifecycle import EXIT_CONFIG
-from servertrack.common.testing import (
+from servertrack.receiver import curve
+from servertrack.testing.hosts import (
     ChildProcess,
     HostUnderTest,
     free_port,
     servertrack_argv,
     wait_until,
 )
-from servertrack.receiver import curve
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from servertrack.common.lifecycle import port_unavailable
-from servertrack.common.testing import free_port
 from servertrack.host import supervisor as host
 from servertrack.host.cli import command_parser
+from servertrack.testing.hosts import free_port
 from tests.support import assert_fatal
 
 AGGREGATOR = ["servertrack.aggregator", "--batches", "ipc://{rt}/batches", "--query"]

@@ -20,7 +20,7 @@ import zmq
 
 from servertrack.common import wire
 from servertrack.common.sample import MAX_SEQ, Sample
-from servertrack.common.testing import HostUnderTest, warm_up
+from servertrack.testing.hosts import HostUnderTest, warm_up
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,8 @@ import pytest
 
 from servertrack.api import exposure, granian_server
 from servertrack.api import main as api_main
-from servertrack.common.testing import free_port, servertrack_argv
 from servertrack.host import supervisor as host
+from servertrack.testing.hosts import free_port, servertrack_argv
 
 
 def run_args(*argv: str) -> argparse.Namespace:

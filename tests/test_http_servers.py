@@ -20,9 +20,9 @@ import pytest
 import zmq
 
 from servertrack.common import rpc
-from servertrack.common.testing import HostUnderTest as Host
-from servertrack.common.testing import http_json
 from servertrack.readmodel.answers import decode_answer
+from servertrack.testing.hosts import HostUnderTest as Host
+from servertrack.testing.hosts import http_json
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e

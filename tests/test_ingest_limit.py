@@ -21,13 +21,13 @@ import zmq
 from servertrack.common import wire
 from servertrack.common.limits import raise_open_files_limit
 from servertrack.common.sample import Sample
-from servertrack.common.testing import (
+from servertrack.receiver.ingest_limit import MIN_CONNECTIONS, RESERVED_FILES
+from servertrack.testing.hosts import (
     HostUnderTest,
     free_port,
     open_zmtp_connection,
     warm_up,
 )
-from servertrack.receiver.ingest_limit import MIN_CONNECTIONS, RESERVED_FILES
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e

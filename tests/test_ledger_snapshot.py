@@ -14,8 +14,8 @@ from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.snapshot import read_snapshot, write_snapshot
 from servertrack.aggregator.state import AggregatorState
 from servertrack.common.batch import Batch
-from servertrack.common.testing import FakeClock
 from servertrack.receiver.state import ReceiverState
+from servertrack.testing.hosts import FakeClock
 from tests.support import document
 
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from servertrack.common.testing import HostUnderTest as Host
-from servertrack.common.testing import servertrack_argv as servertrack
+from servertrack.testing.hosts import HostUnderTest as Host
+from servertrack.testing.hosts import servertrack_argv as servertrack
 
 pytestmark = pytest.mark.e2e
 

@@ -26,9 +26,9 @@ from servertrack.common.counters import (
     STATS_ONLY,
     declared,
 )
-from servertrack.common.testing import ChildProcess, HostUnderTest, free_port, wait_until
 from servertrack.receiver.graphite import GraphiteIntake
 from servertrack.receiver.state import ReceiverState
+from servertrack.testing.hosts import ChildProcess, HostUnderTest, free_port, wait_until
 from tests.support import Clock, DownBackend, InProcessBackend, api_app
 
 SHARED = Path(

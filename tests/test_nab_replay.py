@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from servertrack.common.buckets import HOUR, oldest_accepted_ts
-from servertrack.common.testing import HostUnderTest as Host
+from servertrack.testing.hosts import HostUnderTest as Host
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from servertrack.common import rpc
-from servertrack.common.testing import (
+from servertrack.testing.hosts import (
     ChildProcess,
     HostUnderTest,
     free_port,

@@ -22,11 +22,11 @@ import cramjam
 import pytest
 import yaml
 
-from servertrack.common.testing import wait_until
 from servertrack.promapi import prompb
 from servertrack.promapi.families import BY_NAME, FAMILIES
 from servertrack.promapi.remote_read import Limits
 from servertrack.promapi.selectors import parse_selector
+from servertrack.testing.hosts import wait_until
 from tests.promapi_oracle import FleetOracle, value_at
 from tests.promapi_support import (
     DOWN,

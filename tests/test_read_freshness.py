@@ -26,8 +26,11 @@ import zmq
 from servertrack.api.cache import GRACE
 from servertrack.api.store_generation import POLL
 from servertrack.common import rpc
-from servertrack.common.redis_testing import RedisServer
-from servertrack.common.testing import (
+from servertrack.readmodel.answers import Answer, decode_answer
+from servertrack.readmodel.errors import StoreUnavailable
+from servertrack.store.reader import RedisReader
+from servertrack.store.redis_store import RedisStore
+from servertrack.testing.hosts import (
     STOP_DEADLINE,
     ChildProcess,
     HostUnderTest,
@@ -35,10 +38,7 @@ from servertrack.common.testing import (
     http_json,
     servertrack_argv,
 )
-from servertrack.readmodel.answers import Answer, decode_answer
-from servertrack.readmodel.errors import StoreUnavailable
-from servertrack.store.reader import RedisReader
-from servertrack.store.redis_store import RedisStore
+from servertrack.testing.redis import RedisServer
 from tests.support import document, wait_for
 
 pytestmark = pytest.mark.e2e

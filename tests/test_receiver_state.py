@@ -17,9 +17,9 @@ import pytest
 from servertrack.common import wire
 from servertrack.common.batch import Batch, MalformedBatch, ServerHealth
 from servertrack.common.sample import InvalidSample, Sample, sample_from_mapping
-from servertrack.common.testing import FakeClock
 from servertrack.receiver.graphite import GraphiteIntake
 from servertrack.receiver.state import ReceiverState
+from servertrack.testing.hosts import FakeClock
 
 T0 = 1_699_999_200.0
 """An hour start (2023-11-14T22:00:00Z); the receiver's clock starts here."""

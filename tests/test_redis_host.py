@@ -20,9 +20,9 @@ import zmq
 from servertrack.api import main as api_main
 from servertrack.common import wire
 from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
-from servertrack.common.redis_testing import RedisServer
 from servertrack.common.sample import Sample
-from servertrack.common.testing import (
+from servertrack.store.keys import server_keys
+from servertrack.testing.hosts import (
     ChildProcess,
     HostUnderTest,
     free_port,
@@ -33,7 +33,7 @@ from servertrack.common.testing import (
     wait_until,
     warm_up,
 )
-from servertrack.store.keys import server_keys
+from servertrack.testing.redis import RedisServer
 from tests.support import assert_fatal, assert_matches_oracle, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -13,13 +13,13 @@ import pytest
 
 from servertrack.aggregator.redis_rollups import RedisRollups
 from servertrack.aggregator.state import AggregatorState
-from servertrack.common.redis_testing import RedisServer
-from servertrack.common.testing import FakeClock
 from servertrack.readmodel.answers import Answer, decode_answer
 from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
 from servertrack.store.cells import BatchColumns
 from servertrack.store.keys import server_keys
 from servertrack.store.redis_store import RedisStore
+from servertrack.testing.hosts import FakeClock
+from servertrack.testing.redis import RedisServer
 from tests.store_support import T0, Fleet, assert_matches, one_each
 
 pytestmark = pytest.mark.e2e

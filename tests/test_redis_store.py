@@ -1,7 +1,7 @@
 """The Redis store against a real redis-server on a free loopback port, checked with the oracle.
 
 Every test starts its own ``redis-server --save '' --appendonly no`` in a scratch directory
-(:mod:`servertrack.common.redis_testing`) and drives the store with a fake clock.
+(:mod:`servertrack.testing.redis`) and drives the store with a fake clock.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import pytest
 
 from servertrack.common.batch import ServerHealth
 from servertrack.common.oracle import RawSample, bucket_differences, iso_z, oracle_buckets
-from servertrack.common.redis_testing import RedisServer
-from servertrack.common.testing import FakeClock
 from servertrack.store.cells import BatchColumns
 from servertrack.store.keys import server_keys
 from servertrack.store.reader import RedisReader
@@ -32,6 +30,8 @@ from servertrack.store.redis_store import (
     StoreUnavailable,
 )
 from servertrack.store.redis_url import parse_store_url
+from servertrack.testing.hosts import FakeClock
+from servertrack.testing.redis import RedisServer
 from tests.store_support import HOUR, MINUTE, T0, Fleet, assert_matches, one_each, sample_count
 from tests.support import document
 

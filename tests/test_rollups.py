@@ -1,4 +1,4 @@
-"""Rollups checked against the brute-force oracle in :mod:`servertrack.common.testing`."""
+"""Rollups checked against the brute-force oracle in :mod:`servertrack.testing.hosts`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from servertrack.aggregator.rollups import REFUSED, ApplyResult, Rollups
 from servertrack.common.buckets import iso_utc, time_verdict
 from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
-from servertrack.common.testing import FakeClock
+from servertrack.testing.hosts import FakeClock
 from tests.support import document
 
 MINUTE = 60

@@ -19,9 +19,9 @@ import pytest
 from falcon import testing
 
 from servertrack.common.sample import valid_columns, valid_percent, valid_ts
-from servertrack.common.testing import FakeClock
 from servertrack.receiver.graphite import GraphiteIntake
 from servertrack.store.cells import Samples, fold
+from servertrack.testing.hosts import FakeClock
 from tests.support import InProcessBackend, api_app
 
 MINUTE = 60

@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from servertrack.common import wire
-from servertrack.common.testing import HostUnderTest, free_port, launch_host, warm_up
+from servertrack.testing.hosts import HostUnderTest, free_port, launch_host, warm_up
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,7 @@ from schemathesis import GenerationMode
 
 from servertrack.api.app import MAX_BATCH, MAX_BODY
 from servertrack.api.openapi import build_document
-from servertrack.common.testing import HostUnderTest, launch_host, wait_until
+from servertrack.testing.hosts import HostUnderTest, launch_host, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from servertrack.common.testing import (
+from servertrack.testing.hosts import (
     ChildProcess,
     HostUnderTest,
     free_port,

@@ -14,12 +14,12 @@ import pytest
 from servertrack.api.store_backend import StoreBackend
 from servertrack.api.store_generation import StoreGeneration
 from servertrack.common.oracle import iso_z
-from servertrack.common.redis_testing import RedisServer
-from servertrack.common.testing import FakeClock, wait_until
 from servertrack.readmodel.answers import Answer
 from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.store.cells import BatchColumns
 from servertrack.store.redis_store import RedisStore
+from servertrack.testing.hosts import FakeClock, wait_until
+from servertrack.testing.redis import RedisServer
 
 
 class Counter:

@@ -16,8 +16,8 @@ import zmq
 from servertrack.agent.publisher import Agent, AgentConfig
 from servertrack.common.buckets import oldest_accepted_ts
 from servertrack.common.oracle import RawSample, oracle_buckets
-from servertrack.common.testing import HostUnderTest as Host
-from servertrack.common.testing import view_at_stable_minute
+from servertrack.testing.hosts import HostUnderTest as Host
+from servertrack.testing.hosts import view_at_stable_minute
 from tests.support import assert_matches_oracle, wait_for
 
 pytestmark = pytest.mark.faults

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from servertrack.common.testing import HostUnderTest, http_json
+from servertrack.testing.hosts import HostUnderTest, http_json
 
 pytestmark = pytest.mark.faults
 SERVERS = 10_000

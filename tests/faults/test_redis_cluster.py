@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from servertrack.common.batch import ServerHealth
-from servertrack.common.redis_testing import RedisClusterUnderTest
-from servertrack.common.testing import FakeClock, wait_until
 from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.store.keys import server_keys, slot_of
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
+from servertrack.testing.hosts import FakeClock, wait_until
+from servertrack.testing.redis import RedisClusterUnderTest
 from tests.store_support import HOUR, T0, Fleet, assert_matches, one_each, sample_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]

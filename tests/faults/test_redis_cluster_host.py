@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from servertrack.common.redis_testing import RedisClusterUnderTest
-from servertrack.common.testing import HostUnderTest, http_json, servertrack_argv, wait_until
+from servertrack.testing.hosts import HostUnderTest, http_json, servertrack_argv, wait_until
+from servertrack.testing.redis import RedisClusterUnderTest
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]

@@ -4,7 +4,7 @@ It sends N servers x R samples/s for S seconds over ZeroMQ (P publisher processe
 share of the servers, so each server's samples stay in order) or over HTTP (batched ``POST
 /loads``), optionally after back-filling H hours of history with past timestamps. It keeps the raw
 samples of the K servers it will check, computes their buckets with the independent oracle in
-``common/testing.py``, and compares them with ``GET /servers/{name}/loads``; it also compares the
+``testing/hosts.py``, and compares them with ``GET /servers/{name}/loads``; it also compares the
 receiver's counters with what it sent. The last line is ``PASSED`` or ``FAILED: <reason>``.
 
 Pacing runs on the monotonic clock. A tick that starts late is counted, and the summary says when

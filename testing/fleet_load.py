@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from servertrack.common.testing import HostUnderTest, wait_until
+from servertrack.testing.hosts import HostUnderTest, wait_until
 
 LOOPBACK = "127.0.0.1"
 CHUNK_BYTES = 256 * 1024

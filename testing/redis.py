@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from servertrack.common.testing import STOP_DEADLINE, free_port, wait_until
+from servertrack.testing.hosts import STOP_DEADLINE, free_port, wait_until
 
 READY_DEADLINE = 20.0
 CLUSTER_DEADLINE = 60.0
