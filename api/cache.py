@@ -49,8 +49,9 @@ GRACE = 0.5
 REFRESH_GROUP = 500
 """Servers asked for in one ``views`` call."""
 
-Entry = tuple[int, Answer | None]
-"""A kept answer (None: the server had no data) with its generation."""
+Entry = tuple[int, Answer | CorruptKey | None]
+"""A kept answer with its generation (None: the server had no data; its ``CorruptKey``: its data
+could not be read)."""
 
 
 class CachedReads:
@@ -95,22 +96,23 @@ class CachedReads:
                 return kept
         self.misses += 1
         gen, answer = self.backend.view(name, deadline)
-        if not isinstance(answer, CorruptKey):
-            self._keep(name, gen, answer)
-            self._read.add(name)
+        self._keep(name, gen, answer)
+        self._read.add(name)
         return answer
 
     def peek(self, name: str) -> Answer | None:
-        """The answer for ``name`` the cache may serve now, else None (nothing is asked)."""
+        """The answer for ``name`` the cache may serve now, if it is one with data, else None
+        (nothing is asked)."""
         current = self.backend.generation()
         if current is None:
             return None
-        return self._lookup(name, *current)[1]
+        answer = self._lookup(name, *current)[1]
+        return answer if isinstance(answer, Answer) else None
 
     # -- inside --------------------------------------------------------------------------------
     def _lookup(
         self, name: str, current: int, since: float, before: int | None
-    ) -> tuple[bool, Answer | None]:
+    ) -> tuple[bool, Answer | CorruptKey | None]:
         """Whether an answer may be served from the cache, and which."""
         if current != self._gen and since >= self._changed:
             self._new_generation(current, since, before)
@@ -127,7 +129,7 @@ class CachedReads:
                 return True, entry[1]
         return False, None
 
-    def _keep(self, name: str, gen: int | None, answer: Answer | None) -> None:
+    def _keep(self, name: str, gen: int | None, answer: Answer | CorruptKey | None) -> None:
         if gen is None or gen != self._gen:
             return  # an answer of another generation than the one served now
         entries = self._entries
@@ -179,8 +181,7 @@ class CachedReads:
                     log.debug("read cache refresh failed: %s", err)
                     break
                 for name, answer in zip(group, answers, strict=True):
-                    if not isinstance(answer, CorruptKey):
-                        self._keep(name, answer_gen, answer)
+                    self._keep(name, answer_gen, answer)
 
     def close(self) -> None:
         """Stop the refresh thread (at most one backend reply timeout later); safe to call

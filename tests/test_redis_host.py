@@ -431,6 +431,7 @@ def test_a_corrupt_key_costs_only_its_server_and_is_reported(
     recorder.assert_matches_oracle(fine)
     wait_for(lambda: aggregator_stats(host)["dropped"]["corrupt_key"] == 3, VISIBLE, "3 dropped")
     status, body = host.get("/servers/victim/loads")
+    assert status == 502, (status, body)
     assert (status, body["reason"]) == (502, "corrupt_key") and key.decode() in body["description"]
     status, page = host.get("/servers")
     assert status == 200 and [row["server"] for row in page["servers"]] == fine
