@@ -18,6 +18,7 @@ from servertrack.store.redis_store import RedisStore
 from servertrack.testing.hosts import FakeClock, wait_until
 from servertrack.testing.redis import RedisClusterUnderTest
 from tests.store_support import HOUR, T0, Fleet, assert_matches, one_each, sample_count
+from tests.support import document
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -82,7 +83,7 @@ def test_moved_and_asked_slots_are_followed(cluster: RedisClusterUnderTest) -> N
             "MIGRATE", *target.key, "", 0, 5000, "KEYS", *server_keys(name)
         )
         assert (
-            RedisReader(store).view(name, clock.now)["hours"][0]["samples"] == 1
+            document(RedisReader(store).view(name, clock.now))["hours"][0]["samples"] == 1
         )  # read through ASK
         result = store.merge("w", [one_each(1, [0], clock.now)], names, None, clock.now)
         assert (result.applied, result.redirects) == (1, 1)
@@ -96,7 +97,8 @@ def test_moved_and_asked_slots_are_followed(cluster: RedisClusterUnderTest) -> N
         assert store.topology.node_for_slot(slot).key == target.key
         assert target.client.exists(server_keys(twin)[1]) == 1
         counts = {
-            n: RedisReader(store).view(n, clock.now + 1)["hours"][0]["samples"] for n in names
+            n: document(RedisReader(store).view(n, clock.now + 1))["hours"][0]["samples"]
+            for n in names
         }
         assert counts == {name: 3, twin: 2}
 
