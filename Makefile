@@ -40,8 +40,14 @@ install: $(VENV)/.installed ## Create .venv with ServerTrack installed (.venv/bi
 run: install ## Start the whole monitoring host with a local agent (ARGS="--api-port 9090" ...)
 	$(BIN)/servertrack run $(ARGS)
 
-test: $(VENV)/.test-installed ## Install what the tests need and run the suite
-	$(BIN)/python -m pytest -m "not faults" $(ARGS)
+# Test modules run side by side (pytest-xdist), each whole on one worker (module fixtures such as
+# a shared host stay in one process); the suite mostly waits on processes and sockets, so more
+# workers than cores pays. TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 4
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+test: $(VENV)/.test-installed ## Install what the tests need and run the suite (~3 min)
+	$(BIN)/python -m pytest -m "not faults" $(XDIST) $(ARGS)
 
 test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests
 	$(BIN)/python -m pytest -m faults $(ARGS)

@@ -1,16 +1,38 @@
-"""Fixtures that start the real daemons as child processes on free loopback ports."""
+"""Fixtures that start the real daemons as child processes on free loopback ports, the
+hypothesis profiles, and the order test modules are handed to parallel workers in."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import zmq
+from hypothesis import settings
 
+from servertrack.common.redis_testing import RedisServer
+from servertrack.common.testing import READY_DEADLINE, launch_host, wait_until
 from servertrack.common.testing import HostUnderTest as Host
-from servertrack.common.testing import launch_host
 from tests.alertmanager_support import Alertmanager, Recorder
+
+FULL_EXAMPLES = 300
+"""Examples per property test under ``CI=true``; a fifth of that otherwise, so a run at a desk
+stays quick while CI tries every property in full."""
+settings.register_profile("ci", max_examples=FULL_EXAMPLES)
+settings.register_profile("dev", max_examples=FULL_EXAMPLES // 5)
+settings.load_profile(
+    os.environ.get("SERVERTRACK_HYPOTHESIS_PROFILE")
+    or ("ci" if os.environ.get("CI", "").lower() in ("true", "1") else "dev")
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that start real processes (marked ``e2e``) first, each kept whole and in its own
+    order: parallel workers (``--dist loadfile``) then take the long modules at the start and
+    the short ones fill in at the end, instead of a long one starting last."""
+    first = {item.path for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in first)
 
 
 @pytest.fixture
@@ -24,14 +46,67 @@ def start_host(tmp_path: Path) -> Iterator[Callable[..., Host]]:
         return host
 
     yield start
+    stop_all(started)
+
+
+def stop_all(hosts: list[Host]) -> None:
+    """Stop every host (each within its deadline); fail naming those that had to be killed."""
     slow = []
-    for host in started:
+    for host in hosts:
         try:
             host.process.stop()
         except TimeoutError as err:
             slow.append(str(err))
     if slow:
         pytest.fail("; ".join(slow))
+
+
+@pytest.fixture(scope="module")
+def shared_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Host]]:
+    """Hosts shared by the tests of a module: ``shared_host(*flags)`` starts ``servertrack run``
+    with ``flags`` the first time they are asked for and hands the same host back afterwards
+    (checked healthy first). Its tests use server names of their own and compare counters with
+    what they read before they began; a test that stops, kills or breaks a daemon, or needs
+    counters from zero, takes ``start_host`` instead."""
+    workdir = tmp_path_factory.mktemp("shared")
+    hosts: dict[tuple[str, ...], Host] = {}
+
+    def get(*extra: str) -> Host:
+        host = hosts.get(extra)
+        if host is None:
+            host = launch_host(workdir, *extra, name=f"shared{len(hosts)}")
+            hosts[extra] = host
+        assert host.process.process is not None and host.process.process.poll() is None, (
+            f"the shared host {extra} has stopped: {host.process.log()[-2000:]}"
+        )
+        wait_until(lambda: host.get("/health")[0] == 200, READY_DEADLINE, "the shared host")
+        return host
+
+    yield get
+    stop_all(list(hosts.values()))
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for a whole test module (see ``redis_server``)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(module_redis: RedisServer) -> RedisServer:
+    """The module's redis-server, emptied for this test (no keys, no library, no memory limit).
+    A test that stops, pauses or restarts Redis starts its own ``RedisServer`` instead."""
+    return module_redis.reset()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for a test that stops or pauses it."""
+    server = RedisServer(tmp_path / "own-redis").start()
+    yield server
+    server.stop()  # resumes it first if it was paused
 
 
 @pytest.fixture
