@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import random
@@ -349,15 +350,20 @@ def view_at_stable_minute(host: HostUnderTest, name: str) -> tuple[dict[str, Any
     raise AssertionError("could not read within one minute")
 
 
+_warm_ups = itertools.count()
+
+
 def warm_up(pub: zmq.Socket, host: HostUnderTest, deadline: float = 10.0) -> None:
-    """Publish throw-away samples until the receiver sees one (PUB drops until connected)."""
+    """Publish throw-away samples until one shows on the host (PUB drops until connected).
+    Each call uses a server name of its own (``warm-up-PID-N``), so on a host shared between
+    tests every socket is seen connected, not just the first."""
+    name = f"warm-up-{os.getpid()}-{next(_warm_ups)}"
     end = time.monotonic() + deadline
     seq = 0
     while time.monotonic() < end:
-        pub.send_multipart(wire.encode(Sample("warm-up", time.time(), 1.0, 1.0, seq)))
+        pub.send_multipart(wire.encode(Sample(name, time.time(), 1.0, 1.0, seq)))
         seq += 1
-        status, stats = host.get("/stats")
-        if status == 200 and stats["receiver"].get("received", {}).get("zmq", 0) > 0:
+        if host.get(f"/servers/{name}/loads")[0] == 200:
             return
         time.sleep(0.05)
     raise TimeoutError("the receiver never saw the warm-up samples")

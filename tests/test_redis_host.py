@@ -29,6 +29,7 @@ from servertrack.common.testing import (
     http_json,
     random_history,
     servertrack_argv,
+    settled_stats,
     view_at_stable_minute,
     wait_until,
     warm_up,
@@ -39,14 +40,6 @@ from tests.support import assert_fatal, assert_matches_oracle, wait_for
 pytestmark = pytest.mark.e2e
 VISIBLE = 10.0
 """Seconds within which a sample recorded on one host shows on every API (flush + batch)."""
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", options=("--appendonly", "yes", "--save", ""))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -225,12 +218,22 @@ def test_an_aggregator_without_a_receiver_is_refused(
     assert_fatal(capsys, lambda: api_main.main(argv), "--aggregator-query needs --receiver-control")
 
 
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own that keeps its data across a restart (AOF)."""
+    server = RedisServer(tmp_path / "redis", options=("--appendonly", "yes", "--save", ""))
+    server.start()
+    yield server
+    server.stop()
+
+
 def test_redis_stopped_for_ten_seconds_loses_nothing_acknowledged(
-    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
+    start_host: Callable[..., HostUnderTest], aof_redis: RedisServer
 ) -> None:
     """While Redis is down, records are still taken (202) and reads answer 503 within a
     second (the cache may answer until then); when it is back, the aggregator's held batches
     are merged: nothing is lost."""
+    redis_server = aof_redis
     host = start_host("--no-agent", "--store", redis_server.url, "--store-timeout", "0.5")
     assert host.post("/servers/before/loads", {"cpu": 1.0})[0] == 202
     wait_for(lambda: shown(host.api, "before", 1), VISIBLE, "the first sample")
@@ -269,7 +272,8 @@ def test_aggregator_killed_loses_nothing_and_doubles_nothing(
     assert host.post("/servers/steady/loads", {"ts": time.time(), "cpu": 5.0})[0] == 202
     wait_for(lambda: pid_of(host, "aggregator") not in (None, aggregator.pid), 30, "a new one")
     wait_for(lambda: shown(host.api, "steady", 11), 30, "eleven samples, each once")
-    time.sleep(2)  # re-sent batches have had time to arrive: still eleven
+    wait_for(lambda: aggregator_stats(host)["batches_replayed"] > 0, 30, "the batches re-sent")
+    settled_stats(host)  # two batches after the replay: every re-sent batch is in
     assert shown(host.api, "steady", 11)
 
 
@@ -292,10 +296,13 @@ def test_the_fleets_minute_mean_in_redis_mode_is_over_raw_samples(
     mean is the sum of every sample over their number, not a mean of the servers' means."""
     first = start_host("--no-agent", "--store", redis_server.url)
     second = start_host("--no-agent", "--store", redis_server.url)
+    # Six samples a second apart from the minute's start, none ahead of now: the current minute
+    # once it is 6 s old, the previous one before. The summary shows that minute until the
+    # minute after it ends (as the previous one while the current one has no sample): at
+    # least 54 s for the reads.
     minute = time.time() // 60 * 60
-    if time.time() - minute > 40:  # keep every sample and the reads inside one minute
-        time.sleep(61 - (time.time() - minute))
-        minute = time.time() // 60 * 60
+    if time.time() - minute < 6:
+        minute -= 60
     sent = [("busy", minute + k, 90.0 - k) for k in range(6)] + [("idle", minute + 1, 10.0)]
     for host, (name, ts, cpu) in zip([first, second] * 4, sent, strict=False):
         assert host.post(f"/servers/{name}/loads", {"ts": ts, "cpu": cpu})[0] == 202
