@@ -63,6 +63,25 @@ def replicas(tmp_path: Path) -> Iterator[Callable[..., str]]:
         process.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server for the module's shared hosts (never emptied: their tests use server
+    names of their own)."""
+    server = RedisServer(tmp_path_factory.mktemp("shared-store")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def writers(
+    shared_host: Callable[..., HostUnderTest], shared_store: RedisServer
+) -> tuple[HostUnderTest, HostUnderTest]:
+    """Two hosts on ``shared_store``, shared by the tests that take them."""
+    first = shared_host("--no-agent", "--store", shared_store.url, "--store-flush", "1")
+    second = shared_host("--no-agent", "--store", shared_store.url)
+    return first, second
+
+
 def loads(base: str, name: str) -> tuple[int, Any]:
     return http_json("GET", f"{base}/servers/{name}/loads")
 
@@ -83,13 +102,11 @@ def pid_of(host: HostUnderTest, daemon: str) -> int | None:
 
 
 def test_views_in_redis_mode_match_the_oracle(
-    start_host: Callable[..., HostUnderTest],
-    redis_server: RedisServer,
-    zmq_context: zmq.Context,
+    writers: tuple[HostUnderTest, HostUnderTest], zmq_context: zmq.Context
 ) -> None:
     """Random history over the whole 24-hour window (HTTP) and live samples (ZeroMQ): every
     bucket read back from Redis equals the oracle's."""
-    host = start_host("--no-agent", "--store", redis_server.url)
+    host = writers[0]
     rng = random.Random(9)
     now = time.time()
     sent: list[RawSample] = []
@@ -152,31 +169,31 @@ def test_two_hosts_and_replicas_answer_alike_for_every_server(
 
 
 def test_cached_answers_follow_every_hosts_writes(
-    start_host: Callable[..., HostUnderTest],
-    redis_server: RedisServer,
+    writers: tuple[HostUnderTest, HostUnderTest],
+    shared_store: RedisServer,
     replicas: Callable[..., str],
     http_server: str,
 ) -> None:
     """An API serves repeated reads of a server from its cache, and a sample recorded through
     another host still shows there within the flush and a batch (plus a second for a busy
     machine): every writer raises the store's change counter, which the API follows."""
-    first = start_host("--no-agent", "--store", redis_server.url)
-    second = start_host("--no-agent", "--store", redis_server.url)
-    replica = replicas(redis_server.url, "--http", http_server)
-    assert first.post("/servers/cached/loads", {"ts": time.time(), "cpu": 10.0})[0] == 202
-    wait_for(lambda: shown(replica, "cached", 1), VISIBLE, "the first sample")
+    first, second = writers
+    replica = replicas(shared_store.url, "--http", http_server)
+    name = f"cached-{http_server}"
+    assert first.post(f"/servers/{name}/loads", {"ts": time.time(), "cpu": 10.0})[0] == 202
+    wait_for(lambda: shown(replica, name, 1), VISIBLE, "the first sample")
     before = http_json("GET", replica + "/stats")[1]["api"]["read_cache"]
     for _ in range(20):
-        assert shown(replica, "cached", 1)
+        assert shown(replica, name, 1)
     after = http_json("GET", replica + "/stats")[1]["api"]["read_cache"]
     assert after["hit"] - before["hit"] >= 15, (before, after)
     for step in range(3):
         began = time.monotonic()
-        status, _ = second.post("/servers/cached/loads", {"ts": time.time(), "cpu": 20.0})
+        status, _ = second.post(f"/servers/{name}/loads", {"ts": time.time(), "cpu": 20.0})
         assert status == 202
-        wait_for(lambda s=step: shown(replica, "cached", s + 2), VISIBLE, "the other host's")
+        wait_for(lambda s=step: shown(replica, name, s + 2), VISIBLE, "the other host's")
         assert time.monotonic() - began < 1.0 + 1.0 + 1.0
-    view = shown(replica, "cached", 4)
+    view = shown(replica, name, 4)
     assert view is not None and view["hours"][-1]["cpu_sum"] == 70.0
 
 
@@ -191,16 +208,15 @@ def test_a_read_replica_refuses_records_and_checks_only_the_store(
 
 
 def test_a_replica_given_a_receiver_records_through_it(
-    start_host: Callable[..., HostUnderTest],
-    redis_server: RedisServer,
+    writers: tuple[HostUnderTest, HostUnderTest],
+    shared_store: RedisServer,
     replicas: Callable[..., str],
-    tmp_path: Path,
 ) -> None:
     """``servertrack api --store URL --receiver-control ...`` records through that receiver and
     reads Redis; its /health checks the receiver and the store, its /stats has no aggregator."""
-    host = start_host("--no-agent", "--store", redis_server.url)
-    control = f"ipc://{tmp_path}/host0-rt/receiver-control"
-    replica = replicas(redis_server.url, "--receiver-control", control)
+    host = writers[0]
+    control = f"ipc://{host.flag('--runtime-dir')}/receiver-control"
+    replica = replicas(shared_store.url, "--receiver-control", control)
     assert http_json("POST", replica + "/servers/via-replica/loads", {"cpu": 4.0})[0] == 202
     wait_for(lambda: shown(replica, "via-replica", 1), VISIBLE, "the sample on the replica")
     assert shown(host.api, "via-replica", 1)
@@ -322,11 +338,11 @@ def test_the_fleets_minute_mean_in_redis_mode_is_over_raw_samples(
 
 
 def test_a_record_shows_within_the_flush_and_a_batch(
-    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
+    writers: tuple[HostUnderTest, HostUnderTest],
 ) -> None:
     """A sample answered 202 is read back from Redis within --store-flush (1 s) plus the
     receiver's one-second batch; one more second is allowed for a busy machine."""
-    host = start_host("--no-agent", "--store", redis_server.url, "--store-flush", "1")
+    host = writers[0]  # started with --store-flush 1
     delays = []
     for index in range(5):
         began = time.monotonic()
