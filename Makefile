@@ -41,16 +41,18 @@ run: install ## Start the whole monitoring host with a local agent (ARGS="--api-
 	$(BIN)/servertrack run $(ARGS)
 
 # Test modules run side by side (pytest-xdist), each whole on one worker (module fixtures such as
-# a shared host stay in one process); the suite mostly waits on processes and sockets, so more
-# workers than cores pays. TEST_WORKERS=0 runs it in this process alone.
+# a shared host stay in one process), the modules that start processes first; the suite mostly
+# waits on processes and sockets, so more workers than cores pays. The fault tests hold loads
+# and outages, so fewer of them run at once. TEST_WORKERS=0 runs in this process alone.
 TEST_WORKERS ?= 4
-XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+FAULT_WORKERS ?= 3
+XDIST = --dist loadfile --no-loadscope-reorder
 
 test: $(VENV)/.test-installed ## Install what the tests need and run the suite (~3 min)
-	$(BIN)/python -m pytest -m "not faults" $(XDIST) $(ARGS)
+	$(BIN)/python -m pytest -m "not faults" -n $(TEST_WORKERS) $(XDIST) $(ARGS)
 
-test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests
-	$(BIN)/python -m pytest -m faults $(ARGS)
+test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests (~2 min)
+	$(BIN)/python -m pytest -m faults -n $(FAULT_WORKERS) $(XDIST) $(ARGS)
 
 lint: $(VENV)/.test-installed ## ruff check and format check
 	$(BIN)/ruff check .
