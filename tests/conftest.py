@@ -27,12 +27,35 @@ settings.load_profile(
 )
 
 
+LONGEST_FIRST = (
+    "test_redis_host.py",
+    "test_slowloris.py",
+    "test_graphite_listener.py",
+    "test_e2e.py",
+    "test_http_servers.py",
+    "test_host_lifecycle.py",
+    "test_dashboard_browser.py",
+    "test_schemathesis.py",
+    "test_curve.py",
+    "test_hostile.py",
+)
+"""The longest modules (wall time, from ``--durations``), longest first. Only an order: a module
+left out merely starts later."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules that start real processes (marked ``e2e``) first, each kept whole and in its own
-    order: parallel workers (``--dist loadfile``) then take the long modules at the start and
-    the short ones fill in at the end, instead of a long one starting last."""
-    first = {item.path for item in items if item.get_closest_marker("e2e")}
-    items.sort(key=lambda item: item.path not in first)
+    """The longest modules first, then the others that start real processes (marked ``e2e``),
+    then the rest, each module kept whole and in its own order: parallel workers (``--dist
+    loadfile --no-loadscope-reorder``) take the long modules at the start and the short ones
+    fill in at the end, instead of a long one starting last."""
+    real = {item.path for item in items if item.get_closest_marker("e2e")}
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(item.path.name)
+        return len(LONGEST_FIRST) + (item.path not in real)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture
