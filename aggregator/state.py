@@ -25,6 +25,7 @@ from servertrack.aggregator.store import RollupStore
 from servertrack.common.batch import Batch, ServerHealth
 from servertrack.common.buckets import Clock, iso_utc, minute_index
 from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, declared
+from servertrack.common.views import view_reply
 from servertrack.store.redis_nodes import CorruptKey, StoreUnavailable
 
 APPLY_SLICE = 32_768
@@ -434,15 +435,16 @@ class AggregatorState:
         return msgpack.packb({"status": 400, "message": f"unknown op {op!r}"})
 
     def view(self, name: str, now: float) -> dict[str, Any]:
-        """A server's answer: ``{"status": 200, "body": JSON bytes}`` or ``{"status": 404}``."""
+        """A server's answer: ``{"status": 200, "body": JSON bytes, "as_of": ISO time}``,
+        ``{"status": 404}`` (see :func:`~servertrack.common.views.view_reply`), or the answer
+        for a server whose keys are corrupt."""
         try:
             view = self.store.view(name, now)
         except CorruptKey as problem:
             return corrupt_answer(problem)
-        if view is None:
-            return {"status": 404}
-        view["health"] = self.server_health(view["server"])
-        return {"status": 200, "body": json.dumps(view).encode()}
+        if view is not None:
+            view["health"] = self.server_health(view["server"])
+        return view_reply(view, now)
 
     def watch_reply(self) -> bytes:
         """The answer to a ``watch``: the current generation."""

@@ -30,9 +30,10 @@ from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
 from servertrack.api.stats import ApiStats
 from servertrack.api.ui import add_pages
-from servertrack.common.buckets import Clock, time_verdict
+from servertrack.common.buckets import HOUR_WINDOW, MAX_FUTURE_SECONDS, Clock, time_verdict
 from servertrack.common.limits import out_of_files
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
+from servertrack.common.views import AS_OF_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ SINGLE_FIELDS = frozenset({"cpu", "ram", "ts"})
 BATCH_FIELDS = SINGLE_FIELDS | {"server"}
 JSON = falcon.MEDIA_JSON
 NAME_RULE = "1-253 characters from letters, digits, '.', '-', '_'"
+WINDOW_MESSAGES = {
+    "future": f"ts is more than {MAX_FUTURE_SECONDS:g} s ahead of the server clock",
+    "too_old": f"ts is older than the {HOUR_WINDOW}-hour window",
+}
 
 
 def _refuse_constant(name: str) -> Any:
@@ -120,10 +125,8 @@ class Intake:
         except InvalidSample as err:
             raise Unprocessable(err.reason, err.message, index) from err
         verdict = time_verdict(sample.ts, now)
-        if verdict == "future":
-            raise Unprocessable(verdict, "ts is more than 60 s ahead of the server clock", index)
-        if verdict == "too_old":
-            raise Unprocessable(verdict, "ts is older than the 24-hour window", index)
+        if verdict is not None:
+            raise Unprocessable(verdict, WINDOW_MESSAGES[verdict], index)
         return sample
 
 
@@ -159,6 +162,9 @@ class ServerLoads:
             raise NotFound("unknown_server", f"no data for server {name!r} in the last 24 hours")
         resp.data = reply["body"]
         resp.content_type = JSON
+        as_of = reply.get("as_of")
+        if isinstance(as_of, str):
+            resp.set_header(AS_OF_HEADER, as_of)
 
 
 class Loads:

@@ -11,12 +11,18 @@ counter with the minute (``StoreBackend.generation``, :mod:`servertrack.api.stor
 When the generation changes, one background thread asks the aggregator again for each server
 read in the generation that ended, in groups (``views``); until their new answers are in, for at
 most ``GRACE`` seconds after the new number was heard, a read gets the previous answer. So no
-read waits for the aggregator at the moment it is busiest (right after a batch), and a read never
-shows an answer older than the newest applied batch for longer than ``GRACE`` seconds (plus the
-milliseconds the announcement takes). A server not read before, or a refresh that is late, is
-asked directly as without a cache. When the aggregator is not heard from for
-``Generation.fresh_for`` seconds (1 s), nothing kept is served: reads go to the backend (503s
-when it is down).
+read waits for the aggregator at the moment it is busiest (right after a batch).
+
+The freshness rule: an answer is served from the cache only while its generation is the current
+one, or, for ``GRACE`` seconds after the current one was first heard, when its generation is the
+one that was current immediately before (the source says which that was: ``Current.before``).
+Answers kept from any older generation (the cache was not read while several generations went
+by) are never served. So a read never shows an answer older than the newest applied batch for
+longer than ``GRACE`` seconds plus the time the announcement takes (milliseconds for the
+aggregator's long poll, up to the 50-ms poll of the counter in Redis mode). A server not read
+before, or a refresh that is late, is asked directly as without a cache. When the aggregator is
+not heard from for ``Generation.fresh_for`` seconds (1 s), nothing kept is served: reads go to
+the backend (503s when it is down).
 
 The bytes served are the aggregator's own, byte for byte.
 """
@@ -30,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from servertrack.api.backend import Backend, Unavailable
+from servertrack.api.generation import Current
 
 log = logging.getLogger(__name__)
 MAX_ENTRIES = 100_000
@@ -43,9 +50,10 @@ Entry = tuple[int, dict[str, Any]]
 
 
 class Generation(Protocol):
-    def current(self) -> tuple[int, float] | None:
-        """The aggregator's current state number and when it was first heard (monotonic), or
-        None when the aggregator was not heard from recently."""
+    def current(self) -> Current | None:
+        """The aggregator's current state number, when it was first heard (monotonic) and the
+        number current just before it, or None when the aggregator was not heard from
+        recently."""
         ...
 
 
@@ -113,9 +121,11 @@ class CachedReads:
         return None if current is None else self._lookup(name, *current)
 
     # -- inside --------------------------------------------------------------------------------
-    def _lookup(self, name: str, current: int, since: float) -> dict[str, Any] | None:
+    def _lookup(
+        self, name: str, current: int, since: float, before: int | None
+    ) -> dict[str, Any] | None:
         if current != self._gen and since >= self._changed:
-            self._new_generation(current, since)
+            self._new_generation(current, since, before)
         entry = self._entries.get(name)
         if entry is not None and entry[0] == current:
             self.hits += 1
@@ -138,17 +148,19 @@ class CachedReads:
             entries = self._entries = {}
         entries[name] = (gen, reply)
 
-    def _new_generation(self, current: int, since: float) -> None:
-        """Keep the answers of the generation that ended for ``GRACE`` seconds, and have them
-        asked for again in the background."""
+    def _new_generation(self, current: int, since: float, before: int | None) -> None:
+        """Keep the answers kept so far as the previous ones for ``GRACE`` seconds if they are
+        of the generation just before ``current`` (else none: they are older than that), and
+        have the servers read in the background."""
         with self._rotate:
             if current == self._gen or since < self._changed:
                 return  # another thread did it, or went on to a newer one already
+            kept = self._entries
             # Each swap replaces a reference: threads reading meanwhile see a whole dict.
-            self._previous = self._entries
+            self._previous = kept if before is not None and before == self._gen else {}
             self._entries = {}
             read, self._read = self._read, set()
-            self._to_refresh = [name for name in read if name in self._previous]
+            self._to_refresh = [name for name in read if name in kept]
             self._gen = current
             self._changed = since
             if self._to_refresh:

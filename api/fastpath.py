@@ -7,7 +7,8 @@ a cached read (on waitress, a cached GET through Falcon reached 0.61 of bare wai
 and exactly the headers Falcon sends, and hands everything else to the app unchanged: a query
 string, a name Falcon would refuse, a missing or wrong read token, a request that waited past
 its deadline or whose client has gone, a server not in the cache. So every check, refusal and
-counter stays where it was; this path only ever answers 200 with the bytes Falcon would send.
+counter stays where it was; this path only ever answers 200 with the bytes (and the
+``ServerTrack-As-Of`` header) Falcon would send.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Any
 from servertrack.api.auth import bearer_ok
 from servertrack.api.cache import CachedReads
 from servertrack.api.headers import NOSNIFF
+from servertrack.common.views import AS_OF_HEADER
 
 PREFIX = "/servers/"
 SUFFIX = "/loads"
+AS_OF = AS_OF_HEADER.lower()
 
 
 class FastReads:
@@ -49,20 +52,20 @@ class FastReads:
             and path.endswith(SUFFIX)
             and not environ.get("QUERY_STRING")
         ):
-            body = self._cached(environ, path[len(PREFIX) : -len(SUFFIX)])
-            if body is not None:
-                start_response(
-                    "200 OK",
-                    [
-                        ("content-type", "application/json"),
-                        ("content-length", str(len(body))),
-                        NOSNIFF,
-                    ],
-                )
+            reply = self._cached(environ, path[len(PREFIX) : -len(SUFFIX)])
+            if reply is not None:
+                body = reply["body"]
+                headers = [("content-type", "application/json")]
+                as_of = reply.get("as_of")
+                if isinstance(as_of, str):
+                    headers.append((AS_OF, as_of))
+                headers.append(NOSNIFF)
+                headers.append(("content-length", str(len(body))))
+                start_response("200 OK", headers)  # the very list Falcon sends, in its order
                 return [body]
         return self.app(environ, start_response)
 
-    def _cached(self, environ: dict[str, Any], name: str) -> bytes | None:
+    def _cached(self, environ: dict[str, Any], name: str) -> dict[str, Any] | None:
         # No name check: the cache holds only names the app has checked (PERF: the check was
         # 9 % of a cached read on granian), so any other name misses and goes to the app.
         if self.read_token is not None and not bearer_ok(
@@ -78,5 +81,4 @@ class FastReads:
         reply = self.cache.peek(name)
         if reply is None or reply.get("status") != 200:
             return None
-        body = reply.get("body")
-        return body if isinstance(body, bytes) else None
+        return reply if isinstance(reply.get("body"), bytes) else None

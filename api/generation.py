@@ -3,8 +3,9 @@
 A thread sends ``{"op": "watch", "after": N}``; the aggregator answers as soon as its generation
 is not ``N`` any more (right after it applied a batch, say) or after 0.25 s anyway, so replies
 keep coming while the aggregator runs. ``current()`` is the last number
-heard (with when it was first heard), or None when nothing was heard for ``fresh_for`` seconds
-(the aggregator is down or stalled): the read cache is then bypassed.
+heard (with when it was first heard and the number heard just before it), or None when nothing
+was heard for ``fresh_for`` seconds (the aggregator is down or stalled): the read cache is then
+bypassed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import zmq
 
@@ -26,24 +28,36 @@ served from the cache for longer."""
 RETRY_PAUSE = 0.2
 
 
+class Current(NamedTuple):
+    """The generation now, as a :class:`Heard` source knows it."""
+
+    number: int
+    since: float
+    """When it was first heard (monotonic): the previous generation ended no later."""
+    before: int | None
+    """The generation that was current immediately before it, or None when that is not known
+    (the first number heard, or the first after a spell in which nothing was heard)."""
+
+
 class Heard:
     """A daemon thread that keeps hearing a number (see :meth:`_run`); :meth:`current` is what
-    it last heard, with when it was first heard, while it was heard within ``fresh_for``."""
+    it last heard, with when it was first heard and what it heard just before, while it was
+    heard within ``fresh_for``."""
 
     thread_name = "heard"
 
     def __init__(self, fresh_for: float, monotonic: Callable[[], float]) -> None:
         self.fresh_for = fresh_for
         self.monotonic = monotonic
-        self._current: tuple[int, float] | None = None
+        self._current: Current | None = None
         self._heard = float("-inf")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def current(self) -> tuple[int, float] | None:
-        """The number last heard and when it was first heard (``monotonic``), if it was heard
-        recently enough."""
+    def current(self) -> Current | None:
+        """The number last heard, when it was first heard (``monotonic``) and the number heard
+        just before it, if it was heard recently enough."""
         if self._thread is None:
             self.start()
         now = self.monotonic()
@@ -51,14 +65,18 @@ class Heard:
             return None
         return self._number(now)
 
-    def _number(self, now: float) -> tuple[int, float] | None:
+    def _number(self, now: float) -> Current | None:
         return self._current
 
     def _hear(self, number: int) -> None:
-        """Called by the thread with each number it hears."""
+        """Called by the thread with each number it hears. The number before a new one is known
+        only when it was still heard within ``fresh_for`` (else some numbers may have come and
+        gone unheard in between)."""
         now = self.monotonic()
-        if self._current is None or self._current[0] != number:
-            self._current = (number, now)
+        heard = self._current
+        if heard is None or heard.number != number:
+            unbroken = heard is not None and now - self._heard <= self.fresh_for
+            self._current = Current(number, now, heard.number if unbroken else None)
         self._heard = now
 
     def _deaf(self) -> None:

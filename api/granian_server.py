@@ -30,13 +30,12 @@ import argparse
 import json
 import logging
 import os
-import socket
 from typing import Any
 
 import zmq
 
 from servertrack.api.server import raise_open_files_limit
-from servertrack.common.lifecycle import die_with_parent, fatal
+from servertrack.common.lifecycle import die_with_parent, fatal, port_unavailable
 from servertrack.common.tokens import read_token_file
 
 log = logging.getLogger(__name__)
@@ -44,17 +43,6 @@ CONFIG_VARIABLE = "SERVERTRACK_API_WORKER"
 """Where ``servertrack api`` leaves its settings for granian's worker processes."""
 TARGET = "servertrack.api.granian_server:worker_app"
 BACKLOG = 2048
-
-
-def _check_port(host: str, port: int) -> None:
-    """Exit with a message (code 78) when the port is taken, before granian starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as err:
-        fatal(f"servertrack api: cannot listen on {host}:{port}: {err.strerror}")
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,7 +69,9 @@ def serve(args: argparse.Namespace) -> int:
         import granian  # noqa: F401
     except ImportError:
         fatal("servertrack api: --http granian needs granian: pip install 'servertrack[fast]'")
-    _check_port(args.host, args.port)
+    taken = port_unavailable(args.host, args.port)  # before granian starts its workers
+    if taken:
+        fatal(f"servertrack api: cannot listen on {args.host}:{args.port}: {taken}")
     raise_open_files_limit(args.connection_limit + 256)
     os.environ[CONFIG_VARIABLE] = json.dumps(settings_of(args))
     server = make_granian(

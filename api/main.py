@@ -9,138 +9,27 @@ from typing import Any
 
 import zmq
 
-from servertrack.api.app import REQUEST_DEADLINE, create_app
+from servertrack.api.app import create_app
 from servertrack.api.backend import Backend, ZmqBackend
 from servertrack.api.cache import CachedReads
-from servertrack.api.exposure import FLAG as BEHIND_PROXY
-from servertrack.api.exposure import granian_exposure_error
 from servertrack.api.fastpath import FastReads
-from servertrack.api.server import CONNECTION_LIMIT, IDLE_TIMEOUT, REQUEST_TIMEOUT, make_waitress
+from servertrack.api.server import make_waitress
+from servertrack.api.settings import ApiSettings
 from servertrack.api.stats import ApiStats
 from servertrack.api.store_backend import StoreBackend
 from servertrack.common import endpoints
-from servertrack.common.config import (
-    add_option,
-    add_switch,
-    endpoint,
-    port,
-    positive_float,
-    positive_int,
-    setup_logging,
-)
+from servertrack.common.config import setup_logging
 from servertrack.common.lifecycle import fatal, stop_on_signals
 from servertrack.common.tokens import TokenFileError, read_token_file
-from servertrack.store.options import MEMORY, add_store_options, store_password
+from servertrack.store.options import MEMORY, store_password
 from servertrack.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
-SERVERS = ("waitress", "granian")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="servertrack api", description=__doc__)
-    add_option(parser, "--host", "127.0.0.1", "address to listen on")
-    add_option(parser, "--port", 8080, "HTTP port", port)
-    add_option(
-        parser,
-        "--http",
-        "waitress",
-        "HTTP server: waitress (pure Python, every connection limit) or granian (Rust, the "
-        "faster; pip install servertrack[fast])",
-        choices=list(SERVERS),
-    )
-    add_switch(
-        parser,
-        BEHIND_PROXY,
-        "granian: a proxy that buffers request bodies is in front, so it may listen beyond "
-        "loopback (granian gives a slowly sent body no deadline)",
-    )
-    add_option(
-        parser,
-        "--workers",
-        1,
-        "granian: worker processes, each with its own app, caches and counters",
-        positive_int,
-    )
-    add_option(
-        parser,
-        "--threads",
-        64,
-        "waitress worker threads (keep >= concurrent clients)",
-        positive_int,
-    )
-    add_option(
-        parser,
-        "--idle-timeout",
-        IDLE_TIMEOUT,
-        "seconds a connection may stay open with no request before it is closed",
-        positive_float,
-    )
-    add_option(
-        parser,
-        "--request-timeout",
-        REQUEST_TIMEOUT,
-        "seconds a request may take to arrive whole (slow-loris clients are cut after it)",
-        positive_float,
-    )
-    add_option(
-        parser,
-        "--connection-limit",
-        CONNECTION_LIMIT,
-        "open connections at most; beyond it the longest-idle one is closed for the newcomer",
-        positive_int,
-    )
-    add_option(
-        parser,
-        "--request-deadline",
-        REQUEST_DEADLINE,
-        "seconds a request may wait for a worker thread before it is answered 503 unworked",
-        positive_float,
-    )
-    add_option(
-        parser,
-        "--receiver-control",
-        None,
-        f"receiver control endpoint, for records (default {endpoints.RECEIVER_CONTROL}; with a "
-        "Redis --store: none, records answer 503; given alone, records go to that receiver)",
-        endpoint,
-    )
-    add_option(
-        parser,
-        "--aggregator-query",
-        None,
-        f"aggregator query endpoint (default {endpoints.AGGREGATOR_QUERY}; with a Redis --store "
-        "reads go to Redis and this gives /stats and the daemons' health)",
-        endpoint,
-    )
-    add_option(
-        parser,
-        "--backend-timeout",
-        0.5,
-        "seconds to wait for the receiver/aggregator to take a request (503 after that)",
-        positive_float,
-    )
-    add_option(
-        parser,
-        "--record-timeout",
-        5.0,
-        "seconds the receiver may take to confirm a record it has taken (large batches)",
-        positive_float,
-    )
-    add_option(
-        parser,
-        "--token-file",
-        None,
-        "file whose first line is the bearer token POST requests need (default: none needed)",
-    )
-    add_option(
-        parser,
-        "--read-token-file",
-        None,
-        "file whose first line is the bearer token GET requests need (/health and "
-        "/openapi.json stay open; default: none needed)",
-    )
-    add_store_options(parser, writer=False)
+    ApiSettings.add_options(parser)
     return parser
 
 
@@ -225,9 +114,7 @@ def build_app(
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    exposure = granian_exposure_error(args.http, args.host, args.behind_buffering_proxy)
-    if exposure:
-        fatal(f"servertrack api: {exposure}")
+    ApiSettings.checked(args)
     record_token, read_token = read_tokens(args)
     if args.http == "granian":
         from servertrack.api import granian_server  # only when chosen: an optional extra

@@ -30,6 +30,7 @@ from servertrack.common.fleet import (
     STATUSES,
 )
 from servertrack.common.sample import FQDN_RE
+from servertrack.common.views import AS_OF_HEADER
 
 FQDN_PATTERN = f"^{FQDN_RE.pattern}$"
 METRICS_MEDIA_TYPE = "text/plain"
@@ -481,7 +482,17 @@ def build_document(
                 "get": _operation(
                     "A server's minute and hour buckets",
                     {
-                        "200": _json(_ref("ServerLoads"), "The server's rollups."),
+                        "200": {
+                            **_json(_ref("ServerLoads"), "The server's rollups."),
+                            "headers": {
+                                AS_OF_HEADER: {
+                                    "description": "When this answer was read from the store, "
+                                    "ISO 8601 UTC: every sample applied by then is in it. An "
+                                    "answer served from the read cache keeps its time.",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
                         "400": _error("Bad server name."),
                         "404": _error("No data for this server in the last 24 hours."),
                         "502": _error(

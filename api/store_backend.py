@@ -26,6 +26,7 @@ from servertrack.api.backend import Unavailable, ZmqBackend
 from servertrack.api.store_generation import StoreGeneration
 from servertrack.common.buckets import Clock, iso_utc
 from servertrack.common.sample import Sample
+from servertrack.common.views import view_reply
 from servertrack.store.redis_nodes import CorruptKey, StoreUnavailable
 from servertrack.store.redis_store import RedisStore
 
@@ -33,12 +34,10 @@ MAX_VIEWS = 500
 """Servers one ``views`` query may ask for (the read cache refreshes in such groups)."""
 
 
-def _answer(view: dict[str, Any] | CorruptKey | None) -> dict[str, Any]:
-    if view is None:
-        return {"status": 404}
+def _answer(view: dict[str, Any] | CorruptKey | None, now: float) -> dict[str, Any]:
     if isinstance(view, CorruptKey):
         return corrupt_answer(view)
-    return {"status": 200, "body": json.dumps(view).encode()}
+    return view_reply(view, now)
 
 
 class StoreReader:
@@ -104,14 +103,14 @@ class StoreBackend:
                 return self._stats(request, deadline)
             store = self._ready()
             if op == "view":
-                reply = _answer(store.views([str(request.get("name"))], now)[0])
+                reply = _answer(store.views([str(request.get("name"))], now)[0], now)
                 return reply if gen is None else {**reply, "gen": gen}
             if op == "views":
                 names = request.get("names")
                 if not isinstance(names, list) or len(names) > MAX_VIEWS:
                     return {"status": 400, "message": f"names: a list of at most {MAX_VIEWS}"}
                 views = store.views([str(name) for name in names], now)
-                return {"views": [_answer(view) for view in views], "gen": gen}
+                return {"views": [_answer(view, now) for view in views], "gen": gen}
             if op == "servers":
                 limit = request.get("limit")
                 after = request.get("after")

@@ -6,6 +6,12 @@ buckets are the last 60 minutes and 24 hours), so the generation is the pair (co
 as one number. ``current()`` is None when the counter was not read for ``fresh_for`` seconds
 (Redis is down or slow): the cache is then bypassed and reads go to Redis, which answers 503.
 
+A generation starts when the counter was first read at its value or when the minute turned,
+whichever came last, and the one before it is the pair with the counter read before (a merge) or
+the minute before (a turn). The minute's start is placed on the monotonic clock from the wall
+clock when it is first asked for, so a turn nobody asked about during a quiet spell is dated
+when it happened, not at the next read.
+
 An answer must never carry a generation newer than what it shows: the backend takes the
 generation before it reads, so an answer read while a merge lands is kept under the older
 number and asked again once the new one is heard.
@@ -17,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from servertrack.api.generation import Heard
+from servertrack.api.generation import Current, Heard
 from servertrack.common.buckets import MINUTE, Clock
 from servertrack.store.redis_nodes import StoreUnavailable
 
@@ -28,6 +34,11 @@ FRESH_FOR = 0.5
 """Seconds a counter read stays usable: once Redis stops answering, cached answers are served
 for at most this long (a refused connection ends them at the next poll)."""
 MINUTE_BITS = 32
+
+
+def compose(count: int, minute: int) -> int:
+    """The generation of a counter value in a minute (the minute as an epoch minute index)."""
+    return (count << MINUTE_BITS) | (minute % (1 << MINUTE_BITS))
 
 
 class StoreGeneration(Heard):
@@ -47,19 +58,24 @@ class StoreGeneration(Heard):
         self.read_count = read_count
         self.clock = clock
         self.poll = poll
-        self._with_minute: tuple[int, float] | None = None
+        self._turn: tuple[int, float] | None = None
+        """The minute last asked about and when it began (monotonic)."""
 
-    def _number(self, now: float) -> tuple[int, float] | None:
-        """The counter as heard, with the minute: first seen when either moved."""
+    def _number(self, now: float) -> Current | None:
+        """The counter as heard, with the minute (see the module docstring)."""
         heard = self._current
         if heard is None:
             return None
-        minute = int(self.clock() // MINUTE) % (1 << MINUTE_BITS)
-        gen = (heard[0] << MINUTE_BITS) | minute
-        current = self._with_minute
-        if current is None or current[0] != gen:
-            current = self._with_minute = (gen, now)
-        return current
+        wall = self.clock()
+        minute = int(wall // MINUTE)
+        turn = self._turn
+        if turn is None or turn[0] != minute:
+            turn = self._turn = (minute, now - (wall - minute * MINUTE))
+        began = turn[1]
+        if heard.since >= began:  # a merge came last
+            before = None if heard.before is None else compose(heard.before, minute)
+            return Current(compose(heard.number, minute), heard.since, before)
+        return Current(compose(heard.number, minute), began, compose(heard.number, minute - 1))
 
     def tag(self) -> int | None:
         """The generation to stamp on an answer about to be read (None: do not keep it)."""

@@ -37,13 +37,32 @@ def oldest_accepted_ts(now: float) -> float:
     return (hour_index(now) - HOUR_WINDOW + 1) * HOUR
 
 
+class TimeWindow:
+    """The acceptance window at one moment ``now``: ``oldest <= ts <= newest``.
+
+    PERF: the receiver judges every sample of a flush interval at one ``now``; it keeps the window
+    of that ``now`` instead of working out the oldest hour again for each sample.
+    """
+
+    __slots__ = ("newest", "now", "oldest")
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.oldest = oldest_accepted_ts(now)
+        self.newest = now + MAX_FUTURE_SECONDS
+
+    def verdict(self, ts: float) -> str | None:
+        """``None`` when ``ts`` is inside the window, else the drop reason."""
+        if ts > self.newest:
+            return "future"
+        if ts < self.oldest:
+            return "too_old"
+        return None
+
+
 def time_verdict(ts: float, now: float) -> str | None:
-    """``None`` when ``ts`` is inside the acceptance window, else the drop reason."""
-    if ts > now + MAX_FUTURE_SECONDS:
-        return "future"
-    if ts < oldest_accepted_ts(now):
-        return "too_old"
-    return None
+    """``None`` when ``ts`` is inside the acceptance window at ``now``, else the drop reason."""
+    return TimeWindow(now).verdict(ts)
 
 
 def iso_utc(ts: float) -> str:

@@ -19,13 +19,17 @@ TRUE = {"1", "true", "yes", "on"}
 FALSE = {"", "0", "false", "no", "off"}
 
 
-def env_name(parser: argparse.ArgumentParser, flag: str) -> str:
-    """``servertrack run --api-port`` → ``SERVERTRACK_RUN_API_PORT``.
+def variable_name(command: str, flag: str) -> str:
+    """``run``, ``--api-port`` → ``SERVERTRACK_RUN_API_PORT``.
 
     The command is part of the name so that one environment can configure several daemons.
     """
-    command = parser.prog.split()[-1]
     return "_".join(("SERVERTRACK", command, flag.lstrip("-"))).upper().replace("-", "_")
+
+
+def env_name(parser: argparse.ArgumentParser, flag: str) -> str:
+    """The variable of ``flag`` for the command ``parser`` parses (``servertrack run``)."""
+    return variable_name(parser.prog.split()[-1], flag)
 
 
 def port(text: str) -> int:
@@ -109,6 +113,18 @@ def optional_port(text: str) -> int | None:
 def optional_endpoint(text: str) -> str:
     """An endpoint, or ``''`` for none."""
     return text if text == "" else endpoint(text)
+
+
+def path(text: str) -> str:
+    """A file or directory, made absolute (so it means the same to a child started elsewhere), or
+    ``''``."""
+    return os.path.abspath(text) if text else text
+
+
+def tcp_endpoint(host: str, number: int) -> str:
+    """``tcp://HOST:PORT``, an IPv6 address in brackets."""
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"tcp://{host}:{number}"
 
 
 def _from_env(kind: Callable[[str], Any], variable: str) -> Callable[[str], Any]:

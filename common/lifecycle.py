@@ -1,6 +1,6 @@
 """Daemon lifecycle helpers: signal handlers that only set a flag, a deadline schedule, the exit
-code that tells a supervisor not to restart, an exclusive lock file, and children that die with
-their parent."""
+code that tells a supervisor not to restart, an exclusive lock file, a probe for a port in use,
+and children that die with their parent."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import errno
 import fcntl
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -57,6 +58,24 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() == 1:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def port_unavailable(host: str, number: int) -> str | None:
+    """Why nothing can listen on ``host`` (an address, ``*`` for every one) and TCP port
+    ``number`` now, in the system's words, or None when something can.
+
+    It binds a socket with ``SO_REUSEADDR``, as the servers do, and closes it at once: checked
+    before anything starts, a port in use stops a command with a message rather than a child
+    that fails to listen."""
+    address = "0.0.0.0" if host == "*" else host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, number))
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 class LockHeld(OSError):

@@ -113,3 +113,34 @@ def bucket_differences(
                 ):
                     problems.append(f"{scale} {start} {key}: {have[key]!r} != {bucket[key]!r}")
     return problems
+
+
+def forwarded_points(
+    samples: Iterable[RawSample], t: int, interval: int, prefix: str
+) -> dict[str, float]:
+    """What ``servertrack forward`` should send for the window ``[t, t + interval)``, name by
+    name, brute force over the raw samples: each server's mean per metric, and per metric the
+    fleet's mean over every sample, the highest server mean and the number of servers. Names
+    are made Graphite-safe as the README says (``.`` and anything outside ``[A-Za-z0-9_-]``
+    become ``_``); servers whose safe names collide are not supported here."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for fqdn, ts, cpu, ram in samples:
+        if t <= ts < t + interval:
+            mine = values.setdefault(fqdn, {"cpu": [], "ram": []})
+            for metric, value in (("cpu", cpu), ("ram", ram)):
+                if value is not None:
+                    mine[metric].append(value)
+    points: dict[str, float] = {}
+    for metric in ("cpu", "ram"):
+        groups = {name: got[metric] for name, got in values.items() if got[metric]}
+        for name, group in groups.items():
+            safe = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in name)
+            points[f"{prefix}.{safe}.{metric}"] = math.fsum(group) / len(group)
+        if groups:
+            every = [value for group in groups.values() for value in group]
+            points[f"{prefix}._fleet.{metric}.mean"] = math.fsum(every) / len(every)
+            points[f"{prefix}._fleet.{metric}.max"] = max(
+                math.fsum(group) / len(group) for group in groups.values()
+            )
+            points[f"{prefix}._fleet.{metric}.servers"] = len(groups)
+    return points

@@ -272,8 +272,13 @@ class HostUnderTest:
     def ingest(self) -> str:
         return f"tcp://127.0.0.1:{self.ingest_port}"
 
+    @property
+    def runtime_dir(self) -> str:
+        """Where its daemons' ipc sockets are (``receiver-control``, ``query``, ...)."""
+        return self.flag("--runtime-dir")
+
     def flag(self, name: str) -> str:
-        """The value the host was started with for flag ``name`` (``--runtime-dir``...)."""
+        """The value the host was started with for flag ``name`` (the last one given)."""
         argv = self.process.argv
         return argv[len(argv) - 1 - argv[::-1].index(name) + 1]
 

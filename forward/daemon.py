@@ -3,6 +3,10 @@ written, and keeps count. The window arithmetic (:mod:`.windows`), the point ari
 (:mod:`.points`) and the queue (:class:`.sink.PointQueue`) have no I/O; this loop owns the clocks,
 the API connections, the sink's socket and the state file.
 
+Fresh answers only: every answer must be as of the newest window's end or later (``as_of``),
+whatever cache stands between the store and this process. An answer that is not is read again,
+after a short pause, and counted; one still behind after ``rereads`` tries fails the read.
+
 Exactly once: ``--state`` holds the end of the last window handled, and it is written (atomically)
 *before* that window's points are queued. After a crash or a restart nothing is sent twice and
 timestamps only increase; the price is that points still queued when the process ends are lost.
@@ -20,8 +24,14 @@ from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
 from servertrack.common.buckets import iso_utc
-from servertrack.forward.points import MalformedAnswer, WindowCollector, WindowPoints, window_points
-from servertrack.forward.sink import Batch, GraphiteSink
+from servertrack.forward.points import (
+    MalformedAnswer,
+    WindowCollector,
+    WindowPoints,
+    answer_time,
+    window_points,
+)
+from servertrack.forward.sink import GraphiteSink, LineBatch
 from servertrack.forward.source import SourceError
 from servertrack.forward.state_file import StateFile
 from servertrack.forward.windows import Plan, Schedule, align_up, oldest_readable, scale_of
@@ -36,6 +46,11 @@ FLUSH_BUDGET = 1.0
 REPORT_EVERY = 3600.0
 MAX_SLEEP = 1.0
 """Longest wait between two looks at the stop flag and the wall clock."""
+REREAD_PAUSE = 0.5
+"""Seconds before answers older than the window's end are read again: the API's read cache
+serves an answer one batch old for at most 0.5 s."""
+REREADS = 10
+"""Times such answers are read again before the read fails (``stale_answer``)."""
 
 
 class Source(Protocol):
@@ -54,6 +69,8 @@ class ForwardConfig:
     prefix: str = "servertrack"
     servers: str = "*"
     api_retry: float = API_RETRY
+    reread_pause: float = REREAD_PAUSE
+    rereads: int = REREADS
     drain: float = DRAIN
     report_every: float = REPORT_EVERY
 
@@ -69,6 +86,8 @@ class Counters:
     skipped: int = 0
     """Windows never read: older than --backfill (or the API's buckets) when their turn came."""
     points_sent: int = 0
+    answers_reread: int = 0
+    """Server answers read again because they were older than the newest window's end."""
     api_errors: dict[str, int] = field(default_factory=dict)
     state_errors: int = 0
     shared_names: int = 0
@@ -216,7 +235,7 @@ class Forwarder:
             for name, seen in self.source.servers()
             if fnmatchcase(name, self.config.servers) and (seen is None or seen >= first)
         ]
-        answers = self.source.loads(names, self.stop)
+        answers = self._fresh_loads(names, plan.windows[-1] + self.config.interval)
         oldest = oldest_readable(self.clock(), self.config.interval)
         readable = [t for t in plan.windows if t >= oldest]
         collector = WindowCollector(readable, self.config.interval, scale_of(self.config.interval))
@@ -224,6 +243,37 @@ class Forwarder:
             collector.add(name, view)
         windows = [window_points(t, collector.windows[t], self.config.prefix) for t in readable]
         return windows, len(plan.windows) - len(readable)
+
+    def _fresh_loads(self, names: list[str], until: int) -> dict[str, Any]:
+        """Each server's answer, as of ``until`` or later: answers older than that are read
+        again (a server that vanished meanwhile is left out)."""
+        answers = self.source.loads(names, self.stop)
+        for tries in range(self.config.rereads + 1):
+            behind = [name for name, view in answers.items() if answer_time(name, view) < until]
+            if not behind:
+                return answers
+            if tries == self.config.rereads:
+                break
+            self.counters.answers_reread += len(behind)
+            log.info(
+                "%d answers older than %s (e.g. %s): reading them again",
+                len(behind),
+                iso_utc(until),
+                behind[0],
+            )
+            if self.stop.wait(self.config.reread_pause):
+                raise SourceError("stopped", "stopping")
+            again = self.source.loads(behind, self.stop)
+            for name in behind:
+                if name in again:
+                    answers[name] = again[name]
+                else:
+                    del answers[name]
+        raise SourceError(
+            "stale_answer",
+            f"{len(behind)} answers still older than {iso_utc(until)} after "
+            f"{self.config.rereads} reads again (e.g. {behind[0]})",
+        )
 
     def _api_failed(self, reason: str, message: str, plan: Plan) -> None:
         errors = self.counters.api_errors
@@ -267,7 +317,7 @@ class Forwarder:
         self.in_flight[window.t] = InFlight(window.servers, len(window.lines))
         self.queue.put(window.t, window.lines)
 
-    def _settle(self, finished: list[Batch]) -> None:
+    def _settle(self, finished: list[LineBatch]) -> None:
         for batch in finished:
             info = self.in_flight.pop(batch.tag, InFlight(0, len(batch.lines)))
             self.counters.points_sent += batch.written

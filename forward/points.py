@@ -88,6 +88,22 @@ def _count(bucket: dict[str, Any], key: str) -> int:
     return value
 
 
+def answer_time(server: str, view: Any) -> float:
+    """When a ``GET /servers/{name}/loads`` answer was read from the store (its
+    ``ServerTrack-As-Of`` header, which the source puts in the answer as ``as_of``): every
+    sample applied by then is in it."""
+    text = view.get("as_of") if isinstance(view, dict) else None
+    try:
+        moment = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise MalformedAnswer(
+            "bad_answer", f"{server}: as_of is {text!r}; an API that dates its answers is needed"
+        )
+    return moment.timestamp()
+
+
 class WindowCollector:
     """Gathers, for the windows of one read, every server's bucket sums by window."""
 

@@ -3,7 +3,7 @@ before every write and replaced with capped, jittered exponential backoff.
 
 - :class:`PointQueue` (no I/O) keeps the lines not written yet, window by window, in order. Over
   its limit it drops the oldest lines and counts them.
-- :class:`Connection` is one TCP connection: keepalive on (and ``TCP_USER_TIMEOUT``, so data the
+- :class:`SinkConnection` is one TCP connection: keepalive on (and ``TCP_USER_TIMEOUT``, so data the
   peer never acknowledges fails the connection), an EOF probe before writing (a sink that closed
   its end is seen before lines are written into it), and writes bounded by a timeout.
 - :class:`GraphiteSink` writes the queue in chunks of whole lines. A chunk the socket did not take
@@ -42,7 +42,7 @@ USER_TIMEOUT_MS = 120_000
 
 # -- the queue ------------------------------------------------------------------------------------
 @dataclass(slots=True)
-class Batch:
+class LineBatch:
     """The lines of one window (``tag`` is its start), with what became of them so far."""
 
     tag: int
@@ -68,18 +68,18 @@ class PointQueue:
         if limit < 1:
             raise ValueError(f"the queue limit must be at least 1, got {limit}")
         self.limit = limit
-        self.batches: deque[Batch] = deque()
+        self.batches: deque[LineBatch] = deque()
         self.size = 0
         self.dropped_full = 0
         self.dropped_exit = 0
-        self.finished: list[Batch] = []
+        self.finished: list[LineBatch] = []
 
     def __len__(self) -> int:
         return self.size
 
     def put(self, tag: int, lines: list[bytes]) -> None:
         """Queue a window's lines; drops the oldest lines queued if the limit is passed."""
-        batch = Batch(tag, lines)
+        batch = LineBatch(tag, lines)
         self.batches.append(batch)
         self.size += len(lines)
         if not lines:
@@ -136,7 +136,7 @@ class PointQueue:
         while self.batches and self.batches[0].done == len(self.batches[0].lines):
             self.finished.append(self.batches.popleft())
 
-    def take_finished(self) -> list[Batch]:
+    def take_finished(self) -> list[LineBatch]:
         finished, self.finished = self.finished, []
         return finished
 
@@ -190,7 +190,7 @@ def _set_keepalive(sock: socket.socket) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-class Connection:
+class SinkConnection:
     """A connected, non-blocking TCP socket to the sink."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -198,7 +198,7 @@ class Connection:
         sock.setblocking(False)
 
     @classmethod
-    def open(cls, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Connection:
+    def open(cls, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> SinkConnection:
         sock = socket.create_connection((host, port), timeout=timeout)
         try:
             _set_keepalive(sock)
@@ -244,7 +244,7 @@ class Connection:
         self.sock.close()
 
 
-Opener = Callable[[str, int, float], "Connection"]
+Opener = Callable[[str, int, float], "SinkConnection"]
 
 
 # -- the sink -----------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ class GraphiteSink:
         queue: PointQueue,
         monotonic: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
-        opener: Opener = Connection.open,
+        opener: Opener = SinkConnection.open,
         connect_timeout: float = CONNECT_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         chunk_bytes: int = CHUNK_BYTES,
@@ -282,7 +282,7 @@ class GraphiteSink:
         self.connect_timeout = connect_timeout
         self.write_timeout = write_timeout
         self.chunk_bytes = chunk_bytes
-        self.connection: Connection | None = None
+        self.connection: SinkConnection | None = None
         self.next_attempt = float("-inf")
         self.counters = SinkCounters()
 

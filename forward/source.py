@@ -21,6 +21,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from servertrack.common.views import AS_OF_HEADER
+
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 1000
@@ -95,35 +97,42 @@ class ApiSource:
     # -- one request ----------------------------------------------------------------------------
     def get(self, path: str) -> tuple[int, Any]:
         """GET ``path`` on a pooled connection; the status and the decoded JSON (or None)."""
+        status, answer, _ = self.get_dated(path)
+        return status, answer
+
+    def get_dated(self, path: str) -> tuple[int, Any, str | None]:
+        """:meth:`get`, with the answer's ``ServerTrack-As-Of`` header (None without one)."""
         connection = self._idle.get()
         try:
-            status, body = self._exchange(connection, path)
+            status, body, as_of = self._exchange(connection, path)
         finally:
             self._idle.put(connection)
         if status == 503:  # the aggregator was busy for a moment: one more try
             time.sleep(RETRY_PAUSE)
             connection = self._idle.get()
             try:
-                status, body = self._exchange(connection, path)
+                status, body, as_of = self._exchange(connection, path)
             finally:
                 self._idle.put(connection)
         if status == 404:
-            return status, None
+            return status, None, None
         if status != 200:
             raise SourceError(f"http_{status}", f"GET {path} answered {status}: {body[:200]!r}")
         try:
-            return status, json.loads(body)
+            return status, json.loads(body), as_of
         except ValueError as err:
             raise SourceError("bad_json", f"GET {path}: {err}") from None
 
-    def _exchange(self, connection: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    def _exchange(
+        self, connection: http.client.HTTPConnection, path: str
+    ) -> tuple[int, bytes, str | None]:
         url = self.base + path
         for attempt in (1, 2):
             reused = connection.sock is not None
             try:
                 connection.request("GET", url, headers=self.headers)
                 response = connection.getresponse()
-                return response.status, response.read()
+                return response.status, response.read(), response.getheader(AS_OF_HEADER)
             except STALE as err:
                 connection.close()
                 if attempt == 2 or not reused:
@@ -160,18 +169,22 @@ class ApiSource:
         raise SourceError("bad_answer", f"more than {MAX_PAGES} pages of servers")
 
     def loads(self, names: Iterable[str], stop: threading.Event | None = None) -> dict[str, Any]:
-        """Each server's ``GET /servers/{name}/loads`` answer, read in parallel; a server that
-        answered 404 is left out. The first failure stops the read and is raised."""
+        """Each server's ``GET /servers/{name}/loads`` answer, read in parallel, with its
+        ``ServerTrack-As-Of`` header as ``as_of`` (when it has one); a server that answered 404
+        is left out. The first failure stops the read and is raised."""
         failed = threading.Event()
 
         def one(name: str) -> tuple[str, Any]:
             if failed.is_set() or (stop is not None and stop.is_set()):
                 return name, None
             try:
-                return name, self.get(f"/servers/{quote(name, safe='')}/loads")[1]
+                _, view, as_of = self.get_dated(f"/servers/{quote(name, safe='')}/loads")
             except SourceError:
                 failed.set()
                 raise
+            if isinstance(view, dict) and as_of is not None:
+                view["as_of"] = as_of
+            return name, view
 
         futures = [self._executor.submit(one, name) for name in names]
         answers: dict[str, Any] = {}

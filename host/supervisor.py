@@ -3,6 +3,12 @@
 The receiver, the aggregator and the API (plus a local agent) each run in their own process and
 talk over ipc sockets in a private runtime directory, so two hosts on different ports can run side
 by side. A child that dies is started again, with a growing pause if it keeps dying.
+
+The host knows no daemon's flags: each daemon declares its options in its ``settings`` module,
+``run`` offers some of them under its own names (:data:`OFFERS`), and :func:`compose` makes each
+daemon's settings of those, of what the host decides (endpoints, ports) and of the daemon's own
+variables, checked before anything starts. A child gets its settings as its command line
+(``to_argv``).
 """
 
 from __future__ import annotations
@@ -12,62 +18,60 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 from servertrack.agent.probe import node_name
-from servertrack.api.exposure import FLAG as BEHIND_PROXY
-from servertrack.api.exposure import granian_exposure_error
-from servertrack.common.config import (
-    add_option,
-    add_switch,
-    optional_port,
-    port,
-    positive_float,
-    positive_int,
-    setup_logging,
-)
+from servertrack.agent.settings import AgentSettings
+from servertrack.aggregator.settings import AggregatorSettings
+from servertrack.api.settings import ApiSettings
+from servertrack.common.config import optional_port, port, setup_logging, tcp_endpoint
 from servertrack.common.curve_keys import load_pair
 from servertrack.common.lifecycle import (
     EXIT_CONFIG,
-    LockHeld,
     die_with_parent,
     fatal,
     hold_lock,
+    port_unavailable,
     stop_on_signals,
 )
-from servertrack.common.limits import DEFAULT_MAX_SERVERS
-from servertrack.common.tokens import TokenFileError, read_token_file
+from servertrack.common.settings import ConfigError, Option, Settings, field_of
 from servertrack.receiver import curve
-from servertrack.receiver.graphite import RuleError, load_rules
-from servertrack.store.options import MEMORY, add_store_options, store_password
+from servertrack.receiver.settings import ReceiverSettings
+from servertrack.store.options import MEMORY, STORE_OPTIONS, WRITER_OPTIONS
 
 log = logging.getLogger("servertrack.host")
 STOP_GRACE = 10.0
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 10.0
 """A child that ran this many seconds counts as healthy again: its restart pause is reset."""
+S = TypeVar("S", bound=Settings)
 
 
 @dataclass
 class Child:
     name: str
     argv: list[str]
+    unset: frozenset[str] = frozenset()
+    """Variables of the host's environment the child does not get: its own options', which its
+    command line gives it."""
     process: subprocess.Popen | None = None
     started: float = 0.0
     backoff: float = 0.5
     restart_at: float = 0.0
     restarts: int = 0
-    env: dict[str, str] = field(default_factory=dict)
+
+    def environment(self) -> dict[str, str]:
+        return {name: value for name, value in os.environ.items() if name not in self.unset}
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            self.argv, env={**os.environ, **self.env}, preexec_fn=die_with_parent
+            self.argv, env=self.environment(), preexec_fn=die_with_parent
         )
         self.started = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)
@@ -76,101 +80,128 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="servertrack run", description=__doc__)
-    add_option(parser, "--api-port", 8080, "HTTP API port", port)
-    add_option(parser, "--ingest-port", 5556, "port the agents connect to", port)
-    add_option(parser, "--bind", "127.0.0.1", "address the API and the ingest socket listen on")
-    add_option(
-        parser,
-        "--graphite-port",
-        None,
-        "receiver: take Graphite plaintext (collectd, netdata, Diamond) on this TCP port of "
-        "the --bind address ('' or unset: off)",
-        optional_port,
-    )
-    add_option(
-        parser,
-        "--graphite-map",
-        None,
+class Offer(NamedTuple):
+    """An option of ``servertrack run``: its own, or a daemon's under the name and help text
+    ``run`` gives it, whose value sets ``field`` in the settings of each daemon of ``to``."""
+
+    option: Option
+    field: str
+    to: tuple[type[Settings], ...] = ()
+
+
+def own(option: Option) -> Offer:
+    """An option of the host itself."""
+    return Offer(option, option.field)
+
+
+def offer(help_text: str, field: str, *to: type[Settings], flag: str = "") -> Offer:
+    """The option of ``to``'s ``field`` (its default and checks), under ``flag`` if given."""
+    option = to[0].option(field)
+    return Offer(option._replace(flag=flag or option.flag, help=help_text), field, to)
+
+
+def offer_store(option: Option) -> Offer:
+    """A ``--store`` option, for the aggregator, and for the API when it reads it too."""
+    readers = (ApiSettings,) if option in STORE_OPTIONS else ()
+    return Offer(option, option.field, (AggregatorSettings, *readers))
+
+
+OFFERS = (
+    own(Option("--api-port", 8080, "HTTP API port", port)),
+    own(Option("--ingest-port", 5556, "port the agents connect to", port)),
+    own(Option("--bind", "127.0.0.1", "address the API and the ingest socket listen on")),
+    own(
+        Option(
+            "--graphite-port",
+            None,
+            "receiver: take Graphite plaintext (collectd, netdata, Diamond) on this TCP port of "
+            "the --bind address ('' or unset: off)",
+            optional_port,
+        )
+    ),
+    offer(
         "receiver: file of rules mapping Graphite paths to a server's cpu or ram",
-    )
-    add_switch(parser, "--no-agent", "do not start a local agent")
-    add_switch(parser, "--accept-pickle", "receiver: also accept the legacy pickle.gz format")
-    add_option(
-        parser, "--retention", 300.0, "receiver: seconds of batches kept for replay", positive_float
-    )
-    add_option(
-        parser,
-        "--data-dir",
-        None,
-        "aggregator: where its snapshot lives (default ~/.local/state/servertrack/port-<api "
-        "port>; '' for no snapshots)",
-    )
-    add_option(
-        parser, "--snapshot-interval", 30.0, "aggregator: seconds between snapshots", positive_float
-    )
-    add_option(parser, "--threads", 64, "api: worker threads (per granian worker)", positive_int)
-    add_option(
-        parser,
-        "--http",
-        "waitress",
+        "graphite_map",
+        ReceiverSettings,
+    ),
+    own(Option("--no-agent", False, "do not start a local agent", switch=True)),
+    offer("receiver: also accept the legacy pickle.gz format", "accept_pickle", ReceiverSettings),
+    offer("receiver: seconds of batches kept for replay", "retention", ReceiverSettings),
+    own(
+        Option(
+            "--data-dir",
+            None,
+            "aggregator: where its snapshot lives (default ~/.local/state/servertrack/port-<api "
+            "port>; '' for no snapshots)",
+        )
+    ),
+    offer("aggregator: seconds between snapshots", "snapshot_interval", AggregatorSettings),
+    offer("api: worker threads (per granian worker)", "threads", ApiSettings),
+    offer(
         "api: HTTP server, waitress or granian (faster; pip install servertrack[fast])",
-        choices=["waitress", "granian"],
-    )
-    add_option(
-        parser, "--workers", 1, "api: granian worker processes (waitress has one)", positive_int
-    )
-    add_switch(
-        parser,
-        BEHIND_PROXY,
+        "http",
+        ApiSettings,
+    ),
+    offer("api: granian worker processes (waitress has one)", "workers", ApiSettings),
+    offer(
         "api: a proxy that buffers request bodies is in front, so --http granian may listen "
         "beyond loopback",
-    )
-    add_option(
-        parser,
-        "--max-servers",
-        DEFAULT_MAX_SERVERS,
+        "behind_buffering_proxy",
+        ApiSettings,
+    ),
+    offer(
         "receiver and aggregator: server names tracked at most (new ones beyond are refused)",
-        positive_int,
-    )
-    add_option(
-        parser, "--token-file", None, "api: file holding the bearer token POST requests need"
-    )
-    add_option(
-        parser,
-        "--read-token-file",
-        None,
+        "max_servers",
+        ReceiverSettings,
+        AggregatorSettings,
+    ),
+    offer("api: file holding the bearer token POST requests need", "token_file", ApiSettings),
+    offer(
         "api: file holding the bearer token GET requests need (not /health, /openapi.json)",
-    )
-    add_option(parser, "--agent-interval", 1.0, "agent: seconds between samples", positive_float)
-    add_option(parser, "--agent-name", None, "agent: server name (default: this host's FQDN)")
-    add_option(
-        parser, "--agent-format", "msgpack", "agent: wire format", choices=["msgpack", "pickle.gz"]
-    )
-    add_option(
-        parser,
-        "--curve-secret",
-        None,
+        "read_token_file",
+        ApiSettings,
+    ),
+    offer("agent: seconds between samples", "interval", AgentSettings, flag="--agent-interval"),
+    offer(
+        "agent: server name (default: this host's FQDN)",
+        "name",
+        AgentSettings,
+        flag="--agent-name",
+    ),
+    offer("agent: wire format", "format", AgentSettings, flag="--agent-format"),
+    offer(
         "receiver: CURVE secret key file; with --authorized-keys, only listed agents get in",
-    )
-    add_option(
-        parser, "--authorized-keys", None, "receiver: directory of the agents' public key files"
-    )
-    add_option(
-        parser,
-        "--agent-curve-secret",
-        None,
+        "curve_secret",
+        ReceiverSettings,
+    ),
+    offer(
+        "receiver: directory of the agents' public key files", "authorized_keys", ReceiverSettings
+    ),
+    offer(
         "agent: its CURVE secret key file (needed with --curve-secret unless --no-agent)",
-    )
-    add_store_options(parser, writer=True)
-    add_option(
-        parser,
-        "--runtime-dir",
-        None,
-        "directory for internal sockets (default: a new "
-        "private temporary directory, removed at exit)",
-    )
+        "curve_secret",
+        AgentSettings,
+        flag="--agent-curve-secret",
+    ),
+    *map(offer_store, (*STORE_OPTIONS, *WRITER_OPTIONS)),
+    own(
+        Option(
+            "--runtime-dir",
+            None,
+            "directory for internal sockets (default: a new "
+            "private temporary directory, removed at exit)",
+        )
+    ),
+)
+"""The options of ``servertrack run``, in the order ``--help`` lists them. Everything else a
+daemon takes is either decided by the host (its endpoints and ports) or read from the daemon's
+own ``SERVERTRACK_<DAEMON>_*`` variables (``SERVERTRACK_RECEIVER_GRAPHITE_RATE``)."""
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="servertrack run", description=__doc__)
+    for entry in OFFERS:
+        entry.option.add_to(parser)
     return parser
 
 
@@ -185,168 +216,127 @@ def data_dir_of(args: argparse.Namespace) -> str | None:
     return os.path.abspath(args.data_dir)
 
 
-def snapshot_args(args: argparse.Namespace) -> list[str]:
-    """The aggregator's snapshot flags: a file under the data directory."""
-    data_dir = data_dir_of(args)
-    if data_dir is None:
-        return []
-    return [
-        "--snapshot",
-        os.path.join(data_dir, "aggregator.npz"),
-        "--snapshot-interval",
-        str(args.snapshot_interval),
-    ]
+def compose(kind: type[S], args: argparse.Namespace, **decided: Any) -> S:
+    """The settings of one daemon, checked: what the host ``decided``, the options ``run``
+    offers it, and its own variables' values (or defaults) for the rest. A setting the daemon
+    cannot run with stops the host here, with ``run``'s name for the flag, rather than a child
+    restarted forever."""
+    values = {e.field: getattr(args, e.option.field) for e in OFFERS if kind in e.to}
+    values.update(decided)
+    values.update(kind.defaults(o.field for o in kind.OPTIONS if o.field not in values))
+    try:
+        return kind.from_args(argparse.Namespace(**values))
+    except ConfigError as err:
+        if err.flag is None:
+            fatal(f"servertrack run: {err}")
+        fatal(f"servertrack run: {run_flag(kind, err.flag)}: {err.reason}")
 
 
-def store_args(args: argparse.Namespace, writer: bool) -> list[str]:
-    """The ``--store`` flags of the aggregator (``writer``) or the API; none for memory."""
-    if args.store == MEMORY:
-        return []
-    flags = ["--store", args.store, "--store-timeout", str(args.store_timeout)]
-    if args.store_password_file:
-        flags += ["--store-password-file", os.path.abspath(args.store_password_file)]
-    if writer:
-        flags += ["--store-flush", str(args.store_flush)]
-        flags += ["--store-wait-replicas", str(args.store_wait_replicas)]
-        flags += ["--store-hold", str(args.store_hold)]
-    return flags
+def run_flag(kind: type[Settings], flag: str) -> str:
+    """What ``servertrack run`` calls the option ``flag`` of ``kind``: the name it offers it
+    under, or ``DAEMON --flag`` for one the host sets itself."""
+    field = field_of(flag)
+    offered = (e.option.flag for e in OFFERS if kind in e.to and e.field == field)
+    return next(offered, f"{kind.COMMAND} {flag}")
+
+
+def reachable(bind: str) -> str:
+    """The address at which a client on this machine reaches a socket listening on ``bind``."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "*") else bind
+
+
+def child_of(settings: Settings) -> Child:
+    """The process of a daemon with ``settings``: given on its command line, and nothing of them
+    left to its variables, which the host has already read."""
+    argv = [sys.executable, "-m", f"servertrack.{settings.COMMAND}", *settings.to_argv()]
+    return Child(settings.COMMAND, argv, unset=settings.variables())
 
 
 def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
-    """The children to run, in start order."""
-    python = [sys.executable, "-m"]
+    """The children to run, in start order, every daemon's settings checked."""
     control = f"ipc://{runtime_dir}/receiver-control"
     batches = f"ipc://{runtime_dir}/batches"
     query = f"ipc://{runtime_dir}/query"
-    receiver = [
-        *python,
-        "servertrack.receiver",
-        "--bind",
-        f"tcp://{args.bind}:{args.ingest_port}",
-        "--control",
-        control,
-        "--aggregator",
-        batches,
-        "--aggregator-query",
-        query,
-        "--retention",
-        str(args.retention),
-        "--max-servers",
-        str(args.max_servers),
-    ]
-    if args.accept_pickle:
-        receiver.append("--accept-pickle")
-    if args.graphite_port is not None:
-        host = f"[{args.bind}]" if ":" in args.bind else args.bind
-        receiver += ["--graphite", f"tcp://{host}:{args.graphite_port}"]
-    if args.graphite_map:
-        try:  # refuse here rather than restart a receiver that cannot start, forever
-            load_rules(args.graphite_map)
-        except RuleError as err:
-            fatal(f"servertrack run: --graphite-map: {err}")
-        receiver += ["--graphite-map", os.path.abspath(args.graphite_map)]
-    agent_curve = []
-    try:  # refuse here rather than restart a receiver or an agent that cannot start, forever
-        if curve.check_flags(args.curve_secret, args.authorized_keys):
-            curve.check_config(args.curve_secret, args.authorized_keys)
-            receiver += ["--curve-secret", os.path.abspath(args.curve_secret)]
-            receiver += ["--authorized-keys", os.path.abspath(args.authorized_keys)]
-            if not args.no_agent:
-                if not args.agent_curve_secret:
-                    raise curve.CurveConfigError(
-                        "with --curve-secret the local agent needs --agent-curve-secret "
-                        "(or use --no-agent)"
-                    )
-                # The agent gets the receiver's public key only, written next to the sockets.
-                server_key = os.path.join(runtime_dir, "receiver.key")
-                curve.write_public_key(args.curve_secret, server_key)
-                agent_public = load_pair(args.agent_curve_secret)[0]
-                if agent_public not in curve.AuthorizedKeys(args.authorized_keys).keys:
-                    log.warning(
-                        "the local agent's public key is not in %s: copy its .key file there",
-                        args.authorized_keys,
-                    )
-                agent_curve = ["--curve-secret", os.path.abspath(args.agent_curve_secret)]
-                agent_curve += ["--server-key", server_key]
-        elif args.agent_curve_secret:
-            raise curve.CurveConfigError("--agent-curve-secret needs --curve-secret")
-    except (OSError, ValueError) as err:
-        fatal(f"servertrack run: {err}")
-    api_tokens = []
-    for flag, path in (
-        ("--token-file", args.token_file),
-        ("--read-token-file", args.read_token_file),
-    ):
-        if path:
-            try:  # refuse here rather than restart an api that cannot start, forever
-                read_token_file(path)
-            except TokenFileError as err:
-                fatal(f"servertrack run: {err}")
-            api_tokens += [flag, os.path.abspath(path)]
-    try:  # a store password that cannot be read stops the host here, not in a restart loop
-        store_password(args)
-    except ValueError as err:
-        fatal(f"servertrack run: {err}")
-    children = [
-        Child(
-            "aggregator",
-            [
-                *python,
-                "servertrack.aggregator",
-                "--batches",
-                batches,
-                "--query",
-                query,
-                "--receiver-control",
-                control,
-                "--max-servers",
-                str(args.max_servers),
-                *(snapshot_args(args) if args.store == MEMORY else []),
-                *store_args(args, writer=True),
-            ],
-        ),
-        Child("receiver", receiver),
-        Child(
-            "api",
-            [
-                *python,
-                "servertrack.api",
-                "--host",
-                args.bind,
-                "--port",
-                str(args.api_port),
-                "--threads",
-                str(args.threads),
-                "--http",
-                args.http,
-                "--workers",
-                str(args.workers),
-                *([BEHIND_PROXY] if args.behind_buffering_proxy else []),
-                "--receiver-control",
-                control,
-                "--aggregator-query",
-                query,
-                *api_tokens,
-                *store_args(args, writer=False),
-            ],
-        ),
-    ]
+    graphite = "" if args.graphite_port is None else tcp_endpoint(args.bind, args.graphite_port)
+    receiver = compose(
+        ReceiverSettings,
+        args,
+        bind=tcp_endpoint(args.bind, args.ingest_port),
+        control=control,
+        aggregator=batches,
+        aggregator_query=query,
+        graphite=graphite,
+    )
+    data_dir = data_dir_of(args)
+    snapshot = None
+    if data_dir is not None and args.store == MEMORY:
+        snapshot = os.path.join(data_dir, "aggregator.npz")
+    aggregator = compose(
+        AggregatorSettings,
+        args,
+        batches=batches,
+        query=query,
+        receiver_control=control,
+        snapshot=snapshot,
+    )
+    if snapshot is not None and receiver.retention <= aggregator.snapshot_interval:
+        fatal(
+            "servertrack run: --retention must be longer than --snapshot-interval, or a crash "
+            "between two snapshots could lose batches the receiver no longer holds"
+        )
+    api = compose(
+        ApiSettings,
+        args,
+        host=args.bind,
+        port=args.api_port,
+        receiver_control=control,
+        aggregator_query=query,
+    )
+    children = [child_of(aggregator), child_of(receiver), child_of(api)]
+    check_agent_curve(args, receiver)
     if not args.no_agent:
-        agent_host = "127.0.0.1" if args.bind in ("0.0.0.0", "*") else args.bind
-        agent = [
-            *python,
-            "servertrack.agent",
-            "--connect",
-            f"tcp://{agent_host}:{args.ingest_port}",
-            "--interval",
-            str(args.agent_interval),
-            "--format",
-            args.agent_format,
-        ]
-        if args.agent_name:
-            agent += ["--name", args.agent_name]
-        children.append(Child("agent", agent + agent_curve))
+        children.append(child_of(local_agent(args, receiver, runtime_dir)))
     return children
+
+
+def check_agent_curve(args: argparse.Namespace, receiver: ReceiverSettings) -> None:
+    """The local agent uses CURVE when the receiver does, and only then."""
+    if receiver.curve_secret is None and args.agent_curve_secret:
+        fatal("servertrack run: --agent-curve-secret needs --curve-secret")
+    if receiver.curve_secret is not None and not args.no_agent and not args.agent_curve_secret:
+        fatal(
+            "servertrack run: with --curve-secret the local agent needs --agent-curve-secret "
+            "(or use --no-agent)"
+        )
+
+
+def local_agent(
+    args: argparse.Namespace, receiver: ReceiverSettings, runtime_dir: str
+) -> AgentSettings:
+    """The local agent's settings. With CURVE it gets the receiver's public key only, written
+    next to the sockets; a warning says when its own key is not among the authorized ones."""
+    server_key = None
+    if receiver.curve_secret is not None:
+        try:
+            server_key = curve.write_public_key(
+                receiver.curve_secret, os.path.join(runtime_dir, "receiver.key")
+            )
+        except (OSError, ValueError) as err:
+            fatal(f"servertrack run: {err}")
+    agent = compose(
+        AgentSettings,
+        args,
+        connect=tcp_endpoint(reachable(args.bind), args.ingest_port),
+        server_key=server_key,
+    )
+    authorized = receiver.authorized_keys
+    if agent.curve_secret is not None and authorized is not None:
+        public = load_pair(agent.curve_secret)[0]
+        if public not in curve.AuthorizedKeys(authorized).keys:
+            log.warning(
+                "the local agent's public key is not in %s: copy its .key file there", authorized
+            )
+    return agent
 
 
 def supervise(children: list[Child], stop: threading.Event) -> int:
@@ -412,47 +402,35 @@ def check_ports(args: argparse.Namespace) -> None:
                 fatal(f"servertrack run: {other} and {flag} are both {number}")
     host = "0.0.0.0" if args.bind in ("0.0.0.0", "*") else args.bind
     for flag, number in ports:
-        try:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((host, number))
-        except OSError as err:
+        reason = port_unavailable(host, number)
+        if reason:
             fatal(
-                f"servertrack run: {flag} {number} on {host} is not available ({err.strerror}); "
+                f"servertrack run: {flag} {number} on {host} is not available ({reason}); "
                 "is another servertrack run using it?"
             )
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the ports, take the runtime directory, check every daemon's settings, take the data
+    directory, and only then start the children: a setting they cannot run with leaves the data
+    directory untouched."""
     setup_logging()
-    if args.store == MEMORY and args.data_dir != "" and args.retention <= args.snapshot_interval:
-        fatal(
-            "servertrack run: --retention must be longer than --snapshot-interval, or a crash "
-            "between two snapshots could lose batches the receiver no longer holds"
-        )
-    exposure = granian_exposure_error(args.http, args.bind, args.behind_buffering_proxy)
-    if exposure:
-        fatal(f"servertrack run: {exposure}")
     check_ports(args)
+    own_dir = args.runtime_dir is None
+    runtime_dir = ""
     locks = []
     try:
-        data_dir = data_dir_of(args)
-        if data_dir is not None:
-            locks.append(hold_lock(os.path.join(data_dir, "host.lock"), "data directory"))
-        own_dir = args.runtime_dir is None
-        runtime_dir = tempfile.mkdtemp(prefix="servertrack-") if own_dir else args.runtime_dir
-        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
-        locks.append(hold_lock(os.path.join(runtime_dir, "host.lock"), "runtime directory"))
-    except LockHeld as err:
-        fatal(f"servertrack run: {err}")
-    except OSError as err:
-        fatal(f"servertrack run: {err}")
-    stop = threading.Event()
-    try:
-        children = plan(args, runtime_dir)
-        shown = "127.0.0.1" if args.bind in ("0.0.0.0", "*") else args.bind
-        base = f"http://{shown}:{args.api_port}"
+        try:
+            runtime_dir = tempfile.mkdtemp(prefix="servertrack-") if own_dir else args.runtime_dir
+            os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+            locks.append(hold_lock(os.path.join(runtime_dir, "host.lock"), "runtime directory"))
+            children = plan(args, runtime_dir)
+            data_dir = data_dir_of(args)
+            if data_dir is not None:
+                locks.append(hold_lock(os.path.join(data_dir, "host.lock"), "data directory"))
+        except OSError as err:  # LockHeld included
+            fatal(f"servertrack run: {err}")
+        base = f"http://{reachable(args.bind)}:{args.api_port}"
         print(f"ServerTrack API on {base}  (Ctrl-C stops)", flush=True)
         if not args.no_agent:
             name = args.agent_name or node_name()
@@ -460,11 +438,11 @@ def run(args: argparse.Namespace) -> int:
                 f"The local agent reports as {name!r}: curl -s {base}/servers/{name}/loads",
                 flush=True,
             )
+        stop = threading.Event()
         with stop_on_signals(stop):
-            code = supervise(children, stop)
+            return supervise(children, stop)
     finally:
-        if own_dir:
+        if own_dir and runtime_dir:
             shutil.rmtree(runtime_dir, ignore_errors=True)
         for lock in locks:
             lock.close()
-    return code

@@ -327,8 +327,7 @@ class ReceiverDaemon:
         """Push again the retained batches numbered above ``after`` (for a restarted aggregator;
         all of them for one that has applied none, ``epoch`` None). The aggregator applies each
         batch once, whatever arrives twice."""
-        index = self.state.index
-        first = index.peekitem(0)[0] if index else self.state.batches
+        first = self.state.replay.oldest(self.state.batches)
         reply = {"epoch": self.state.epoch, "first": first, "last": self.state.batches - 1}
         sent = 0
         if epoch in (self.state.epoch, None) and self._push is not None:

@@ -50,7 +50,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from servertrack.receiver.state import METRICS, ReceiverState
+from servertrack.common.sample import METRICS, PERCENT_MAX
+from servertrack.receiver.state import ReceiverState
 
 SOURCE = "graphite"
 MAX_LINE = 1024
@@ -322,5 +323,5 @@ class GraphiteIntake:
             if ts == -1.0:
                 ts = now
             if target.inverted:
-                value = 100.0 - value
+                value = PERCENT_MAX - value
             offer(target.server, target.metric, value, ts, now)

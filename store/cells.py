@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from servertrack.common.buckets import HOUR, HOUR_WINDOW, MINUTE, MINUTE_WINDOW, iso_utc
+from servertrack.common.sample import valid_columns
 
 CELL_DTYPE = np.dtype(
     [
@@ -197,12 +198,12 @@ def _cells(
 def fold(samples: Samples, now: float) -> Folded:
     """Fold ``samples`` into per-(server, bucket) cells for the windows at ``now``.
 
-    Samples whose hour is outside the hour window are ``expired``; samples with a non-finite
-    ts or an infinite value are ``invalid``; neither is folded. A sample older than the minute
-    window but inside the hour window counts in its hour only.
+    Samples whose hour is outside the hour window are ``expired``; samples with a ts or a value
+    the receiver would have refused (:func:`valid_columns`) are ``invalid``; neither is folded.
+    A sample older than the minute window but inside the hour window counts in its hour only.
     """
     ts, cpu, ram = samples.ts, samples.cpu, samples.ram
-    valid = np.isfinite(ts) & ~np.isinf(cpu) & ~np.isinf(ram)
+    valid = valid_columns(ts, cpu, ram)
     invalid = int(valid.size - np.count_nonzero(valid))
     hour = np.floor_divide(np.where(valid, ts, 0.0), HOUR).astype(np.int64)
     current_hour = int(now // HOUR)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from servertrack.common.config import add_option, non_negative_float, positive_float
+from servertrack.common.config import non_negative_float, path, positive_float
+from servertrack.common.settings import ConfigError, Option
 from servertrack.store.redis_url import BadStoreUrl, parse_store_url, read_password_file
 
 MEMORY = "memory"
@@ -37,55 +38,63 @@ def replicas(text: str) -> int:
     return value
 
 
-def add_store_options(parser: argparse.ArgumentParser, writer: bool) -> None:
-    """``--store`` and ``--store-password-file``; with ``writer`` also the flush and replica
-    flags of whoever merges into the store."""
-    add_option(
-        parser,
+STORE_OPTIONS = (
+    Option(
         "--store",
         MEMORY,
         "where the rollups live: memory, redis://HOST:PORT/DB, rediss://... (TLS) or "
         "redis+cluster://HOST:PORT[,HOST:PORT...]",
         store_url,
-    )
-    add_option(
-        parser,
+    ),
+    Option(
         "--store-password-file",
         None,
         "file whose first line is the Redis password (instead of one in the URL)",
-    )
-    add_option(
-        parser,
+        path,
+    ),
+    Option(
         "--store-timeout",
         1.0,
         "seconds Redis may take to answer before the store counts as unavailable",
         positive_float,
-    )
-    if writer:
-        add_option(
-            parser,
-            "--store-flush",
-            DEFAULT_FLUSH,
-            "seconds between two merges of the held batches into Redis",
-            positive_float,
-        )
-        add_option(
-            parser,
-            "--store-wait-replicas",
-            0,
-            "a merge counts as done only once WAIT confirms this many replicas",
-            replicas,
-        )
-        add_option(
-            parser,
-            "--store-hold",
-            300.0,
-            "seconds of batches held while Redis is unreachable (beyond: dropped and counted)",
-            non_negative_float,
-        )
+    ),
+)
+"""The store, its password file and its timeout: what the aggregator and every API reading the
+store take."""
+WRITER_OPTIONS = (
+    Option(
+        "--store-flush",
+        DEFAULT_FLUSH,
+        "seconds between two merges of the held batches into Redis",
+        positive_float,
+    ),
+    Option(
+        "--store-wait-replicas",
+        0,
+        "a merge counts as done only once WAIT confirms this many replicas",
+        replicas,
+    ),
+    Option(
+        "--store-hold",
+        300.0,
+        "seconds of batches held while Redis is unreachable (beyond: dropped and counted)",
+        non_negative_float,
+    ),
+)
+"""The flush and replica options of whoever merges into the store (the aggregator)."""
 
 
-def store_password(args: argparse.Namespace) -> str | None:
-    """The password of ``--store-password-file``, if given (ValueError with the reason)."""
-    path = getattr(args, "store_password_file", None)
-    return read_password_file(path) if path else None
+def check_password_file(file: str | None) -> None:
+    """ConfigError naming ``--store-password-file`` when it is given but cannot be used."""
+    if file:
+        try:
+            read_password_file(file)
+        except BadStoreUrl as err:
+            raise ConfigError(str(err), "--store-password-file") from None
+
+
+def store_password(settings: object) -> str | None:
+    """The password of ``--store-password-file`` (parsed arguments or settings), if given
+    (ValueError with the reason)."""
+    file = getattr(settings, "store_password_file", None)
+    return read_password_file(file) if file else None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+import zmq.auth
 from hypothesis import settings
 
 from servertrack.common.redis_testing import RedisServer
@@ -165,3 +166,29 @@ def alertmanager(tmp_path: Path, webhook: Recorder) -> Iterator[Alertmanager]:
         yield manager
     finally:
         manager.stop()
+
+
+@pytest.fixture
+def setting_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding what daemons' settings name, each usable as it is: token
+    files ``token`` and ``read``, a Redis password file ``pw``, a Graphite rule file
+    ``graphite.map``, CURVE pairs ``keys/receiver`` and ``keys/agent`` (the agent's public key
+    authorized in ``keys/authorized``) and a runtime directory ``rt``; no ``SERVERTRACK_*``
+    variable set, and ``XDG_STATE_HOME`` inside it."""
+    for variable in [name for name in os.environ if name.startswith("SERVERTRACK_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    for name, text in (("token", "record\n"), ("read", "read\n"), ("pw", "secret\n")):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o600)
+    (tmp_path / "graphite.map").write_text("hosts.{server}.memory.percent-used ram\n")
+    keys = tmp_path / "keys"
+    (keys / "authorized").mkdir(parents=True)
+    zmq.auth.create_certificates(keys, "receiver")
+    public, _ = zmq.auth.create_certificates(keys, "agent")
+    os.link(public, keys / "authorized" / "agent.key")
+    for secret in keys.glob("*.key_secret"):
+        secret.chmod(0o600)
+    (tmp_path / "rt").mkdir()
+    return tmp_path

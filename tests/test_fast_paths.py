@@ -3,6 +3,7 @@ aggregator's generation and its long-poll ``watch``, the API's read cache and gr
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -17,12 +18,13 @@ from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import AggregatorState
 from servertrack.api.app import create_app
-from servertrack.api.cache import CachedReads
+from servertrack.api.cache import GRACE, CachedReads
 from servertrack.api.fastpath import FastReads
-from servertrack.api.generation import GenerationWatch
+from servertrack.api.generation import Current, GenerationWatch
 from servertrack.api.group import GroupCommit
 from servertrack.api.stats import ApiStats
 from servertrack.common.batch import Batch
+from servertrack.common.oracle import iso_z
 from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
 from servertrack.common.testing import FakeClock, wait_until
@@ -207,11 +209,13 @@ def test_watch_is_answered_on_a_new_batch_and_heartbeats(
 
 # -- the API's read cache -------------------------------------------------------------------------
 class FixedGeneration:
-    """A generation source set by hand; ``since`` is when the value was set (``ticks``)."""
+    """A generation source set by hand; ``since`` is when the value was set (``ticks``) and
+    ``before`` the value set before it (None after None: nothing was heard in between)."""
 
     def __init__(self, value: int | None, ticks: FakeClock | None = None) -> None:
         self.ticks = ticks or FakeClock(0.0)
         self.since = self.ticks()
+        self.before: int | None = None
         self._value = value
 
     @property
@@ -220,10 +224,12 @@ class FixedGeneration:
 
     @value.setter
     def value(self, value: int | None) -> None:
+        if value != self._value:
+            self.before = self._value
         self._value, self.since = value, self.ticks()
 
-    def current(self) -> tuple[int, float] | None:
-        return None if self._value is None else (self._value, self.since)
+    def current(self) -> Current | None:
+        return None if self._value is None else Current(self._value, self.since, self.before)
 
 
 def test_the_cache_serves_only_the_current_generation() -> None:
@@ -322,6 +328,149 @@ def test_a_thread_late_with_the_generation_does_not_turn_the_cache_back() -> Non
         assert cache.peek("a") == newer
     finally:
         cache.close()
+
+
+VIEW_A = {"op": "view", "name": "a"}
+
+
+class OneAtATime:
+    """A backend used by the test thread and the cache's refresh thread one call at a time (the
+    in-process aggregator is not made for threads); ``views`` (the refresh) waits while
+    ``refresh`` is clear."""
+
+    def __init__(self, backend: InProcessBackend) -> None:
+        self.backend = backend
+        self.refresh = threading.Event()
+        self.refresh.set()
+        self.lock = threading.Lock()
+
+    def record(self, samples: list[Sample]) -> dict[str, Any]:
+        with self.lock:
+            return self.backend.record(samples)
+
+    def query(self, request: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        if request["op"] == "views":
+            self.refresh.wait(timeout=5)
+        with self.lock:
+            return self.backend.query(request, deadline)
+
+    def ping(self) -> dict[str, Any]:
+        return self.backend.ping()
+
+
+def samples_shown(reply: dict[str, Any]) -> int:
+    return sum(bucket["samples"] for bucket in json.loads(reply["body"])["hours"])
+
+
+def test_answers_say_when_they_were_read_and_a_kept_one_keeps_its_time() -> None:
+    """Every answer carries ``ServerTrack-As-Of``, the aggregator's clock when it read its
+    store, beside the aggregator's bytes; a kept answer keeps the time it was read (through
+    Falcon and before it alike), and the next generation's answer has its own."""
+    clock = Clock(NOW)
+    backend = InProcessBackend(clock)
+    backend.record([Sample("web", NOW - 1, 3.0, None)])
+    generation = FixedGeneration(backend.aggregator.generation)
+    cache = CachedReads(backend, generation)
+    app = create_app(cache, clock)
+    fast = FastReads(app, cache, None, request_deadline=2)
+
+    def as_of(wsgi: Any) -> str:
+        return str(testing.simulate_get(wsgi, "/servers/web/loads").headers["ServerTrack-As-Of"])
+
+    try:
+        assert as_of(app) == iso_z(NOW)
+        clock.now += 5
+        assert as_of(app) == as_of(fast) == iso_z(NOW)
+        backend.record([Sample("web", NOW + 4, 3.0, None)])
+        generation.value = backend.aggregator.generation
+        assert as_of(fast) == as_of(app) == iso_z(NOW + 5)
+    finally:
+        cache.close()
+
+
+def test_after_a_quiet_spell_an_answer_kept_generations_ago_is_never_served() -> None:
+    """Read in one generation, then not while two more were heard a second apart: a read 0.1 s
+    after the newest was heard gets the backend's answer of now. The kept answer is two
+    generations old, so it is not "the previous answer", grace or not."""
+    backend = InProcessBackend(Clock(NOW))
+    backend.record([Sample("a", NOW - 30, 1.0, None)])
+    calls = OneAtATime(backend)
+    calls.refresh.clear()  # no background refresh: only the rule decides
+    ticks = FakeClock(100.0)
+    generation = FixedGeneration(backend.aggregator.generation, ticks)
+    cache = CachedReads(calls, generation, grace=0.5, monotonic=ticks)
+    try:
+        kept = cache.query(VIEW_A)
+        for second in (1, 2):  # two batches nobody reads in between
+            ticks.advance(1.0)
+            backend.record([Sample("a", NOW - 30 + second, 2.0, None)])
+            generation.value = backend.aggregator.generation
+        ticks.advance(0.1)
+        assert cache.peek("a") is None
+        now = cache.query(VIEW_A)
+        assert now == backend.query(VIEW_A) and samples_shown(now) == samples_shown(kept) + 2
+        assert cache.counts()["stale"] == 0
+    finally:
+        calls.refresh.set()
+        cache.close()
+
+
+def test_the_answer_of_the_generation_just_before_serves_for_the_grace_only() -> None:
+    """Read, a quiet spell with no change, then one batch: the answer kept is exactly one
+    generation old, and serves for the grace after the new generation was heard, not after."""
+    backend = InProcessBackend(Clock(NOW))
+    backend.record([Sample("a", NOW - 30, 1.0, None)])
+    calls = OneAtATime(backend)
+    calls.refresh.clear()
+    ticks = FakeClock(100.0)
+    generation = FixedGeneration(backend.aggregator.generation, ticks)
+    cache = CachedReads(calls, generation, grace=0.5, monotonic=ticks)
+    try:
+        kept = cache.query(VIEW_A)
+        ticks.advance(7.0)
+        backend.record([Sample("a", NOW - 29, 2.0, None)])
+        generation.value = backend.aggregator.generation
+        ticks.advance(0.49)
+        assert cache.peek("a") == kept
+        ticks.advance(0.01)
+        assert cache.peek("a") is None
+    finally:
+        calls.refresh.set()
+        cache.close()
+
+
+@pytest.mark.parametrize("period", [0.37, 1.3, 7.37])
+def test_no_answer_is_older_than_the_grace_at_any_read_rate(period: float) -> None:
+    """A batch every second, heard at once; a read every ``period`` s, out of phase with the
+    batches, for 100 s of an injected clock, the background refresh racing the reads for real:
+    every answer shows every sample applied more than the grace before it was read."""
+    backend = InProcessBackend(Clock(NOW))
+    backend.record([Sample("a", NOW - 3000, 1.0, None)])
+    calls = OneAtATime(backend)
+    ticks = FakeClock(100.0)
+    generation = FixedGeneration(backend.aggregator.generation, ticks)
+    cache = CachedReads(calls, generation, grace=GRACE, monotonic=ticks)
+    applied = [(float("-inf"), 1)]
+    batches = [(100.55 + k, "batch") for k in range(100)]
+    reads = [(100.0 + j * period, "read") for j in range(int(100 / period))]
+    stale = []
+    try:
+        for at, kind in sorted(batches + reads):
+            ticks.set(at)
+            if kind == "batch":
+                calls.record([Sample("a", NOW - 3000 + at, 2.0, None)])
+                generation.value = backend.aggregator.generation
+                applied.append((at, applied[-1][1] + 1))
+            else:
+                shows = samples_shown(cache.query(VIEW_A))
+                due = max(count for when, count in applied if when <= at - GRACE)
+                if shows < due:
+                    stale.append(f"at {at - 100:.2f} s: {shows} < {due}")
+    finally:
+        cache.close()
+    assert not stale, stale
+    if period < 1:  # more reads than batches: some are served from the cache
+        assert cache.hits + cache.stale > 0
 
 
 # -- the API's group commit -----------------------------------------------------------------------

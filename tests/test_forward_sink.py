@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from servertrack.common.testing import free_port, wait_until
-from servertrack.forward.sink import Backoff, Connection, GraphiteSink, PointQueue
+from servertrack.forward.sink import Backoff, GraphiteSink, PointQueue, SinkConnection
 
 LOOPBACK = "127.0.0.1"
 DEADLINE = 10.0
@@ -157,8 +157,8 @@ def test_a_write_the_peer_does_not_take_in_time_fails_and_the_rest_goes_on_a_new
     every line exactly once, whole."""
     with listening(rcvbuf=4096, held={0}) as listener:
 
-        def small_buffers(host: str, port: int, timeout: float) -> Connection:
-            connection = Connection.open(host, port, timeout)
+        def small_buffers(host: str, port: int, timeout: float) -> SinkConnection:
+            connection = SinkConnection.open(host, port, timeout)
             connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             return connection
 
@@ -227,9 +227,9 @@ def test_connection_attempts_back_off_until_the_sink_listens() -> None:
     port = free_port()
     attempts: list[float] = []
 
-    def recording(host: str, port: int, timeout: float) -> Connection:
+    def recording(host: str, port: int, timeout: float) -> SinkConnection:
         attempts.append(time.monotonic())
-        return Connection.open(host, port, timeout)
+        return SinkConnection.open(host, port, timeout)
 
     sink = make_sink(port, opener=recording, backoff=Backoff(0.05, 0.4, random.Random(2).random))
     batch = lines_of(5)

@@ -29,6 +29,8 @@ class FakeApi(ThreadingHTTPServer):
         self.status = 200
         self.gone = {"srv3.example.com"}
         self.drop_idle = False
+        self.as_of: dict[str, str] = {}
+        """Server name → the ``ServerTrack-As-Of`` its answer carries (none if absent)."""
         """Close each connection after answering, without saying so (an idle-timeout)."""
         self.requests: list[str] = []
         self.connections: set[tuple[str, int]] = set()
@@ -67,13 +69,15 @@ class Handler(BaseHTTPRequestHandler):
         name = url.path.removeprefix("/base/servers/").removesuffix("/loads")
         if name in api.gone:
             return self.answer(404, {"reason": "unknown_server"})
-        return self.answer(200, {"server": name, "minutes": [], "hours": []})
+        return self.answer(200, {"server": name, "minutes": [], "hours": []}, api.as_of.get(name))
 
-    def answer(self, status: int, body: Any) -> None:
+    def answer(self, status: int, body: Any, as_of: str | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if as_of is not None:
+            self.send_header("ServerTrack-As-Of", as_of)
         self.end_headers()
         self.wfile.write(data)
         if self.server.drop_idle:
@@ -130,6 +134,16 @@ def test_a_server_that_vanished_is_left_out_and_connections_are_reused() -> None
         answers = source.loads(NAMES * 4)
     assert sorted(answers) == sorted(set(NAMES) - api.gone)
     assert len(api.connections) <= 2
+
+
+def test_each_answer_carries_the_time_the_api_read_it() -> None:
+    """An answer's ``ServerTrack-As-Of`` header is in it as ``as_of``; one without the header
+    has none (the forwarder refuses it)."""
+    with running() as api, client(api) as source:
+        api.as_of = {NAMES[0]: "2026-11-22T10:01:32.5Z"}
+        answers = source.loads(NAMES[:2])
+    assert answers[NAMES[0]]["as_of"] == "2026-11-22T10:01:32.5Z"
+    assert "as_of" not in answers[NAMES[1]]
 
 
 def test_connections_the_server_closed_while_idle_are_opened_again() -> None:

@@ -10,6 +10,7 @@ import random
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from servertrack.forward.main import parse_graphite
 from servertrack.forward.points import (
     MalformedAnswer,
     WindowCollector,
+    answer_time,
     check_prefix,
     sanitize,
     series_name,
@@ -103,7 +105,11 @@ class FakeFleet:
             _bucket(m * 60, [s for s in self.raw(server, m) if s[0] <= now])
             for m in range(current - 59, current + 1)
         ]
-        answer: dict[str, Any] = {"server": server, "minutes": [b for b in minutes if b]}
+        answer: dict[str, Any] = {
+            "server": server,
+            "minutes": [b for b in minutes if b],
+            "as_of": iso_z(now),
+        }
         if hours:
             hour = int(now // HOUR)
             answer["hours"] = []
@@ -547,6 +553,84 @@ def test_an_unusable_answer_sends_nothing_and_is_read_again(tmp_path: Path) -> N
     assert_in_order_and_once(rig.grok)
 
 
+class LaggingFleet(FakeFleet):
+    """The fleet behind a cache gone wrong: a server's n-th read for which ``lagging(n)`` holds
+    is answered as the API answered ``lag`` seconds earlier (``as_of`` included)."""
+
+    def __init__(self, clock: FakeClock, lag: float, lagging: Callable[[int], bool]) -> None:
+        super().__init__(clock)
+        self.lag = lag
+        self.lagging = lagging
+        self.asked: Counter[str] = Counter()
+        self.lagged = 0
+
+    def loads(self, names: list[str], stop: threading.Event | None = None) -> dict[str, Any]:
+        self._check_up()
+        self.reads += 1
+        now = self.clock()
+        answers = {}
+        for name in names:
+            self.asked[name] += 1
+            late = self.lagging(self.asked[name])
+            self.lagged += late
+            answers[name] = self.view(name, now - self.lag if late else now)
+        return answers
+
+
+def lagging_rig(tmp_path: Path, lagging: Callable[[int], bool]) -> Rig:
+    """One-minute windows read from a fleet whose lagging answers are two minutes old (older
+    than any window due), re-read without a pause."""
+    rig = make_rig(tmp_path, interval=60)
+    rig.fleet = LaggingFleet(rig.wall, 120, lagging)
+    rig.config.reread_pause = 0.0
+    return rig
+
+
+def test_an_answer_older_than_the_window_is_read_again_never_sent(tmp_path: Path) -> None:
+    """Every other answer for a server comes from a cache two minutes behind: each of those is
+    counted and read again, and every window sent is the brute-force mean of its raw samples."""
+    rig = lagging_rig(tmp_path, lambda n: n % 2 == 1)
+    forwarder = rig.start()
+    rig.run_until(forwarder, START + 2 * HOUR)
+    forwarder.shutdown()
+    assert_in_order_and_once(rig.grok)
+    done_until = StateFile(tmp_path / "state.json").load()
+    assert done_until is not None
+    window_one = math.ceil((START - 3300) / 60) * 60
+    status = classify(rig, window_one, done_until)
+    assert status["absent"] == [] and status["partial"] == []
+    assert len(status["full"]) > 100
+    count = forwarder.snapshot()
+    assert isinstance(rig.fleet, LaggingFleet)
+    assert count["answers_reread"] == rig.fleet.lagged > 100
+    assert count["api_errors"] == {}
+
+
+def test_answers_that_stay_older_than_the_window_send_nothing_until_fresh(
+    tmp_path: Path,
+) -> None:
+    """A cache that keeps serving old answers: after ``rereads`` reads again the read fails as
+    ``stale_answer`` and nothing of the window is sent; once the answers are fresh, every window
+    goes out, exact."""
+    behind = {"on": True}
+    rig = lagging_rig(tmp_path, lambda n: behind["on"])
+    forwarder = rig.start()
+    rig.run_until(forwarder, START + 100)
+    assert rig.grok.arrival == []
+    failures = forwarder.counters.api_errors["stale_answer"]
+    assert failures >= 2
+    assert forwarder.counters.answers_reread >= failures * rig.config.rereads
+    behind["on"] = False
+    rig.run_until(forwarder, START + 600)
+    forwarder.shutdown()
+    assert_in_order_and_once(rig.grok)
+    done_until = StateFile(tmp_path / "state.json").load()
+    assert done_until is not None
+    status = classify(rig, math.ceil((START - 3300) / 60) * 60, done_until)
+    assert status["partial"] == [] and len(status["full"]) > 50
+    assert len(status["absent"]) == forwarder.snapshot()["skipped"]  # out of --backfill meanwhile
+
+
 def test_a_state_file_that_cannot_be_written_holds_the_points_back(tmp_path: Path) -> None:
     """If the state cannot be saved, nothing is queued (it could be sent twice after a
     restart); the failure is counted and the windows go out once the file can be written."""
@@ -706,6 +790,16 @@ def test_malformed_buckets_are_refused_with_a_reason() -> None:
             collector.add("s", {"minutes": [bad]})
     with pytest.raises(MalformedAnswer):
         collector.add("s", {"hours": []})
+
+
+def test_an_answer_must_say_when_it_was_read() -> None:
+    """``as_of`` is read as a time; an answer without one, or with one that is not an ISO time
+    with a zone, is refused (an API too old to date its answers cannot be trusted fresh)."""
+    assert answer_time("s", {"as_of": "2026-11-22T10:01:32.5Z"}) == 1_795_341_692.5
+    for bad in ({}, {"as_of": None}, {"as_of": "now"}, {"as_of": "2026-11-22T10:01:32"}, []):
+        with pytest.raises(MalformedAnswer, match="as_of") as refused:
+            answer_time("s", bad)
+        assert refused.value.reason == "bad_answer"
 
 
 def test_the_interval_must_be_a_multiple_of_60_that_divides_3600() -> None:

@@ -130,3 +130,22 @@ def test_granian_refuses_to_listen_beyond_loopback_without_a_buffering_proxy(
     assert "--behind-buffering-proxy" in done.stderr and "Traceback" not in done.stderr
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.e2e
+def test_a_port_in_use_stops_the_api_with_a_message(http_server: str) -> None:
+    """Either server leaves at once with exit code 78 and the address it could not take."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            servertrack_argv("api", "--http", http_server, "--port", str(port)),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    assert done.returncode == 78, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -236,12 +236,21 @@ def test_every_answer_says_nosniff(
     if http_server == "waitress":  # its own answer to a request it cannot parse (hyper's is bare)
         with socket.create_connection(("127.0.0.1", host.api_port), timeout=10) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
-            answer = receive_answer(sock)
+            answer = read_until_closed(sock)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert (
             head.startswith(b"HTTP/1.1 400") and b"x-content-type-options: nosniff" in head.lower()
         )
         assert json.loads(body)["reason"] == "bad_request"
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (head and body may come in
+    separate writes)."""
+    parts = []
+    while chunk := sock.recv(65536):
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def aggregator_view(host: Host, zmq_context: zmq.Context, name: str) -> dict[str, Any]:

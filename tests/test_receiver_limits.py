@@ -10,13 +10,9 @@ import pytest
 from servertrack.common import wire
 from servertrack.common.batch import COUNTER_MAX, Batch, ServerHealth
 from servertrack.common.sample import MAX_SEQ, Sample
-from servertrack.receiver.state import (
-    CONFLICT_HOLD,
-    GAP_SLACK,
-    MAX_SAMPLE_RATE,
-    SERVER_IDLE,
-    ReceiverState,
-)
+from servertrack.receiver.registry import SERVER_IDLE
+from servertrack.receiver.sequences import CONFLICT_HOLD, GAP_SLACK, MAX_SAMPLE_RATE
+from servertrack.receiver.state import ReceiverState
 
 T0 = 1_699_999_200.0
 NAME = "web-1.example"

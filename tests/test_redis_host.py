@@ -215,7 +215,7 @@ def test_a_replica_given_a_receiver_records_through_it(
     """``servertrack api --store URL --receiver-control ...`` records through that receiver and
     reads Redis; its /health checks the receiver and the store, its /stats has no aggregator."""
     host = writers[0]
-    control = f"ipc://{host.flag('--runtime-dir')}/receiver-control"
+    control = f"ipc://{host.runtime_dir}/receiver-control"
     replica = replicas(shared_store.url, "--receiver-control", control)
     assert http_json("POST", replica + "/servers/via-replica/loads", {"cpu": 4.0})[0] == 202
     wait_for(lambda: shown(replica, "via-replica", 1), VISIBLE, "the sample on the replica")

@@ -27,7 +27,7 @@ ATTACKERS = 300
 
 def api_beside(host: HostUnderTest, workdir: Path, *flags: str) -> tuple[ChildProcess, str]:
     """A second ``servertrack api`` over ``host``'s receiver and aggregator, with ``flags``."""
-    runtime = host.flag("--runtime-dir")
+    runtime = host.runtime_dir
     port = free_port()
     api = ChildProcess(
         servertrack_argv(

@@ -82,6 +82,65 @@ def test_no_generation_while_the_counter_cannot_be_read(
     wait_until(generation.current, 5, "the counter read again")
 
 
+def test_a_merge_follows_the_counter_read_before_unless_reads_failed_between(
+    generation: StoreGeneration, counter: Counter
+) -> None:
+    """After a merge the generation before is the counter read last (the same minute); after a
+    spell in which the counter could not be read it is unknown: merges may have come and gone
+    unheard, so no answer kept before may pass for the previous one."""
+    first = wait_until(generation.current, 5, "the first read of the counter")
+    counter.count = 3
+    second = wait_until(lambda: generation.tag() != first.number and generation.current(), 5, "3")
+    assert second.before == first.number and second.since >= first.since
+    counter.down = True
+    wait_until(lambda: generation.current() is None, 5, "the generation given up")
+    counter.count = 5
+    counter.down = False
+    third = wait_until(generation.current, 5, "the counter read again")
+    assert third.number != second.number and third.before is None
+
+
+def test_a_minute_that_turned_while_nobody_asked_is_dated_when_it_turned(
+    counter: Counter, clock: FakeClock
+) -> None:
+    """The minute turned 40 s before the first question after a quiet spell: the new generation
+    is dated at the turn, not at the question (the cache's grace for the previous answer is long
+    over), and the one before it is the same counter in the minute before."""
+    ticks = FakeClock(1000.0)
+    generation = StoreGeneration(counter, clock, poll=0.01, fresh_for=0.3, monotonic=ticks)
+    try:
+        first = wait_until(generation.current, 5, "the first read of the counter")
+        assert first.since == 1000.0
+        clock.advance(55 + 40)  # from :05 to :40 of the next minute, nobody asking
+        ticks.advance(55 + 40)
+        current = wait_until(generation.current, 5, "the counter read again")
+        assert current.number != first.number and current.before == first.number
+        assert current.since == 1000.0 + 55
+        assert generation.current() == current  # dated once
+    finally:
+        generation.close()
+
+
+def test_an_answer_read_from_redis_is_as_of_the_clock_the_read_took(tmp_path: Path) -> None:
+    minute = 1_699_999_980.0
+    clock = FakeClock(minute + 7.25)
+    redis_server = RedisServer(tmp_path / "redis").start()
+    store = RedisStore(redis_server.url, clock=clock)
+    backend = StoreBackend(store, None, clock)
+    try:
+        store.open()
+        batch = BatchColumns(
+            0, np.zeros(1, np.int64), np.array([minute + 1]), np.ones(1), np.ones(1)
+        )
+        store.merge("w", [batch], ["dated"], None, minute + 2)
+        assert backend.query({"op": "view", "name": "dated"})["as_of"] == iso_z(minute + 7.25)
+        views = backend.query({"op": "views", "names": ["dated"]})["views"]
+        assert views[0]["as_of"] == iso_z(minute + 7.25)
+    finally:
+        backend.close()
+        redis_server.stop()
+
+
 class SteppingClock:
     """Answers ``first`` once after :meth:`step_at` is called, then ``then`` for good."""
 
