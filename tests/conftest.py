@@ -29,16 +29,22 @@ settings.load_profile(
 
 
 LONGEST_FIRST = (
-    "test_redis_host.py",
-    "test_slowloris.py",
     "test_graphite_listener.py",
+    "test_slowloris.py",
+    "test_redis_host.py",
+    "test_redis_host_failures.py",
     "test_e2e.py",
-    "test_http_servers.py",
+    "test_read_freshness.py",
     "test_host_lifecycle.py",
-    "test_dashboard_browser.py",
     "test_schemathesis.py",
+    "test_http_servers.py",
+    "test_dashboard_browser.py",
     "test_curve.py",
+    "test_anomaly_detector.py",
+    "test_forward_unit.py",
     "test_hostile.py",
+    "test_fleet_minute_edges.py",
+    "test_forward_fresh.py",
 )
 """The longest modules (wall time, from ``--durations``), longest first. Only an order: a module
 left out merely starts later."""

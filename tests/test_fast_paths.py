@@ -200,7 +200,7 @@ def test_watch_is_answered_on_a_new_batch_and_heartbeats(
         # No batch: past the freshness on the watch's clock, only a heartbeat makes it fresh.
         ticks.advance(2.0)
         heard = wait_until(watch.current, 2, "a heartbeat", 0.01)
-        assert heard == (new[0], new[1])  # the same generation, first heard at the same time
+        assert heard == new  # the same generation, first heard at the same time
         aggregator.stop.set()
         wait_until(lambda: watch.current() is None, 5, "the generation to go stale")
     finally:
