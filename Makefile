@@ -40,19 +40,18 @@ install: $(VENV)/.installed ## Create .venv with ServerTrack installed (.venv/bi
 run: install ## Start the whole monitoring host with a local agent (ARGS="--api-port 9090" ...)
 	$(BIN)/servertrack run $(ARGS)
 
-# Test modules run side by side (pytest-xdist), each whole on one worker (module fixtures such as
-# a shared host stay in one process), the modules that start processes first; the suite mostly
-# waits on processes and sockets, so more workers than cores pays. The fault tests hold loads
-# and outages, so fewer of them run at once. TEST_WORKERS=0 runs in this process alone.
-TEST_WORKERS ?= 4
-FAULT_WORKERS ?= 3
-XDIST = --dist loadfile --no-loadscope-reorder
+# Tests run side by side (pytest-xdist): the suite mostly waits on processes and sockets, so more
+# workers than cores pays. In `make test` each module stays whole on one worker (a host or Redis
+# it shares stays in one process), the longest modules first (tests/conftest.py); the fault
+# tests are few and long, so they are dealt out one by one. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 6
+FAULT_WORKERS ?= 4
 
 test: $(VENV)/.test-installed ## Install what the tests need and run the suite (~3 min)
-	$(BIN)/python -m pytest -m "not faults" -n $(TEST_WORKERS) $(XDIST) $(ARGS)
+	$(BIN)/python -m pytest -m "not faults" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
-test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests (~2 min)
-	$(BIN)/python -m pytest -m faults -n $(FAULT_WORKERS) $(XDIST) $(ARGS)
+test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests (~4 min)
+	$(BIN)/python -m pytest -m faults -n $(FAULT_WORKERS) --dist load $(ARGS)
 
 lint: $(VENV)/.test-installed ## ruff check and format check
 	$(BIN)/ruff check .
