@@ -31,6 +31,15 @@ from servertrack.store.redis_nodes import CorruptKey, StoreUnavailable
 APPLY_SLICE = 32_768
 """Samples applied between two looks at the query socket, so a large batch (or the first sight
 of many servers) never holds a query for more than a few milliseconds."""
+SHARED_SLICE = 1_024
+"""Samples applied per slice while a snapshot writer shares this process's memory: the first
+write to each page after the fork copies it (at 250,000 servers, most of 1.3 GB within one
+32,768-sample slice, 0.6 s), so the slices are small until most pages are the aggregator's own
+again."""
+LEARN_SLICE = 8_192
+"""New names taken between two looks at the query socket: each new server's rows are made
+ready (a few KB of fresh memory each), so 50,000 names at once would hold queries for most of
+a second."""
 LAG_HISTORY = 60
 """Batches (one a second) over which flush-lag percentiles are reported: the last minute."""
 STALE_BATCHES = 10.0
@@ -161,15 +170,34 @@ class AggregatorState:
         self._evictions = 0
         self._new_run = False
         """A new receiver run began and no batch of it has been applied yet."""
+        self.shared = False
+        """A snapshot writer shares the memory (set by the daemon): apply in small slices."""
+        self._learned: tuple[str, int] | None = None
+        """The batch whose names were taken last (they need not be taken again to apply it)."""
 
     # -- batches ------------------------------------------------------------------------------
     def needs_names(self, batch: Batch) -> bool:
         """True when ``batch`` holds ids never announced here (the daemon then asks the receiver
         for its names). A batch announces only the servers new in it, so this is what the first
         batch a restarted aggregator gets usually holds."""
-        self._follow_run(batch.epoch)
-        self.ids.learn(batch.names, self.store)
+        for _ in self.learn_in_slices(batch):
+            pass
+        return self.holds_unknown_ids(batch)
+
+    def holds_unknown_ids(self, batch: Batch) -> bool:
+        """Whether ``batch`` holds ids no name was learned for (after :meth:`learn_in_slices`)."""
         return self.ids.unknown_in(batch)
+
+    def learn_in_slices(self, batch: Batch) -> Iterator[None]:
+        """Take the names ``batch`` announces (following its receiver run), ``LEARN_SLICE`` at
+        a time, yielding between slices so the caller can answer queries in between."""
+        self._follow_run(batch.epoch)
+        names = batch.names
+        for start in range(0, len(names), LEARN_SLICE):
+            if start:
+                yield
+            self.ids.learn(names[start : start + LEARN_SLICE], self.store)
+        self._learned = (batch.epoch, batch.number)
 
     def _follow_run(self, epoch: str) -> None:
         """Switch to receiver run ``epoch`` if it is a new one (its ids mean other servers)."""
@@ -202,7 +230,8 @@ class AggregatorState:
         self._follow_run(batch.epoch)
         changes = len(batch) > 0 or bool(batch.servers) or self._new_run
         self._new_run = False
-        ids.learn(batch.names, self.store)
+        if self._learned != (batch.epoch, batch.number):
+            ids.learn(batch.names, self.store)
         if ids.evictions_seen != self.store.evictions:
             ids.rebuild(self.store)
             ids.evictions_seen = self.store.evictions
@@ -225,8 +254,9 @@ class AggregatorState:
             seq = batch.numbered()[usable]
         else:
             ts, cpu, ram, seq = batch.ts, batch.cpu, batch.ram, batch.numbered()
-        for start in range(0, rows.size, APPLY_SLICE):
-            end = start + APPLY_SLICE
+        step = SHARED_SLICE if self.shared else APPLY_SLICE
+        for start in range(0, rows.size, step):
+            end = start + step
             result = self.store.apply(
                 rows[start:end],
                 ts[start:end],

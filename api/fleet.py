@@ -12,7 +12,7 @@ import falcon
 
 from servertrack.api.backend import Backend
 from servertrack.api.errors import BadRequest
-from servertrack.common.fleet import BadFleetQuery, parse_fleet_query
+from servertrack.common.fleet import BadFleetQuery, parse_fleet_query, parse_grid_query
 
 
 def _reply_body(reply: dict[str, Any]) -> bytes:
@@ -43,17 +43,20 @@ class FleetResource:
 
 
 class GridResource:
-    """Every server's name, current cpu and status, for the heat grid."""
+    """Every server's current cpu and status for the heat grid, compact, with the names when
+    they changed since the caller's ``names`` version."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if req.params:
-            raise BadRequest(
-                "unknown_parameter",
-                f"/fleet/grid takes no parameters, got {', '.join(sorted(req.params))}",
-            )
-        resp.data = _reply_body(self.backend.query({"op": "grid"}, req.context.deadline))
+        try:
+            names = parse_grid_query(req.params)
+        except BadFleetQuery as err:
+            raise BadRequest(err.reason, err.message) from err
+        request: dict[str, Any] = {"op": "grid"}
+        if names is not None:
+            request["names"] = names
+        resp.data = _reply_body(self.backend.query(request, req.context.deadline))
         resp.content_type = falcon.MEDIA_JSON
         resp.cache_control = ["no-store"]

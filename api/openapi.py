@@ -24,6 +24,7 @@ from servertrack.common.fleet import (
     MAX_CURSOR_DIGITS,
     MAX_FILTER,
     MAX_LIMIT,
+    MAX_NAMES_VERSION,
     SORT_COLUMNS,
     SPARKLINE_MINUTES,
     STALE_AFTER,
@@ -88,6 +89,7 @@ OTHER_REASONS = (
     "bad_sort",
     "bad_order",
     "bad_q",
+    "bad_names",
 )
 
 
@@ -371,16 +373,26 @@ SCHEMAS["FleetPage"] = {
 }
 SCHEMAS["FleetGrid"] = {
     "type": "object",
-    "required": ["now", "servers", "cpu", "status"],
+    "required": ["now", "count", "names_version", "cpu", "status"],
     "additionalProperties": False,
-    "description": "Every tracked server, in name order, as parallel arrays.",
+    "description": "Every tracked server, in name order, compact: for `count` servers, `cpu` "
+    "and `status` hold one entry each, and `servers` their names, sent only when the request's "
+    "`names` is not the current `names_version` (keep the names and the version, and send it "
+    "back: the names then travel only when a server comes or goes).",
     "properties": {
         "now": {"type": "string"},
+        "count": COUNT,
+        "names_version": {
+            "type": "string",
+            "pattern": f"^[0-9a-z-]{{1,{MAX_NAMES_VERSION}}}$",
+            "description": "Changes whenever the list of names does; opaque.",
+        },
         "servers": {"type": "array", "items": {"type": "string"}},
         "cpu": {
-            "type": "array",
-            "items": NULLABLE_NUMBER,
-            "description": "Current cpu (see FleetRow.cpu), rounded to 0.1.",
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "Base64 of `count` little-endian uint16: each server's current cpu "
+            "(see FleetRow.cpu) in tenths of a percent, 0 to 1000; 65535 when it has none.",
         },
         "status": {
             "type": "string",
@@ -578,8 +590,23 @@ def build_document(
             "/fleet/grid": {
                 "get": _operation(
                     "Every server's current cpu and status, compact, for the heat grid",
-                    {"200": _json(_ref("FleetGrid"), "All servers, in name order.")},
+                    {
+                        "200": _json(_ref("FleetGrid"), "All servers, in name order."),
+                        "400": _error("A bad parameter: reason bad_names or unknown_parameter."),
+                    },
                     read,
+                    parameters=[
+                        {
+                            "name": "names",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "pattern": f"^[0-9a-z-]{{1,{MAX_NAMES_VERSION}}}$",
+                            },
+                            "description": "The `names_version` of the names the caller holds: "
+                            "the answer leaves `servers` out while it is still current.",
+                        }
+                    ],
                 )
             },
             "/": {

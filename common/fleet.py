@@ -7,6 +7,7 @@ rollups forget it (24 hours of silence). Ages are taken from the aggregator's cl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,9 @@ HOTTEST = 10
 SPARKLINE_MINUTES = 60
 PARAMETERS = frozenset({"sort", "order", "q", "limit", "cursor"})
 MAX_CURSOR_DIGITS = 9
+MAX_NAMES_VERSION = 64
+NAMES_VERSION = re.compile(f"[0-9a-z-]{{1,{MAX_NAMES_VERSION}}}")
+"""What a grid answer's ``names_version`` looks like (opaque to clients)."""
 
 
 class BadFleetQuery(ValueError):
@@ -117,6 +121,22 @@ def parse_fleet_query(params: Mapping[str, Any]) -> FleetQuery:
             )
         offset = int(cursor)
     return FleetQuery(sort=sort, order=order, q=q, limit=limit, offset=offset)
+
+
+def parse_grid_query(params: Mapping[str, Any]) -> str | None:
+    """The ``names`` parameter of ``/fleet/grid`` (the ``names_version`` of the names the
+    caller holds), or None; :class:`BadFleetQuery` for anything else."""
+    unknown = sorted(set(params) - {"names"})
+    if unknown:
+        raise BadFleetQuery(
+            "unknown_parameter", f"/fleet/grid takes only names, got {', '.join(unknown)}"
+        )
+    names = _single(params, "names")
+    if names is not None and not NAMES_VERSION.fullmatch(names):
+        raise BadFleetQuery(
+            "bad_names", "names must be the names_version of an earlier /fleet/grid answer"
+        )
+    return names
 
 
 def query_from_request(request: Mapping[str, Any]) -> FleetQuery:

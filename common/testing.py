@@ -285,6 +285,14 @@ class HostUnderTest:
     def get(self, path: str) -> tuple[int, Any]:
         return http_json("GET", self.api + path)
 
+    def get_bytes(self, path: str) -> tuple[int, bytes]:
+        """The status and the body as sent (to judge its size)."""
+        try:
+            with urllib.request.urlopen(self.api + path, timeout=5.0) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
     def post(self, path: str, body: Any) -> tuple[int, Any]:
         return http_json("POST", self.api + path, body)
 

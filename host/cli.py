@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         overview().parse_args(argv[:1])  # prints the commands, or the error, and exits
         return 2
+    if argv[0] == "aggregator":
+        from servertrack.aggregator.hugepages import without_hugepage_advice
+
+        without_hugepage_advice()  # before the command's module imports numpy
     args = command_parser(argv[0]).parse_args(argv[1:])
     return int(args.runner(args))
 

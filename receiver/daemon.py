@@ -15,6 +15,7 @@ import zmq
 
 from servertrack.common import endpoints, rpc
 from servertrack.common.buckets import Clock
+from servertrack.common.gc_pause import gc_paused
 from servertrack.common.lifecycle import Ticker
 from servertrack.common.limits import (
     DEFAULT_DEDUP_LIMIT,
@@ -25,6 +26,7 @@ from servertrack.common.limits import (
 from servertrack.common.wire import MSGPACK
 from servertrack.receiver import curve
 from servertrack.receiver.graphite import (
+    CACHE_SIZE,
     DEFAULT_RATE,
     MAX_LINE,
     GraphiteIntake,
@@ -118,7 +120,9 @@ class ReceiverDaemon:
         if config.graphite:
             intake = GraphiteIntake(
                 self.state,
-                PathMapper(config.graphite_rules),
+                # Room for every server's cpu and ram paths: a cache smaller than the paths
+                # that come round each interval is emptied before any is read again.
+                PathMapper(config.graphite_rules, max(CACHE_SIZE, 2 * config.max_servers)),
                 config.graphite_max_line,
                 config.graphite_rate,
             )
@@ -288,9 +292,10 @@ class ReceiverDaemon:
     def flush(self, push: zmq.Socket) -> None:
         now = self.clock()
         self.state.files_exhausted = self.files.count
-        batch = self.state.flush(now)
-        batch.counters["rss_bytes"] = self._memory()
-        frames = batch.encode()
+        with gc_paused():  # a batch announcing many new servers is many small objects
+            batch = self.state.flush(now)
+            batch.counters["rss_bytes"] = self._memory()
+            frames = batch.encode()
         self.state.remember(batch, frames, now)
         try:
             push.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)

@@ -15,48 +15,47 @@ from servertrack.receiver.registry import ServerState
 
 
 class RecentKeys:
-    """The keys of recent seq-less samples: a set per server (``ServerState.recent``, ``None``
-    when empty, so the lookup is one attribute), and one queue in arrival order to expire them."""
+    """The keys of recent seq-less samples, as (server id, key) in one set, and one queue in
+    arrival order to expire them.
+
+    PERF: servers by id, in one set, not a set per server holding the server's object: tuples of
+    plain values are no longer tracked by the garbage collector, and a million keys (and a set
+    per server) kept each full collection busy for seconds at 250,000 servers. An id is given to
+    another server only after 25 hours of silence, long after its keys left (``horizon``)."""
 
     def __init__(self, horizon: float, limit: int) -> None:
         self.horizon = horizon
         self.limit = limit
         self.evicted = 0
         """Keys forgotten before their horizon because ``limit`` were held."""
-        self._order: deque[tuple[float, ServerState, Hashable]] = deque()
+        self._keys: set[tuple[int, Hashable]] = set()
+        self._order: deque[tuple[float, tuple[int, Hashable]]] = deque()
 
     def __len__(self) -> int:
         return len(self._order)
 
     def is_repeat(self, server: ServerState, key: Hashable, now: float) -> bool:
         """Whether ``key`` was seen from ``server`` within the horizon; remembers it if not."""
-        recent = server.recent
-        if recent is None:
-            recent = server.recent = set()
-        elif key in recent:
+        held = (server.id, key)
+        keys = self._keys
+        if held in keys:
             return True
-        recent.add(key)
+        keys.add(held)
         order = self._order
-        order.append((now, server, key))
+        order.append((now, held))
         if len(order) > self.limit:
-            _, owner, old = order.popleft()
-            if owner.recent is not None:
-                owner.recent.discard(old)
+            keys.discard(order.popleft()[1])
             self.evicted += 1
         return False
 
     def expire(self, now: float) -> None:
         """Forget the keys that arrived more than ``horizon`` seconds before ``now``."""
         horizon = now - self.horizon
-        order = self._order
+        keys, order = self._keys, self._order
         while order and order[0][0] < horizon:
-            _, server, key = order.popleft()
-            if server.recent is not None:
-                server.recent.discard(key)
-                if not server.recent:
-                    server.recent = None
+            keys.discard(order.popleft()[1])
 
     @staticmethod
     def forget(server: ServerState) -> None:
-        """Drop a forgotten server's keys (its queue entries expire as nothing)."""
-        server.recent = None
+        """A forgotten server: its keys left with the horizon long before (25 hours of silence),
+        so nothing is held for it any more."""

@@ -9,8 +9,6 @@ is announced in its turn.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-
 from servertrack.common.batch import ServerHealth
 from servertrack.common.buckets import HOUR, HOUR_WINDOW
 from servertrack.receiver.sequences import SequenceTracker
@@ -30,7 +28,6 @@ class ServerState:
         "ips",
         "ips_raw",
         "lost",
-        "recent",
         "rejected",
         "seen",
         "seq_resets",
@@ -52,8 +49,6 @@ class ServerState:
         self.ips: tuple[str, ...] = ()
         self.ips_raw: list[str] | None = None
         """``ips`` as the list an agent message carries, to compare on the fast path."""
-        self.recent: set[Hashable] | None = None
-        """De-duplication keys of its recent seq-less samples (:mod:`receiver.dedup`'s)."""
 
     def health(self, now: float) -> ServerHealth:
         return ServerHealth(

@@ -4,6 +4,7 @@ policy headers), ``/fleet`` and ``/fleet/grid`` answered by the aggregator daemo
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from pathlib import Path
@@ -193,9 +194,28 @@ def test_fleet_answers_a_sorted_page_with_the_summary(client: testing.TestClient
 def test_the_grid_lists_every_server(client: testing.TestClient) -> None:
     body = client.simulate_get("/fleet/grid").json
     assert body["servers"] == ["db-1.example.com", "web-1.example.com", "web-2.example.com"]
-    assert body["cpu"] == [60.0, 20.0, 95.0] and body["status"] == "lll"
+    assert body["count"] == 3 and body["status"] == "lll"
+    codes = np.frombuffer(base64.b64decode(body["cpu"]), "<u2").tolist()
+    assert codes == [600, 200, 950]  # tenths of a percent
     refused = client.simulate_get("/fleet/grid", params={"limit": "1"})
     assert refused.status_code == 400 and refused.json["reason"] == "unknown_parameter"
+
+
+def test_the_grid_leaves_out_the_names_the_caller_holds(client: testing.TestClient) -> None:
+    """Sent back as ``names``, the answer's ``names_version`` keeps the names out of the next
+    answers while they do not change; a malformed one is a 400."""
+    first = client.simulate_get("/fleet/grid").json
+    again = client.simulate_get("/fleet/grid", params={"names": first["names_version"]})
+    assert again.status_code == 200 and "servers" not in again.json
+    assert again.json["cpu"] == first["cpu"] and again.json["count"] == 3
+    other = client.simulate_get("/fleet/grid", params={"names": "0-1"}).json
+    assert other["servers"] == first["servers"]
+    for bad in ("", "x" * 65, "A B", "two;parts"):
+        refused = client.simulate_get("/fleet/grid", query_string=f"names={bad}")
+        assert refused.status_code == 400, bad
+        assert refused.json["reason"] == "bad_names"
+    twice = client.simulate_get("/fleet/grid", query_string="names=a&names=b")
+    assert twice.status_code == 400 and twice.json["reason"] == "bad_names"
 
 
 @pytest.mark.parametrize(
@@ -222,9 +242,16 @@ def test_bad_fleet_parameters_are_400_json(
 def test_answers_match_their_openapi_schemas(client: testing.TestClient) -> None:
     doc = client.simulate_get("/openapi.json").json
     validate(doc)
-    for path, schema in (("/fleet", "FleetPage"), ("/fleet/grid", "FleetGrid")):
+    version = client.simulate_get("/fleet/grid").json["names_version"]
+    for path, schema in (
+        ("/fleet", "FleetPage"),
+        ("/fleet/grid", "FleetGrid"),
+        (f"/fleet/grid?names={version}", "FleetGrid"),
+    ):
         root = {"$ref": f"#/components/schemas/{schema}", "components": doc["components"]}
-        jsonschema.Draft202012Validator(root).validate(client.simulate_get(path).json)
+        path, _, query = path.partition("?")
+        answer = client.simulate_get(path, query_string=query).json
+        jsonschema.Draft202012Validator(root).validate(answer)
     names = [p["name"] for p in doc["paths"]["/fleet"]["get"]["parameters"]]
     assert names == ["sort", "order", "q", "limit", "cursor"]
     for page in ("/", "/ui/servers/{name}"):

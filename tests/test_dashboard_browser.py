@@ -26,7 +26,9 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from servertrack.common.testing import HostUnderTest, launch_host, wait_until
+from servertrack.common.fleet_testing import FleetSchedule, run_fleet
+from servertrack.common.limits import DEFAULT_MAX_SERVERS
+from servertrack.common.testing import HostUnderTest, free_port, launch_host, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -521,4 +523,50 @@ def test_ten_thousand_servers_are_interactive_within_1_5_s(
         print(f"10,000 servers: drawn at {drawn:.0f} ms, sorted at {interactive:.0f} ms")
         assert interactive <= 1500, f"interactive after {interactive:.0f} ms"
     finally:
+        host.process.stop()
+
+
+@pytest.mark.faults
+def test_the_overview_of_the_server_cap_draws_every_cell_and_sorts(
+    page: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """250,000 servers, named through a Graphite connection: the rows, the grid and its text
+    list of every cell are drawn, a refresh follows (the grid without the names), and a sort
+    click is answered."""
+    port = free_port()
+    host = launch_host(tmp_path, "--no-agent", "--graphite-port", str(port), name="cap")
+    try:
+        run_fleet(
+            host, port, FleetSchedule(DEFAULT_MAX_SERVERS, create_seconds=5, report_seconds=1)
+        )
+        page.get(f"{host.api}/")
+        wait_for(
+            page,
+            "rows, grid and the grid's text list",
+            lambda d: d.execute_script(
+                "return document.querySelectorAll('#rows tr').length === 100"
+                " && document.getElementById('grid').width > 100"
+                " && document.querySelectorAll('#grid-list li').length === arguments[0]",
+                DEFAULT_MAX_SERVERS,
+            ),
+        )
+        drawn = page.execute_script("return performance.now()")
+        refreshed = "return Number(document.body.dataset.refreshed || 0)"
+        first = page.execute_script(refreshed)
+        wait_for(page, "a refresh", lambda d: d.execute_script(refreshed) > first)
+        assert len(page.find_elements(By.CSS_SELECTOR, "#grid-list li")) == DEFAULT_MAX_SERVERS
+        status, hottest = host.get("/fleet?sort=cpu&order=desc&limit=1")
+        assert status == 200
+        page.find_element(By.CSS_SELECTOR, 'th[data-sort="cpu"] button').click()
+        wait_for(
+            page,
+            "the sort",
+            lambda d: (
+                float(table(d)[0]["cpu"]) == pytest.approx(hottest["rows"][0]["cpu"], abs=0.05)
+            ),
+        )
+        page.save_screenshot(str(tmp_path / "overview-cap.png"))
+        print(f"{DEFAULT_MAX_SERVERS:,} servers: drawn at {drawn:.0f} ms")
+    finally:
+        page.get("about:blank")  # no refresh in flight when the host stops
         host.process.stop()

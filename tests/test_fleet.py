@@ -7,6 +7,7 @@ the numpy code but the definitions' numbers (120 s, 600 s, 60 minutes, 10 hottes
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import math
@@ -17,8 +18,15 @@ import msgpack
 import numpy as np
 import pytest
 
-from servertrack.aggregator.fleet import FleetAnswers, fleet_grid, fleet_page, fleet_table
+from servertrack.aggregator.fleet import (
+    GRID_NO_CPU,
+    FleetAnswers,
+    fleet_grid,
+    fleet_page,
+    fleet_table,
+)
 from servertrack.aggregator.rollups import Rollups
+from servertrack.common.buckets import oldest_accepted_ts
 from servertrack.common.fleet import (
     MAX_LIMIT,
     SORT_COLUMNS,
@@ -360,17 +368,118 @@ def test_the_hottest_are_the_ten_live_servers_with_the_highest_cpu() -> None:
     assert len(expected) == 10  # the seed gives enough live servers for the check to mean much
 
 
+def grid_cpu(grid: dict[str, Any]) -> list[float | None]:
+    """The grid's cpu column as the page reads it: little-endian uint16 tenths, 65535 = none."""
+    raw = base64.b64decode(grid["cpu"], validate=True)
+    assert len(raw) == 2 * grid["count"]
+    codes = np.frombuffer(raw, "<u2").tolist()
+    return [None if code == GRID_NO_CPU else code / 10 for code in codes]
+
+
 def test_the_grid_lists_every_server_with_its_cpu_and_status() -> None:
     samples = random_fleet(3, 70, NOW)
-    grid = fleet_grid(fleet_table(loaded(samples, NOW), NOW), NOW)
+    grid = fleet_grid(fleet_table(loaded(samples, NOW), NOW), NOW, "v1")
     expected = oracle_rows(samples, NOW)
-    assert grid["servers"] == sorted(expected)
-    for name, cpu, letter in zip(grid["servers"], grid["cpu"], grid["status"], strict=True):
+    assert grid["servers"] == sorted(expected) and grid["count"] == len(expected)
+    assert grid["names_version"] == "v1"
+    for name, cpu, letter in zip(grid["servers"], grid_cpu(grid), grid["status"], strict=True):
         want = expected[name]
         assert letter == want["status"][0]
         assert (cpu is None) == (want["cpu"] is None)
         if cpu is not None:
             assert abs(cpu - want["cpu"]) <= 0.05 + 1e-9
+
+
+def test_the_grid_leaves_the_names_out_while_the_callers_are_current() -> None:
+    """The names travel when the caller's version is not the current one: on the first call,
+    after a server came or left, and from another aggregator run; never for a batch alone."""
+    minute = NOW - NOW % MINUTE
+    rollups = loaded([("b.example", minute - 30, 10.0, 10.0), ("a.example", minute, 20, 20)], NOW)
+    answers = FleetAnswers()
+    first = ask(answers, rollups, NOW, op="grid")
+    assert first["servers"] == ["a.example", "b.example"]
+    version = first["names_version"]
+    again = ask(answers, rollups, NOW + 1, op="grid", names=version)
+    assert "servers" not in again and again["names_version"] == version
+    assert again["count"] == 2 and grid_cpu(again) == [20.0, 10.0]
+    feed(rollups, [("a.example", NOW + 2, 30.0, 30.0)], NOW + 2)
+    same = ask(answers, rollups, NOW + 3, op="grid", names=version)
+    assert "servers" not in same and grid_cpu(same) == [25.0, 10.0]
+    feed(rollups, [("c.example", NOW + 4, 40.0, None)], NOW + 4)
+    grown = ask(answers, rollups, NOW + 5, op="grid", names=version)
+    assert grown["servers"] == ["a.example", "b.example", "c.example"]
+    assert grown["names_version"] != version
+    later = NOW + 25 * 3600  # b and c are silent for 24 hours: only a is left
+    feed(rollups, [("a.example", later, 1.0, 1.0)], later)
+    shrunk = ask(answers, rollups, later, op="grid", names=grown["names_version"])
+    assert shrunk["servers"] == ["a.example"] and shrunk["status"] == "l"
+    elsewhere = ask(FleetAnswers(), rollups, later, op="grid", names=shrunk["names_version"])
+    assert elsewhere["servers"] == ["a.example"]
+
+
+def test_the_table_kept_as_batches_come_matches_the_raw_samples_after_every_batch() -> None:
+    """Each server's current values are kept up to date as batches are applied and the window
+    moves (a few seconds, new minutes, hours at once, samples ahead of the clock coming into
+    the window, servers released after 24 hours of silence): after every batch each row is
+    what the raw samples say, and the kept values equal the ones made afresh from the rings."""
+    rng = random.Random(17)
+    clock = FakeClock(NOW)
+    rollups = Rollups(clock, capacity=4)
+    names = [f"{rng.choice(['web', 'db'])}-{index:02d}.example" for index in range(30)]
+    samples: list[Any] = []
+    steps = [0.5, 7.0, 29.0, 45.0, 61.0, 150.0, 3700.0]
+    for step in range(80):
+        now = clock.advance(26 * 3600.0 if step == 50 else rng.choice(steps))
+        batch = []
+        for name in rng.sample(names, rng.randint(0, 12)):
+            for _ in range(rng.randint(1, 3)):
+                offset = rng.choice([-rng.uniform(0, 5400), -rng.uniform(0, 90), 0.0])
+                ts = now + (rng.uniform(0, 59) if rng.random() < 0.2 else offset)
+                cpu = None if rng.random() < 0.2 else round(rng.uniform(0, 100), 2)
+                ram = (
+                    None
+                    if cpu is not None and rng.random() < 0.2
+                    else round(rng.uniform(0, 100), 2)
+                )
+                batch.append((name, ts, cpu, ram))
+        if batch:
+            feed(rollups, batch, now)
+            samples += batch
+        rollups.evict_silent(now)
+        rollups._check()
+        page = whole(fleet_table(rollups, now), now)
+        oldest = oldest_accepted_ts(now)
+        expected = {n: r for n, r in oracle_rows(samples, now).items() if r["seen"] >= oldest}
+        assert {row["server"] for row in page["rows"]} == set(expected), step
+        for row in page["rows"]:
+            assert_row(row, expected[row["server"]])
+    assert rollups.evictions > 0  # the 26-hour step released servers
+
+
+@pytest.mark.parametrize("sort", SORT_COLUMNS)
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_pages_are_the_whole_order_cut_when_many_servers_share_a_value(
+    sort: str, order: str
+) -> None:
+    """A page that is a small part of the fleet is picked without sorting the whole fleet; with
+    values shared by many servers (ties, missing values) the pages, one after another, are still
+    the oracle's order, and so is a page near the end."""
+    rng = random.Random(23)
+    samples = []
+    for index in range(400):
+        cpu = rng.choice([None, 10.0, 50.0, 50.0, 90.0])
+        ram = rng.choice([None, 20.0, 20.0, 80.0]) if cpu is not None else 20.0
+        silent = rng.choice([0.0, 0.0, 150.0, 700.0])
+        samples.append((f"n-{index:03d}.example", NOW - silent, cpu, ram))
+    table = fleet_table(loaded(samples, NOW), NOW)
+    expected = oracle_order(list(oracle_rows(samples, NOW).values()), sort, order)
+    seen: list[str] = []
+    for offset in range(0, 63, 9):
+        query = FleetQuery(sort=sort, order=order, limit=9, offset=offset)
+        seen += [row["server"] for row in fleet_page(table, query, NOW)["rows"]]
+    assert seen == expected[:63]
+    tail = fleet_page(table, FleetQuery(sort=sort, order=order, limit=9, offset=395), NOW)
+    assert [row["server"] for row in tail["rows"]] == expected[395:]
 
 
 # -- the aggregator's answers and their cache ----------------------------------------------------

@@ -7,7 +7,9 @@ import random
 from pathlib import Path
 
 import numpy as np
+import zmq
 
+from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
 from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.snapshot import read_snapshot, write_snapshot
@@ -122,3 +124,54 @@ def test_snapshot_round_trip_keeps_every_bucket(tmp_path: Path) -> None:
 def test_missing_snapshot_reads_as_none(tmp_path: Path) -> None:
     """No file, no snapshot."""
     assert read_snapshot(tmp_path / "none.npz") is None
+
+
+def test_batches_are_applied_in_small_slices_while_a_writer_shares_the_memory() -> None:
+    """While a snapshot writer shares the memory (each page's first write is then a copy),
+    a batch is applied 1,024 samples at a time, with a chance to answer queries after each."""
+    clock = FakeClock(1_800_000_000.0)
+    state = AggregatorState(Rollups(clock), clock)
+    names = [(index, f"s{index}") for index in range(5000)]
+    for number, shared in ((0, False), (1, True)):
+        batch = Batch(
+            epoch="e",
+            number=number,
+            sent=clock(),
+            ids=np.arange(5000, dtype=np.int32),
+            ts=np.full(5000, clock() - number),
+            cpu=np.full(5000, 10.0),
+            ram=np.full(5000, 20.0),
+            names=names if number == 0 else [],
+        )
+        state.shared = shared
+        pauses = sum(1 for _ in state.apply_in_slices(batch, clock()))
+        assert pauses == (4 if shared else 0), shared
+    assert state.counters["applied"] == 10_000
+
+
+def test_a_snapshot_waits_for_the_minute_turn_it_would_overlap(tmp_path: Path) -> None:
+    """A new minute writes a column of every server's buckets: with a writer alive every page
+    would be copied at once. A snapshot that would still be writing at the turn waits for it."""
+    clock = FakeClock(1_800_000_000.0)  # a minute's start
+    config = AggregatorConfig(
+        batches=f"ipc://{tmp_path}/batches",
+        query=f"ipc://{tmp_path}/query",
+        receiver_control=f"ipc://{tmp_path}/control",
+    )
+    context = zmq.Context()
+    daemon = AggregatorDaemon(config, context=context, clock=clock)
+    try:
+        daemon.writer_seconds = 5.0
+        assert not daemon.minute_turns_soon()
+        clock.advance(53.9)
+        assert not daemon.minute_turns_soon()
+        clock.advance(0.2)  # 5.9 s to the turn: a 5 s writer and its margin do not fit
+        assert daemon.minute_turns_soon()
+        clock.advance(6.0)  # the turn has passed
+        assert not daemon.minute_turns_soon()
+        daemon.writer_seconds = 45.0  # most of a minute: waiting would not help
+        clock.advance(59.0)
+        assert not daemon.minute_turns_soon()
+    finally:
+        daemon.receiver.close()
+        context.destroy(linger=0)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from servertrack.aggregator.rollups import ApplyResult, Rollups
+from servertrack.aggregator.rollups import REFUSED, ApplyResult, Rollups
 from servertrack.common.buckets import iso_utc, time_verdict
 from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
 from servertrack.common.testing import FakeClock
@@ -467,6 +467,31 @@ def test_churning_servers_do_not_grow_capacity(rollups: Rollups, clock: FakeCloc
     assert len(rollups.name_of) == 4
     assert rollups.servers() == []
     rollups._check()
+
+
+def test_rows_up_to_the_server_cap_are_set_aside_at_once_and_never_copied() -> None:
+    """With ``max_servers`` the rows for that many servers are set aside at start, as memory the
+    system hands out on first use: a fleet appearing at once never waits while every row is
+    copied into larger arrays (seconds at 250,000 servers), and the rows not used yet are never
+    written."""
+    clock = FakeClock(T0 + 30.0)
+    rollups = Rollups(clock, max_servers=20_000)
+    arrays = [a for ring in (rollups.minutes, rollups.hours) for a in ring.fields.values()]
+    rows = np.array([rollups.row_for(f"s{index:05d}") for index in range(15_000)])
+    assert rollups.minutes.ready < 20_000  # the last rows are not even emptied yet
+    rollups.apply(
+        rows, np.full(rows.size, T0 + 29.0), np.full(rows.size, 5.0), np.full(rows.size, np.nan)
+    )
+    rows = np.array([rollups.row_for(f"t{index:05d}") for index in range(5_000)])
+    assert rollups.row_for("one-more") == REFUSED
+    rollups.apply(
+        rows, np.full(rows.size, T0 + 29.5), np.full(rows.size, 7.0), np.full(rows.size, 1.0)
+    )
+    kept = [a for ring in (rollups.minutes, rollups.hours) for a in ring.fields.values()]
+    assert all(a is b for a, b in zip(arrays, kept, strict=True))
+    assert rollups.capacity == 20_000
+    rollups._check()
+    assert rollups.view("t04999")["minutes"][0]["cpu"] == 7.0
 
 
 def test_first_sample_of_new_server_is_kept_when_the_minute_rolls() -> None:

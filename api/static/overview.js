@@ -11,6 +11,7 @@
   const NO_DATA = "#cfd8dc";
   const DOWN = "#607d8b";
   const STATUS_WORDS = { l: "live", s: "stale", d: "down" };
+  const NO_CPU = 0xffff;
 
   const params = new URLSearchParams(location.search);
   const state = {
@@ -255,14 +256,49 @@
     if (i >= 0) location.href = serverHref(grid.servers[i]);
   });
 
+  // -- grid data -------------------------------------------------------------------------------
+  // /fleet/grid sends the names only when they changed since the version we send back; cpu
+  // comes as base64 of little-endian uint16 tenths of a percent (65535: no value).
+  let names = null; // {version, servers}
+
+  function gridPath() {
+    return names ? `/fleet/grid?names=${encodeURIComponent(names.version)}` : "/fleet/grid";
+  }
+
+  /** {servers, cpu, status} from a grid answer, or null when the names we hold do not fit it. */
+  function decodeGrid(body) {
+    if (body.servers) names = { version: body.names_version, servers: body.servers };
+    if (!names || names.version !== body.names_version || names.servers.length !== body.count) {
+      names = null;
+      return null;
+    }
+    const raw = atob(body.cpu);
+    const bytes = new Uint8Array(raw.length);
+    for (let i = 0; i < raw.length; i += 1) bytes[i] = raw.charCodeAt(i);
+    const view = new DataView(bytes.buffer);
+    const cpu = new Array(body.count);
+    for (let i = 0; i < body.count; i += 1) {
+      const code = view.getUint16(2 * i, true);
+      cpu[i] = code === NO_CPU ? null : code / 10;
+    }
+    return { servers: names.servers, cpu, status: body.status };
+  }
+
+  async function fetchGrid() {
+    const answer = await ST.getJSON(gridPath());
+    return decodeGrid(answer.body) || decodeGrid((await ST.getJSON("/fleet/grid")).body);
+  }
+
   // -- refresh -----------------------------------------------------------------------------------
   let lastGrid = null;
   async function refresh() {
-    const [page, cells] = await Promise.all([ST.getJSON(fleetPath()), ST.getJSON("/fleet/grid")]);
+    const [page, cells] = await Promise.all([ST.getJSON(fleetPath()), fetchGrid()]);
     renderSummary(page.body.summary);
     renderRows(page.body);
-    lastGrid = cells.body;
-    drawGrid(lastGrid);
+    if (cells) {
+      lastGrid = cells;
+      drawGrid(lastGrid);
+    }
     const at = new Date(page.date * 1000).toLocaleTimeString();
     document.getElementById("updated").textContent = `updated ${at}`;
     document.body.dataset.refreshed = String((Number(document.body.dataset.refreshed) || 0) + 1);
