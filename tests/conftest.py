@@ -43,6 +43,7 @@ LONGEST_FIRST = (
     "test_anomaly_detector.py",
     "test_forward_unit.py",
     "test_hostile.py",
+    "test_fleet_scale.py",
     "test_fleet_minute_edges.py",
     "test_forward_fresh.py",
 )
