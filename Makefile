@@ -46,7 +46,7 @@ run: install ## Start the whole monitoring host with a local agent (ARGS="--api-
 # marked `alone` (timing targets) run after, by themselves; the fault tests are few and long, so
 # they are dealt out one by one. TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= 6
-FAULT_WORKERS ?= 4
+FAULT_WORKERS ?= 5
 
 test: $(VENV)/.test-installed ## Install what the tests need and run the suite (~3 min)
 	$(BIN)/python -m pytest -m "not faults and not alone" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)

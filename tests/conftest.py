@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from itertools import zip_longest
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,13 @@ settings.load_profile(
 
 
 LONGEST_FIRST = (
+    "test_read_freshness.py",
+    "test_forward_fresh.py",
     "test_graphite_listener.py",
     "test_slowloris.py",
     "test_redis_host.py",
     "test_redis_host_failures.py",
     "test_e2e.py",
-    "test_read_freshness.py",
     "test_host_lifecycle.py",
     "test_schemathesis.py",
     "test_http_servers.py",
@@ -45,17 +47,19 @@ LONGEST_FIRST = (
     "test_hostile.py",
     "test_fleet_scale.py",
     "test_fleet_minute_edges.py",
-    "test_forward_fresh.py",
 )
-"""The longest modules (wall time, from ``--durations``), longest first. Only an order: a module
-left out merely starts later."""
+"""The longest modules (wall time, from ``--durations``; the two first hold the longest fault
+tests), longest first. Only an order: a module left out merely starts later."""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(trylast=True)  # after ``-m`` has deselected what will not run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The longest modules first, then the others that start real processes (marked ``e2e``),
-    then the rest, each module kept whole and in its own order: parallel workers (``--dist
-    loadfile --no-loadscope-reorder``) take the long modules at the start and the short ones
-    fill in at the end, instead of a long one starting last."""
+    then the rest, each module in its own order: with ``--dist loadfile`` (``make test``)
+    parallel workers take the long modules at the start and the short ones fill in at the end,
+    instead of a long one starting last. With ``--dist load`` (``make test-faults``) a worker is
+    first handed two tests in a row, so the first half of that order is interleaved with the
+    second: each worker starts one long test beside a short one."""
     real = {item.path for item in items if item.get_closest_marker("e2e")}
 
     def rank(item: pytest.Item) -> int:
@@ -64,6 +68,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return len(LONGEST_FIRST) + (item.path not in real)
 
     items.sort(key=rank)
+    if getattr(config.option, "dist", "no") == "load":
+        half = (len(items) + 1) // 2
+        items[:] = [
+            item for pair in zip_longest(items[:half], items[half:]) for item in pair if item
+        ]
 
 
 @pytest.fixture
