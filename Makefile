@@ -48,11 +48,11 @@ run: install ## Start the whole monitoring host with a local agent (ARGS="--api-
 TEST_WORKERS ?= 6
 FAULT_WORKERS ?= 5
 
-test: $(VENV)/.test-installed ## Install what the tests need and run the suite (~3 min)
+test: $(VENV)/.test-installed ## Install what the tests need and run the suite (~3.5 min)
 	$(BIN)/python -m pytest -m "not faults and not alone" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 	$(BIN)/python -m pytest -m "alone and not faults" $(ARGS) || [ $$? -eq 5 ]
 
-test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests (~4 min)
+test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests (~4.5 min)
 	$(BIN)/python -m pytest -m faults -n $(FAULT_WORKERS) --dist load $(ARGS)
 
 lint: $(VENV)/.test-installed ## ruff check and format check
