@@ -67,7 +67,7 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 bench: $(VENV)/.bench-installed ## Measure every figure side by side (~25 min); writes bench/results/
 	$(BIN)/python -m bench $(ARGS)
 
-bench-quick: $(VENV)/.bench-installed ## The same machinery with short holds (~5 min)
+bench-quick: $(VENV)/.bench-installed ## The same machinery with short holds (~14 min)
 	$(BIN)/python -m bench --quick $(ARGS)
 
 clean: ## Remove the virtualenv and caches
