@@ -40,11 +40,20 @@ install: $(VENV)/.installed ## Create .venv with ServerTrack installed (.venv/bi
 run: install ## Start the whole monitoring host with a local agent (ARGS="--api-port 9090" ...)
 	$(BIN)/servertrack run $(ARGS)
 
-test: $(VENV)/.test-installed ## Install what the tests need and run the suite
-	$(BIN)/python -m pytest -m "not faults" $(ARGS)
+# Tests run side by side (pytest-xdist): the suite mostly waits on processes and sockets, so more
+# workers than cores pays. In `make test` each module stays whole on one worker (a host or Redis
+# it shares stays in one process), the longest modules first (tests/conftest.py), and the tests
+# marked `alone` (timing targets) run after, by themselves; the fault tests are few and long, so
+# they are dealt out one by one. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 6
+FAULT_WORKERS ?= 5
 
-test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests
-	$(BIN)/python -m pytest -m faults $(ARGS)
+test: $(VENV)/.test-installed ## Install what the tests need and run the suite (~3.5 min)
+	$(BIN)/python -m pytest -m "not faults and not alone" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
+	$(BIN)/python -m pytest -m "alone and not faults" $(ARGS) || [ $$? -eq 5 ]
+
+test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests (~4.5 min)
+	$(BIN)/python -m pytest -m faults -n $(FAULT_WORKERS) --dist load $(ARGS)
 
 # import-linter (and mypy) need the packages under one servertrack/ folder: a tree of links.
 LINT_TREE := .lint
@@ -68,7 +77,7 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 bench: $(VENV)/.bench-installed ## Measure every figure side by side (~25 min); writes bench/results/
 	$(BIN)/python -m bench $(ARGS)
 
-bench-quick: $(VENV)/.bench-installed ## The same machinery with short holds (~5 min)
+bench-quick: $(VENV)/.bench-installed ## The same machinery with short holds (~14 min)
 	$(BIN)/python -m bench --quick $(ARGS)
 
 clean: ## Remove the virtualenv and caches

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import random
@@ -16,11 +17,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +55,96 @@ class FakeClock:
         return self.now
 
 
+PORT_SPAN = 12_000
+"""How many ports just below the kernel's ephemeral range :func:`free_port` hands out from."""
+
+
+@dataclass
+class PortSlice:
+    """The ports :func:`free_port` hands out in one process: ``low`` to ``high - 1``, walked
+    from ``next`` on."""
+
+    low: int
+    high: int
+    next: int
+    pid: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (``bind`` to port 0, outgoing
+    connections)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def port_slice(worker: str, workers: int, top: int, start: int | None = None) -> PortSlice | None:
+    """Worker ``gwN``'s share of the ``PORT_SPAN`` ports below ``top``, entered at ``start``
+    (a random place by default, so two runs side by side seldom walk the same ports); None
+    when the share would be too small to be worth it."""
+    bottom = max(1024, top - PORT_SPAN)
+    number = worker.removeprefix("gw")
+    index = int(number) % workers if number.isdigit() and workers > 0 else 0
+    size = (top - bottom) // max(1, workers)
+    if size < 100:
+        return None
+    low = bottom + index * size
+    begin = random.SystemRandom().randrange(low, low + size) if start is None else start
+    return PortSlice(low, low + size, begin, os.getpid())
+
+
+_slice: list[PortSlice | None] = []
+
+
+def _this_process_slice() -> PortSlice | None:
+    if not _slice or (_slice[0] is not None and _slice[0].pid != os.getpid()):
+        _slice[:] = [
+            port_slice(
+                os.environ.get("PYTEST_XDIST_WORKER", "gw0"),
+                int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1),
+                ephemeral_low(),
+            )
+        ]
+    return _slice[0]
+
+
+def bindable(port: int) -> bool:
+    """Nothing holds ``port`` on 127.0.0.1 (no listener, no connection left in TIME_WAIT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def next_free(ports: PortSlice) -> int | None:
+    """The next port of ``ports`` that is free now (the walk goes on from there), or None."""
+    with ports.lock:
+        for _ in range(ports.high - ports.low):
+            port = ports.next
+            ports.next = port + 1 if port + 1 < ports.high else ports.low
+            if bindable(port):
+                return port
+    return None
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released)."""
+    """A TCP port on 127.0.0.1 that is free now, for a server a test is about to start.
+
+    Ports come from just below the kernel's ephemeral range, so no ``bind`` to port 0 and no
+    outgoing connection of anyone on the machine takes one before the server binds it; each
+    worker of a parallel run (pytest-xdist) walks its own slice, so two workers are never handed
+    the same port, and one worker hands a port out again only after walking its whole slice.
+    Where there is no room below the ephemeral range: a port the kernel picks (bound to port 0,
+    then released)."""
+    ports = _this_process_slice()
+    port = next_free(ports) if ports is not None else None
+    if port is not None:
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -185,8 +275,12 @@ class HostUnderTest:
     @property
     def runtime_dir(self) -> str:
         """Where its daemons' ipc sockets are (``receiver-control``, ``query``, ...)."""
+        return self.flag("--runtime-dir")
+
+    def flag(self, name: str) -> str:
+        """The value the host was started with for flag ``name`` (the last one given)."""
         argv = self.process.argv
-        return argv[argv.index("--runtime-dir") + 1]
+        return argv[len(argv) - 1 - argv[::-1].index(name) + 1]
 
     def get(self, path: str) -> tuple[int, Any]:
         return http_json("GET", self.api + path)
@@ -241,6 +335,21 @@ def launch_host(
     return host
 
 
+def settled_stats(host: HostUnderTest, deadline: float = 15.0) -> dict[str, Any]:
+    """``/stats`` once two more receiver batches have been applied: every record answered
+    before the call is in its counters (the receiver's counters travel with its batches), so a
+    test on a shared host can take them as its starting point."""
+    first = wait_until(
+        lambda: host.get("/stats")[1]["receiver"].get("batches"), deadline, "a first batch"
+    )
+
+    def later() -> dict[str, Any] | None:
+        status, stats = host.get("/stats")
+        return stats if status == 200 and stats["receiver"]["batches"] >= first + 2 else None
+
+    return wait_until(later, deadline, "two more batches", step=0.05)
+
+
 def view_at_stable_minute(host: HostUnderTest, name: str) -> tuple[dict[str, Any], float]:
     """GET a server's loads together with a ``now`` in the same minute as the answer."""
     for _ in range(3):
@@ -254,15 +363,20 @@ def view_at_stable_minute(host: HostUnderTest, name: str) -> tuple[dict[str, Any
     raise AssertionError("could not read within one minute")
 
 
+_warm_ups = itertools.count()
+
+
 def warm_up(pub: zmq.Socket, host: HostUnderTest, deadline: float = 10.0) -> None:
-    """Publish throw-away samples until the receiver sees one (PUB drops until connected)."""
+    """Publish throw-away samples until one shows on the host (PUB drops until connected).
+    Each call uses a server name of its own (``warm-up-PID-N``), so on a host shared between
+    tests every socket is seen connected, not just the first."""
+    name = f"warm-up-{os.getpid()}-{next(_warm_ups)}"
     end = time.monotonic() + deadline
     seq = 0
     while time.monotonic() < end:
-        pub.send_multipart(wire.encode(Sample("warm-up", time.time(), 1.0, 1.0, seq)))
+        pub.send_multipart(wire.encode(Sample(name, time.time(), 1.0, 1.0, seq)))
         seq += 1
-        status, stats = host.get("/stats")
-        if status == 200 and stats["receiver"].get("received", {}).get("zmq", 0) > 0:
+        if host.get(f"/servers/{name}/loads")[0] == 200:
             return
         time.sleep(0.05)
     raise TimeoutError("the receiver never saw the warm-up samples")

@@ -147,6 +147,20 @@ class RedisServer:
             assert self.process is not None
             os.kill(self.process.pid, signal.SIGCONT)
 
+    def reset(self) -> RedisServer:
+        """Make it as new for the next test: running and answering, no keys, no function
+        library, no memory limit, and no client of the previous test left open."""
+        self._close_clients()
+        if not self.running:
+            self.start()
+        self.resume()
+        client = self.client()
+        client.flushall()
+        client.function_flush()
+        client.config_set("maxmemory", 0)
+        self._close_clients()
+        return self
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

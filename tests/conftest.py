@@ -1,18 +1,78 @@
-"""Fixtures that start the real daemons as child processes on free loopback ports."""
+"""Fixtures that start the real daemons as child processes on free loopback ports, the
+hypothesis profiles, and the order test modules are handed to parallel workers in."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from itertools import zip_longest
 from pathlib import Path
 
 import pytest
 import zmq
 import zmq.auth
+from hypothesis import settings
 
+from servertrack.testing.hosts import READY_DEADLINE, launch_host, wait_until
 from servertrack.testing.hosts import HostUnderTest as Host
-from servertrack.testing.hosts import launch_host
+from servertrack.testing.redis import RedisServer
 from tests.alertmanager_support import Alertmanager, Recorder
+
+FULL_EXAMPLES = 300
+"""Examples per property test under ``CI=true``; a fifth of that otherwise, so a run at a desk
+stays quick while CI tries every property in full."""
+settings.register_profile("ci", max_examples=FULL_EXAMPLES)
+settings.register_profile("dev", max_examples=FULL_EXAMPLES // 5)
+settings.load_profile(
+    os.environ.get("SERVERTRACK_HYPOTHESIS_PROFILE")
+    or ("ci" if os.environ.get("CI", "").lower() in ("true", "1") else "dev")
+)
+
+
+LONGEST_FIRST = (
+    "test_read_freshness.py",
+    "test_forward_fresh.py",
+    "test_graphite_listener.py",
+    "test_slowloris.py",
+    "test_redis_host.py",
+    "test_redis_host_failures.py",
+    "test_e2e.py",
+    "test_host_lifecycle.py",
+    "test_schemathesis.py",
+    "test_http_servers.py",
+    "test_dashboard_browser.py",
+    "test_curve.py",
+    "test_anomaly_detector.py",
+    "test_forward_unit.py",
+    "test_hostile.py",
+    "test_fleet_scale.py",
+    "test_fleet_minute_edges.py",
+)
+"""The longest modules (wall time, from ``--durations``; the two first hold the longest fault
+tests), longest first. Only an order: a module left out merely starts later."""
+
+
+@pytest.hookimpl(trylast=True)  # after ``-m`` has deselected what will not run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest modules first, then the others that start real processes (marked ``e2e``),
+    then the rest, each module in its own order: with ``--dist loadfile`` (``make test``)
+    parallel workers take the long modules at the start and the short ones fill in at the end,
+    instead of a long one starting last. With ``--dist load`` (``make test-faults``) a worker is
+    first handed two tests in a row, so the first half of that order is interleaved with the
+    second: each worker starts one long test beside a short one."""
+    real = {item.path for item in items if item.get_closest_marker("e2e")}
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(item.path.name)
+        return len(LONGEST_FIRST) + (item.path not in real)
+
+    items.sort(key=rank)
+    if getattr(config.option, "dist", "no") == "load":
+        half = (len(items) + 1) // 2
+        items[:] = [
+            item for pair in zip_longest(items[:half], items[half:]) for item in pair if item
+        ]
 
 
 @pytest.fixture
@@ -26,14 +86,67 @@ def start_host(tmp_path: Path) -> Iterator[Callable[..., Host]]:
         return host
 
     yield start
+    stop_all(started)
+
+
+def stop_all(hosts: list[Host]) -> None:
+    """Stop every host (each within its deadline); fail naming those that had to be killed."""
     slow = []
-    for host in started:
+    for host in hosts:
         try:
             host.process.stop()
         except TimeoutError as err:
             slow.append(str(err))
     if slow:
         pytest.fail("; ".join(slow))
+
+
+@pytest.fixture(scope="module")
+def shared_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Host]]:
+    """Hosts shared by the tests of a module: ``shared_host(*flags)`` starts ``servertrack run``
+    with ``flags`` the first time they are asked for and hands the same host back afterwards
+    (checked healthy first). Its tests use server names of their own and compare counters with
+    what they read before they began; a test that stops, kills or breaks a daemon, or needs
+    counters from zero, takes ``start_host`` instead."""
+    workdir = tmp_path_factory.mktemp("shared")
+    hosts: dict[tuple[str, ...], Host] = {}
+
+    def get(*extra: str) -> Host:
+        host = hosts.get(extra)
+        if host is None:
+            host = launch_host(workdir, *extra, name=f"shared{len(hosts)}")
+            hosts[extra] = host
+        assert host.process.process is not None and host.process.process.poll() is None, (
+            f"the shared host {extra} has stopped: {host.process.log()[-2000:]}"
+        )
+        wait_until(lambda: host.get("/health")[0] == 200, READY_DEADLINE, "the shared host")
+        return host
+
+    yield get
+    stop_all(list(hosts.values()))
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for a whole test module (see ``redis_server``)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(module_redis: RedisServer) -> RedisServer:
+    """The module's redis-server, emptied for this test (no keys, no library, no memory limit).
+    A test that stops, pauses or restarts Redis starts its own ``RedisServer`` instead."""
+    return module_redis.reset()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for a test that stops or pauses it."""
+    server = RedisServer(tmp_path / "own-redis").start()
+    yield server
+    server.stop()  # resumes it first if it was paused
 
 
 @pytest.fixture

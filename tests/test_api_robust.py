@@ -66,9 +66,7 @@ def test_curl_form_content_type_is_read_as_json(client: testing.TestClient) -> N
     assert result.status_code == 202
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     body=st.one_of(
         st.binary(max_size=300),

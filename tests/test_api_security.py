@@ -280,7 +280,7 @@ def schema_validator(doc: dict[str, Any], name: str) -> jsonschema.Draft202012Va
     return jsonschema.Draft202012Validator(schema)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.text(alphabet="aZ09._-/ é", max_size=12) | st.text(min_size=250, max_size=256))
 def test_name_pattern_agrees_with_the_validation(name: str) -> None:
     """A name matches the documented schema exactly when the app's validation accepts it."""
@@ -299,7 +299,7 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.dictionaries(st.sampled_from(["cpu", "ram", "other"]), VALUES, max_size=3))
 def test_load_schema_agrees_with_the_validation(body: dict[str, Any]) -> None:
     """A load body is accepted (202) exactly when it is valid against the documented schema;

@@ -178,8 +178,10 @@ def test_watch_is_answered_on_a_new_batch_and_heartbeats(
     aggregator: AggregatorDaemon, zmq_context: zmq.Context
 ) -> None:
     """The API's watch hears a new generation within milliseconds of a batch, hears from an
-    idle aggregator at least every second, and says None once the aggregator is gone."""
-    watch = GenerationWatch(zmq_context, aggregator.config.query, fresh_for=1.5)
+    idle aggregator before what it heard goes stale, and says None once the aggregator is
+    gone."""
+    ticks = FakeClock(1000.0)  # the watch's own clock, moved by hand past its freshness
+    watch = GenerationWatch(zmq_context, aggregator.config.query, fresh_for=1.5, monotonic=ticks)
     watch.start()
     try:
         first = wait_until(watch.current, 5, "a first generation")
@@ -191,14 +193,19 @@ def test_watch_is_answered_on_a_new_batch_and_heartbeats(
             now = time.time()
             push.send_multipart(batch_of(receiver, [["w", now - 1, 1.0, None]], now).encode())
             sent = time.monotonic()
-            wait_until(
-                lambda: (watch.current() or first)[0] != first[0], 5, "the new generation", 0.001
+            new = wait_until(
+                lambda: (watch.current() or first)[0] != first[0] and watch.current(),
+                5,
+                "the new generation",
+                0.001,
             )
             assert time.monotonic() - sent < 0.5
         finally:
             push.close(linger=0)
-        time.sleep(2.0)  # no batch: heartbeats keep the generation fresh
-        assert watch.current() is not None
+        # No batch: past the freshness on the watch's clock, only a heartbeat makes it fresh.
+        ticks.advance(2.0)
+        heard = wait_until(watch.current, 2, "a heartbeat", 0.01)
+        assert heard == new  # the same generation, first heard at the same time
         aggregator.stop.set()
         wait_until(lambda: watch.current() is None, 5, "the generation to go stale")
     finally:

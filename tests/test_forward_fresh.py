@@ -91,8 +91,18 @@ def received(listener: Listener) -> dict[int, dict[str, float]]:
     return windows
 
 
+def whole_lines(listener: Listener) -> int:
+    """Lines the listener has received whole so far."""
+    return b"".join(listener.received).count(b"\n")
+
+
+def forwarded(sent: list[RawSample], t: int) -> dict[str, float]:
+    """The points the oracle says window ``t`` holds for the forwarded servers."""
+    return forwarded_points([s for s in sent if s[0] in SERVERS], t, INTERVAL, PREFIX)
+
+
 def assert_as_oracle(got: dict[str, float], sent: list[RawSample], t: int) -> None:
-    want = forwarded_points([s for s in sent if s[0] in SERVERS], t, INTERVAL, PREFIX)
+    want = forwarded(sent, t)
     assert want, f"window {t} has no samples: the test sent none there"
     assert sorted(got) == sorted(want), f"window {t}"
     for name, value in want.items():
@@ -130,6 +140,10 @@ def test_each_window_is_sent_from_answers_read_after_its_samples(
                 wall.set(second + INTERVAL + GRACE)
                 forwarder.step()  # within the cache's grace of that last batch
                 flush_until(sink, lambda: not sink.queue.size, "every point written")
+                expected = sum(len(forwarded(sent, t)) for t in (first, second))
+                wait_for(  # written is not yet read: the listener's thread may lag behind
+                    lambda: whole_lines(listener) >= expected, 10, "every point received"
+                )
             finally:
                 forwarder.shutdown()
             got = received(listener)

@@ -19,7 +19,7 @@ from servertrack.receiver.state import ReceiverState
 
 T0 = 1_800_000_000.0
 ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what msgpack can carry
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 scalars = (
     st.none() | st.booleans() | ints | st.floats() | st.text(max_size=40) | st.binary(max_size=40)

@@ -540,7 +540,7 @@ def graphite_lines(draw: st.DrawFn) -> bytes:
     return separator.join(fields[: draw(st.integers(1, 4))]) + ending
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     lines=st.lists(graphite_lines(), max_size=60),
     tail=st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")),

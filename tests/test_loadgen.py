@@ -14,9 +14,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("via", ["zmq", "http"])
-def test_loadgen_passes_against_a_real_host(start_host: Callable[..., Host], via: str) -> None:
-    """A few thousand samples with an hour of back-fill are all accounted for and exact."""
-    host = start_host("--no-agent")
+def test_loadgen_passes_against_a_real_host(shared_host: Callable[..., Host], via: str) -> None:
+    """A few thousand samples with an hour of back-fill are all accounted for and exact (on a
+    host the module shares: each run has server names of its own and counts from where the
+    totals were when it began)."""
+    host = shared_host("--no-agent")
     result = subprocess.run(
         servertrack(
             "loadgen",
@@ -49,9 +51,9 @@ def test_loadgen_passes_against_a_real_host(start_host: Callable[..., Host], via
     assert "checked 300 servers" in result.stdout
 
 
-def test_loadgen_fails_when_the_answers_are_wrong(start_host: Callable[..., Host]) -> None:
+def test_loadgen_fails_when_the_answers_are_wrong(shared_host: Callable[..., Host]) -> None:
     """Samples recorded under the same names by someone else make the check fail."""
-    host = start_host("--no-agent")
+    host = shared_host("--no-agent")
     assert host.post("/servers/spoiled-000000.loadgen/loads", {"cpu": 99.9})[0] == 202
     result = subprocess.run(
         servertrack(

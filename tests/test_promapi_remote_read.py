@@ -302,7 +302,7 @@ def test_only_streamed_chunks_is_refused_naming_what_is_supported() -> None:
     assert "only SAMPLES" in refused.value.message
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(raw=st.binary(max_size=300), compress=st.booleans())
 def test_no_body_fails_otherwise_than_as_a_bad_request(raw: bytes, compress: bool) -> None:
     """Random bytes, raw or in a valid snappy block, are answered or refused with

@@ -1,4 +1,5 @@
-"""Monitoring hosts and API replicas on one real redis-server (``--store redis://...``).
+"""Monitoring hosts and API replicas on one real redis-server (``--store redis://...``); what
+they do when Redis or a daemon fails is in ``test_redis_host_failures.py``.
 
 Everything here is real: ``servertrack run`` hosts and ``servertrack api`` replicas as child
 processes, a ``redis-server`` started on a free loopback port, HTTP and ZeroMQ on loopback.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +21,6 @@ from servertrack.api import main as api_main
 from servertrack.common import wire
 from servertrack.common.oracle import RawSample, iso_z, oracle_buckets
 from servertrack.common.sample import Sample
-from servertrack.store.keys import server_keys
 from servertrack.testing.hosts import (
     ChildProcess,
     HostUnderTest,
@@ -34,19 +33,10 @@ from servertrack.testing.hosts import (
     warm_up,
 )
 from servertrack.testing.redis import RedisServer
+from tests.redis_host_support import VISIBLE, loads, shown
 from tests.support import assert_fatal, assert_matches_oracle, wait_for
 
 pytestmark = pytest.mark.e2e
-VISIBLE = 10.0
-"""Seconds within which a sample recorded on one host shows on every API (flush + batch)."""
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", options=("--appendonly", "yes", "--save", ""))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -70,33 +60,31 @@ def replicas(tmp_path: Path) -> Iterator[Callable[..., str]]:
         process.stop()
 
 
-def loads(base: str, name: str) -> tuple[int, Any]:
-    return http_json("GET", f"{base}/servers/{name}/loads")
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server for the module's shared hosts (never emptied: their tests use server
+    names of their own)."""
+    server = RedisServer(tmp_path_factory.mktemp("shared-store")).start()
+    yield server
+    server.stop()
 
 
-def shown(base: str, name: str, samples: int) -> dict[str, Any] | None:
-    """The server's view on ``base`` once it holds ``samples`` samples in its hours."""
-    status, view = loads(base, name)
-    if status == 200 and sum(b["samples"] for b in view["hours"]) == samples:
-        return view
-    return None
-
-
-def pid_of(host: HostUnderTest, daemon: str) -> int | None:
-    try:
-        return host.child(daemon).pid
-    except LookupError:  # between a death and the restart
-        return None
+@pytest.fixture
+def writers(
+    shared_host: Callable[..., HostUnderTest], shared_store: RedisServer
+) -> tuple[HostUnderTest, HostUnderTest]:
+    """Two hosts on ``shared_store``, shared by the tests that take them."""
+    first = shared_host("--no-agent", "--store", shared_store.url, "--store-flush", "1")
+    second = shared_host("--no-agent", "--store", shared_store.url)
+    return first, second
 
 
 def test_views_in_redis_mode_match_the_oracle(
-    start_host: Callable[..., HostUnderTest],
-    redis_server: RedisServer,
-    zmq_context: zmq.Context,
+    writers: tuple[HostUnderTest, HostUnderTest], zmq_context: zmq.Context
 ) -> None:
     """Random history over the whole 24-hour window (HTTP) and live samples (ZeroMQ): every
     bucket read back from Redis equals the oracle's."""
-    host = start_host("--no-agent", "--store", redis_server.url)
+    host = writers[0]
     rng = random.Random(9)
     now = time.time()
     sent: list[RawSample] = []
@@ -159,31 +147,31 @@ def test_two_hosts_and_replicas_answer_alike_for_every_server(
 
 
 def test_cached_answers_follow_every_hosts_writes(
-    start_host: Callable[..., HostUnderTest],
-    redis_server: RedisServer,
+    writers: tuple[HostUnderTest, HostUnderTest],
+    shared_store: RedisServer,
     replicas: Callable[..., str],
     http_server: str,
 ) -> None:
     """An API serves repeated reads of a server from its cache, and a sample recorded through
     another host still shows there within the flush and a batch (plus a second for a busy
     machine): every writer raises the store's change counter, which the API follows."""
-    first = start_host("--no-agent", "--store", redis_server.url)
-    second = start_host("--no-agent", "--store", redis_server.url)
-    replica = replicas(redis_server.url, "--http", http_server)
-    assert first.post("/servers/cached/loads", {"ts": time.time(), "cpu": 10.0})[0] == 202
-    wait_for(lambda: shown(replica, "cached", 1), VISIBLE, "the first sample")
+    first, second = writers
+    replica = replicas(shared_store.url, "--http", http_server)
+    name = f"cached-{http_server}"
+    assert first.post(f"/servers/{name}/loads", {"ts": time.time(), "cpu": 10.0})[0] == 202
+    wait_for(lambda: shown(replica, name, 1), VISIBLE, "the first sample")
     before = http_json("GET", replica + "/stats")[1]["api"]["read_cache"]
     for _ in range(20):
-        assert shown(replica, "cached", 1)
+        assert shown(replica, name, 1)
     after = http_json("GET", replica + "/stats")[1]["api"]["read_cache"]
     assert after["hit"] - before["hit"] >= 15, (before, after)
     for step in range(3):
         began = time.monotonic()
-        status, _ = second.post("/servers/cached/loads", {"ts": time.time(), "cpu": 20.0})
+        status, _ = second.post(f"/servers/{name}/loads", {"ts": time.time(), "cpu": 20.0})
         assert status == 202
-        wait_for(lambda s=step: shown(replica, "cached", s + 2), VISIBLE, "the other host's")
+        wait_for(lambda s=step: shown(replica, name, s + 2), VISIBLE, "the other host's")
         assert time.monotonic() - began < 1.0 + 1.0 + 1.0
-    view = shown(replica, "cached", 4)
+    view = shown(replica, name, 4)
     assert view is not None and view["hours"][-1]["cpu_sum"] == 70.0
 
 
@@ -198,16 +186,15 @@ def test_a_read_replica_refuses_records_and_checks_only_the_store(
 
 
 def test_a_replica_given_a_receiver_records_through_it(
-    start_host: Callable[..., HostUnderTest],
-    redis_server: RedisServer,
+    writers: tuple[HostUnderTest, HostUnderTest],
+    shared_store: RedisServer,
     replicas: Callable[..., str],
-    tmp_path: Path,
 ) -> None:
     """``servertrack api --store URL --receiver-control ...`` records through that receiver and
     reads Redis; its /health checks the receiver and the store, its /stats has no aggregator."""
-    host = start_host("--no-agent", "--store", redis_server.url)
-    control = f"ipc://{tmp_path}/host0-rt/receiver-control"
-    replica = replicas(redis_server.url, "--receiver-control", control)
+    host = writers[0]
+    control = f"ipc://{host.runtime_dir}/receiver-control"
+    replica = replicas(shared_store.url, "--receiver-control", control)
     assert http_json("POST", replica + "/servers/via-replica/loads", {"cpu": 4.0})[0] == 202
     wait_for(lambda: shown(replica, "via-replica", 1), VISIBLE, "the sample on the replica")
     assert shown(host.api, "via-replica", 1)
@@ -223,54 +210,6 @@ def test_an_aggregator_without_a_receiver_is_refused(
 ) -> None:
     argv = ["--store", redis_server.url, "--aggregator-query", "tcp://127.0.0.1:1", "--port", "1"]
     assert_fatal(capsys, lambda: api_main.main(argv), "--aggregator-query needs --receiver-control")
-
-
-def test_redis_stopped_for_ten_seconds_loses_nothing_acknowledged(
-    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
-) -> None:
-    """While Redis is down, records are still taken (202) and reads answer 503 within a
-    second (the cache may answer until then); when it is back, the aggregator's held batches
-    are merged: nothing is lost."""
-    host = start_host("--no-agent", "--store", redis_server.url, "--store-timeout", "0.5")
-    assert host.post("/servers/before/loads", {"cpu": 1.0})[0] == 202
-    wait_for(lambda: shown(host.api, "before", 1), VISIBLE, "the first sample")
-    redis_server.stop()
-    began = time.monotonic()
-    while (answer := loads(host.api, "before"))[0] == 200:  # the cache, while it may serve
-        assert time.monotonic() - began < 1.0, "a cached answer served a second into the outage"
-        time.sleep(0.02)
-    assert time.monotonic() - began < 1.0
-    assert (answer[0], answer[1]["reason"]) == (503, "backend_unavailable")
-    acked = 0
-    outage_end = time.monotonic() + 10
-    while time.monotonic() < outage_end:
-        status, _ = host.post("/servers/during/loads", {"ts": time.time(), "cpu": 2.0})
-        acked += status == 202
-        time.sleep(0.5)
-    assert acked >= 15
-    redis_server.start()
-    wait_for(lambda: shown(host.api, "during", acked), 30, "every sample of the outage")
-    assert shown(host.api, "before", 1)
-    stats = http_json("GET", host.api + "/stats")[1]["aggregator"]
-    assert stats["store_errors"] > 0 and stats["store_dropped"] == 0
-
-
-def test_aggregator_killed_loses_nothing_and_doubles_nothing(
-    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
-) -> None:
-    """kill -9 of the aggregator: the receiver sends its retained batches again, the Redis
-    guards apply each exactly once, so every sample shows once."""
-    host = start_host("--no-agent", "--store", redis_server.url)
-    for index in range(10):
-        assert host.post("/servers/steady/loads", {"ts": time.time() - index, "cpu": 5.0})[0] == 202
-    wait_for(lambda: shown(host.api, "steady", 10), VISIBLE, "ten samples")
-    aggregator = host.child("aggregator")
-    aggregator.send_signal(signal.SIGKILL)
-    assert host.post("/servers/steady/loads", {"ts": time.time(), "cpu": 5.0})[0] == 202
-    wait_for(lambda: pid_of(host, "aggregator") not in (None, aggregator.pid), 30, "a new one")
-    wait_for(lambda: shown(host.api, "steady", 11), 30, "eleven samples, each once")
-    time.sleep(2)  # re-sent batches have had time to arrive: still eleven
-    assert shown(host.api, "steady", 11)
 
 
 def test_every_key_of_a_host_has_a_ttl(
@@ -292,10 +231,13 @@ def test_the_fleets_minute_mean_in_redis_mode_is_over_raw_samples(
     mean is the sum of every sample over their number, not a mean of the servers' means."""
     first = start_host("--no-agent", "--store", redis_server.url)
     second = start_host("--no-agent", "--store", redis_server.url)
+    # Six samples a second apart from the minute's start, none ahead of now: the current minute
+    # once it is 6 s old, the previous one before. The summary shows that minute until the
+    # minute after it ends (as the previous one while the current one has no sample): at
+    # least 54 s for the reads.
     minute = time.time() // 60 * 60
-    if time.time() - minute > 40:  # keep every sample and the reads inside one minute
-        time.sleep(61 - (time.time() - minute))
-        minute = time.time() // 60 * 60
+    if time.time() - minute < 6:
+        minute -= 60
     sent = [("busy", minute + k, 90.0 - k) for k in range(6)] + [("idle", minute + 1, 10.0)]
     for host, (name, ts, cpu) in zip([first, second] * 4, sent, strict=False):
         assert host.post(f"/servers/{name}/loads", {"ts": ts, "cpu": cpu})[0] == 202
@@ -315,11 +257,11 @@ def test_the_fleets_minute_mean_in_redis_mode_is_over_raw_samples(
 
 
 def test_a_record_shows_within_the_flush_and_a_batch(
-    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
+    writers: tuple[HostUnderTest, HostUnderTest],
 ) -> None:
     """A sample answered 202 is read back from Redis within --store-flush (1 s) plus the
     receiver's one-second batch; one more second is allowed for a busy machine."""
-    host = start_host("--no-agent", "--store", redis_server.url, "--store-flush", "1")
+    host = writers[0]  # started with --store-flush 1
     delays = []
     for index in range(5):
         began = time.monotonic()
@@ -327,136 +269,3 @@ def test_a_record_shows_within_the_flush_and_a_batch(
         wait_for(lambda index=index: shown(host.api, f"fresh-{index}", 1), VISIBLE, "the sample")
         delays.append(time.monotonic() - began)
     assert max(delays) < 1.0 + 1.0 + 1.0, delays
-
-
-# -- faults: Redis refusing merges, a corrupt key, hosts with different limits -------------------
-class Recorder:
-    """Records one sample of each of ``names`` per round through ``host`` (``POST /loads``),
-    remembering those answered 202, for the oracle."""
-
-    def __init__(self, host: HostUnderTest, names: list[str], seed: int) -> None:
-        self.host = host
-        self.names = names
-        self.rng = random.Random(seed)
-        self.sent: list[RawSample] = []
-
-    def round(self) -> int:
-        now = time.time()
-        samples = [
-            (name, now, round(self.rng.uniform(0, 100), 2), round(self.rng.uniform(0, 100), 2))
-            for name in self.names
-        ]
-        items = [{"server": s[0], "ts": s[1], "cpu": s[2], "ram": s[3]} for s in samples]
-        status, _ = self.host.post("/loads", items)
-        if status == 202:
-            self.sent += samples
-        return status
-
-    def count(self, name: str) -> int:
-        return sum(1 for sample in self.sent if sample[0] == name)
-
-    def all_shown(self, names: list[str] | None = None) -> bool:
-        return all(shown(self.host.api, n, self.count(n)) for n in names or self.names)
-
-    def assert_matches_oracle(self, names: list[str]) -> None:
-        for name in names:
-            view, at = view_at_stable_minute(self.host, name)
-            assert_matches_oracle(view, oracle_buckets(self.sent, at, name))
-
-
-def aggregator_stats(host: HostUnderTest) -> dict[str, Any]:
-    stats: dict[str, Any] = host.get("/stats")[1]["aggregator"]
-    return stats
-
-
-def health_problems(host: HostUnderTest) -> tuple[str, list[str]]:
-    status, health = host.get("/health")
-    assert status == 200, health
-    return health["status"], health["aggregator"]["problems"]
-
-
-def test_a_full_redis_holds_batches_then_stores_every_acknowledged_sample_once(
-    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
-) -> None:
-    """``maxmemory 1`` for a couple of seconds under 40 recording servers: records are taken
-    (202), merges fail and are counted, /health says degraded with the reason; once Redis has
-    room the host says the store answers again, and every sample answered 202 is in Redis
-    exactly once (the oracle agrees, applied counts each, nothing was dropped)."""
-    host = start_host("--no-agent", "--store", redis_server.url, "--store-timeout", "0.5")
-    recorder = Recorder(host, [f"oom-{k:03d}" for k in range(100)], seed=31)
-    assert recorder.round() == 202
-    wait_for(recorder.all_shown, VISIBLE, "the first round")
-    client = redis_server.client()
-    client.config_set("maxmemory", 1)
-    try:
-        fault_end = time.monotonic() + 2.0
-        while time.monotonic() < fault_end:
-            assert recorder.round() == 202
-            time.sleep(0.2)
-        wait_for(lambda: aggregator_stats(host)["store_errors"] > 0, 10, "a refused merge")
-        during = health_problems(host)
-    finally:
-        client.config_set("maxmemory", 0)
-    assert recorder.round() == 202
-    wait_for(recorder.all_shown, 20, "every sample answered 202")
-    recorder.assert_matches_oracle(recorder.names)
-    stats = aggregator_stats(host)
-    assert stats["applied"] == len(recorder.sent)
-    assert stats["store_dropped"] == 0 and stats["store_pending"] == 0
-    assert "the store answers again" in host.process.log()
-    assert during[0] == "degraded" and any("maxmemory" in p for p in during[1]), during
-    wait_for(lambda: health_problems(host) == ("ok", []), 10, "/health ok again")
-
-
-def test_a_corrupt_key_costs_only_its_server_and_is_reported(
-    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
-) -> None:
-    """One server's hour key replaced by a string without a TTL: every other server goes on
-    being stored (the oracle agrees) and read; the victim's read answers 502 naming the key,
-    the server list leaves it out, its samples are counted as corrupt_key (the key logged
-    once), nothing is held back, and /health says degraded with the key."""
-    host = start_host("--no-agent", "--store", redis_server.url)
-    recorder = Recorder(host, ["victim"] + [f"fine-{k:02d}" for k in range(20)], seed=5)
-    assert recorder.round() == 202
-    wait_for(recorder.all_shown, VISIBLE, "the first round")
-    key = server_keys("victim")[1]
-    client = redis_server.client()
-    client.delete(key)
-    client.set(key, "not a hash")
-    for _ in range(3):
-        assert recorder.round() == 202
-        time.sleep(0.3)
-    fine = recorder.names[1:]
-    wait_for(lambda: recorder.all_shown(fine), VISIBLE, "the rest of the fleet")
-    recorder.assert_matches_oracle(fine)
-    wait_for(lambda: aggregator_stats(host)["dropped"]["corrupt_key"] == 3, VISIBLE, "3 dropped")
-    status, body = host.get("/servers/victim/loads")
-    assert status == 502, (status, body)
-    assert (status, body["reason"]) == (502, "corrupt_key") and key.decode() in body["description"]
-    status, page = host.get("/servers")
-    assert status == 200 and [row["server"] for row in page["servers"]] == fine
-    status, problems = health_problems(host)
-    assert status == "degraded" and any(key.decode() in p for p in problems), problems
-    stats = aggregator_stats(host)
-    assert stats["store_pending"] == 0 and stats["store_dropped"] == stats["store_errors"] == 0
-    assert host.process.log().count(key.decode()) == 1
-
-
-def test_a_host_refuses_servers_beyond_its_own_limit_and_drops_none_it_took(
-    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
-) -> None:
-    """Two hosts on one Redis, ``--max-servers`` 50 and 3, the store already holding six
-    servers: the small host takes three new servers (202) and every one of them is stored; its
-    fourth new server is refused before any answer says accepted (422 server_limit)."""
-    big = start_host("--no-agent", "--store", redis_server.url, "--max-servers", "50")
-    small = start_host("--no-agent", "--store", redis_server.url, "--max-servers", "3")
-    assert big.post("/loads", [{"server": f"big-{k}", "cpu": 1.0} for k in range(6)])[0] == 202
-    wait_for(lambda: big.get("/servers")[1]["total"] == 6, VISIBLE, "six servers in Redis")
-    for k in range(3):
-        assert small.post(f"/servers/small-{k}/loads", {"cpu": 2.0})[0] == 202
-    status, body = small.post("/servers/small-3/loads", {"cpu": 2.0})
-    assert (status, body["reason"]) == (422, "server_limit")
-    for k in range(3):
-        wait_for(lambda k=k: shown(big.api, f"small-{k}", 1), VISIBLE, f"small-{k} stored")
-    assert shown(big.api, "small-3", 1) is None
-    assert aggregator_stats(small)["dropped"]["server_limit"] == 0

@@ -5,8 +5,7 @@ SIGSTOP for the outage; the views checked with the oracle."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import msgpack
 import pytest
@@ -26,26 +25,31 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.resume()
-    server.stop()
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0 + 30.0)
 
 
 @pytest.fixture
-def rollups(redis_server: RedisServer, clock: FakeClock) -> Iterator[RedisRollups]:
-    writer = RedisStore(redis_server.url, clock=clock, timeout=0.3)
-    reader = RedisStore(redis_server.url, clock=clock, timeout=0.3)
-    store = RedisRollups(writer, clock, reader=reader)
-    yield store
-    writer.close()
-    reader.close()
+def rollups_on(clock: FakeClock) -> Iterator[Callable[[RedisServer], RedisRollups]]:
+    """Rollups over a writer and a reader store of a given server; closed afterwards."""
+    stores: list[RedisStore] = []
+
+    def make(server: RedisServer) -> RedisRollups:
+        writer = RedisStore(server.url, clock=clock, timeout=0.3)
+        reader = RedisStore(server.url, clock=clock, timeout=0.3)
+        stores.extend((writer, reader))
+        return RedisRollups(writer, clock, reader=reader)
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def rollups(
+    redis_server: RedisServer, rollups_on: Callable[[RedisServer], RedisRollups]
+) -> RedisRollups:
+    return rollups_on(redis_server)
 
 
 def hold(store: RedisRollups, writer: str, batch: BatchColumns, fleet: Fleet) -> None:
@@ -79,8 +83,10 @@ def test_batches_after_a_missing_one_wait_for_it(
 
 
 def test_a_job_redis_refuses_is_held_again_ahead_of_newer_batches(
-    redis_server: RedisServer, rollups: RedisRollups, clock: FakeClock
+    own_redis: RedisServer, rollups_on: Callable[[RedisServer], RedisRollups], clock: FakeClock
 ) -> None:
+    redis_server = own_redis
+    rollups = rollups_on(redis_server)
     fleet = Fleet([f"node-{k}" for k in range(40)], seed=7)
     for _ in range(3):
         hold(rollups, "run-a", fleet.batch("run-a", clock()), fleet)

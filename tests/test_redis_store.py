@@ -40,13 +40,6 @@ pytestmark = pytest.mark.e2e
 
 # -- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0 + 30.0)
 
@@ -470,10 +463,11 @@ def test_new_servers_beyond_max_servers_are_refused(
 
 # -- failures -----------------------------------------------------------------------------------
 def test_a_stopped_redis_is_reported_within_the_timeout_and_nothing_held_is_lost(
-    redis_server: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
+    own_redis: RedisServer, open_store: Callable[..., RedisStore], clock: FakeClock
 ) -> None:
     """While Redis is stopped (SIGSTOP) merges and reads raise StoreUnavailable within the
     timeout; the batches the caller held are merged once it is back, exactly once."""
+    redis_server = own_redis
     store = open_store(redis_server.url, timeout=0.5)
     fleet = Fleet([f"held-{k}" for k in range(4)], seed=9)
     held: list[BatchColumns] = []

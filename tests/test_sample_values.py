@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from servertrack.common import wire
+from servertrack.common.oracle import iso_z
 from servertrack.testing.hosts import HostUnderTest, free_port, launch_host, warm_up
 from tests.support import wait_for
 
@@ -45,15 +46,16 @@ class Paths:
         assert status == 200, stats
         return stats["receiver"]
 
-    def minute(self, server: str, samples: int) -> dict[str, Any]:
-        """The server's newest minute once it holds ``samples`` samples."""
+    def minute(self, server: str, samples: int, at: float) -> dict[str, Any]:
+        """The server's minute bucket holding ``at`` once it holds ``samples`` samples."""
+        start = iso_z(at // 60 * 60)
 
         def check() -> dict[str, Any] | None:
             status, view = self.host.get(f"/servers/{server}/loads")
-            if status != 200 or view["minutes"][-1]["samples"] < samples:
+            if status != 200:
                 return None
-            minute: dict[str, Any] = view["minutes"][-1]
-            return minute
+            held = [bucket for bucket in view["minutes"] if bucket["start"] == start]
+            return held[0] if held and held[0]["samples"] >= samples else None
 
         found: dict[str, Any] = wait_for(check, DEADLINE, f"{samples} samples of {server}")
         return found
@@ -81,6 +83,13 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Paths]:
         host.process.stop()
 
 
+def one_minute_now(span: float) -> float:
+    """Now, or the end of the previous minute while fewer than ``span`` s of this one have
+    passed: samples from ``span`` s before it up to it fall in one minute bucket."""
+    now = time.time()
+    return now if now % 60 > span + 0.5 else now // 60 * 60 - 0.5
+
+
 def is_positive_zero(value: Any) -> bool:
     return value == 0.0 and math.copysign(1.0, value) == 1.0
 
@@ -88,7 +97,7 @@ def is_positive_zero(value: Any) -> bool:
 def test_negative_zero_is_stored_as_zero_on_every_path(paths: Paths) -> None:
     """-0.0 from an agent, an HTTP record (single and batch) and a Graphite line is a valid zero,
     stored as 0.0: a minute's min, max and sum show 0.0, never -0.0."""
-    now = time.time()
+    now = one_minute_now(3)
     for seq, ts in enumerate((now - 2, now - 1)):  # a new server, then a known one
         paths.agent(fqdn="zero-agent", ts=ts, cpu=-0.0, ram=-0.0, seq=seq)
         status, body = paths.host.post("/servers/zero-http/loads", {"cpu": -0.0, "ts": ts})
@@ -99,10 +108,10 @@ def test_negative_zero_is_stored_as_zero_on_every_path(paths: Paths) -> None:
     )
     assert status == 202, body
     for server, count in (("zero-agent", 2), ("zero-http", 2), ("zero-graphite", 2)):
-        minute = paths.minute(server, count)
+        minute = paths.minute(server, count, now)
         for field in ("cpu_min", "cpu_max", "cpu_sum", "cpu"):
             assert is_positive_zero(minute[field]), (server, field, minute[field])
-    batch = paths.minute("zero-batch", 1)
+    batch = paths.minute("zero-batch", 1, now)
     assert is_positive_zero(batch["cpu_min"]) and is_positive_zero(batch["ram_max"])
 
 
@@ -111,7 +120,7 @@ def test_strings_and_digit_separators_are_refused_on_every_path(paths: Paths) ->
     ``bad_cpu``; ``5_0`` as a Graphite value (or ``1_700_000_000`` as its timestamp) is
     ``bad_line``. A known server's fast path refuses them as the full validation does, and
     nothing of them is stored."""
-    now = time.time()
+    now = one_minute_now(5)
     before = paths.receiver()
     paths.agent(fqdn="strings", ts=now - 5, cpu=10.0, seq=0)  # known from here on
     paths.line(f"servertrack.strings.cpu 10 {now - 5}")
@@ -141,7 +150,7 @@ def test_strings_and_digit_separators_are_refused_on_every_path(paths: Paths) ->
     )
     assert refused(stats, "graphite", "bad_line") == 4
     assert (refused(stats, "zmq", "bad_cpu"), refused(stats, "zmq", "bad_ram")) == (2, 2)
-    minute = paths.minute("strings", 3)
+    minute = paths.minute("strings", 3, now)
     assert minute["cpu_samples"] == 3  # 10 from the agent, 10 and 20 from Graphite
     assert minute["cpu_max"] == 20.0
     status, api = paths.host.get("/stats")

@@ -4,9 +4,16 @@
 
 const ST = (() => {
   const TOKEN_KEY = "servertrack.readToken";
-  const REFRESH_MS = 5000;
+  const REFRESH_MS = refreshMs(new URLSearchParams(location.search).get("refresh"));
   const BAND_LIMITS = [50, 75, 90];
   const BAND_NAMES = ["0–50", "50–75", "75–90", "90+"];
+
+  /** Milliseconds between two refreshes: 5 s, or ``?refresh=SECONDS`` (0.1 to 3600) from the
+      page's address. */
+  function refreshMs(asked) {
+    const seconds = asked === null ? NaN : Number(asked);
+    return seconds >= 0.1 && seconds <= 3600 ? Math.round(seconds * 1000) : 5000;
+  }
 
   /** Colour band of a percentage: 0 below 50, 1 below 75, 2 below 90, 3 from 90; -1 for none. */
   function band(value) {
@@ -140,7 +147,7 @@ const ST = (() => {
     }
   }
 
-  /** Run ``refresh`` now and every 5 s after the previous run ended; paused while the tab is
+  /** Run ``refresh`` now and every REFRESH_MS after the previous run ended; paused while the tab is
       hidden, run at once when it shows again. A 401 shows the token form and waits for it. */
   function poll(refresh) {
     let timer = null;

@@ -39,6 +39,7 @@
     if (state.order !== DEFAULT_ORDER[state.sort]) query.set("order", state.order);
     if (state.q) query.set("q", state.q);
     if (state.limit !== 100) query.set("limit", String(state.limit));
+    if (params.has("refresh")) query.set("refresh", params.get("refresh"));
     const search = query.toString();
     history.replaceState(null, "", search ? `/?${search}` : "/");
   }

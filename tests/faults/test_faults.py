@@ -99,9 +99,21 @@ def test_aggregator_killed_loses_nothing(start_host: Callable[..., Host]) -> Non
     rng = random.Random(5)
     sent = post_history(host, rng, names, 500)
     wait_for(lambda: applied(host) >= len(sent), 10, "the first samples to be applied")
-    time.sleep(1.5)  # a snapshot holds them; the next ones are only in the receiver
+    snapshot = Path(host.flag("--data-dir")) / "aggregator.npz"
+    written = time.time_ns()
+    for _ in range(2):  # the second snapshot begun after they were applied holds them
+        written = wait_for(
+            lambda w=written: (
+                snapshot.exists()
+                and snapshot.stat().st_mtime_ns > w
+                and (snapshot.stat().st_mtime_ns)
+            ),
+            10,
+            "a snapshot",
+        )
     sent += post_history(host, rng, names, 500)
-    time.sleep(1.2)  # flushed to the aggregator, maybe not in a snapshot yet
+    # flushed to the aggregator, maybe not in a snapshot yet
+    wait_for(lambda: applied(host) >= len(sent), 10, "the next samples to be applied")
     victim = host.child("aggregator")
     victim.kill()
     victim.wait(timeout=10)
@@ -190,7 +202,11 @@ def test_agents_resume_by_themselves_after_the_receiver_is_killed(
         receiver.wait(timeout=10)
         wait_for(lambda: replaced(host, "receiver", receiver.pid), 15, "a new receiver")
         marks = {agent.name: agent.seq for agent in agents}
-        time.sleep(3)
+        wait_for(
+            lambda: all(agent.seq > marks[agent.name] for agent in agents),
+            15,
+            "every agent to publish again",
+        )
 
         def fresh_samples() -> bool:
             status, stats = host.get("/stats")
