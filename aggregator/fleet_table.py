@@ -15,7 +15,14 @@ import numpy as np
 
 from servertrack.common.buckets import oldest_accepted_ts
 from servertrack.common.fleet_query import SPARKLINE_MINUTES
-from servertrack.readmodel.fleet import SPARKLINE_DECIMALS, FleetTable, MinuteMean, lazy_lower
+from servertrack.readmodel.cells import empty_cells
+from servertrack.readmodel.fleet import (
+    SPARKLINE_DECIMALS,
+    FleetTable,
+    MinuteMean,
+    lazy_lower,
+    once,
+)
 
 if TYPE_CHECKING:  # the rollups build their table with this module's function
     from servertrack.aggregator.rollups import Rollups
@@ -78,6 +85,14 @@ def fleet_table(rollups: Rollups, now: float) -> FleetTable:
         lower = lazy_lower(names)
     current = rollups.current_values.mean
     first = rollups.minutes.current - SPARKLINE_MINUTES + 1
+    ring, minute = rollups.minutes, rollups.minutes.current - 1
+    slot = minute % ring.slots
+
+    def complete() -> np.ndarray:
+        if ring.bucket_of_slot[slot] != minute:
+            return empty_cells(rows.size, max(minute, 0))
+        return ring.cells[rows, slot]
+
     return FleetTable(
         names=names,
         cpu=current["cpu"][rows],
@@ -87,4 +102,5 @@ def fleet_table(rollups: Rollups, now: float) -> FleetTable:
         mean=_minute_mean(rollups, len(rollups.name_of)),
         sparklines=_ring_sparklines(rollups, rows, first),
         lower=lower,
+        complete=once(complete),
     )

@@ -26,12 +26,13 @@ from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, dec
 from servertrack.common.fleet_query import BadFleetQuery, query_from_request
 from servertrack.readmodel.answers import (
     encode_answer,
+    encode_last_minute,
     servers_answer,
     view_answer,
     views_answers,
 )
 from servertrack.readmodel.errors import StoreUnavailable
-from servertrack.readmodel.fleet import FleetAnswers
+from servertrack.readmodel.fleet import FleetAnswers, last_minute
 
 APPLY_SLICE = 32_768
 """Samples applied between two looks at the query socket, so a large batch (or the first sight
@@ -431,7 +432,8 @@ class AggregatorState:
     def _answer(self, request: Any, now: float) -> dict[str, Any]:
         """The reply to one query, by ``op``: ``view`` → ``{"answer", "gen"}`` (an answer
         encoded by :func:`~servertrack.readmodel.answers.encode_answer`); ``views`` →
-        ``{"answers", "gen"}``; ``servers``, ``fleet``, ``grid`` → ``{"body": JSON}``; ``stats``
+        ``{"answers", "gen"}``; ``servers``, ``fleet``, ``grid`` → ``{"body": JSON}``;
+        ``last_minute`` → every server's last complete minute (``{"last_minute"}``); ``stats``
         → ``{"stats"}``; ``watch`` → ``{"gen"}``; a query that cannot be answered →
         ``{"refused": [reason, message]}``. HTTP statuses are the API's business."""
         op = request.get("op") if isinstance(request, dict) else None
@@ -467,6 +469,9 @@ class AggregatorState:
             known = request.get("names")
             known = known if isinstance(known, str) else None
             return {"body": self.fleet.grid(self.store, known, now)}
+        if op == "last_minute":
+            table = self.fleet.table(self.store, now)
+            return {"last_minute": encode_last_minute(last_minute(table))}
         if op == "stats":
             return {"stats": self.stats(now)}
         if op == "sequences":

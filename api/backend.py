@@ -20,6 +20,7 @@ from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer
 from servertrack.readmodel.errors import CorruptKey
+from servertrack.readmodel.values import LastMinute
 
 __all__ = ["Backend", "Kept", "Threaded", "Unavailable"]
 
@@ -57,6 +58,10 @@ class Backend(Protocol):
 
     def grid(self, known: str | None, deadline: float | None = None) -> bytes:
         """The JSON of ``GET /fleet/grid``."""
+        ...
+
+    def last_minute(self, deadline: float | None = None) -> LastMinute:
+        """Every server's last complete minute."""
         ...
 
     def stats(self, deadline: float | None = None) -> dict[str, Any]:

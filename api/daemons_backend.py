@@ -24,8 +24,9 @@ from servertrack.api.group import GroupCommit
 from servertrack.common import rpc
 from servertrack.common.fleet_query import BadFleetQuery, FleetQuery
 from servertrack.common.sample import Sample
-from servertrack.readmodel.answers import Answer, decode_answer
+from servertrack.readmodel.answers import Answer, decode_answer, decode_last_minute
 from servertrack.readmodel.errors import CorruptKey
+from servertrack.readmodel.values import LastMinute
 
 
 def _body(reply: dict[str, Any]) -> bytes:
@@ -83,6 +84,13 @@ class AggregatorReplies:
 
     def grid(self, known: str | None, deadline: float | None = None) -> bytes:
         return _body(self._ask({"op": "grid", "names": known}, deadline))
+
+    def last_minute(self, deadline: float | None = None) -> LastMinute:
+        raw = self._ask({"op": "last_minute"}, deadline).get("last_minute")
+        try:
+            return decode_last_minute(raw)
+        except ValueError as err:
+            raise Unavailable(f"the aggregator answered something unreadable: {err}") from err
 
     def stats(self, deadline: float | None = None) -> dict[str, Any]:
         stats = self._ask({"op": "stats"}, deadline).get("stats")

@@ -29,7 +29,8 @@ from servertrack.common.fleet_query import FleetQuery
 from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer, servers_answer, view_answer, views_answers
 from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
-from servertrack.readmodel.fleet import FleetAnswers
+from servertrack.readmodel.fleet import FleetAnswers, last_minute
+from servertrack.readmodel.values import LastMinute
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
 
@@ -100,6 +101,11 @@ class StoreBackend:
         now = self.clock()
         body: bytes = self._read(lambda reader: self.fleet_answers.grid(reader, known, now))
         return body
+
+    def last_minute(self, deadline: float | None = None) -> LastMinute:
+        now = self.clock()
+        table = self._read(lambda reader: self.fleet_answers.table(reader, now))
+        return last_minute(table)
 
     def stats(self, deadline: float | None = None) -> dict[str, Any]:
         if self.daemons is None or self.daemons.aggregator is None:

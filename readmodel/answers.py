@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from servertrack.common.buckets import iso_utc
+from servertrack.readmodel.cells import CELL_SIZE, unpack_cells
 from servertrack.readmodel.errors import CorruptKey
 from servertrack.readmodel.model import ReadModel
 from servertrack.readmodel.render import servers_json, view_json
-from servertrack.readmodel.values import ServerView
+from servertrack.readmodel.values import LastMinute, ServerView
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +69,26 @@ def decode_answer(raw: Any) -> Answer | CorruptKey | None:
         if isinstance(body, bytes) and isinstance(as_of, str):
             return Answer(body, as_of)
     raise ValueError(f"not an answer: {raw!r:.100}")
+
+
+def encode_last_minute(columns: LastMinute) -> dict[str, Any]:
+    """The last complete minute as msgpack-ready values (arrays as their bytes)."""
+    return {
+        "minute": columns.minute,
+        "names": columns.names,
+        "last_seen": np.ascontiguousarray(columns.last_seen, np.float64).tobytes(),
+        "cells": np.ascontiguousarray(columns.cells).tobytes(),
+    }
+
+
+def decode_last_minute(raw: Any) -> LastMinute:
+    """What :func:`encode_last_minute` made (ValueError for anything else)."""
+    try:
+        names = [str(name) for name in raw["names"]]
+        last_seen = np.frombuffer(raw["last_seen"], np.float64)
+        cells = unpack_cells(raw["cells"])
+        if len(raw["cells"]) % CELL_SIZE or not len(names) == last_seen.size == cells.size:
+            raise ValueError("columns of different lengths")
+        return LastMinute(int(raw["minute"]), names, last_seen, cells)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a last minute: {err}") from err

@@ -22,7 +22,7 @@ import math
 import secrets
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -30,12 +30,15 @@ from servertrack.common.buckets import MINUTE, iso_utc
 from servertrack.common.fleet_query import (
     DOWN_AFTER,
     HOTTEST,
+    SPARKLINE_MINUTES,
     STALE_AFTER,
     STATUSES,
     FleetQuery,
     encode_cursor,
 )
+from servertrack.readmodel.values import LastMinute
 
+T = TypeVar("T")
 SPARKLINE_DECIMALS = 1
 """Sparkline points are rounded to 0.1 %: a 60-point line of 100 rows stays a few KB of JSON."""
 GRID_NO_CPU = 0xFFFF
@@ -68,16 +71,21 @@ class MinuteMean:
         }
 
 
-def lazy_lower(names: list[str]) -> Callable[[], list[str]]:
-    """``names`` in lower case, made on the first call and kept."""
-    made: list[list[str]] = []
+def once(make: Callable[[], T]) -> Callable[[], T]:
+    """``make``, called on the first call only; later calls give what it made."""
+    made: list[T] = []
 
-    def lower() -> list[str]:
+    def get() -> T:
         if not made:
-            made.append([name.lower() for name in names])
+            made.append(make())
         return made[0]
 
-    return lower
+    return get
+
+
+def lazy_lower(names: list[str]) -> Callable[[], list[str]]:
+    """``names`` in lower case, made on the first call and kept."""
+    return once(lambda: [name.lower() for name in names])
 
 
 @dataclass(slots=True)
@@ -96,9 +104,23 @@ class FleetTable:
     table indices, oldest first, rounded (NaN = no cpu sample): only a page's are ever made."""
     lower: Callable[[], list[str]]
     """The names in lower case, for the filter (made when a filter first asks)."""
+    complete: Callable[[], np.ndarray]
+    """Each server's cell of the last complete minute (the one before the current minute: its
+    means are final), in table order; ``samples`` 0 for a server that sent none then. Made when
+    first asked for (alerts and the Prometheus exposition ask; the dashboard does not)."""
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def last_minute(table: FleetTable) -> LastMinute:
+    """The last complete minute of every server of ``table``."""
+    return LastMinute(
+        table.first_minute + SPARKLINE_MINUTES - 2,
+        table.names,
+        table.last_seen,
+        table.complete(),
+    )
 
 
 class FleetSource(Protocol):

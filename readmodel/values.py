@@ -42,3 +42,19 @@ class ServersPage:
     servers: list[tuple[str, float]] = field(default_factory=list)
     total: int = 0
     next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LastMinute:
+    """Every tracked server's last complete minute (the one before the current minute: its
+    means are final), in name order: what alerts are evaluated on and Prometheus scrapes."""
+
+    minute: int
+    """The minute's number (``ts // 60`` of its start)."""
+    names: list[str]
+    last_seen: np.ndarray
+    cells: np.ndarray
+    """Each server's cell of that minute (``CELL_DTYPE``); ``samples`` 0 when it sent none."""
+
+    def __len__(self) -> int:
+        return len(self.names)

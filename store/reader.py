@@ -236,4 +236,5 @@ def table_from_rows(rows: FleetRows) -> FleetTable:
         mean=mean,
         sparklines=lambda indices: np.round(minutes[indices], SPARKLINE_DECIMALS),
         lower=lazy_lower(names),
+        complete=lambda: rows.complete,
     )

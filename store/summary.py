@@ -5,10 +5,10 @@ answered them after each merge (the cells as merged, every writer's samples incl
 every few seconds packs them into a record in the server's index shard (a hash, one field per
 server), so the whole fleet is read with one HGETALL per shard instead of two reads per server.
 
-Record (308 bytes, little endian): last_seen f64, then the cpu means and the ram means of the
+Record (380 bytes, little endian): last_seen f64, then the cpu means and the ram means of the
 61 minutes ending with the minute of last_seen (oldest first), as u16 hundredths of a percent
-(65535 = no sample), then the exact totals (samples, and for cpu and ram the float64 sum and the
-count) of the two newest of those minutes. No minute after last_seen's can hold a sample, so a
+(65535 = no sample), then the cells (:mod:`servertrack.readmodel.cells`: exact sums, counts,
+extremes) of the two newest of those minutes. No minute after last_seen's can hold a sample, so a
 reader realigns the record to its own clock from last_seen alone. The sparkline is for the eye,
 so a 0.01 % step is plenty; the fleet's mean of a minute is the sum of the exact sums over the
 sum of the counts (never a mean of means).
@@ -22,23 +22,17 @@ from typing import Any
 import numpy as np
 
 from servertrack.common.buckets import MINUTE, MINUTE_WINDOW, iso_utc, oldest_accepted_ts
-from servertrack.readmodel.cells import MINUTE_SLOTS
+from servertrack.readmodel.cells import CELL_DTYPE, MINUTE_SLOTS, empty_cells
 
 SHOWN = MINUTE_WINDOW
 """Minutes a reader shows: the 60 up to its current one."""
 KEPT = MINUTE_SLOTS
 """Minutes in a record: 61, so a sample up to 60 s ahead of a reader's clock is covered."""
 NO_VALUE = 0xFFFF
-TOTALS_DTYPE = np.dtype(
-    [
-        ("samples", "<u4"),
-        ("cpu_sum", "<f8"),
-        ("cpu_count", "<u4"),
-        ("ram_sum", "<f8"),
-        ("ram_count", "<u4"),
-    ]
-)
-"""One minute's exact totals for one server."""
+TOTALS_DTYPE = CELL_DTYPE
+"""One minute's exact totals for one server: its cell."""
+SUMMED = ("samples", "cpu_sum", "cpu_count", "ram_sum", "ram_count")
+"""What adds up over servers into the fleet's totals of a minute."""
 EXACT = 2
 """Minutes whose exact totals a record carries: its newest two."""
 EXACT_SLOTS = 3
@@ -64,8 +58,8 @@ class SparkRing:
         self.current = -1
         self.cpu = np.full((capacity, MINUTE_SLOTS), NO_VALUE, np.uint16)
         self.ram = np.full((capacity, MINUTE_SLOTS), NO_VALUE, np.uint16)
-        self.totals = np.zeros((capacity, EXACT_SLOTS), TOTALS_DTYPE)
-        """The exact totals of minutes ``current - 1 .. current + 1`` (slot = minute % 3)."""
+        self.totals = empty_cells((capacity, EXACT_SLOTS))
+        """The cells of minutes ``current - 1 .. current + 1`` (slot = minute % 3)."""
         self.totals_minute = np.full(EXACT_SLOTS, -1, np.int64)
 
     @property
@@ -78,14 +72,14 @@ class SparkRing:
             bigger = np.full((capacity, MINUTE_SLOTS), NO_VALUE, np.uint16)
             bigger[: old.shape[0]] = old
             setattr(self, name, bigger)
-        totals = np.zeros((capacity, EXACT_SLOTS), TOTALS_DTYPE)
+        totals = empty_cells((capacity, EXACT_SLOTS))
         totals[: self.totals.shape[0]] = self.totals
         self.totals = totals
 
     def clear_rows(self, rows: np.ndarray) -> None:
         self.cpu[rows] = NO_VALUE
         self.ram[rows] = NO_VALUE
-        self.totals[rows] = np.zeros(1, TOTALS_DTYPE)
+        self.totals[rows] = empty_cells(1)
 
     def advance(self, minute: int) -> None:
         """Make ``minute`` the newest minute shown; columns of minutes that left are cleared."""
@@ -102,7 +96,7 @@ class SparkRing:
         for wanted in range(minute - 1, minute + 2):
             slot = wanted % EXACT_SLOTS
             if self.totals_minute[slot] != wanted:
-                self.totals[:, slot] = np.zeros(1, TOTALS_DTYPE)
+                self.totals[:, slot] = empty_cells(1, wanted)
                 self.totals_minute[slot] = wanted
 
     def note(self, rows: np.ndarray, cells: np.ndarray) -> None:
@@ -119,10 +113,7 @@ class SparkRing:
         stamps = stamps[fits]
         exact = self.totals_minute[stamps % EXACT_SLOTS] == stamps
         if exact.any():
-            target = self.totals[rows[exact], (stamps[exact] % EXACT_SLOTS)]
-            for field in TOTALS_DTYPE.names:
-                target[field] = cells[field][exact]
-            self.totals[rows[exact], (stamps[exact] % EXACT_SLOTS)] = target
+            self.totals[rows[exact], (stamps[exact] % EXACT_SLOTS)] = cells[exact]
         with np.errstate(invalid="ignore", divide="ignore"):
             for metric in ("cpu", "ram"):
                 count = cells[f"{metric}_count"]
@@ -147,7 +138,7 @@ class SparkRing:
             slot = minute % EXACT_SLOTS
             held = self.totals_minute[slot] == minute
             values = self.totals[rows, slot]
-            values[~held] = np.zeros(1, TOTALS_DTYPE)
+            values[~held] = empty_cells(1)
             out["totals"][:, k] = values
         return out
 
@@ -175,6 +166,9 @@ class FleetRows:
     totals: dict[int, dict[str, float]] = field(default_factory=dict)
     """Exact fleet totals (``samples``, ``cpu_sum``, ``cpu_count``, ``ram_sum``, ``ram_count``)
     of the minutes ``minute`` and ``minute - 1``, summed over every server's record."""
+    complete: np.ndarray = field(default_factory=lambda: empty_cells(0))
+    """Each server's cell of the minute before ``minute`` (the last complete one; no samples
+    when it sent none then)."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -230,14 +224,19 @@ def decode_fleet(names: list[str], raw: list[bytes], now: float) -> FleetRows:
         aligned[metric] = out
     totals: dict[int, dict[str, float]] = {}
     for wanted in (minute - 1, minute):
-        sums = dict.fromkeys(TOTALS_DTYPE.names, 0.0)
+        sums = dict.fromkeys(SUMMED, 0.0)
         for k in range(EXACT):
             holds = newest - (EXACT - 1) + k == wanted
-            for name in TOTALS_DTYPE.names:
+            for name in SUMMED:
                 sums[name] += float(records["totals"][name][holds, k].sum())
         totals[wanted] = sums
+    complete = empty_cells(len(records), minute - 1)
+    for k in range(EXACT):
+        holds = np.flatnonzero(newest - (EXACT - 1) + k == minute - 1)
+        complete[holds] = records["totals"][holds, k]
     return FleetRows(
         totals=totals,
+        complete=complete,
         names=kept_names,
         last_seen=records["last_seen"].astype(np.float64),
         cpu=_newest(aligned["cpu"]),

@@ -13,18 +13,23 @@ from typing import Any
 import numpy as np
 import pytest
 
+from servertrack.aggregator.fleet_table import fleet_table
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import AggregatorState
 from servertrack.common.batch import ServerHealth
+from servertrack.common.oracle import iso_z, oracle_buckets
+from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer, servers_answer, view_answer, views_answers
 from servertrack.readmodel.errors import CorruptKey
+from servertrack.readmodel.fleet import last_minute
 from servertrack.readmodel.health import Health
-from servertrack.readmodel.render import view_document
+from servertrack.readmodel.render import bucket_rows, view_document
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
 from servertrack.testing.hosts import FakeClock
 from servertrack.testing.redis import RedisServer
 from tests.store_support import HOUR, T0, Fleet, hour_kept
+from tests.support import Clock, InProcessBackend
 
 NAMES = [f"rm-{k}.example" for k in range(12)]
 
@@ -153,3 +158,52 @@ def test_a_snapshot_of_the_old_layout_keeps_its_buckets_and_health() -> None:
     shown = view_document(view)
     assert {**shown, "health": None} == {**view_document(before), "health": None}
     assert view.health == Health(("10.1.1.1",), 8, 2, 1, 0.1, 1, False)
+
+
+def test_the_last_complete_minute_is_the_same_in_both_stores_and_the_oracles(
+    redis_store: tuple[RedisStore, FakeClock],
+) -> None:
+    """Every server's last complete minute (what alerts and Prometheus read): the same cell in
+    memory and in Redis (the summary records carry it), and the oracle's bucket for it."""
+    store, clock = redis_store
+    fleet = Fleet(NAMES, seed=5)
+    rollups = Rollups(clock)
+    for _ in range(30):
+        now = clock.advance(20.0)
+        batch = fleet.batch("writer", now)
+        kept = np.array([hour_kept(ts, now) for ts in batch.ts.tolist()], bool)
+        rows = np.array([rollups.row_for(NAMES[k]) for k in batch.rows[kept].tolist()], np.int64)
+        rollups.apply(rows, batch.ts[kept], batch.cpu[kept], batch.ram[kept], now)
+        store.merge("writer", [batch], NAMES, None, now)
+    store.merge("writer", [], NAMES, None, clock())  # the summary records are written
+    memory = last_minute(fleet_table(rollups, clock()))
+    redis = last_minute(RedisReader(store).fleet_table(clock()))
+    assert memory.minute == redis.minute == int(clock() // 60) - 1
+    assert memory.names == redis.names
+    start = memory.minute * 60
+    for k, name in enumerate(memory.names):
+        expected = [b for b in oracle_buckets(fleet.raw, clock(), name)["minutes"]]
+        bucket = [b for b in expected if b["start"] == iso_z(start)]
+        for cells in (memory.cells, redis.cells):
+            shown = bucket_rows(cells[k : k + 1], 60) if cells["samples"][k] else []
+            assert alike(
+                [{**b, "start": None} for b in shown], [{**b, "start": None} for b in bucket]
+            ), name
+    assert memory.cells["samples"].sum() > 0
+
+
+def test_the_api_gets_the_last_minute_from_the_aggregator_as_it_has_it() -> None:
+    """Over the aggregator's query socket the last complete minute arrives whole."""
+    clock = Clock(T0 + 130)
+    backend = InProcessBackend(clock)
+    backend.record([Sample("lm-1", T0 + 70, 10.0, 20.0), Sample("lm-2", T0 + 75, 30.0, None)])
+    got = backend.last_minute()
+    table = backend.aggregator.store.fleet_table(clock())
+    expected = last_minute(table)
+    assert got.minute == expected.minute == int((T0 + 130) // 60) - 1
+    assert got.names == expected.names == ["lm-1", "lm-2"]
+    assert got.cells.tobytes() == expected.cells.tobytes()
+    assert got.cells["cpu_sum"].tolist() == [10.0, 30.0] and got.cells["ram_count"].tolist() == [
+        1,
+        0,
+    ]

@@ -219,13 +219,18 @@ def test_summary_records_realign_to_the_readers_minute() -> None:
     cells["ram_sum"] = [33.0, 0.0, 0.0]
     ring.note(np.array([1, 1, 1]), cells)
     record = ring.records(np.array([1]), np.array([(minute + 1) * MINUTE + 5.0]))
-    assert record.itemsize == RECORD_SIZE == 308
+    assert record.itemsize == RECORD_SIZE == 380
     same = decode_fleet(["x"], [record.tobytes()], NOW)
+    # the last complete minute at NOW is minute - 1: the record holds no sample of it
+    assert same.complete["samples"].tolist() == [0]
     assert same.cpu_minutes[0, -3:].tolist()[0] == 25.0
     assert math.isnan(same.cpu_minutes[0, -2]) and same.cpu_minutes[0, -1] == 12.35
     assert (same.cpu[0], same.ram[0]) == (12.35, 33.0)
     later = decode_fleet(["x"], [record.tobytes()], NOW + MINUTE)
     assert later.cpu_minutes[0, -1] == 40.0 and later.cpu[0] == 40.0
+    assert later.complete.tolist() == cells[1:2].tolist()  # ``minute``, exact, extremes too
+    after = decode_fleet(["x"], [record.tobytes()], NOW + 2 * MINUTE)
+    assert after.complete.tolist() == cells[2:3].tolist()
     assert later.cpu_minutes[0, -4] == 25.0
     gone = decode_fleet(["x"], [record.tobytes(), b"short"], NOW + 25 * HOUR)
     assert len(gone) == 0
