@@ -78,6 +78,8 @@ def encode_last_minute(columns: LastMinute) -> dict[str, Any]:
         "names": columns.names,
         "last_seen": np.ascontiguousarray(columns.last_seen, np.float64).tobytes(),
         "cells": np.ascontiguousarray(columns.cells).tobytes(),
+        "cpu_anomaly": np.ascontiguousarray(columns.cpu_anomaly, np.float64).tobytes(),
+        "ram_anomaly": np.ascontiguousarray(columns.ram_anomaly, np.float64).tobytes(),
     }
 
 
@@ -87,8 +89,12 @@ def decode_last_minute(raw: Any) -> LastMinute:
         names = [str(name) for name in raw["names"]]
         last_seen = np.frombuffer(raw["last_seen"], np.float64)
         cells = unpack_cells(raw["cells"])
-        if len(raw["cells"]) % CELL_SIZE or not len(names) == last_seen.size == cells.size:
+        cpu = np.frombuffer(raw["cpu_anomaly"], np.float64)
+        ram = np.frombuffer(raw["ram_anomaly"], np.float64)
+        if len(raw["cells"]) % CELL_SIZE or not (
+            len(names) == last_seen.size == cells.size == cpu.size == ram.size
+        ):
             raise ValueError("columns of different lengths")
-        return LastMinute(int(raw["minute"]), names, last_seen, cells)
+        return LastMinute(int(raw["minute"]), names, last_seen, cells, cpu, ram)
     except (KeyError, TypeError) as err:
         raise ValueError(f"not a last minute: {err}") from err

@@ -115,11 +115,14 @@ class FleetTable:
 
 def last_minute(table: FleetTable) -> LastMinute:
     """The last complete minute of every server of ``table``."""
+    no_scores = np.full(len(table), np.nan)
     return LastMinute(
         table.first_minute + SPARKLINE_MINUTES - 2,
         table.names,
         table.last_seen,
         table.complete(),
+        no_scores,
+        no_scores.copy(),
     )
 
 

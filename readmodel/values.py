@@ -55,6 +55,10 @@ class LastMinute:
     last_seen: np.ndarray
     cells: np.ndarray
     """Each server's cell of that minute (``CELL_DTYPE``); ``samples`` 0 when it sent none."""
+    cpu_anomaly: np.ndarray
+    """Each server's anomaly score of that minute's cpu mean, in [0, 1]; NaN while its detector
+    warms up or when it has no score."""
+    ram_anomaly: np.ndarray
 
     def __len__(self) -> int:
         return len(self.names)
