@@ -74,7 +74,7 @@ def measure_memory(servers: int) -> dict[str, Any]:
         daemon.state.apply(batch(number, servers, ts, number == 0, rng))
     row = daemon.store.row_of["server-0000000.example.com"]
     view = daemon.store.view("server-0000000.example.com")
-    assert view is not None and len(view["minutes"]) == 60 and len(view["hours"]) == 24, row
+    assert view is not None and len(view.minutes) == 60 and len(view.hours) == 24, row
     gc.collect()
     after = process.memory_info().rss
     pauses = []
