@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode
 
 from servertrack.api.app import MAX_BATCH, MAX_BODY
@@ -100,6 +100,15 @@ def inside_window(body: Any) -> Any:
     return body
 
 
+def sendable(case: schemathesis.Case) -> bool:
+    """False when a generated query value cannot travel: an HTTP client drops a parameter whose
+    value is None or an empty list or object, so the server would rightly see a valid request."""
+    return not any(
+        value is None or (isinstance(value, list | dict) and not value)
+        for value in (case.query or {}).values()
+    )
+
+
 def with_token(case: schemathesis.Case, token: dict[str, str] | None) -> dict[str, str] | None:
     """The real token in place of the generated one; none when a negative case left the
     header out on purpose (the API must refuse it with 401, which adding it back would hide)."""
@@ -125,6 +134,8 @@ def exercise(
     def check(case: schemathesis.Case) -> None:
         if mode is GenerationMode.POSITIVE:
             case.body = inside_window(case.body)
+        else:
+            assume(sendable(case))
         response = case.call_and_validate(
             base_url=base_url, headers=with_token(case, headers), timeout=30
         )
