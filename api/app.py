@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -20,128 +19,62 @@ from servertrack.api.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
     Unprocessable,
-    error_body,
     serialize_error,
     status_reason,
 )
 from servertrack.api.fleet_resources import FleetResource, GridResource
 from servertrack.api.headers import SecurityHeaders
+from servertrack.api.intake import (
+    BATCH_FIELDS,
+    DRAIN_LIMIT,
+    MAX_BATCH,
+    MAX_BODY,
+    NAME_RULE,
+    Intake,
+    accepted_json,
+    check_name,
+    decode_json,
+    read_body,
+    strict_loads,
+)
 from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
 from servertrack.api.read_path import ReadPath
 from servertrack.api.stats import ApiStats
 from servertrack.api.ui import add_pages
-from servertrack.common.buckets import HOUR_WINDOW, MAX_FUTURE_SECONDS, Clock, time_verdict
+from servertrack.common.buckets import Clock
 from servertrack.common.headers import AS_OF_HEADER
 from servertrack.common.limits import out_of_files
-from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
+from servertrack.common.sample import Sample, valid_fqdn
 from servertrack.readmodel.errors import CorruptKey
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 10_000
-MAX_BODY = 4 * 1024 * 1024
-"""A full 10,000-item batch is about 0.8 MB of JSON."""
-DRAIN_LIMIT = 5 * 1024 * 1024
-"""A body announced over ``MAX_BODY`` but up to this is read (and dropped) before the 413."""
 SERVERS_PAGE = 1_000
 SERVERS_PAGE_MAX = 10_000
 REQUEST_DEADLINE = 5.0
 """Seconds after its arrival by which a request must have been started, else it is dropped."""
-SINGLE_FIELDS = frozenset({"cpu", "ram", "ts"})
-BATCH_FIELDS = SINGLE_FIELDS | {"server"}
 JSON = falcon.MEDIA_JSON
-NAME_RULE = "1-253 characters from letters, digits, '.', '-', '_'"
-WINDOW_MESSAGES = {
-    "future": f"ts is more than {MAX_FUTURE_SECONDS:g} s ahead of the server clock",
-    "too_old": f"ts is older than the {HOUR_WINDOW}-hour window",
-}
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    data = dict(pairs)
-    if len(data) != len(pairs):
-        raise ValueError("duplicate keys in a JSON object")
-    return data
 
 
 class StrictJSONHandler(falcon.media.JSONHandler):
-    """Falcon's JSON media handler with the strict options: at most ``max_body`` bytes, no NaN or
-    Infinity, no duplicate keys, and a clear 400 (not a 500) for nesting too deep to decode."""
+    """Falcon's JSON media handler over the one strict decoding of :mod:`servertrack.api.intake`
+    (at most ``max_body`` bytes, no NaN or Infinity, no duplicate keys, a 400 for nesting too
+    deep to decode)."""
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
-        super().__init__(
-            loads=lambda text: json.loads(
-                text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys
-            )
-        )
+        super().__init__(loads=strict_loads)
         self.max_body = max_body
 
     def deserialize(self, stream: Any, content_type: str | None, content_length: int | None) -> Any:
-        if content_length is not None and content_length > self.max_body:
-            if content_length <= DRAIN_LIMIT:
-                # Read it before answering (waitress has it already): a server that reads
-                # bodies lazily (granian) would otherwise close the connection under a client
-                # still sending, which then sees a broken pipe instead of the 413.
-                stream.read(content_length)
-            raise PayloadTooLarge("too_large", f"body exceeds {self.max_body} bytes")
-        raw = stream.read(self.max_body + 1)
-        if len(raw) > self.max_body:
-            raise PayloadTooLarge("too_large", f"body exceeds {self.max_body} bytes")
-        if not raw:
-            raise BadRequest("bad_json", "the body is empty; a JSON document is needed")
-        try:
-            return self._loads(raw.decode())
-        except RecursionError:
-            raise BadRequest("bad_json", "malformed JSON: nested too deeply") from None
-        except (ValueError, UnicodeDecodeError) as err:
-            raise BadRequest("bad_json", f"malformed JSON: {err}") from err
-
-
-def check_name(name: str) -> str:
-    if not valid_fqdn(name):
-        raise BadRequest("bad_fqdn", f"server name must be {NAME_RULE}")
-    return name
-
-
-class Intake:
-    """Turns JSON items into validated samples, applying the time window at ``clock()``."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-
-    def sample(self, name: str, item: Any, fields: frozenset[str], index: int | None) -> Sample:
-        if not isinstance(item, dict):
-            raise BadRequest("not_an_object", "each load must be a JSON object", index)
-        unknown = sorted(set(item) - fields)
-        if unknown:
-            raise BadRequest("unknown_field", f"unknown field(s): {', '.join(unknown)}", index)
-        now = self.clock()
-        ts = item.get("ts", now)
-        try:
-            sample = make_sample(name, ts, item.get("cpu"), item.get("ram"))
-        except InvalidSample as err:
-            raise Unprocessable(err.reason, err.message, index) from err
-        verdict = time_verdict(sample.ts, now)
-        if verdict is not None:
-            raise Unprocessable(verdict, WINDOW_MESSAGES[verdict], index)
-        return sample
+        return decode_json(read_body(stream, content_length, self.max_body))
 
 
 def _record(backend: Backend, samples: list[Sample], resp: falcon.Response) -> None:
-    reply = backend.record(samples)
-    if "error" in reply:
-        raise Unprocessable(
-            reply["error"],
-            reply.get("message", f"refused by the receiver: {reply['error']}"),
-            reply.get("index"),
-        )
+    body = accepted_json(backend.record(samples))
     resp.status = falcon.HTTP_202
-    resp.media = {"accepted": reply["accepted"], "duplicates": reply.get("duplicates", 0)}
+    resp.data = body
+    resp.content_type = JSON
 
 
 class ServerLoads:
@@ -150,8 +83,7 @@ class ServerLoads:
         self.intake = intake
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        check_name(name)
-        sample = self.intake.sample(name, req.get_media(), SINGLE_FIELDS, None)
+        sample = self.intake.single(check_name(name), req.get_media())
         _record(self.reads.backend, [sample], resp)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
@@ -257,14 +189,35 @@ class Health:
         resp.media = {"status": status, **parts}
 
 
+def count_refusal(stats: ApiStats, method: str, error: falcon.HTTPError, samples: int = 1) -> None:
+    """A refused record is counted by its reason (as many samples as the batch had items)."""
+    if method == "POST" and 400 <= int(str(error.status)[:3]) < 500:
+        reason = getattr(error, "reason", None) or status_reason(error.status)
+        stats.rejected(reason, max(1, samples))
+
+
+def failure(stats: ApiStats, method: str, path: str, err: Exception) -> falcon.HTTPError:
+    """The error a request gets when serving it raised ``err`` (not an ``HTTPError``): out of
+    file descriptors is a 503 ``out_of_files`` that the client may retry, counted in
+    ``files_exhausted``; :class:`Unavailable` is a 503 ``backend_unavailable``; anything else a
+    500, logged with its traceback."""
+    if out_of_files(err):
+        stats.files.note(f"serving {method} {path}", err)
+        return ServiceUnavailable(
+            "out_of_files", "the API has reached its open-files limit; try again shortly"
+        )
+    if isinstance(err, Unavailable):
+        return ServiceUnavailable("backend_unavailable", str(err))
+    log.error("%s %s failed", method, path, exc_info=err)
+    return falcon.HTTPInternalServerError()
+
+
 def _count_refusals(stats: ApiStats) -> Any:
-    """The handler of every ``HTTPError``: a refused record is counted by its reason (as many
-    samples as the batch had items) before the error is serialized."""
+    """The handler of every ``HTTPError``: a refused record is counted (:func:`count_refusal`)
+    before the error is serialized."""
 
     def handle(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError, _: Any) -> None:
-        if req.method == "POST" and 400 <= int(str(error.status)[:3]) < 500:
-            reason = getattr(error, "reason", None) or status_reason(error.status)
-            stats.rejected(reason, max(1, getattr(req.context, "sample_count", 1)))
+        count_refusal(stats, req.method, error, getattr(req.context, "sample_count", 1))
         resp.status = error.status
         if error.headers:
             resp.set_headers(error.headers)
@@ -273,44 +226,16 @@ def _count_refusals(stats: ApiStats) -> Any:
     return handle
 
 
-def _unavailable(stats: ApiStats) -> Any:
-    """The handler of :class:`Unavailable`: 503 ``backend_unavailable``, or ``out_of_files``
-    (counted) when this process could not open the socket the trip needed."""
-
-    def handle(req: falcon.Request, resp: falcon.Response, err: Unavailable, _: Any) -> None:
-        if out_of_files(err):
-            _out_of_files_answer(stats, req, resp, err)
-            return
-        error = ServiceUnavailable("backend_unavailable", str(err))
-        resp.status = error.status
-        resp.media = error_body(req, error)
-
-    return handle
-
-
-def _system_error(stats: ApiStats) -> Any:
-    """The handler of ``OSError`` and ``zmq.ZMQError`` raised while serving a request: out of
-    file descriptors is a 503 that the client may retry, counted in ``files_exhausted``; any
-    other is what Falcon makes of an unexpected error (a 500, logged with its traceback)."""
+def _failed(stats: ApiStats) -> Any:
+    """The handler of :class:`Unavailable`, ``OSError`` and ``zmq.ZMQError`` raised while serving
+    a request: the error :func:`failure` makes of it."""
 
     def handle(req: falcon.Request, resp: falcon.Response, err: Exception, _: Any) -> None:
-        if not out_of_files(err):
-            log.error("%s %s failed", req.method, req.path, exc_info=err)
-            raise falcon.HTTPInternalServerError()
-        _out_of_files_answer(stats, req, resp, err)
+        error = failure(stats, req.method, req.path, err)
+        resp.status = error.status
+        serialize_error(req, resp, error)
 
     return handle
-
-
-def _out_of_files_answer(
-    stats: ApiStats, req: falcon.Request, resp: falcon.Response, err: BaseException
-) -> None:
-    stats.files.note(f"serving {req.method} {req.path}", err)
-    error = ServiceUnavailable(
-        "out_of_files", "the API has reached its open-files limit; try again shortly"
-    )
-    resp.status = error.status
-    resp.media = error_body(req, error)
 
 
 def _unrouted_server_path(req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
@@ -362,9 +287,8 @@ def create_app(
     app.add_sink(_unrouted_server_path, r"^/servers/.+")
     app.set_error_serializer(serialize_error)
     app.add_error_handler(falcon.HTTPError, _count_refusals(stats))
-    app.add_error_handler(Unavailable, _unavailable(stats))
-    app.add_error_handler((OSError, zmq.ZMQError), _system_error(stats))
+    app.add_error_handler((Unavailable, OSError, zmq.ZMQError), _failed(stats))
     return app
 
 
-__all__ = ["MAX_BATCH", "MAX_BODY", "ApiError", "create_app"]
+__all__ = ["DRAIN_LIMIT", "MAX_BATCH", "MAX_BODY", "ApiError", "create_app"]

@@ -16,7 +16,8 @@ from servertrack.api.app import REQUEST_DEADLINE, create_app
 from servertrack.api.backend import Backend
 from servertrack.api.cache import CachedReads
 from servertrack.api.daemons_backend import DaemonsBackend
-from servertrack.api.fastpath import FastReads
+from servertrack.api.fastpath import FastPaths
+from servertrack.api.intake import Intake
 from servertrack.api.read_path import ReadPath
 from servertrack.api.stats import ApiStats
 from servertrack.common import endpoints
@@ -89,16 +90,16 @@ def assemble(
     clock: Clock = time.time,
     stats: ApiStats | None = None,
     cache: CachedReads | None = None,
-) -> tuple[FastReads, ReadPath, ApiStats]:
+) -> tuple[FastPaths, ReadPath, ApiStats]:
     """The WSGI app over ``backend``: the read path (not started), the Falcon app behind the
-    fast read entrance, and the API's own counters. ``admission`` defaults to no tokens and
+    fast paths' entrance, and the API's own counters. ``admission`` defaults to no tokens and
     the default request deadline; ``clock`` decides records' default ts and the window."""
     admission = admission or Admission(None, None, REQUEST_DEADLINE)
     reads = ReadPath(backend, cache)
     stats = stats or ApiStats()
     stats.include("read_cache", reads.cache.counts)
     app = create_app(reads, admission, clock, stats)
-    return FastReads(app, reads, admission), reads, stats
+    return FastPaths(app, reads, admission, Intake(clock), stats), reads, stats
 
 
 def build_app(
@@ -106,7 +107,7 @@ def build_app(
     context: zmq.Context,
     record_token: str | None,
     read_token: str | None,
-) -> tuple[FastReads, ReadPath, ApiStats]:
+) -> tuple[FastPaths, ReadPath, ApiStats]:
     """The WSGI app and its read path (not started), from the API's settings. Over the host's
     daemons the read cache follows the aggregator's generation; over Redis, the store's change
     counter (every host's writer raises it)."""

@@ -67,12 +67,12 @@ class ServiceUnavailable(ApiError):
         super().__init__(falcon.HTTP_503, reason, description)
 
 
-def error_body(req: falcon.Request, error: falcon.HTTPError) -> dict[str, Any]:
-    """The documented error shape for any ``HTTPError``."""
+def error_document(method: str, path: str, error: falcon.HTTPError) -> dict[str, Any]:
+    """The documented error shape for any ``HTTPError`` of a ``method`` request to ``path``."""
     body: dict[str, Any] = {
         "title": status_text(error.status),
         "reason": getattr(error, "reason", None) or status_reason(error.status),
-        "description": error.description or f"{req.method} {req.path}: {status_text(error.status)}",
+        "description": error.description or f"{method} {path}: {status_text(error.status)}",
     }
     index = getattr(error, "index", None)
     if index is not None:
@@ -80,7 +80,17 @@ def error_body(req: falcon.Request, error: falcon.HTTPError) -> dict[str, Any]:
     return body
 
 
+def error_json(method: str, path: str, error: falcon.HTTPError) -> bytes:
+    """The bytes of :func:`error_document`: every error body of the app and its fast paths."""
+    return json.dumps(error_document(method, path, error)).encode()
+
+
+def error_body(req: falcon.Request, error: falcon.HTTPError) -> dict[str, Any]:
+    """The documented error shape for any ``HTTPError``."""
+    return error_document(req.method, req.path, error)
+
+
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """``App.set_error_serializer``: JSON whatever the client accepts."""
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = json.dumps(error_body(req, error)).encode()
+    resp.data = error_json(req.method, req.path, error)
