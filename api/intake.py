@@ -77,11 +77,10 @@ def _plain_record(raw: bytes) -> dict[str, Any] | None:
     """``raw`` decoded by orjson when it is a plain record, one object of numbers (or nulls)
     with no key twice: then the standard library decodes it to the same value. None otherwise.
 
-    Every quote of such a body belongs to a key (no value is a string, nothing is nested, no
-    backslash escapes one), so it holds each key once exactly when it has two quotes a key.
+    Every quote of such a body belongs to a key (no value is a string, nothing is nested), and
+    each key has two or more (an escaped quote in it adds one): so it holds each key once, and
+    only once, exactly when it has two quotes a key.
     """
-    if b"\\" in raw:
-        return None
     try:
         item = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from servertrack.api.admission import Admission
@@ -260,6 +260,10 @@ def standard(raw: bytes) -> Any:
 
 @settings(max_examples=1000, deadline=None)
 @given(bodies())
+@example(b'{"cpu": 123456789012345678901234567890}')  # orjson: a float
+@example(b'{"ts": 18446744073709551615, "cpu": 1}')  # 2**64 - 1: orjson's largest int
+@example(b'{"cpu": 1, "c\\u0070u": 2}')  # a duplicate key, escaped
+@example(b'{"cpu": 1, "cpu" : 2}')
 def test_the_orjson_lane_decodes_only_what_the_standard_library_decodes_alike(raw: bytes) -> None:
     """Whatever the body, the orjson lane either declines it or gives the very value (types
     included) the standard library gives; and the one decoding then validates to the same
