@@ -18,6 +18,7 @@ from falcon import testing
 from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.state import AggregatorState
+from servertrack.api import group as group_module
 from servertrack.api.admission import Admission
 from servertrack.api.assembly import assemble
 from servertrack.api.backend import Kept
@@ -524,6 +525,55 @@ def test_group_commit_groups_concurrent_records_and_keeps_each_verdict() -> None
         else:
             seen.add((sample.fqdn, sample.ts))
             assert result == {"accepted": 1, "duplicates": 0}
+
+
+class HeldReceiver(ReceiverOverRpc):
+    """A receiver whose first trip waits until the test lets it go."""
+
+    def __init__(self, state: ReceiverState) -> None:
+        super().__init__(state)
+        self.go = threading.Event()
+
+    def call(self, request: dict[str, Any]) -> Any:
+        reply = super().call(request)
+        if len(self.trips) == 1:
+            self.go.wait(timeout=5)
+        return reply
+
+
+def test_group_commit_answers_every_gathered_record_across_close_and_splits_large_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records gathered during a slow trip travel together (in trips of at most ``MAX_GROUP``),
+    each gets its verdict even when ``close`` comes while they wait, and a record after
+    ``close`` is refused at once."""
+    monkeypatch.setattr(group_module, "MAX_GROUP", 4)
+    client = HeldReceiver(ReceiverState(FakeClock(NOW)))
+    group = GroupCommit(client, wait=5.0)  # type: ignore[arg-type]
+    group.start()
+    results: list[dict[str, Any] | None] = [None] * 11
+
+    def post(index: int) -> None:
+        results[index] = group.record(Sample(f"c{index}", NOW - 1, 1.0, None))
+
+    first = threading.Thread(target=post, args=(0,))
+    first.start()
+    wait_until(lambda: client.trips or None, 5, "the first trip", step=0.005)
+    others = [threading.Thread(target=post, args=(n,)) for n in range(1, 11)]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: len(group._gathering.rows) == 10 or None, 5, "ten gathered", step=0.005)
+    closer = threading.Thread(target=group.close)
+    closer.start()
+    wait_until(lambda: group._closed or None, 5, "close to begin", step=0.005)
+    client.go.set()
+    closer.join(timeout=10)
+    for thread in [first, *others]:
+        thread.join(timeout=10)
+    assert results == [{"accepted": 1, "duplicates": 0}] * 11
+    assert client.trips == [1, 4, 4, 2] and client.closed
+    with pytest.raises(Unavailable, match="not started, or closed"):
+        group.record(Sample("late", NOW - 1, 1.0, None))
 
 
 def test_group_commit_turns_an_unreachable_receiver_into_unavailable() -> None:
