@@ -392,12 +392,20 @@ def bare_server(server_name: str) -> Iterator[tuple[str, Path]]:
             process.stop()
 
 
-def measure_bare_at(url: str, log_path: Path, seconds: float, connections: int = 64) -> dict:
-    """GET req/s of a running bare server (the same wrk script as GET)."""
-    with lines_file(["/servers/bare/loads"]) as path:
-        result = run_wrk(url, ["get", path], seconds, connections)
+def measure_bare_at(
+    url: str, log_path: Path, seconds: float, connections: int = 64, method: str = "GET"
+) -> dict[str, Any]:
+    """Req/s of a running bare server with the same wrk script as ours: GETs of one path, or
+    (``method="POST"``) the single records of ``POST /servers/{name}/loads`` (the bare callable
+    answers them with its constant body, unread)."""
+    if method == "POST":
+        with lines_file(["bare"]) as path:
+            result = run_wrk(url, ["single", path], seconds, connections)
+    else:
+        with lines_file(["/servers/bare/loads"]) as path:
+            result = run_wrk(url, ["get", path], seconds, connections)
     # Read before stopping: shutdown's "Canceling N pending task(s)" is not load trouble.
-    result.update(what="bare GET", server_warnings=_warnings(log_path))
+    result.update(what=f"bare {method}", server_warnings=_warnings(log_path))
     return result
 
 
