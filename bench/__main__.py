@@ -57,6 +57,7 @@ SECTIONS = (
     "alerts",
     "prom",
     "nab",
+    "ingest-profile",
 )
 """``core``: ingest, carbon, apply and memory; ``http``: the HTTP API on each server beside the
 bare servers; ``agent``: the agent beside the floor; ``fleet``: the dashboard's first page for
@@ -66,7 +67,10 @@ through one Graphite connection and report; ``redis``: the Redis store (one redi
 client, beside carbon-cache's receiver; ``alerts``: one evaluation of the default alert rules
 over 100,000 servers; ``prom``: ``/metrics/servers`` for 100,000 servers and a remote read over
 the series cap; ``nab``: the anomaly detector over the NAB corpus, scored beside the published
-scoreboard, and its cost per series (about 10 s)."""
+scoreboard, and its cost per series (about 10 s); ``ingest-profile``: ZeroMQ ingest steps at
+and past the highest sustained one, with py-spy on the receiver and the aggregator (what holds
+the ceiling)."""
+PROFILED_STEPS = (125_000, 150_000)
 
 
 def machine() -> dict[str, Any]:
@@ -520,9 +524,44 @@ def table(results: dict[str, Any]) -> str:
         rows += prom_rows(results["prom"])
     if "nab" in results:
         rows += nab_bench.rows(results["nab"])
+    if "ingest_profile" in results:
+        rows += ingest_profile_rows(results["ingest_profile"])
     lines = ["| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
+
+
+def ingest_profile_rows(steps: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """Each profiled ingest step: whether it was sustained, its flush lags and the cores."""
+    return [
+        (
+            f"ZeroMQ ingest at {step['servers']:,} samples/s, profiled: flush lag p99 / max (s); "
+            "receiver, aggregator, generator cores",
+            "p99 < 2",
+            f"{step['flush_lag_p99_s']} / {max(step.get('flush_lags_s') or [0.0])}; "
+            f"{step['receiver_cores']}, {step['aggregator_cores']}, {step['generator_cores']}",
+            "sustained" if step["sustained"] else "**not sustained**",
+        )
+        for step in steps
+    ]
+
+
+def ingest_profile_notes(steps: list[dict[str, Any]] | None) -> list[str]:
+    """Where the receiver and the aggregator spent their working time in each profiled step."""
+    if not steps:
+        return []
+    lines = ["### Where ingest spends its time (py-spy, leaf frames, share of working samples)", ""]
+    for step in steps:
+        lines.append(f"- {step['servers']:,} samples/s, flush lags (s): {step.get('flush_lags_s')}")
+        for process, summary in (step.get("profiles") or {}).items():
+            if isinstance(summary, str):
+                top = summary
+            else:
+                top = "; ".join(summary.get("self", [])[:8]) or summary.get("error", "none")
+                if summary.get("samples"):
+                    top += f" ({summary['samples']} working, {summary['waiting_samples']} waiting)"
+            lines.append(f"  - {process}: {top}")
+    return [*lines, ""]
 
 
 def core_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -704,6 +743,7 @@ def report(results: dict[str, Any]) -> str:
         table(results),
         "",
         *http_notes(results.get("http")),
+        *ingest_profile_notes(results.get("ingest_profile")),
         *(nab_bench.section(results["nab"]) if "nab" in results else []),
         "## Details",
         "",
@@ -807,6 +847,12 @@ def main(argv: list[str] | None = None) -> int:
         if "alerts" in only:
             print("alert evaluation ...", flush=True)
             results["alerts"] = alerts_bench.measure(100_000)
+        if "ingest-profile" in only:
+            print("ZeroMQ ingest, profiled ...", flush=True)
+            results["ingest_profile"] = [
+                ingest.step_servertrack(work, servers, hold, args.publishers, profiled=True)
+                for servers in PROFILED_STEPS
+            ]
         if "prom" in only:
             print("Prometheus exposition and remote read ...", flush=True)
             results["prom"] = prom_figure(100_000, 3 if args.quick else 7)

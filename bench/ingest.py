@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import profile
 from servertrack.loadgen.main import Plan, receiver_totals, send_fleet, wait_settled
 from servertrack.testing.hosts import free_port, launch_host
 
@@ -62,8 +63,13 @@ def cpu_seconds(process: Any) -> float:
     return times.user + times.system
 
 
-def step_servertrack(workdir: Path, servers: int, hold: float, publishers: int) -> dict[str, Any]:
+def step_servertrack(
+    workdir: Path, servers: int, hold: float, publishers: int, profiled: bool = False
+) -> dict[str, Any]:
+    """One step (see the module docstring); ``profiled``: py-spy samples the receiver and the
+    aggregator through the hold, and the result has where each spent its time."""
     host = launch_host(workdir, "--no-agent", name=f"ingest-{servers}")
+    found: dict[str, Any] = {}
     try:
         daemons = {name: host.child(name) for name in ("receiver", "aggregator")}
         prefix = f"b{uuid.uuid4().hex[:5]}"
@@ -78,9 +84,11 @@ def step_servertrack(workdir: Path, servers: int, hold: float, publishers: int) 
         generator_before = children_cpu()
         cpu_before = {name: cpu_seconds(p) for name, p in daemons.items()}
         began = time.monotonic()
-        reports, elapsed = send_fleet(
-            plan_for(servers, hold, publishers, host.api, host.ingest, prefix)
-        )
+        pids = {name: p.pid for name, p in daemons.items()} if profiled else {}
+        with profile.sampled(pids, hold) as found:
+            reports, elapsed = send_fleet(
+                plan_for(servers, hold, publishers, host.api, host.ingest, prefix)
+            )
         sent = sum(r.sent for r in reports)
         delta = wait_settled(host.api, before, sent)
         settled = time.monotonic() - began - elapsed
@@ -92,6 +100,11 @@ def step_servertrack(workdir: Path, servers: int, hold: float, publishers: int) 
         host.process.stop()
     late = sum(r.late_ticks for r in reports)
     hold_lags = aggregator["flush_lag_recent_seconds"][-int(hold) :]
+    extra = (
+        {"flush_lags_s": [round(lag, 3) for lag in hold_lags], "profiles": found}
+        if profiled
+        else {}
+    )
     lag_p99 = float(np.percentile(hold_lags, 99)) if hold_lags else 0.0
     clean = delta["accepted"] == sent and not (
         delta["lost"] or delta["rejected"] or delta["duplicates"]
@@ -110,6 +123,7 @@ def step_servertrack(workdir: Path, servers: int, hold: float, publishers: int) 
         "aggregator_cores": round(cores["aggregator"], 2),
         "generator_cores": round(generator, 2),
         "sustained": sustained,
+        **extra,
     }
 
 
