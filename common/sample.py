@@ -69,7 +69,7 @@ def valid_ts(value: Any) -> bool:
     the time window is decided after, by the time window alone."""
     kind = type(value)
     if kind is float:
-        return -INF < value < INF
+        return bool(-INF < value < INF)  # value is a float here
     if kind is int:
         try:
             float(value)

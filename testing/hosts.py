@@ -366,7 +366,7 @@ def view_at_stable_minute(host: HostUnderTest, name: str) -> tuple[dict[str, Any
 _warm_ups = itertools.count()
 
 
-def warm_up(pub: zmq.Socket, host: HostUnderTest, deadline: float = 10.0) -> None:
+def warm_up(pub: zmq.SyncSocket, host: HostUnderTest, deadline: float = 10.0) -> None:
     """Publish throw-away samples until one shows on the host (PUB drops until connected).
     Each call uses a server name of its own (``warm-up-PID-N``), so on a host shared between
     tests every socket is seen connected, not just the first."""
