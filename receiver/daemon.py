@@ -251,10 +251,10 @@ class ReceiverDaemon:
                     continue
                 frames.append(second.bytes)
                 more = second.more
-            while more:
+            while more and len(frames) < MAX_FRAMES:
                 frame = recv(zmq.NOBLOCK, copy=False)
                 frames.append(frame.bytes)
-                more = frame.more and len(frames) < MAX_FRAMES
+                more = frame.more
             while more:  # frames past MAX_FRAMES are read and discarded with their message
                 more = recv(zmq.NOBLOCK, copy=False).more
             state.offer_frames(frames, now)
