@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 AUTH_RETRY = 2.0
 """Seconds between two handshakes of an agent the receiver refused."""
-GIVEN_UP = {
+GIVEN_UP: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the receiver refused this agent's key",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (does the receiver use CURVE?)",
 }
