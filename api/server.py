@@ -117,6 +117,7 @@ class GuardedServer(TcpWSGIServer):
     channel_class = GuardedChannel
     effective_port: int
     """Set by waitress once bound (types-waitress leaves it out)."""
+    next_channel_cleanup: float  # type: ignore[assignment]  # a float in waitress; the stub: int
 
     def __init__(
         self,
@@ -159,8 +160,7 @@ class GuardedServer(TcpWSGIServer):
         """
         now = time.time()
         if now >= self.next_channel_cleanup:
-            # waitress keeps a float here; types-waitress says int
-            self.next_channel_cleanup = now + self.adj.cleanup_interval  # type: ignore[assignment]
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
             self.maintenance(now)
         return bool(self.accepting) and time.monotonic() >= self.accept_paused_until
 
@@ -195,8 +195,7 @@ class GuardedServer(TcpWSGIServer):
         close. Closing first would close the trigger that a finishing request wakes the loop
         with, and waitress would log a traceback for each such request."""
         self.accepting = False
-        # waitress waits a float of seconds; types-waitress says int
-        self.task_dispatcher.shutdown(timeout=timeout)  # type: ignore[arg-type]
+        self.task_dispatcher.shutdown(timeout=timeout)  # type: ignore[arg-type]  # takes a float
         self.close()
 
     def _close(self, channel: GuardedChannel, reason: str, at_once: bool = False) -> None:
