@@ -83,7 +83,7 @@ class AggregatorDaemon:
         self,
         config: AggregatorConfig,
         store: RollupStore | None = None,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.config = config
@@ -94,7 +94,7 @@ class AggregatorDaemon:
         self.context = context or zmq.Context.instance()
         self.stop = threading.Event()
         self.replay_asked = float("-inf")
-        self._query: zmq.Socket | None = None
+        self._query: zmq.SyncSocket | None = None
         self._process = psutil.Process()
         self.files = FileShortage("aggregator")
         self._writer_pid = 0
@@ -147,7 +147,7 @@ class AggregatorDaemon:
                     sock.close(linger=0)
             log.info("aggregator stopped")
 
-    def _loop(self, pull: zmq.Socket, query: zmq.Socket) -> None:
+    def _loop(self, pull: zmq.SyncSocket, query: zmq.SyncSocket) -> None:
         self._query = query
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -167,8 +167,8 @@ class AggregatorDaemon:
     def _turn(
         self,
         poller: zmq.Poller,
-        pull: zmq.Socket,
-        query: zmq.Socket,
+        pull: zmq.SyncSocket,
+        query: zmq.SyncSocket,
         snapshots: Ticker,
         second: Ticker,
         flushes: Ticker,

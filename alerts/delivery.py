@@ -69,7 +69,7 @@ def backoff_delay(failures: int, first: float, cap: float, unit: float) -> float
     """Seconds to wait after ``failures`` failures in a row: ``first``, doubling, at most
     ``cap``, then scaled by a jitter between 0.5 and 1 (``unit`` is a uniform draw in [0, 1))
     so that several hosts do not retry in step."""
-    return min(cap, first * 2 ** (failures - 1)) * (0.5 + unit / 2)
+    return min(cap, first * 2.0 ** (failures - 1)) * (0.5 + unit / 2)
 
 
 def _key(alert: Mapping[str, Any]) -> AlertKey:

@@ -96,7 +96,7 @@ def format_duration(seconds: float) -> str:
     """The shortest Prometheus spelling of ``seconds``: ``300`` → ``5m``, ``5400`` → ``1h30m``."""
     if seconds == 0:
         return "0s"
-    millis = round(seconds * 1000)
+    millis: float = round(seconds * 1000)  # divmod by UNIT_SECONDS (int or float) below
     parts = []
     for unit in ("d", "h", "m", "s"):
         size = UNIT_SECONDS[unit] * 1000

@@ -107,7 +107,7 @@ class DaemonsBackend(AggregatorReplies):
         receiver_control: str,
         aggregator_query: str | None,
         timeout: float = 0.5,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
         record_timeout: float = 5.0,
     ) -> None:
         self.context = context or zmq.Context.instance()

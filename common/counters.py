@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 SOURCES = ("zmq", "http", "graphite")
 """Where samples come from: agents over ZeroMQ, records over HTTP, lines of Graphite plaintext
@@ -397,7 +398,7 @@ COUNTERS: tuple[Counter, ...] = (
     _rss(API),
 )
 
-STATS_ONLY = MappingProxyType(
+STATS_ONLY: MappingProxyType[tuple[str, str], tuple[dict[str, Any], str]] = MappingProxyType(
     {
         (AGGREGATOR, "flush_lag_seconds"): (
             {"type": "number"},

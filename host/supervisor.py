@@ -60,7 +60,7 @@ class Child:
     unset: frozenset[str] = frozenset()
     """Variables of the host's environment the child does not get: its own options', which its
     command line gives it."""
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     backoff: float = 0.5
     restart_at: float = 0.0
@@ -208,12 +208,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def data_dir_of(args: argparse.Namespace) -> str | None:
     """The data directory (one per API port by default, so hosts side by side keep theirs
     apart), or None for memory only."""
-    if args.data_dir == "":
+    data_dir: str | None = args.data_dir
+    if data_dir == "":
         return None
-    if args.data_dir is None:
+    if data_dir is None:
         state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         return os.path.join(state, "servertrack", f"port-{args.api_port}")
-    return os.path.abspath(args.data_dir)
+    return os.path.abspath(data_dir)
 
 
 def compose(kind: type[S], args: argparse.Namespace, **decided: Any) -> S:
@@ -373,17 +374,19 @@ def supervise(children: list[Child], stop: threading.Event) -> int:
 
 def shutdown(children: list[Child]) -> None:
     """SIGTERM in reverse start order, wait, and SIGKILL whatever is still there."""
-    running = [c for c in reversed(children) if c.alive()]
-    for child in running:
-        child.process.send_signal(signal.SIGTERM)
+    running = [
+        (c.name, c.process) for c in reversed(children) if c.process is not None and c.alive()
+    ]
+    for _, process in running:
+        process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
-    for child in running:
+    for name, process in running:
         try:
-            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.error("%s did not stop within %.0f s; killing it", child.name, STOP_GRACE)
-            child.process.kill()
-            child.process.wait()
+            log.error("%s did not stop within %.0f s; killing it", name, STOP_GRACE)
+            process.kill()
+            process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

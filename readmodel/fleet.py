@@ -178,7 +178,7 @@ def _ordered(
     if query.sort == "status":
         hotter_first = _missing_last(-table.cpu)
         ranks_chosen = ranks[chosen]
-        parts = []
+        parts: list[np.ndarray] = []
         for rank in (0, 1, 2) if ascending else (2, 1, 0):
             left = count - sum(part.size for part in parts)
             if left <= 0:
@@ -188,7 +188,8 @@ def _ordered(
         return np.concatenate(parts) if parts else chosen[:0]
     values = {"cpu": table.cpu, "ram": table.ram, "last_seen": table.last_seen}[query.sort]
     key = values[chosen]
-    return chosen[first_in_order(_missing_last(key if ascending else -key), count)]
+    ordered: np.ndarray = chosen[first_in_order(_missing_last(key if ascending else -key), count)]
+    return ordered
 
 
 def fleet_page(table: FleetTable, query: FleetQuery, now: float) -> dict[str, Any]:
