@@ -23,6 +23,7 @@ Whoever creates a client starts it (:meth:`~AlertmanagerClient.start`) and close
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
@@ -63,6 +64,15 @@ def alertmanager_url(text: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"must have no ?query or #fragment, got {text!r}")
     return text.rstrip("/")
+
+
+def base_url_argument(text: str) -> str:
+    """argparse ``type=`` for an http(s) base URL (``--alertmanager``, ``--external-url``): a
+    bad one stops the command (exit 2) saying what is wrong."""
+    try:
+        return alertmanager_url(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def backoff_delay(failures: int, first: float, cap: float, unit: float) -> float:
