@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from falcon import testing
 
 from servertrack.alerts.columns import fleet_columns
 from servertrack.alerts.evaluate import AlertEvaluator
@@ -23,7 +24,7 @@ from servertrack.common.counters import ALERT_COUNTERS
 from servertrack.common.sample import Sample
 from servertrack.readmodel.cells import empty_cells
 from servertrack.readmodel.values import LastMinute
-from tests.support import Clock, InProcessBackend
+from tests.support import Clock, InProcessBackend, api_app
 
 T0 = 1_800_000_000.0
 """A minute's start."""
@@ -232,3 +233,32 @@ def test_no_rules_evaluates_nothing_and_lists_nothing() -> None:
     backend.clock.now = T0 + 3600
     assert evaluate(backend) == []
     assert listed(backend) == {}
+
+
+def test_get_alerts_lists_them_as_prometheus_does_behind_the_read_token() -> None:
+    backend = host(SILENT)
+    record(backend, [("gone.example", T0 + 5, 1.0)])
+    backend.clock.now = T0 + 300
+    evaluate(backend)
+    client = testing.TestClient(api_app(backend, backend.clock, read_token="r" * 32))
+    assert client.simulate_get("/alerts").status_code == 401
+    answer = client.simulate_get("/alerts", headers={"Authorization": "Bearer " + "r" * 32})
+    assert answer.status_code == 200
+    assert answer.json == {
+        "status": "success",
+        "data": {
+            "alerts": [
+                {
+                    "labels": {"alertname": "Silent", "server": "gone.example"},
+                    "annotations": {},
+                    "state": "firing",
+                    "activeAt": iso_utc(T0 + 5),
+                    "value": "2.95e+02",
+                }
+            ]
+        },
+    }
+    refused = client.simulate_get(
+        "/alerts", params={"state": "firing"}, headers={"Authorization": "Bearer " + "r" * 32}
+    )
+    assert refused.status_code == 400 and refused.json["reason"] == "unknown_parameter"
