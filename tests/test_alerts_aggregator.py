@@ -9,21 +9,29 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 from falcon import testing
 
+from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
+from servertrack.aggregator.rollups import Rollups
 from servertrack.alerts.columns import fleet_columns
 from servertrack.alerts.evaluate import AlertEvaluator
 from servertrack.alerts.rules import DEFAULT_RULES, Rule, When
 from servertrack.anomaly import STANDARD_THRESHOLD
+from servertrack.common.batch import Batch
 from servertrack.common.buckets import iso_utc
 from servertrack.common.counters import ALERT_COUNTERS
 from servertrack.common.sample import Sample
 from servertrack.readmodel.cells import empty_cells
 from servertrack.readmodel.values import LastMinute
+from servertrack.receiver.state import ReceiverState
+from servertrack.testing.hosts import FakeClock
 from tests.support import Clock, InProcessBackend, api_app
 
 T0 = 1_800_000_000.0
@@ -262,3 +270,84 @@ def test_get_alerts_lists_them_as_prometheus_does_behind_the_read_token() -> Non
         "/alerts", params={"state": "firing"}, headers={"Authorization": "Bearer " + "r" * 32}
     )
     assert refused.status_code == 400 and refused.json["reason"] == "unknown_parameter"
+
+
+# -- the daemon: when it evaluates, and the state file of a daemon without a snapshot ------------
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., AggregatorDaemon]]:
+    """Aggregator daemons (not run: their methods are called as their loop would) over an
+    in-memory store, keeping the alert state in ``tmp_path/alerts.json`` as with Redis."""
+    context = zmq.Context()
+    made: list[AggregatorDaemon] = []
+
+    def make(clock: FakeClock) -> AggregatorDaemon:
+        config = AggregatorConfig(
+            rules=(SILENT,), rules_interval=STEP, alerts_state=str(tmp_path / "alerts.json")
+        )
+        daemon = AggregatorDaemon(config, Rollups(clock), context=context, clock=clock)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.alertmanagers.close()
+        daemon.receiver.close()
+    context.destroy(linger=0)
+
+
+def feed(daemon: AggregatorDaemon, receiver: ReceiverState, name: str, ts: float) -> None:
+    """A sample of ``name`` through the receiver's state, its batch applied by ``daemon``."""
+    assert "error" not in receiver.record([[name, ts, 10.0, 20.0]], ts)
+    daemon.state.apply(Batch.decode(receiver.flush(ts).encode()), ts)
+
+
+def test_a_daemon_without_a_snapshot_keeps_its_alerts_in_their_own_file(
+    daemons: Callable[..., AggregatorDaemon], tmp_path: Path
+) -> None:
+    clock = FakeClock(T0)
+    first = daemons(clock)
+    receiver = ReceiverState(clock=clock)
+    first.restore_alerts()  # no file yet: nothing to restore
+    first.state.apply(Batch.decode(receiver.flush(T0).encode()), T0)
+    feed(first, receiver, "gone.example", T0 + 1)
+    clock.set(T0 + 200)
+    first.evaluate_alerts()
+    saved = json.loads((tmp_path / "alerts.json").read_bytes())
+    assert saved["format"] == "servertrack-alerts/1"
+    listing = first.state.alerts.api_alerts()
+    assert listing["data"]["alerts"][0]["state"] == "firing"
+
+    second = daemons(clock)
+    second.restore_alerts()
+    assert second.state.alerts.api_alerts() == listing
+    assert second.state.alerts.due(clock()) == []  # sent before the restart: not again yet
+
+
+def test_a_daemon_evaluates_only_once_a_batch_was_applied_since_it_started(
+    daemons: Callable[..., AggregatorDaemon],
+) -> None:
+    """Restored from a snapshot, its data is as old as the snapshot until the receiver's next
+    batch: every server would look silent."""
+    clock = FakeClock(T0)
+    before = daemons(clock)
+    feed(before, ReceiverState(clock=clock), "old.example", T0 + 1)
+    clock.set(T0 + 600)
+    restored = daemons(clock)
+    meta = json.loads(json.dumps(before.state.snapshot_meta(clock())))
+    assert restored.state.restore(before.state.store.snapshot(), meta) is None
+    restored.evaluate_alerts()
+    assert restored.state.alerts.stats()["alerts_firing"] == 0
+    receiver = ReceiverState(clock=clock)  # the host's new receiver run
+    restored.state.apply(Batch.decode(receiver.flush(clock()).encode()), clock())
+    restored.evaluate_alerts()
+    assert restored.state.alerts.stats()["alerts_firing"] == 1
+
+
+def test_an_unreadable_alerts_file_starts_the_alerts_afresh(
+    daemons: Callable[..., AggregatorDaemon], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "alerts.json").write_bytes(b'{"format": "something else"}')
+    daemon = daemons(FakeClock(T0))
+    daemon.restore_alerts()
+    assert "unreadable" in caplog.text
+    assert daemon.state.alerts.api_alerts()["data"]["alerts"] == []
