@@ -221,3 +221,19 @@ def test_settings_a_daemon_cannot_run_with_are_refused_naming_the_flag(
         parse(kind, [part.format(tmp=setting_files) for part in argv])
     assert refused.value.flag == flag
     assert reason in refused.value.reason
+
+
+def test_a_repeated_flag_on_the_command_line_replaces_its_variables_values(
+    setting_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    variable = variable_name("aggregator", "--alertmanager")
+    monkeypatch.setenv(variable, "http://127.0.0.1:9093  http://127.0.0.1:9094")
+    from_variable = parse(AggregatorSettings, [])
+    assert from_variable.alertmanager == ("http://127.0.0.1:9093", "http://127.0.0.1:9094")  # type: ignore[attr-defined]
+    flags = ["--alertmanager", "http://a.example:9093", "--alertmanager", "http://b.example:9093"]
+    from_flags = parse(AggregatorSettings, flags)
+    assert from_flags.alertmanager == ("http://a.example:9093", "http://b.example:9093")  # type: ignore[attr-defined]
+    monkeypatch.setenv(variable, "ftp://nowhere")
+    with pytest.raises(SystemExit) as exit_info:
+        parse(AggregatorSettings, [])
+    assert exit_info.value.code == 2
