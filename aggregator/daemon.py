@@ -64,6 +64,9 @@ WATCH_HOLD = 0.25
 it knows within a second that the aggregator stopped answering (its read cache then stops)."""
 MAX_WATCHERS = 256
 """Watches held at once; beyond it a watch is answered at once."""
+ALERTS_STOP_WAIT = 2.0
+"""Seconds a stop waits for each Alertmanager's thread (a POST to one that hangs takes up to its
+10-s timeout, beyond the host's grace): what it had not sent is sent again after the restart."""
 EXIT_OUT_OF_FILES = 3
 """A snapshot child's exit code when it ran out of file descriptors (so the parent counts it)."""
 
@@ -171,7 +174,7 @@ class AggregatorDaemon:
         finally:
             self.save_snapshot(wait=True)
             self.save_alerts()
-            self.alertmanagers.close()
+            self.alertmanagers.close(ALERTS_STOP_WAIT)
             self.finish_store()  # a clean stop leaves nothing held (the receiver keeps copies)
             self.receiver.close()
             for sock in (pull, query):

@@ -252,9 +252,12 @@ class Alertmanagers:
         for client in self.clients:
             client.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Close every client, waiting ``timeout`` seconds at most for each thread (by default
+        a POST under way's timeout): a host stopping waits briefly for an Alertmanager that
+        hangs, its threads die with the process."""
         for client in self.clients:
-            client.close()
+            client.close(timeout)
 
     def send(self, alerts: Sequence[Mapping[str, Any]]) -> None:
         if alerts:

@@ -196,6 +196,30 @@ def test_a_server_hot_over_the_last_minute_fires_and_a_cool_one_does_not(
     assert set(listed(host)) == {("CpuHot", "now-hot.example")}
 
 
+def test_an_alertmanager_that_hangs_holds_up_neither_ingest_nor_reads_nor_the_stop(
+    hosts: Callable[..., HostUnderTest], rules_file: str
+) -> None:
+    """Its POSTs wait unanswered (each until its 10-s timeout); meanwhile records are taken and
+    read back at once, and the host stops at once even with a POST under way."""
+    hanging = Recorder().start()
+    hanging.hold.clear()
+    try:
+        host = hosts("--rules", rules_file, "--alertmanager", hanging.url)
+        post(host, [{"server": "agent-hang.example", "cpu": 10.0}])
+        until(lambda: hanging.received(), "a POST to the hanging Alertmanager")
+        for k in range(5):
+            began = time.monotonic()
+            post(host, [{"server": f"hang-{k}.example", "cpu": 20.0 + k}])
+            until(lambda k=k: host.get(f"/servers/hang-{k}.example/loads")[0] == 200, "the read")
+            assert time.monotonic() - began < 3.0
+        assert host.get("/alerts")[0] == 200
+        tried = len(hanging.received())
+        until(lambda: len(hanging.received()) > tried, "a fresh POST (after a timeout)")
+        assert host.process.stop() < 6.0  # the POST just sent would hold it 10 s
+    finally:
+        hanging.close()
+
+
 def test_a_malformed_rules_file_stops_the_host_naming_its_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad-rules.yml"
     bad.write_text("rules:\n  - alert: Hot\n    when: cpu >= 90\n    for: 5 minutes\n")
