@@ -41,6 +41,7 @@ LONGEST_FIRST = (
     "test_schemathesis.py",
     "test_http_servers.py",
     "test_dashboard_browser.py",
+    "test_alerts_live.py",
     "test_curve.py",
     "test_anomaly_detector.py",
     "test_forward_unit.py",
