@@ -6,6 +6,7 @@ and the ``alerts`` stats section come from the same state."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -20,6 +21,7 @@ from falcon import testing
 
 from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
 from servertrack.aggregator.rollups import Rollups
+from servertrack.aggregator.settings import AggregatorSettings
 from servertrack.alerts.columns import fleet_columns
 from servertrack.alerts.evaluate import AlertEvaluator
 from servertrack.alerts.rules import DEFAULT_RULES, Rule, When
@@ -351,3 +353,20 @@ def test_an_unreadable_alerts_file_starts_the_alerts_afresh(
     daemon.restore_alerts()
     assert "unreadable" in caplog.text
     assert daemon.state.alerts.api_alerts()["data"]["alerts"] == []
+
+
+def test_the_default_rules_run_without_a_file_and_none_with_no_rules(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text("rules:\n  - alert: Hot\n    when: cpu > 95\n    for: 1m\n")
+    parser = argparse.ArgumentParser()
+    AggregatorSettings.add_options(parser)
+
+    def config(*argv: str) -> AggregatorConfig:
+        return AggregatorSettings.from_args(parser.parse_args(argv)).daemon_config()
+
+    assert config().rules == DEFAULT_RULES
+    assert [rule.describe() for rule in config("--rules", str(rules)).rules] == [
+        "Hot: cpu > 95 for 1m"
+    ]
+    assert config("--no-rules").rules == ()
+    assert config("--no-rules", "--rules", str(rules)).rules == ()
