@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -360,6 +361,16 @@ def rules_file_argument(text: str) -> tuple[Rule, ...]:
         return load_rules(text)
     except RulesError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def rules_path_argument(text: str) -> str:
+    """argparse ``type=`` for a ``--rules FILE`` that travels on to a child's command line: the
+    file made absolute once its rules are checked (a bad file stops the command, exit 2, with
+    every mistake); ``''`` for none."""
+    if text == "":
+        return text
+    rules_file_argument(text)
+    return os.path.abspath(text)
 
 
 Node = yaml.Node

@@ -12,6 +12,7 @@ import falcon.media
 import zmq
 
 from servertrack.api.admission import Admission, AdmissionGuard
+from servertrack.api.alerts import AlertsResource
 from servertrack.api.backend import Backend, Unavailable
 from servertrack.api.errors import (
     ApiError,
@@ -345,6 +346,7 @@ def create_app(
         "/metrics": MetricsResource(make_registry(backend, stats)),
         "/fleet": FleetResource(backend),
         "/fleet/grid": GridResource(backend),
+        "/alerts": AlertsResource(backend),
         "/openapi.json": OpenApiResource(
             build_document(
                 max_batch=MAX_BATCH,

@@ -490,8 +490,9 @@ ALERT_COUNTERS: tuple[Counter, ...] = (
     ),
 )
 """The alerting counters: the evaluator's (``AlertEvaluator.stats``) and the delivery's
-(``Alertmanagers.stats``), for an ``alerts`` section. They join :data:`COUNTERS` (and with them
-``/stats``, ``/metrics`` and the OpenAPI document) once a process reports that section."""
+(``Alertmanagers.stats``), in the aggregator's ``alerts`` section (the aggregator evaluates the
+rules and runs the Alertmanager clients)."""
+COUNTERS = (*COUNTERS, *ALERT_COUNTERS)
 
 
 PROMETHEUS_REJECT_REASONS = MappingProxyType(

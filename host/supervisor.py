@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 from servertrack.agent.probe import node_name
 from servertrack.agent.settings import AgentSettings
 from servertrack.aggregator.settings import AggregatorSettings
+from servertrack.alerts.delivery import base_url_argument
 from servertrack.api.settings import ApiSettings
 from servertrack.common.config import optional_port, port, setup_logging, tcp_endpoint
 from servertrack.common.curve_keys import load_pair
@@ -136,6 +137,32 @@ OFFERS = (
         )
     ),
     offer("aggregator: seconds between snapshots", "snapshot_interval", AggregatorSettings),
+    offer(
+        "alerts: rules file (YAML; a bad one stops the host with each mistake's line, exit 2; "
+        "default: the default rules)",
+        "rules",
+        AggregatorSettings,
+    ),
+    offer("alerts: evaluate no rules at all", "no_rules", AggregatorSettings),
+    offer(
+        "alerts: seconds between evaluations of every rule over every server",
+        "rules_interval",
+        AggregatorSettings,
+    ),
+    offer(
+        "alerts: an Alertmanager's base URL (http://host:9093) to send alerts to",
+        "alertmanager",
+        AggregatorSettings,
+    ),
+    own(
+        Option(
+            "--external-url",
+            None,
+            "alerts: where people reach this host's dashboard, which each alert links to "
+            "(default http://<bind>:<api port>)",
+            base_url_argument,
+        )
+    ),
     offer("api: worker threads (per granian worker)", "threads", ApiSettings),
     offer(
         "api: HTTP server, waitress or granian (faster; pip install servertrack[fast])",
@@ -241,6 +268,13 @@ def run_flag(kind: type[Settings], flag: str) -> str:
     return next(offered, f"{kind.COMMAND} {flag}")
 
 
+def web_host(bind: str) -> str:
+    """The host part of a URL reaching a socket listening on ``bind``: an IPv6 address in
+    brackets."""
+    host = reachable(bind)
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def reachable(bind: str) -> str:
     """The address at which a client on this machine reaches a socket listening on ``bind``."""
     return "127.0.0.1" if bind in ("0.0.0.0", "*") else bind
@@ -269,9 +303,11 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
         graphite=graphite,
     )
     data_dir = data_dir_of(args)
-    snapshot = None
+    snapshot = alerts_state = None
     if data_dir is not None and args.store == MEMORY:
-        snapshot = os.path.join(data_dir, "aggregator.npz")
+        snapshot = os.path.join(data_dir, "aggregator.npz")  # which keeps the alert state too
+    elif data_dir is not None:
+        alerts_state = os.path.join(data_dir, "alerts.json")
     aggregator = compose(
         AggregatorSettings,
         args,
@@ -279,6 +315,8 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
         query=query,
         receiver_control=control,
         snapshot=snapshot,
+        external_url=args.external_url or f"http://{web_host(args.bind)}:{args.api_port}",
+        alerts_state=alerts_state,
     )
     if snapshot is not None and receiver.retention <= aggregator.snapshot_interval:
         fatal(
