@@ -14,7 +14,7 @@ from servertrack.common.limits import DEFAULT_MAX_SERVERS
 from servertrack.common.settings import Option, Settings
 from servertrack.store.options import STORE_OPTIONS, WRITER_OPTIONS, check_password_file
 
-OPTIONS = (
+DAEMON_OPTIONS = (
     Option(
         "--batches",
         endpoints.AGGREGATOR_BATCHES,
@@ -82,7 +82,7 @@ ALERT_OPTIONS = (
         path,
     ),
 )
-OPTIONS = (*OPTIONS, *ALERT_OPTIONS)
+OPTIONS = (*DAEMON_OPTIONS, *ALERT_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
