@@ -33,6 +33,7 @@ from servertrack.readmodel.answers import (
 )
 from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.readmodel.fleet import FleetAnswers, last_minute
+from servertrack.readmodel.history import encode_histories, histories
 
 APPLY_SLICE = 32_768
 """Samples applied between two looks at the query socket, so a large batch (or the first sight
@@ -433,7 +434,8 @@ class AggregatorState:
         """The reply to one query, by ``op``: ``view`` → ``{"answer", "gen"}`` (an answer
         encoded by :func:`~servertrack.readmodel.answers.encode_answer`); ``views`` →
         ``{"answers", "gen"}``; ``servers``, ``fleet``, ``grid`` → ``{"body": JSON}``;
-        ``last_minute`` → every server's last complete minute (``{"last_minute"}``); ``stats``
+        ``last_minute`` → every server's last complete minute (``{"last_minute"}``); ``histories``
+        → some servers' cells over both windows (``{"histories"}``); ``stats``
         → ``{"stats"}``; ``watch`` → ``{"gen"}``; a query that cannot be answered →
         ``{"refused": [reason, message]}``. HTTP statuses are the API's business."""
         op = request.get("op") if isinstance(request, dict) else None
@@ -446,6 +448,12 @@ class AggregatorState:
                 return refused("bad_request", f"names: a list of at most {MAX_VIEWS}")
             answers = views_answers(self.store, [str(name) for name in names], now)
             return {"answers": [encode_answer(a) for a in answers], "gen": self.generation}
+        if op == "histories":
+            names = request.get("names")
+            if not isinstance(names, list) or len(names) > MAX_VIEWS:
+                return refused("bad_request", f"names: a list of at most {MAX_VIEWS}")
+            found = histories(self.store, [str(name) for name in names], now)
+            return {"histories": encode_histories(found)}
         if op == "watch":
             return {"gen": self.generation}
         if op == "servers":
