@@ -506,9 +506,17 @@ def test_every_dashboard_query_returns_servertracks_numbers(
     targets = list(panel_targets(json.loads(DASHBOARD.read_text())["panels"]))
     assert len(targets) >= 10
 
+    def settled() -> float | None:
+        """A moment off the minute grid (no sample on a lookback edge) by which Prometheus has
+        scraped every server's status."""
+        moment = int(time.time()) - 0.5
+        query = "count(servertrack_server_status)"
+        result = scrape_and_read.api("query", query=query, time=moment)["result"]
+        return moment if result and float(result[0]["value"][1]) == len(fleet.names) else None
+
     def check_all() -> None:
+        moment = float(wait_until(settled, 10.0, "a scrape of every server's status"))
         answers = HostAnswers(host, scrape_and_read, fleet.names)
-        moment = int(answers.now) - 0.5
         for title, target in targets:
             expr = target["expr"].replace("$server", server)
             family = FAMILY_IN.search(expr)[0]  # type: ignore[index]
