@@ -443,8 +443,9 @@ def test_every_dashboard_query_returns_the_fleets_numbers(
 
 
 def test_the_documented_configs_pass_promtool(tmp_path: Path, token_file: Path) -> None:
-    """Both prometheus.yml of the README's "Grafana and Prometheus" (which the tests above run) are valid for
-    ``promtool check config``; set-up B scrapes exactly the families without history."""
+    """Both prometheus.yml of the README's "Grafana and Prometheus" (which the tests above
+    run) are valid for ``promtool check config``; set-up B scrapes exactly the families without
+    history."""
     configs = documented_configs()
     assert len(configs) == 2
     for index, config in enumerate(configs):
