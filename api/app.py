@@ -11,6 +11,7 @@ import falcon.media
 import zmq
 
 from servertrack.api.admission import Admission, AdmissionGuard
+from servertrack.api.alerts import AlertsResource
 from servertrack.api.backend import Backend, Unavailable
 from servertrack.api.errors import (
     ApiError,
@@ -39,6 +40,7 @@ from servertrack.api.intake import (
 )
 from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
+from servertrack.api.prometheus import READ_PATH, add_prometheus_routes
 from servertrack.api.read_path import ReadPath
 from servertrack.api.stats import ApiStats
 from servertrack.api.ui import add_pages
@@ -46,6 +48,7 @@ from servertrack.common.buckets import Clock
 from servertrack.common.headers import AS_OF_HEADER
 from servertrack.common.limits import out_of_files
 from servertrack.common.sample import Sample, valid_fqdn
+from servertrack.promapi.remote_read import DEFAULT_LIMITS, Limits
 from servertrack.readmodel.errors import CorruptKey
 
 log = logging.getLogger(__name__)
@@ -189,9 +192,12 @@ class Health:
         resp.media = {"status": status, **parts}
 
 
-def count_refusal(stats: ApiStats, method: str, error: falcon.HTTPError, samples: int = 1) -> None:
-    """A refused record is counted by its reason (as many samples as the batch had items)."""
-    if method == "POST" and 400 <= int(str(error.status)[:3]) < 500:
+def count_refusal(
+    stats: ApiStats, method: str, path: str, error: falcon.HTTPError, samples: int = 1
+) -> None:
+    """A refused record is counted by its reason (as many samples as the batch had items); a
+    refused remote read is not a record (its refusals are counted apart)."""
+    if method == "POST" and path != READ_PATH and 400 <= int(str(error.status)[:3]) < 500:
         reason = getattr(error, "reason", None) or status_reason(error.status)
         stats.rejected(reason, max(1, samples))
 
@@ -217,7 +223,7 @@ def _count_refusals(stats: ApiStats) -> Any:
     before the error is serialized."""
 
     def handle(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError, _: Any) -> None:
-        count_refusal(stats, req.method, error, getattr(req.context, "sample_count", 1))
+        count_refusal(stats, req.method, req.path, error, getattr(req.context, "sample_count", 1))
         resp.status = error.status
         if error.headers:
             resp.set_headers(error.headers)
@@ -250,13 +256,15 @@ def create_app(
     admission: Admission,
     clock: Clock = time.time,
     stats: ApiStats | None = None,
-) -> falcon.App:
+    read_limits: Limits = DEFAULT_LIMITS,
+) -> falcon.App[falcon.Request, falcon.Response]:
     """The WSGI app over the read path (its backend takes the rest); ``clock`` decides the
     default ts and the time window. ``admission`` says which requests may be worked on (tokens,
-    deadline, a client gone); ``stats`` receives the API's own counts."""
+    deadline, a client gone); ``stats`` receives the API's own counts; ``read_limits`` caps a
+    Prometheus remote read."""
     stats = stats or ApiStats()
     backend = reads.backend
-    app = falcon.App(middleware=[SecurityHeaders(), AdmissionGuard(admission, stats)])
+    app = falcon.App(middleware=(SecurityHeaders(), AdmissionGuard(admission, stats)))
     handler = StrictJSONHandler()
     app.req_options.media_handlers = falcon.media.Handlers({JSON: handler, "*/*": handler})
     app.req_options.default_media_type = JSON
@@ -270,6 +278,7 @@ def create_app(
         "/metrics": MetricsResource(make_registry(backend, stats)),
         "/fleet": FleetResource(backend),
         "/fleet/grid": GridResource(backend),
+        "/alerts": AlertsResource(backend),
         "/openapi.json": OpenApiResource(
             build_document(
                 max_batch=MAX_BATCH,
@@ -283,6 +292,7 @@ def create_app(
         if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
             resource.on_head = resource.on_get
         app.add_route(path, resource)
+    add_prometheus_routes(app, backend, clock, stats, read_limits)
     add_pages(app)
     app.add_sink(_unrouted_server_path, r"^/servers/.+")
     app.set_error_serializer(serialize_error)

@@ -24,12 +24,13 @@ from servertrack.common import endpoints
 from servertrack.common.buckets import Clock
 from servertrack.common.lifecycle import fatal
 from servertrack.common.tokens import TokenFileError, read_token_file
+from servertrack.promapi.remote_read import DEFAULT_LIMITS, Limits
 from servertrack.store.options import MEMORY, store_password
 
 log = logging.getLogger(__name__)
 
 
-def make_backend(args: argparse.Namespace, context: zmq.Context) -> Backend:
+def make_backend(args: argparse.Namespace, context: zmq.SyncContext) -> Backend:
     """ZeroMQ to the host's daemons (the in-memory store), or Redis straight for reads."""
     receiver = args.receiver_control
     aggregator = args.aggregator_query
@@ -90,6 +91,7 @@ def assemble(
     clock: Clock = time.time,
     stats: ApiStats | None = None,
     cache: CachedReads | None = None,
+    read_limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[FastPaths, ReadPath, ApiStats]:
     """The WSGI app over ``backend``: the read path (not started), the Falcon app behind the
     fast paths' entrance, and the API's own counters. ``admission`` defaults to no tokens and
@@ -98,13 +100,13 @@ def assemble(
     reads = ReadPath(backend, cache)
     stats = stats or ApiStats()
     stats.include("read_cache", reads.cache.counts)
-    app = create_app(reads, admission, clock, stats)
+    app = create_app(reads, admission, clock, stats, read_limits)
     return FastPaths(app, reads, admission, Intake(clock), stats), reads, stats
 
 
 def build_app(
     args: argparse.Namespace,
-    context: zmq.Context,
+    context: zmq.SyncContext,
     record_token: str | None,
     read_token: str | None,
 ) -> tuple[FastPaths, ReadPath, ApiStats]:

@@ -110,7 +110,7 @@ class FastPaths:
             raw = read_body(environ["wsgi.input"], int(length))
             body = accepted_json(self.backend.record([self.intake.single(name, decode_json(raw))]))
         except falcon.HTTPError as error:
-            count_refusal(self.stats, "POST", error)
+            count_refusal(self.stats, "POST", path, error)
             return self._error(path, error, start_response)
         except Exception as err:  # as the app's handlers make of it: a 503, or a logged 500
             return self._error(path, failure(self.stats, "POST", path, err), start_response)

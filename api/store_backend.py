@@ -30,7 +30,8 @@ from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer, servers_answer, view_answer, views_answers
 from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
 from servertrack.readmodel.fleet import FleetAnswers, last_minute
-from servertrack.readmodel.values import LastMinute
+from servertrack.readmodel.history import histories
+from servertrack.readmodel.values import Histories, LastMinute
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
 
@@ -107,9 +108,24 @@ class StoreBackend:
         table = self._read(lambda reader: self.fleet_answers.table(reader, now))
         return last_minute(table)
 
+    def alerts(self, deadline: float | None = None) -> bytes:
+        """The alerts of this host's aggregator, which evaluates them: an API that only reads
+        the store has none to list."""
+        if self.daemons is None or self.daemons.aggregator is None:
+            raise Unavailable(
+                "this API only reads the store: alerts are evaluated by an aggregator (give it "
+                "--aggregator-query)"
+            )
+        return self.daemons.alerts(deadline)
+
+    def histories(self, names: Sequence[str], deadline: float | None = None) -> Histories:
+        now = self.clock()
+        found: Histories = self._read(lambda reader: histories(reader, names, now))
+        return found
+
     def stats(self, deadline: float | None = None) -> dict[str, Any]:
         if self.daemons is None or self.daemons.aggregator is None:
-            return {"receiver": {}, "aggregator": {}}
+            return {"receiver": {}, "aggregator": {}, "alerts": {}}
         return self.daemons.stats(deadline)
 
     # -- records and health ---------------------------------------------------------------------

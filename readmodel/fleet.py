@@ -138,11 +138,17 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def status_ranks(table: FleetTable, now: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each server's age in seconds (never negative) and status rank (0 down, 1 stale, 2 live)."""
-    age = np.maximum(now - table.last_seen, 0.0)
+def ages_and_ranks(last_seen: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each last-seen time's age in seconds at ``now`` (never negative) and status rank (0
+    down, 1 stale, 2 live)."""
+    age = np.maximum(now - last_seen, 0.0)
     ranks = np.where(age < STALE_AFTER, 2, np.where(age < DOWN_AFTER, 1, 0)).astype(np.int8)
     return age, ranks
+
+
+def status_ranks(table: FleetTable, now: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each server's age in seconds (never negative) and status rank (0 down, 1 stale, 2 live)."""
+    return ages_and_ranks(table.last_seen, now)
 
 
 def first_in_order(key: np.ndarray, count: int) -> np.ndarray:
@@ -178,7 +184,7 @@ def _ordered(
     if query.sort == "status":
         hotter_first = _missing_last(-table.cpu)
         ranks_chosen = ranks[chosen]
-        parts = []
+        parts: list[np.ndarray] = []
         for rank in (0, 1, 2) if ascending else (2, 1, 0):
             left = count - sum(part.size for part in parts)
             if left <= 0:
@@ -188,7 +194,8 @@ def _ordered(
         return np.concatenate(parts) if parts else chosen[:0]
     values = {"cpu": table.cpu, "ram": table.ram, "last_seen": table.last_seen}[query.sort]
     key = values[chosen]
-    return chosen[first_in_order(_missing_last(key if ascending else -key), count)]
+    ordered: np.ndarray = chosen[first_in_order(_missing_last(key if ascending else -key), count)]
+    return ordered
 
 
 def fleet_page(table: FleetTable, query: FleetQuery, now: float) -> dict[str, Any]:

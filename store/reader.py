@@ -79,7 +79,8 @@ class RedisReader:
         out: list[ServerView | CorruptKey | None] = []
         for k, name in enumerate(names):
             try:
-                out.append(_view(name, *replies[3 * k : 3 * k + 3], now))
+                ring, hours, health = replies[3 * k : 3 * k + 3]
+                out.append(_view(name, ring, hours, health, now))
             except CorruptKey as problem:
                 out.append(problem)
         return out
