@@ -558,17 +558,23 @@ def table(results: dict[str, Any]) -> str:
 
 def ingest_profile_rows(steps: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """Each profiled ingest step: whether it was sustained, its flush lags and the cores."""
-    return [
-        (
-            f"ZeroMQ ingest at {step['servers']:,} samples/s, profiled: flush lag p99 / max (s); "
-            "receiver, aggregator, generator cores",
-            "p99 < 2",
-            f"{step['flush_lag_p99_s']} / {max(step.get('flush_lags_s') or [0.0])}; "
-            f"{step['receiver_cores']}, {step['aggregator_cores']}, {step['generator_cores']}",
-            "sustained" if step["sustained"] else "**not sustained**",
+    rows = []
+    for step in steps:
+        lags = f"{step.get('flush_lag_p99_s')} / {max(step.get('flush_lags_s') or [0.0])}"
+        cores = (
+            f"{step.get('receiver_cores')}, {step.get('aggregator_cores')}, "
+            f"{step.get('generator_cores')}"
         )
-        for step in steps
-    ]
+        rows.append(
+            (
+                f"ZeroMQ ingest at {step['servers']:,} samples/s, profiled: flush lag p99 / max "
+                "(s); receiver, aggregator, generator cores",
+                "p99 < 2",
+                step["error"] + f"; {cores}" if "error" in step else f"{lags}; {cores}",
+                "sustained" if step["sustained"] else "**not sustained**",
+            )
+        )
+    return rows
 
 
 def ingest_profile_notes(steps: list[dict[str, Any]] | None) -> list[str]:

@@ -86,9 +86,24 @@ def step_servertrack(
         began = time.monotonic()
         pids = {name: p.pid for name, p in daemons.items()} if profiled else {}
         with profile.sampled(pids, hold) as found:
-            reports, elapsed = send_fleet(
-                plan_for(servers, hold, publishers, host.api, host.ingest, prefix)
-            )
+            try:
+                reports, elapsed = send_fleet(
+                    plan_for(servers, hold, publishers, host.api, host.ingest, prefix)
+                )
+            except RuntimeError as err:  # the receiver stopped taking samples for a while
+                if not profiled:
+                    raise
+                wall = time.monotonic() - began
+                return {  # ``found`` is filled as the sampling ends, before the caller reads it
+                    "servers": servers,
+                    "sustained": False,
+                    "error": str(err),
+                    **{
+                        f"{name}_cores": round((cpu_seconds(p) - cpu_before[name]) / wall, 2)
+                        for name, p in daemons.items()
+                    },
+                    "profiles": found,
+                }
         sent = sum(r.sent for r in reports)
         delta = wait_settled(host.api, before, sent)
         settled = time.monotonic() - began - elapsed
