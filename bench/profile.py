@@ -56,7 +56,7 @@ def summarize(raw: str, top: int = TOP) -> dict[str, Any]:
         total += samples
         own[frames[-1]] += samples
         for frame in set(frames):
-            if "servertrack" in frame or "/api/" in frame or "aggregator/" in frame:
+            if any(part in frame for part in ("servertrack", "/api/", "aggregator/", "receiver/")):
                 under[frame] += samples
     if not total:
         return {"samples": 0, "waiting_samples": waiting}
