@@ -4,6 +4,7 @@ worker process, for four apps on the same granian settings, with the same wrk sc
 - ``bare``: a constant body (the ceiling of ``make bench``);
 - ``fast``: the API's fast path of single records (its validation, answer and counters) over a
   backend that answers every record at once;
+- ``fast-stdlib``: the same with every body decoded by the standard library (no orjson lane);
 - ``grouped``: the same through the group commit (``api/group.py``), whose receiver answers at
   once: the request thread waits for its group's verdict, the committer makes the trip;
 - ``host``: a real ``servertrack run --http granian`` (the receiver over ZeroMQ).
@@ -31,7 +32,7 @@ import psutil
 from bench import http_bench
 from servertrack.testing.hosts import ChildProcess, free_port, http_json, launch_host, wait_until
 
-APPS = ("bare", "fast", "grouped")
+APPS = ("bare", "fast", "fast-stdlib", "grouped")
 VARIANT = "SERVERTRACK_POST_LIMITS_APP"
 THREADS = 64
 
@@ -84,7 +85,11 @@ def app_factory() -> Any:
     kind = os.environ[VARIANT]
     if kind == "bare":
         return http_bench.bare_app
-    backend = _Instant() if kind == "fast" else _Grouped()
+    if kind == "fast-stdlib":
+        from servertrack.api import intake
+
+        intake._plain_record = lambda raw: None  # what the fast path costs without orjson
+    backend = _Grouped() if kind == "grouped" else _Instant()
     fast, _, stats = assemble(backend, Admission(None, None, 5.0))  # type: ignore[arg-type]  # records only
     return BodySlots(fast, slots_for(THREADS), stats, fast.admission)
 
