@@ -17,8 +17,11 @@ committer wakes a group with one release, not one per record, and no queue sits 
 PERF: at 64 connections single POSTs went from one receiver round trip per request (about 3,500
 req/s on waitress here, the receiver mostly busy sending replies) to one per group of tens of
 records (see ``bench/results``). The one gate a group took the CPU of a record's hand-overs from
-14.5 to 8.8 us with 64 threads (an instant receiver; 14.2 to 11.8 us with a 0.3 ms trip) against
-a queue and a lock a record.
+14.5 to 8.8 us in process with 64 threads (an instant receiver; 14.2 to 11.8 us with a 0.3 ms
+trip) against a queue and a lock a record; over HTTP on granian the two were alike within the
+noise. Either way the wait itself is what a single POST costs most: a sleeping request thread
+woken and winning the GIL back is 4 to 5 context switches and 40 to 50 us of the worker's CPU
+(``python -m bench.post_limits``).
 """
 
 from __future__ import annotations
