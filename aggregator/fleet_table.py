@@ -93,6 +93,7 @@ def fleet_table(rollups: Rollups, now: float) -> FleetTable:
             return empty_cells(rows.size, max(minute, 0))
         return ring.cells[rows, slot]
 
+    cpu_anomaly, ram_anomaly = rollups.anomaly.latest(rows)
     return FleetTable(
         names=names,
         cpu=current["cpu"][rows],
@@ -103,4 +104,6 @@ def fleet_table(rollups: Rollups, now: float) -> FleetTable:
         sparklines=_ring_sparklines(rollups, rows, first),
         lower=lower,
         complete=once(complete),
+        cpu_anomaly=cpu_anomaly,
+        ram_anomaly=ram_anomaly,
     )

@@ -236,6 +236,9 @@ class RedisRollups:
             self.dropped += count
         return ApplyResult(applied=0, expired=0)
 
+    def score_minutes(self, now: float | None = None) -> int:
+        return 0
+
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
         self.health.setdefault(epoch, {}).update(health)
 

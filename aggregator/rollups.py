@@ -26,6 +26,7 @@ from sortedcontainers import SortedList
 from servertrack.aggregator.current import CurrentValues
 from servertrack.aggregator.fleet_table import fleet_table
 from servertrack.aggregator.health_runs import HealthRuns
+from servertrack.anomaly.fleet_scores import FleetScores
 from servertrack.common.batch import ServerHealth
 from servertrack.common.buckets import (
     HOUR,
@@ -35,7 +36,7 @@ from servertrack.common.buckets import (
     Clock,
     oldest_accepted_ts,
 )
-from servertrack.readmodel.cells import CELL_DTYPE, METRICS, clear, shown
+from servertrack.readmodel.cells import CELL_DTYPE, METRICS, clear, empty_cells, shown
 from servertrack.readmodel.errors import CorruptKey
 from servertrack.readmodel.fleet import FleetTable
 from servertrack.readmodel.health import merge_health
@@ -223,6 +224,8 @@ class Rollups:
         self.evictions = 0
         """Bumped whenever rows are released, so callers caching rows know to look them up again."""
         self._swept_minute = np.iinfo(np.int64).min
+        self.anomaly = FleetScores()
+        """Each row's anomaly detectors and the scores of its recent minutes (row for row)."""
 
     # -- rows ---------------------------------------------------------------------------------
     def row_for(self, name: str) -> int:
@@ -280,6 +283,28 @@ class Rollups:
         self._swept_minute = self.minutes.current
         return self._evict_silent(now)
 
+    def score_minutes(self, now: float | None = None) -> int:
+        """Score every complete minute not scored yet that the minute ring still holds, oldest
+        first (one, unless the aggregator was stopped or held up), with each row's means of that
+        minute; returns how many minutes were scored. A sample of a minute applied after it was
+        scored counts in its means but not in its score."""
+        now = self.advance(now)
+        ring = self.minutes
+        last = ring.current - 1
+        first = max(self.anomaly.scored + 1, ring.current - ring.window + 1)
+        if first > last:
+            return 0
+        used = len(self.name_of)
+        self.anomaly.ensure(used)
+        for minute in range(first, last + 1):
+            slot = minute % ring.slots
+            if ring.bucket_of_slot[slot] == minute:
+                cells = ring.cells[:used, slot]
+            else:  # a minute no sample was ever applied in
+                cells = empty_cells(used, minute)
+            self.anomaly.score_cells(minute, cells)
+        return last - first + 1
+
     def _move_windows(self, now: float) -> bool:
         minute = int(now // MINUTE)
         previous = self.minutes.current
@@ -302,6 +327,7 @@ class Rollups:
         self.minutes.clear_rows(rows)
         self.hours.clear_rows(rows)
         self.current_values.clear_rows(rows)
+        self.anomaly.reset(rows)
         self.names_changed += 1
         names = []
         for row in gone:
@@ -408,13 +434,17 @@ class Rollups:
         hours = self.hours.shown_cells(row)
         if not hours.size:
             return None
+        minutes = self.minutes.shown_cells(row)
+        cpu_anomaly, ram_anomaly = self.anomaly.at(row, minutes["stamp"])
         return ServerView(
             name,
-            self.minutes.shown_cells(row),
+            minutes,
             hours,
             float(self.last_seen[row]),
             now,
             merge_health(self.health.records(name)),
+            cpu_anomaly,
+            ram_anomaly,
         )
 
     def views(
@@ -467,7 +497,7 @@ class Rollups:
 
     def fleet_version(self, now: float) -> tuple[int, ...]:
         """Changes whenever the fleet table would: a batch applied, rows released, a new minute."""
-        return (self.applied_total, self.evictions, int(now // MINUTE))
+        return (self.applied_total, self.evictions, int(now // MINUTE), self.anomaly.scored)
 
     def fleet_table(self, now: float | None = None) -> FleetTable:
         """The dashboard's table of every server (see :mod:`servertrack.aggregator.fleet_table`)."""
@@ -542,6 +572,7 @@ def rollup_arrays(rollups: Rollups) -> dict[str, np.ndarray]:
         arrays[f"{label}.bucket_of_slot"] = ring.bucket_of_slot
         arrays[f"{label}.current"] = np.array([ring.current], np.int64)
         arrays[f"{label}.cells"] = ring.cells[:used]
+    arrays.update(rollups.anomaly.to_arrays())
     names = "\n".join(name or "" for name in rollups.name_of).encode()
     arrays["names"] = np.frombuffer(names, np.uint8)
     arrays["health"] = np.frombuffer(msgpack.packb(rollups.health.to_wire()), np.uint8)
@@ -588,4 +619,8 @@ def restore_rollups(
         rollups.health = HealthRuns.from_wire(msgpack.unpackb(bytes(arrays["health"])))
         rollups.health.keep_only(rollups.row_of)
     rollups.current_values.rebuild(rollups.minutes, len(names))
+    if "anomaly.bank" in arrays:  # a snapshot written before the scores has none
+        rollups.anomaly = FleetScores.from_arrays(arrays)
+        if rollups.anomaly.rows > len(names):
+            raise ValueError("snapshot anomaly rows and names do not agree")
     return rollups

@@ -237,4 +237,6 @@ def table_from_rows(rows: FleetRows) -> FleetTable:
         sparklines=lambda indices: np.round(minutes[indices], SPARKLINE_DECIMALS),
         lower=lazy_lower(names),
         complete=lambda: rows.complete,
+        cpu_anomaly=np.full(len(names), np.nan),
+        ram_anomaly=np.full(len(names), np.nan),
     )
