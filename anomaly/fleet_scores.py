@@ -91,9 +91,7 @@ class FleetScores:
         return out
 
     # -- scoring --------------------------------------------------------------------------------
-    def score(
-        self, minute: int, cpu: np.ndarray, ram: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, minute: int, cpu: np.ndarray, ram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score minute ``minute``: ``cpu`` and ``ram`` are each server's means (NaN = absent),
         one per row. Returns the scores (NaN = none) and keeps them in the ring. Minutes are
         scored in order: one not after ``scored`` is refused (ValueError)."""
