@@ -33,6 +33,7 @@ from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
 from servertrack.readmodel.fleet import FleetTable
 from servertrack.readmodel.values import ServersPage, ServerView
 from servertrack.store.cells import BatchColumns
+from servertrack.store.anomaly_scores import LeaseScorer
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
 
@@ -145,6 +146,8 @@ class RedisRollups:
         self.dropped = 0
         """Samples of held batches dropped (held longer than ``hold``, or over ``max_pending``)."""
         self._next_sweep = float("-inf")
+        self.scoring = LeaseScorer(self.redis, clock)
+        """Anomaly scores of the whole fleet, while this aggregator holds the lease."""
 
     # -- rows ---------------------------------------------------------------------------------
     def row_for(self, name: str) -> int:
@@ -237,7 +240,13 @@ class RedisRollups:
         return ApplyResult(applied=0, expired=0)
 
     def score_minutes(self, now: float | None = None) -> int:
-        return 0
+        """Score the minute due if this aggregator holds the scoring lease (one host scores
+        the whole fleet: :mod:`servertrack.store.anomaly_scores`)."""
+        now = self.advance(now)
+        if self.scoring.due(now) is None:
+            return 0
+        self._reader()  # opened first (StoreUnavailable while Redis is down)
+        return self.scoring.tick(now)
 
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
         self.health.setdefault(epoch, {}).update(health)
