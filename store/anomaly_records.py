@@ -23,9 +23,9 @@ from servertrack.store.keys import PREFIX
 LEASE = f"{PREFIX}:{{#anomaly}}:lease".encode()
 STATE = f"{PREFIX}:{{#anomaly}}:state".encode()
 LATEST = f"{PREFIX}:{{#anomaly}}:latest".encode()
-LEASE_MS = 90_000
+LEASE_MS = 75_000
 """The lease lives this long unless renewed (the holder renews it every minute)."""
-RETRY = 10.0
+RETRY = 5.0
 """Seconds between two tries of an aggregator not holding the lease."""
 SCORE_DELAY = 15.0
 """Seconds after a minute ends before it is scored: every host's last batches of it merged (the

@@ -19,7 +19,8 @@ the whole fleet with one :class:`~servertrack.anomaly.fleet_scores.FleetScores` 
 A holder that dies stops renewing: within ``LEASE_MS`` the lease expires, another aggregator
 takes it within ``RETRY`` seconds, loads the detectors and scores the minute then due (the
 minutes in between are not scored: each detector simply sees no value for them). Scoring thus
-stops for at most about ``LEASE_MS + RETRY`` (100 s), under the 2 minutes asked for.
+stops for at most about ``LEASE_MS + RETRY`` plus the wait for a minute to be due (80 to
+95 s), under the 2 minutes asked for.
 
 Everything here runs on the aggregator's loop thread through its reading connection.
 """

@@ -12,6 +12,7 @@ through a detector of its own.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,8 +40,13 @@ Scores = dict[tuple[str, str], dict[int, float]]
 
 
 def nab_values(name: str, count: int) -> list[float]:
+    return list(_series(name)[:count])
+
+
+@functools.cache
+def _series(name: str) -> tuple[float, ...]:
     with (CLOUDWATCH / name).open(newline="") as handle:
-        return [float(row["value"]) for row in csv.DictReader(handle)][:count]
+        return tuple(float(row["value"]) for row in csv.DictReader(handle))
 
 
 def warm_samples(first_minute: int, minutes: int = WARM_MINUTES) -> list[RawSample]:
