@@ -32,8 +32,8 @@ from servertrack.common.buckets import HOUR, HOUR_WINDOW, Clock
 from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
 from servertrack.readmodel.fleet import FleetTable
 from servertrack.readmodel.values import ServersPage, ServerView
-from servertrack.store.cells import BatchColumns
 from servertrack.store.anomaly_scores import LeaseScorer
+from servertrack.store.cells import BatchColumns
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
 
