@@ -26,6 +26,7 @@ from sortedcontainers import SortedList
 from servertrack.aggregator.current import CurrentValues
 from servertrack.aggregator.fleet_table import fleet_table
 from servertrack.aggregator.health_runs import HealthRuns
+from servertrack.anomaly.fleet_scores import NEVER as NEVER_SCORED
 from servertrack.anomaly.fleet_scores import FleetScores
 from servertrack.common.batch import ServerHealth
 from servertrack.common.buckets import (
@@ -36,7 +37,7 @@ from servertrack.common.buckets import (
     Clock,
     oldest_accepted_ts,
 )
-from servertrack.readmodel.cells import CELL_DTYPE, METRICS, clear, empty_cells, shown
+from servertrack.readmodel.cells import CELL_DTYPE, METRICS, clear, shown
 from servertrack.readmodel.errors import CorruptKey
 from servertrack.readmodel.fleet import FleetTable
 from servertrack.readmodel.health import merge_health
@@ -291,18 +292,20 @@ class Rollups:
         now = self.advance(now)
         ring = self.minutes
         last = ring.current - 1
-        first = max(self.anomaly.scored + 1, ring.current - ring.window + 1)
+        if self.anomaly.scored == NEVER_SCORED:
+            first = last  # a fresh start: the minutes before held nothing to score
+        else:
+            first = max(self.anomaly.scored + 1, ring.current - ring.window + 1)
         if first > last:
             return 0
         used = len(self.name_of)
         self.anomaly.ensure(used)
         for minute in range(first, last + 1):
             slot = minute % ring.slots
-            if ring.bucket_of_slot[slot] == minute:
-                cells = ring.cells[:used, slot]
+            if ring.bucket_of_slot[slot] == minute and used:
+                self.anomaly.score_cells(minute, ring.cells[:used, slot])
             else:  # a minute no sample was ever applied in
-                cells = empty_cells(used, minute)
-            self.anomaly.score_cells(minute, cells)
+                self.anomaly.skip(minute)
         return last - first + 1
 
     def _move_windows(self, now: float) -> bool:

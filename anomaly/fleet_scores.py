@@ -110,6 +110,17 @@ class FleetScores:
         self.scored = minute
         return scores[0::2], scores[1::2]
 
+    def skip(self, minute: int) -> None:
+        """Minute ``minute`` had no sample at all: no detector changes, no server has a score
+        (the same as :meth:`score` with every mean absent, without the step)."""
+        if minute <= self.scored:
+            raise ValueError(f"minute {minute} is not after the last one scored ({self.scored})")
+        slot = minute % SLOTS
+        self.minute_of_slot[slot] = minute
+        self.cpu[:, slot] = np.nan
+        self.ram[:, slot] = np.nan
+        self.scored = minute
+
     def score_cells(self, minute: int, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`score` with each server's cell of ``minute`` (one per row)."""
         return self.score(minute, means(cells, "cpu"), means(cells, "ram"))
