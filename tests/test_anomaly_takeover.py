@@ -101,6 +101,7 @@ def test_the_other_host_takes_the_scoring_over_within_two_minutes(
     other = hosts[1 - hosts.index(holder)]
     until("a second scored minute", 90, lambda: scoring(holder) >= 2, other)
     before = scored_minutes(other, NAMES[0])
+    assert before, "no minute has a score: the detectors left in Redis were not used"
     last_by_holder = max(before)
     holder.process.kill_group()  # the host dies: no clean stop, the lease is left to expire
     stopped = (last_by_holder + 1) * 60 + SCORE_DELAY  # about when it last scored
