@@ -64,10 +64,11 @@ $(LINT_TREE)/servertrack/__init__.py: pyproject.toml | $(VENV)/.test-installed
 	for p in $(PACKAGE_DIRS); do ln -s ../../$$p $(LINT_TREE)/servertrack/$$p; done
 	touch $@
 
-lint: $(VENV)/.test-installed $(LINT_TREE)/servertrack/__init__.py ## ruff, the import contracts
+lint: $(VENV)/.test-installed $(LINT_TREE)/servertrack/__init__.py ## ruff, the import contracts, mypy (strict)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	cd $(LINT_TREE) && PYTHONPATH=. ../$(BIN)/lint-imports ../pyproject.toml
+	cd $(LINT_TREE) && ../$(BIN)/mypy --config-file ../pyproject.toml -p servertrack
 
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install -q -e '.[test,bench]'
@@ -81,4 +82,4 @@ bench-quick: $(VENV)/.bench-installed ## The same machinery with short holds (~1
 	$(BIN)/python -m bench --quick $(ARGS)
 
 clean: ## Remove the virtualenv and caches
-	rm -rf $(VENV) $(LINT_TREE) .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(LINT_TREE) .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info

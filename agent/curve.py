@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 AUTH_RETRY = 2.0
 """Seconds between two handshakes of an agent the receiver refused."""
-GIVEN_UP = {
+GIVEN_UP: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the receiver refused this agent's key",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (does the receiver use CURVE?)",
 }
@@ -48,7 +48,7 @@ def load_keys(secret: str, server_key: str) -> tuple[bytes, bytes, bytes]:
     return public, secret_key, load_public(server_key)
 
 
-def apply_keys(sock: zmq.Socket, secret: str, server_key: str) -> None:
+def apply_keys(sock: zmq.SyncSocket, secret: str, server_key: str) -> None:
     """Make ``sock`` a CURVE client of the receiver whose public key is in ``server_key``."""
     public, secret_key, server_public = load_keys(secret, server_key)
     sock.curve_secretkey = secret_key
@@ -65,7 +65,7 @@ class HandshakeRetry:
 
     def __init__(
         self,
-        sock: zmq.Socket,
+        sock: zmq.SyncSocket,
         endpoint: str,
         retry: float = AUTH_RETRY,
         monotonic: Callable[[], float] = time.monotonic,

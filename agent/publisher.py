@@ -54,7 +54,7 @@ class Agent:
         self,
         config: AgentConfig,
         probe: Probe,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.config = config
@@ -119,7 +119,7 @@ class Agent:
             log.info("agent stopped after %d samples", self.seq)
 
     @staticmethod
-    def _read_subscriptions(pub: zmq.Socket) -> None:
+    def _read_subscriptions(pub: zmq.SyncSocket) -> None:
         """Consume the (re)subscriptions an XPUB hands over, so they never pile up."""
         while pub.poll(0, zmq.POLLIN):
             pub.recv(zmq.NOBLOCK)

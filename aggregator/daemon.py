@@ -21,10 +21,15 @@ from pathlib import Path
 import psutil
 import zmq
 
+from servertrack.aggregator.alerts_file import AlertsFile
 from servertrack.aggregator.rollups import Rollups
 from servertrack.aggregator.snapshot import read_snapshot, write_snapshot
 from servertrack.aggregator.state import AggregatorState
 from servertrack.aggregator.store import RollupStore
+from servertrack.alerts.delivery import Alertmanagers
+from servertrack.alerts.evaluate import DEFAULT_EXTERNAL_URL, DEFAULT_INTERVAL, AlertEvaluator
+from servertrack.alerts.rules import Rule
+from servertrack.anomaly import STANDARD_THRESHOLD
 from servertrack.common import endpoints, rpc
 from servertrack.common.batch import Batch, MalformedBatch
 from servertrack.common.buckets import MINUTE, Clock
@@ -59,6 +64,9 @@ WATCH_HOLD = 0.25
 it knows within a second that the aggregator stopped answering (its read cache then stops)."""
 MAX_WATCHERS = 256
 """Watches held at once; beyond it a watch is answered at once."""
+ALERTS_STOP_WAIT = 2.0
+"""Seconds a stop waits for each Alertmanager's thread (a POST to one that hangs takes up to its
+10-s timeout, beyond the host's grace): what it had not sent is sent again after the restart."""
 EXIT_OUT_OF_FILES = 3
 """A snapshot child's exit code when it ran out of file descriptors (so the parent counts it)."""
 
@@ -74,6 +82,13 @@ class AggregatorConfig:
     max_servers: int | None = None
     store_flush: float = 1.0
     """Seconds between two writes of what the store holds back (Redis); nothing in memory."""
+    rules: tuple[Rule, ...] = ()
+    """The alert rules evaluated (none: no evaluation)."""
+    rules_interval: float = DEFAULT_INTERVAL
+    alertmanagers: tuple[str, ...] = ()
+    external_url: str = DEFAULT_EXTERNAL_URL
+    alerts_state: str | None = None
+    """Where the alert state is kept when there is no snapshot to keep it in (a Redis store)."""
 
 
 class AggregatorDaemon:
@@ -83,18 +98,34 @@ class AggregatorDaemon:
         self,
         config: AggregatorConfig,
         store: RollupStore | None = None,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.config = config
         self.clock = clock
-        self.state = AggregatorState(
-            store if store is not None else Rollups(clock, max_servers=config.max_servers), clock
+        evaluator = AlertEvaluator(
+            config.rules,
+            interval=config.rules_interval,
+            external_url=config.external_url,
+            anomaly_threshold=STANDARD_THRESHOLD,
         )
+        self.state = AggregatorState(
+            store if store is not None else Rollups(clock, max_servers=config.max_servers),
+            clock,
+            alerts=evaluator,
+        )
+        self.alertmanagers = Alertmanagers(config.alertmanagers)
+        """One sending thread per Alertmanager: started by :meth:`run`, closed when it ends."""
+        self.state.delivery_stats = self.alertmanagers.stats
+        self.alerts_file = (
+            AlertsFile(config.alerts_state) if config.alerts_state and not config.snapshot else None
+        )
+        """The alert state's own file, when no snapshot carries it."""
+        self._alerts_saved: bytes | None = None
         self.context = context or zmq.Context.instance()
         self.stop = threading.Event()
         self.replay_asked = float("-inf")
-        self._query: zmq.Socket | None = None
+        self._query: zmq.SyncSocket | None = None
         self._process = psutil.Process()
         self.files = FileShortage("aggregator")
         self._writer_pid = 0
@@ -121,6 +152,8 @@ class AggregatorDaemon:
 
     def run(self) -> None:
         self.restore()
+        self.restore_alerts()
+        self.alertmanagers.start()
         if self.store.writes_behind:  # the writer thread, started here and stopped at the end
             self._flusher = concurrent.futures.ThreadPoolExecutor(1, "store-writer")
         pull = self.context.socket(zmq.PULL)
@@ -140,6 +173,8 @@ class AggregatorDaemon:
             self._loop(pull, query)
         finally:
             self.save_snapshot(wait=True)
+            self.save_alerts()
+            self.alertmanagers.close(ALERTS_STOP_WAIT)
             self.finish_store()  # a clean stop leaves nothing held (the receiver keeps copies)
             self.receiver.close()
             for sock in (pull, query):
@@ -147,7 +182,7 @@ class AggregatorDaemon:
                     sock.close(linger=0)
             log.info("aggregator stopped")
 
-    def _loop(self, pull: zmq.Socket, query: zmq.Socket) -> None:
+    def _loop(self, pull: zmq.SyncSocket, query: zmq.SyncSocket) -> None:
         self._query = query
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -155,9 +190,10 @@ class AggregatorDaemon:
         snapshots = Ticker(self.config.snapshot_interval)
         second = Ticker(1.0)
         flushes = Ticker(self.config.store_flush)
+        rules = Ticker(self.config.rules_interval)
         while not self.stop.is_set():
             try:
-                self._turn(poller, pull, query, snapshots, second, flushes)
+                self._turn(poller, pull, query, snapshots, second, flushes, rules)
             except (OSError, zmq.ZMQError) as err:
                 if not out_of_files(err):
                     raise
@@ -167,11 +203,12 @@ class AggregatorDaemon:
     def _turn(
         self,
         poller: zmq.Poller,
-        pull: zmq.Socket,
-        query: zmq.Socket,
+        pull: zmq.SyncSocket,
+        query: zmq.SyncSocket,
         snapshots: Ticker,
         second: Ticker,
         flushes: Ticker,
+        rules: Ticker,
     ) -> None:
         """One wake-up of the loop: the schedule's work, then batches, then queries."""
         self.reap_flush()
@@ -185,6 +222,8 @@ class AggregatorDaemon:
         if second.due():
             self.read_memory()
             self.state.housekeeping(self.clock())
+        if rules.due():
+            self.evaluate_alerts()
         self.reap_snapshot()
         if self.state.ledger.missing() and time.monotonic() - self.replay_asked > REPLAY_PAUSE:
             self.ask_replay()
@@ -199,6 +238,59 @@ class AggregatorDaemon:
         if query in ready:
             self.serve_queries(QUERY_BUDGET)
         self.answer_watchers()
+
+    # -- alerts -------------------------------------------------------------------------------
+    def evaluate_alerts(self) -> None:
+        """Evaluate every rule over every server and hand what is due to the Alertmanagers'
+        queues (it returns at once: their threads send). Not before a batch was applied since
+        start: until then the data is as old as the snapshot, and every server would look
+        silent. A store out of reach skips this evaluation (nothing is resolved for it)."""
+        if not self.state.last_batch_applied:
+            return
+        try:
+            due = self.state.evaluate_alerts(self.clock())
+        except StoreUnavailable as err:
+            log.warning("alerts not evaluated: %s", err)
+            return
+        except Exception:  # a failed evaluation must never stop the aggregator
+            log.exception("alert evaluation failed")
+            return
+        self.alertmanagers.send(due)
+        self.save_alerts()
+
+    def restore_alerts(self) -> None:
+        """Go on from the alert state's own file (with a snapshot, :meth:`restore` did)."""
+        if self.alerts_file is None:
+            return
+        try:
+            data = self.alerts_file.load()
+        except OSError as err:
+            log.error("alert state %s not read (%s); alerts start afresh", self.alerts_file, err)
+            return
+        if data is None:
+            return
+        why = self.state.restore_alerts(data)
+        if why is not None:
+            log.error(
+                "alert state %s is unreadable (%s); alerts start afresh", self.alerts_file, why
+            )
+        self._alerts_saved = data
+
+    def save_alerts(self) -> None:
+        """Write the alert state to its own file when it changed."""
+        if self.alerts_file is None:
+            return
+        data = self.state.alerts.to_bytes()
+        if data == self._alerts_saved:
+            return
+        try:
+            self.alerts_file.save(data)
+        except OSError as err:
+            if out_of_files(err):
+                self.out_of_files("writing the alert state", err)
+            log.error("alert state not written to %s: %s", self.alerts_file, err)
+            return
+        self._alerts_saved = data
 
     def out_of_files(self, doing: str, err: BaseException) -> None:
         """Count and log a shortage of file descriptors (``files_exhausted`` in /stats)."""
@@ -453,7 +545,7 @@ class AggregatorDaemon:
             loaded = read_snapshot(path)
             if loaded is None:
                 return
-            self.state.restore(*loaded)
+            alerts_unreadable = self.state.restore(*loaded)
         except Exception as err:  # any unreadable file: truncated, corrupt, foreign
             try:
                 aside: Path | str = quarantine(Path(path))
@@ -468,6 +560,11 @@ class AggregatorDaemon:
                 aside,
             )
             return
+        if alerts_unreadable is not None:
+            log.error(
+                "the snapshot's alert state is unreadable (%s); alerts start afresh",
+                alerts_unreadable,
+            )
         log.info(
             "restored %d servers from %s (taken %.1f s ago), applied up to batch %d",
             self.store.server_count(),

@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # the rollups build their table with this module's function
 
 def _means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / counts  # 0 / 0 = NaN: no sample
+        means: np.ndarray = sums / counts  # 0 / 0 = NaN: no sample
+    return means
 
 
 def _minute_mean(rollups: Rollups, used: int) -> MinuteMean:
@@ -55,7 +56,9 @@ def _minute_mean(rollups: Rollups, used: int) -> MinuteMean:
     return MinuteMean(ring.current, True, 0, 0, 0, None, None)
 
 
-def _ring_sparklines(rollups: Rollups, rows: np.ndarray, first: int) -> Callable:
+def _ring_sparklines(
+    rollups: Rollups, rows: np.ndarray, first: int
+) -> Callable[[np.ndarray], np.ndarray]:
     """The sparklines of table indices, read from the minute ring when asked for."""
     ring = rollups.minutes
     buckets = np.arange(first, first + SPARKLINE_MINUTES, dtype=np.int64)
@@ -91,7 +94,8 @@ def fleet_table(rollups: Rollups, now: float) -> FleetTable:
     def complete() -> np.ndarray:
         if ring.bucket_of_slot[slot] != minute:
             return empty_cells(rows.size, max(minute, 0))
-        return ring.cells[rows, slot]
+        cells: np.ndarray = ring.cells[rows, slot]
+        return cells
 
     cpu_anomaly, ram_anomaly = rollups.anomaly.latest(rows)
     return FleetTable(

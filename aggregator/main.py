@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 
 import zmq
 
 from servertrack.aggregator.daemon import AggregatorDaemon
 from servertrack.aggregator.settings import AggregatorSettings
 from servertrack.aggregator.store import RollupStore
+from servertrack.alerts.cli import EXIT_BAD_FILE
+from servertrack.alerts.rules import RulesError
 from servertrack.common import rpc
 from servertrack.common.config import setup_logging
 from servertrack.common.lifecycle import fatal, hold_lock, stop_on_signals
@@ -62,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     settings = AggregatorSettings.checked(args)
-    config = settings.daemon_config()
+    try:
+        config = settings.daemon_config()
+    except RulesError as err:  # changed since the flag was checked: refused as the flag would be
+        print(f"servertrack aggregator: --rules: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_FILE
     store = make_store(settings)
     if store is not None and settings.snapshot:
         log.info("the rollups live in %s: no snapshot is written", settings.store)

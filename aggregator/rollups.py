@@ -37,7 +37,7 @@ from servertrack.common.buckets import (
     Clock,
     oldest_accepted_ts,
 )
-from servertrack.readmodel.cells import CELL_DTYPE, METRICS, clear, shown
+from servertrack.readmodel.cells import CELL_DTYPE, CELL_NAMES, METRICS, clear, shown
 from servertrack.readmodel.errors import CorruptKey
 from servertrack.readmodel.fleet import FleetTable
 from servertrack.readmodel.health import merge_health
@@ -68,7 +68,7 @@ class Ring:
         or writes them."""
 
     def _views(self) -> dict[str, np.ndarray]:
-        return {name: self.cells[name] for name in CELL_DTYPE.names if name != "stamp"}
+        return {name: self.cells[name] for name in CELL_NAMES if name != "stamp"}
 
     def _stamps(self) -> np.ndarray:
         """Each slot's bucket number as a cell stamp (0 for a slot no bucket has had yet)."""
@@ -213,7 +213,7 @@ class Rollups:
         self.current_values = CurrentValues(capacity)
         """Each row's current cpu and ram, kept as samples come (for the dashboard's table)."""
         self.row_of: dict[str, int] = {}
-        self.sorted_names: SortedList = SortedList()
+        self.sorted_names: SortedList[str] = SortedList()
         """The tracked names in order, for paged listings."""
         self.names_changed = 0
         """Bumped whenever a name comes or goes (the name index is made again then)."""
@@ -335,6 +335,7 @@ class Rollups:
         names = []
         for row in gone:
             name = self.name_of[row]
+            assert name is not None  # gone holds only rows with a name
             names.append(name)
             self.name_of[row] = None
             del self.row_of[name]
@@ -591,7 +592,7 @@ def _snapshot_cells(arrays: dict[str, np.ndarray], label: str, count: int) -> np
         if cells.dtype != CELL_DTYPE or cells.shape[0] != count:
             raise ValueError(f"snapshot {key} does not fit: {cells.dtype}, {cells.shape}")
         return cells
-    fields = [name for name in CELL_DTYPE.names if name != "stamp"]
+    fields = [name for name in CELL_NAMES if name != "stamp"]
     first = np.asarray(arrays[f"{label}.{fields[0]}"])
     cells = np.zeros(first.shape, CELL_DTYPE)
     for name in fields:

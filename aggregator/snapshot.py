@@ -22,7 +22,7 @@ def write_snapshot(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[s
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer process
     arrays = {**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     with temporary.open("wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # keys name arrays, not allow_pickle
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)

@@ -8,10 +8,11 @@ it only moves bytes and keeps the schedule; every method here takes ``now``.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -20,9 +21,11 @@ import numpy as np
 from servertrack.aggregator.ledger import BatchLedger
 from servertrack.aggregator.rollups import REFUSED
 from servertrack.aggregator.store import RollupStore
+from servertrack.alerts.columns import fleet_columns
+from servertrack.alerts.evaluate import AlertEvaluator, StateError
 from servertrack.common.batch import Batch, ServerHealth
 from servertrack.common.buckets import Clock, minute_index
-from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, declared
+from servertrack.common.counters import AGGREGATOR, AGGREGATOR_DROP_REASONS, ALERTS, declared
 from servertrack.common.fleet_query import BadFleetQuery, query_from_request
 from servertrack.readmodel.answers import (
     encode_answer,
@@ -33,6 +36,7 @@ from servertrack.readmodel.answers import (
 )
 from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.readmodel.fleet import FleetAnswers, last_minute
+from servertrack.readmodel.values import LastMinute
 
 APPLY_SLICE = 32_768
 """Samples applied between two looks at the query socket, so a large batch (or the first sight
@@ -91,6 +95,26 @@ def legacy_health(meta: dict[str, Any], names: dict[int, str]) -> list[tuple[str
     return out
 
 
+NO_DELIVERY: dict[str, Any] = {
+    "alertmanager_sent": {},
+    "alertmanager_failed": {},
+    "alertmanager_dropped": {},
+    "alertmanager_queued": {},
+}
+"""The delivery counters of a state whose daemon sends alerts nowhere."""
+
+
+def evaluator_options(evaluator: AlertEvaluator) -> dict[str, Any]:
+    """What an evaluator was made with besides its rules, to make its twin from saved state."""
+    return {
+        "interval": evaluator.interval,
+        "resend_delay": evaluator.resend_delay,
+        "external_url": evaluator.external_url,
+        "anomaly_threshold": evaluator.anomaly_threshold,
+        "resolved_retention": evaluator.resolved_retention,
+    }
+
+
 def _percentile(values: deque[float], percent: float) -> float | None:
     return float(np.percentile(values, percent)) if values else None
 
@@ -143,7 +167,9 @@ class ReceiverIds:
 class AggregatorState:
     """Applies receiver batches to a store, exactly once each, and answers queries over it."""
 
-    def __init__(self, store: RollupStore, clock: Clock = time.time) -> None:
+    def __init__(
+        self, store: RollupStore, clock: Clock = time.time, alerts: AlertEvaluator | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
         self.ids = ReceiverIds()
@@ -185,6 +211,10 @@ class AggregatorState:
         """A snapshot writer shares the memory (set by the daemon): apply in small slices."""
         self._learned: tuple[str, int] | None = None
         """The batch whose names were taken last (they need not be taken again to apply it)."""
+        self.alerts = alerts if alerts is not None else AlertEvaluator(())
+        """Every alert rule's state over every server (its daemon says when to evaluate)."""
+        self.delivery_stats: Callable[[], dict[str, Any]] | None = None
+        """The Alertmanager clients' counters, set by the daemon that runs them."""
 
     # -- batches ------------------------------------------------------------------------------
     def needs_names(self, batch: Batch) -> bool:
@@ -398,11 +428,14 @@ class AggregatorState:
             "counters": dict(self.counters),
             "newest_number": self.newest_number,
             "taken": now,
+            "alerts": self.alerts.to_bytes().decode(),
         }
 
-    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str | None:
         """Take the store's content and this state's bookkeeping back from a snapshot (KeyError,
-        TypeError or ValueError when it does not fit: nothing is changed then)."""
+        TypeError or ValueError when it does not fit: nothing is changed then). Its alert state
+        is taken back too; when that cannot be read the rest still is, and the reason is
+        returned (the alerts start afresh)."""
         ledger = BatchLedger.from_dict(meta["ledger"])
         names = [(int(i), str(n)) for i, n in meta["receiver_names"]]
         legacy = legacy_health(meta, dict(names))
@@ -421,6 +454,32 @@ class AggregatorState:
         self.newest_number = newest
         self.snapshot_taken = taken
         self.generation += 1
+        saved = meta.get("alerts")  # absent from snapshots written before alerts
+        return None if saved is None else self.restore_alerts(str(saved).encode())
+
+    def restore_alerts(self, data: bytes) -> str | None:
+        """Go on from saved alert state (:meth:`AlertEvaluator.to_bytes`); the reason when it
+        cannot be read, and the alerts are left as they are."""
+        try:
+            self.alerts = AlertEvaluator.from_bytes(
+                data, self.alerts.rules, **evaluator_options(self.alerts)
+            )
+        except StateError as err:
+            return str(err)
+        return None
+
+    # -- alerts -------------------------------------------------------------------------------
+    def last_minute(self, now: float) -> LastMinute:
+        """Every server's last complete minute, from the fleet table."""
+        return last_minute(self.fleet.table(self.store, now))
+
+    def evaluate_alerts(self, now: float) -> list[dict[str, Any]]:
+        """Evaluate every rule over every server at ``now`` and return the alerts to send
+        (Alertmanager API v2 objects): see :class:`AlertEvaluator`."""
+        if not self.alerts.rules:
+            return []
+        self.alerts.evaluate(fleet_columns(self.last_minute(now)), now)
+        return self.alerts.due(now)
 
     def snapshot_written(self, taken: float) -> None:
         self.snapshot_taken = taken
@@ -451,7 +510,8 @@ class AggregatorState:
         """The reply to one query, by ``op``: ``view`` → ``{"answer", "gen"}`` (an answer
         encoded by :func:`~servertrack.readmodel.answers.encode_answer`); ``views`` →
         ``{"answers", "gen"}``; ``servers``, ``fleet``, ``grid`` → ``{"body": JSON}``;
-        ``last_minute`` → every server's last complete minute (``{"last_minute"}``); ``stats``
+        ``last_minute`` → every server's last complete minute (``{"last_minute"}``); ``alerts`` →
+        the pending and firing alerts as Prometheus lists them (``{"body": JSON}``); ``stats``
         → ``{"stats"}``; ``watch`` → ``{"gen"}``; a query that cannot be answered →
         ``{"refused": [reason, message]}``. HTTP statuses are the API's business."""
         op = request.get("op") if isinstance(request, dict) else None
@@ -488,8 +548,10 @@ class AggregatorState:
             known = known if isinstance(known, str) else None
             return {"body": self.fleet.grid(self.store, known, now)}
         if op == "last_minute":
-            table = self.fleet.table(self.store, now)
-            return {"last_minute": encode_last_minute(last_minute(table))}
+            return {"last_minute": encode_last_minute(self.last_minute(now))}
+        if op == "alerts":
+            listing = self.alerts.api_alerts()
+            return {"body": json.dumps(listing, separators=(",", ":")).encode()}
         if op == "stats":
             return {"stats": self.stats(now)}
         if op == "sequences":
@@ -571,5 +633,9 @@ class AggregatorState:
                 "last_batch_age_seconds": now - self.last_batch_applied
                 if self.last_batch_applied
                 else None,
+            },
+            ALERTS: {
+                **self.alerts.stats(),
+                **(NO_DELIVERY if self.delivery_stats is None else self.delivery_stats()),
             },
         }

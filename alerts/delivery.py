@@ -23,6 +23,7 @@ Whoever creates a client starts it (:meth:`~AlertmanagerClient.start`) and close
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
@@ -65,11 +66,20 @@ def alertmanager_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def base_url_argument(text: str) -> str:
+    """argparse ``type=`` for an http(s) base URL (``--alertmanager``, ``--external-url``): a
+    bad one stops the command (exit 2) saying what is wrong."""
+    try:
+        return alertmanager_url(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def backoff_delay(failures: int, first: float, cap: float, unit: float) -> float:
     """Seconds to wait after ``failures`` failures in a row: ``first``, doubling, at most
     ``cap``, then scaled by a jitter between 0.5 and 1 (``unit`` is a uniform draw in [0, 1))
     so that several hosts do not retry in step."""
-    return min(cap, first * 2 ** (failures - 1)) * (0.5 + unit / 2)
+    return min(cap, first * 2.0 ** (failures - 1)) * (0.5 + unit / 2)
 
 
 def _key(alert: Mapping[str, Any]) -> AlertKey:
@@ -242,9 +252,12 @@ class Alertmanagers:
         for client in self.clients:
             client.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Close every client, waiting ``timeout`` seconds at most for each thread (by default
+        a POST under way's timeout): a host stopping waits briefly for an Alertmanager that
+        hangs, its threads die with the process."""
         for client in self.clients:
-            client.close()
+            client.close(timeout)
 
     def send(self, alerts: Sequence[Mapping[str, Any]]) -> None:
         if alerts:

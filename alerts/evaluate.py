@@ -300,12 +300,12 @@ class AlertEvaluator:
     def api_alerts(self) -> dict[str, Any]:
         """The pending and firing alerts as Prometheus' ``GET /api/v1/alerts`` answers them
         (``{"status": "success", "data": {"alerts": [...]}}``), by alert name and server."""
-        listed = []
+        listed: list[dict[str, Any]] = []
         for rule, held in zip(self.rules, self._held, strict=True):
             for name, alert in held.items():
                 if alert.state == RESOLVED:
                     continue
-                item = {
+                item: dict[str, Any] = {
                     "labels": rule.alert_labels(name),
                     "annotations": rule.render_annotations(name, alert.value),
                     "state": alert.state,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ def format_duration(seconds: float) -> str:
     """The shortest Prometheus spelling of ``seconds``: ``300`` → ``5m``, ``5400`` → ``1h30m``."""
     if seconds == 0:
         return "0s"
-    millis = round(seconds * 1000)
+    millis: float = round(seconds * 1000)  # divmod by UNIT_SECONDS (int or float) below
     parts = []
     for unit in ("d", "h", "m", "s"):
         size = UNIT_SECONDS[unit] * 1000
@@ -360,6 +361,16 @@ def rules_file_argument(text: str) -> tuple[Rule, ...]:
         return load_rules(text)
     except RulesError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def rules_path_argument(text: str) -> str:
+    """argparse ``type=`` for a ``--rules FILE`` that travels on to a child's command line: the
+    file made absolute once its rules are checked (a bad file stops the command, exit 2, with
+    every mistake); ``''`` for none."""
+    if text == "":
+        return text
+    rules_file_argument(text)
+    return os.path.abspath(text)
 
 
 Node = yaml.Node

@@ -135,7 +135,8 @@ def _season(timestamps: np.ndarray) -> np.ndarray:
     days = np.floor_divide(timestamps, 86400.0)
     hour = (np.floor((timestamps - days * 86400.0) / 3600.0)).astype(np.int64) % HOURS
     weekend = ((days.astype(np.int64) + 3) % 7) >= 5  # 1970-01-01 was a Thursday
-    return hour + HOURS * weekend
+    season: np.ndarray = hour + HOURS * weekend
+    return season
 
 
 class DetectorBank:

@@ -12,6 +12,7 @@ import falcon.media
 import zmq
 
 from servertrack.api.admission import Admission, AdmissionGuard
+from servertrack.api.alerts import AlertsResource
 from servertrack.api.backend import Backend, Unavailable
 from servertrack.api.errors import (
     ApiError,
@@ -325,13 +326,13 @@ def create_app(
     admission: Admission,
     clock: Clock = time.time,
     stats: ApiStats | None = None,
-) -> falcon.App:
+) -> falcon.App[falcon.Request, falcon.Response]:
     """The WSGI app over the read path (its backend takes the rest); ``clock`` decides the
     default ts and the time window. ``admission`` says which requests may be worked on (tokens,
     deadline, a client gone); ``stats`` receives the API's own counts."""
     stats = stats or ApiStats()
     backend = reads.backend
-    app = falcon.App(middleware=[SecurityHeaders(), AdmissionGuard(admission, stats)])
+    app = falcon.App(middleware=(SecurityHeaders(), AdmissionGuard(admission, stats)))
     handler = StrictJSONHandler()
     app.req_options.media_handlers = falcon.media.Handlers({JSON: handler, "*/*": handler})
     app.req_options.default_media_type = JSON
@@ -345,6 +346,7 @@ def create_app(
         "/metrics": MetricsResource(make_registry(backend, stats)),
         "/fleet": FleetResource(backend),
         "/fleet/grid": GridResource(backend),
+        "/alerts": AlertsResource(backend),
         "/openapi.json": OpenApiResource(
             build_document(
                 max_batch=MAX_BATCH,

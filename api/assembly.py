@@ -28,7 +28,7 @@ from servertrack.store.options import MEMORY, store_password
 log = logging.getLogger(__name__)
 
 
-def make_backend(args: argparse.Namespace, context: zmq.Context) -> Backend:
+def make_backend(args: argparse.Namespace, context: zmq.SyncContext) -> Backend:
     """ZeroMQ to the host's daemons (the in-memory store), or Redis straight for reads."""
     receiver = args.receiver_control
     aggregator = args.aggregator_query
@@ -103,7 +103,7 @@ def assemble(
 
 def build_app(
     args: argparse.Namespace,
-    context: zmq.Context,
+    context: zmq.SyncContext,
     record_token: str | None,
     read_token: str | None,
 ) -> tuple[FastReads, ReadPath, ApiStats]:

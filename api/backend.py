@@ -64,6 +64,11 @@ class Backend(Protocol):
         """Every server's last complete minute."""
         ...
 
+    def alerts(self, deadline: float | None = None) -> bytes:
+        """The JSON of ``GET /alerts``: the pending and firing alerts the aggregator evaluates,
+        as Prometheus' ``GET /api/v1/alerts`` lists them."""
+        ...
+
     def stats(self, deadline: float | None = None) -> dict[str, Any]:
         """The receiver's and aggregator's counters (empty sections when there are none)."""
         ...

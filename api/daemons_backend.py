@@ -92,6 +92,9 @@ class AggregatorReplies:
         except ValueError as err:
             raise Unavailable(f"the aggregator answered something unreadable: {err}") from err
 
+    def alerts(self, deadline: float | None = None) -> bytes:
+        return _body(self._ask({"op": "alerts"}, deadline))
+
     def stats(self, deadline: float | None = None) -> dict[str, Any]:
         stats = self._ask({"op": "stats"}, deadline).get("stats")
         if not isinstance(stats, dict):
@@ -107,7 +110,7 @@ class DaemonsBackend(AggregatorReplies):
         receiver_control: str,
         aggregator_query: str | None,
         timeout: float = 0.5,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
         record_timeout: float = 5.0,
     ) -> None:
         self.context = context or zmq.Context.instance()

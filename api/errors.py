@@ -16,7 +16,8 @@ import falcon
 
 def status_text(status: str | int | http.HTTPStatus) -> str:
     """``"404 Not Found"`` or ``404`` → ``"Not Found"``."""
-    return falcon.code_to_http_status(status)[4:]
+    line: str = falcon.code_to_http_status(status)  # falcon's lru_cache wrapper loses the type
+    return line[4:]
 
 
 def status_reason(status: str | int | http.HTTPStatus) -> str:

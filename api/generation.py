@@ -74,7 +74,8 @@ class Heard:
         heard = self._current
         if heard is None or heard.number != number:
             unbroken = heard is not None and now - self._heard <= self.fresh_for
-            self._current = Current(number, now, heard.number if unbroken else None)
+            before = heard.number if heard is not None and unbroken else None
+            self._current = Current(number, now, before)
         self._heard = now
 
     def _deaf(self) -> None:
@@ -108,7 +109,7 @@ class GenerationWatch(Heard):
 
     def __init__(
         self,
-        context: zmq.Context,
+        context: zmq.SyncContext,
         endpoint: str,
         fresh_for: float = FRESH_FOR,
         monotonic: Callable[[], float] = time.monotonic,

@@ -38,8 +38,8 @@ import zmq
 
 from servertrack.api.assembly import build_app
 from servertrack.api.bodies import BodySlots, slots_for
-from servertrack.api.server import raise_open_files_limit
 from servertrack.common.lifecycle import die_with_parent, fatal, port_unavailable
+from servertrack.common.limits import raise_open_files_limit
 from servertrack.common.tokens import read_token_file
 
 log = logging.getLogger(__name__)

@@ -239,6 +239,60 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "Stats": stats_schema(),
+    "Alerts": {
+        "type": "object",
+        "required": ["status", "data"],
+        "additionalProperties": False,
+        "description": "The shape of Prometheus' GET /api/v1/alerts.",
+        "properties": {
+            "status": {"const": "success"},
+            "data": {
+                "type": "object",
+                "required": ["alerts"],
+                "additionalProperties": False,
+                "properties": {
+                    "alerts": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}}
+                },
+            },
+        },
+    },
+    "Alert": {
+        "type": "object",
+        "required": ["labels", "annotations", "state", "activeAt", "value"],
+        "additionalProperties": False,
+        "properties": {
+            "labels": {
+                "type": "object",
+                "required": ["alertname", "server"],
+                "additionalProperties": {"type": "string"},
+                "description": "alertname (the rule's alert), server, and the rule's labels.",
+            },
+            "annotations": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "The rule's annotations, {{ server }} and {{ value }} replaced.",
+            },
+            "state": {
+                "enum": ["pending", "firing"],
+                "description": "pending: the condition holds, not yet for the rule's for.",
+            },
+            "activeAt": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When the condition began to hold (ISO 8601 UTC).",
+            },
+            "value": {
+                "type": "string",
+                "description": "The value that met the condition, as Prometheus writes it "
+                "(9.64e+01): a minute mean, an anomaly score, or a silence in seconds.",
+            },
+            "keepFiringSince": {
+                "type": "string",
+                "format": "date-time",
+                "description": "Since when a firing alert is only kept firing (keep_firing_for).",
+            },
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status", "receiver", "aggregator"],
@@ -646,6 +700,16 @@ def build_document(
                             "the answer leaves `servers` out while it is still current.",
                         }
                     ],
+                )
+            },
+            "/alerts": {
+                "get": _operation(
+                    "The pending and firing alerts, as Prometheus' GET /api/v1/alerts lists them",
+                    {
+                        "200": _json(_ref("Alerts"), "Every pending and firing alert."),
+                        "400": _error("A query parameter (none is taken): unknown_parameter."),
+                    },
+                    read,
                 )
             },
             "/": {

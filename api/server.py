@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, WSGITask
+from waitress.utilities import Error
 
 from servertrack.api.app import MAX_BODY
 from servertrack.api.errors import status_reason, status_text
@@ -62,7 +64,9 @@ class JsonErrorTask(ErrorTask):
     ``description``), counted like the app's own when they refuse a record."""
 
     def execute(self) -> None:
-        error = self.request.error
+        # types-waitress types the task's request as an Error; it is the request's parser, and
+        # waitress makes an error task only for a parser whose error is set.
+        error = cast(Error, cast(HTTPRequestParser, self.request).error)
         code = int(error.code)
         if code == 413:
             reason, description = "too_large", f"body exceeds {MAX_BODY} bytes"
@@ -70,10 +74,14 @@ class JsonErrorTask(ErrorTask):
             reason, description = status_reason(code), str(error.body)
         body = {"title": status_text(code), "reason": reason, "description": description}
         if 400 <= code < 500 and getattr(self.request, "command", None) == "POST":
-            self.channel.server.stats.rejected(reason)
+            cast("GuardedServer", self.channel.server).stats.rejected(reason)
         payload = json.dumps(body).encode()
         self.status = f"{code} {status_text(code)}"
-        self.response_headers.extend([("Content-Type", "application/json"), NOSNIFF])
+        self.response_headers = [
+            *self.response_headers,
+            ("Content-Type", "application/json"),
+            NOSNIFF,
+        ]
         self.set_close_on_finish()
         self.content_length = len(payload)
         self.write(payload)
@@ -93,7 +101,7 @@ class GuardedChannel(HTTPChannel):
         now = time.time()
         for request in list(self.requests):
             if getattr(request, "arrived", None) is None:
-                request.arrived = now
+                request.arrived = now  # type: ignore[attr-defined]  # our stamp on waitress' parser
         if self.request is None:
             self.request_started = None
         return handled
@@ -107,6 +115,9 @@ class GuardedServer(TcpWSGIServer):
     """Waitress' TCP server with the limits described in the module docstring."""
 
     channel_class = GuardedChannel
+    effective_port: int
+    """Set by waitress once bound (types-waitress leaves it out)."""
+    next_channel_cleanup: float  # type: ignore[assignment]  # a float in waitress; the stub: int
 
     def __init__(
         self,
@@ -123,10 +134,16 @@ class GuardedServer(TcpWSGIServer):
         """Monotonic time before which the listening socket is not polled (out of files)."""
         super().__init__(application, adj=adj)
 
+    @property
+    def channels(self) -> dict[int, GuardedChannel]:
+        """The open connections by file descriptor (waitress' ``active_channels``, which
+        types-waitress types as one channel)."""
+        return cast("dict[int, GuardedChannel]", self.active_channels)
+
     def maintenance(self, now: float) -> None:
         """Run every ``cleanup_interval`` seconds from the asyncore thread."""
         monotonic = time.monotonic()
-        for channel in list(self.active_channels.values()):
+        for channel in list(self.channels.values()):
             if not channel.waiting():
                 continue
             if channel.request_started is not None:
@@ -163,12 +180,12 @@ class GuardedServer(TcpWSGIServer):
 
     def handle_accept(self) -> None:
         super().handle_accept()
-        if len(self.active_channels) > self.adj.connection_limit:
+        if len(self.channels) > self.adj.connection_limit:
             self._evict_one()
 
     def _evict_one(self) -> None:
         """Close the connection that has waited (idle or trickling) the longest."""
-        candidates = [c for c in self.active_channels.values() if c.waiting()]
+        candidates = [c for c in self.channels.values() if c.waiting()]
         if candidates:
             oldest = min(candidates, key=lambda channel: channel.last_activity)
             self._close(oldest, "evicted", at_once=True)
@@ -178,7 +195,7 @@ class GuardedServer(TcpWSGIServer):
         close. Closing first would close the trigger that a finishing request wakes the loop
         with, and waitress would log a traceback for each such request."""
         self.accepting = False
-        self.task_dispatcher.shutdown(timeout=timeout)
+        self.task_dispatcher.shutdown(timeout=timeout)  # type: ignore[arg-type]  # takes a float
         self.close()
 
     def _close(self, channel: GuardedChannel, reason: str, at_once: bool = False) -> None:

@@ -107,9 +107,19 @@ class StoreBackend:
         table = self._read(lambda reader: self.fleet_answers.table(reader, now))
         return last_minute(table)
 
+    def alerts(self, deadline: float | None = None) -> bytes:
+        """The alerts of this host's aggregator, which evaluates them: an API that only reads
+        the store has none to list."""
+        if self.daemons is None or self.daemons.aggregator is None:
+            raise Unavailable(
+                "this API only reads the store: alerts are evaluated by an aggregator (give it "
+                "--aggregator-query)"
+            )
+        return self.daemons.alerts(deadline)
+
     def stats(self, deadline: float | None = None) -> dict[str, Any]:
         if self.daemons is None or self.daemons.aggregator is None:
-            return {"receiver": {}, "aggregator": {}}
+            return {"receiver": {}, "aggregator": {}, "alerts": {}}
         return self.daemons.stats(deadline)
 
     # -- records and health ---------------------------------------------------------------------

@@ -169,7 +169,9 @@ class ServerPage:
     on_head = on_get
 
 
-def add_pages(app: falcon.App, assets: dict[str, Asset] | None = None) -> None:
+def add_pages(
+    app: falcon.App[falcon.Request, falcon.Response], assets: dict[str, Asset] | None = None
+) -> None:
     """Register the two pages and the static files on ``app``."""
     assets = assets if assets is not None else load_assets()
     app.add_route("/", OverviewPage(assets[PAGES["overview"]]))

@@ -432,7 +432,8 @@ def alerts_rows(alerts: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"alert evaluation, {alerts['servers']:,} servers x the {alerts['rules']} default "
             f"rules (ms, median of {alerts['evaluations']})",
             f"≤ {alerts['target_ms']:.0f}",
-            f"{median} (max {alerts['evaluate_ms_max']}; {alerts['pending']:,} pending and "
+            f"{median} (max {alerts['evaluate_ms_max']}; the read model's columns before it "
+            f"{alerts.get('columns_ms_median', '?')}; {alerts['pending']:,} pending and "
             f"{alerts['firing']:,} firing; what to send {alerts['due_ms_median']}, the "
             f"/alerts listing {alerts['api_alerts_ms_median']})",
             verdict(median, alerts["target_ms"], False),

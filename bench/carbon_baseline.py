@@ -214,6 +214,9 @@ def _start_carbon(root: Path, conf: Path, log_path: Path) -> subprocess.Popen[by
         GRAPHITE_ROOT=str(root),
         GRAPHITE_CONF_DIR=str(conf.parent),
         GRAPHITE_STORAGE_DIR=str(root / "storage"),
+        # carbon's generated protobuf module predates the protobuf runtime the remote read
+        # installs; only its protobuf receiver (unused here) needs the fast implementation.
+        PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python",
     )
     with log_path.open("ab") as log:
         return subprocess.Popen(

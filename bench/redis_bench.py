@@ -145,7 +145,7 @@ def sustain(
         for name in checked:
             now = time.time()
             view = RedisReader(store).view(name, now)
-            held = sum(bucket["samples"] for bucket in view["hours"]) if view else 0
+            held = int(view.hours["samples"].sum()) if view else 0
             wrong += held != feeder.number + filled_in_window(prefilled, now)
         seconds = time.monotonic() - began
     finally:
@@ -229,7 +229,7 @@ def memory(url: str, client: redis.Redis, servers: int) -> dict[str, Any]:
     try:
         fill_all_buckets(store, servers, now)
         view = RedisReader(store).view(names_of(1)[0], now)
-        assert view is not None and len(view["minutes"]) == 60 and len(view["hours"]) == 24
+        assert view is not None and len(view.minutes) == 60 and len(view.hours) == 24
         began = time.perf_counter()
         rows = RedisReader(store).fleet_rows(now)
         fleet_ms = (time.perf_counter() - began) * 1e3

@@ -167,6 +167,48 @@ def add_option(
     )
 
 
+class _Repeated(argparse.Action):
+    """Each use of the flag adds a value; the first use replaces the default (the values of
+    its variable), so a command line is never added to what the environment gave."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        earlier = () if current is self.default else tuple(current or ())
+        setattr(namespace, self.dest, (*earlier, values))
+
+
+def add_repeated(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    help_text: str,
+    kind: Callable[[str], Any] = str,
+) -> None:
+    """A flag given once per value (a tuple of them, empty by default); its variable holds the
+    values separated by spaces."""
+    variable = env_name(parser, flag)
+    raw = os.environ.get(variable)
+    default: tuple[Any, ...] = ()
+    if raw is not None:
+        convert = _from_env(kind, variable)
+        try:
+            default = tuple(convert(part) for part in raw.split())
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
+    parser.add_argument(
+        flag,
+        action=_Repeated,
+        type=kind,
+        default=default,
+        help=f"{help_text} (repeat for several; env {variable}, separated by spaces)",
+    )
+
+
 def add_switch(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
     """A boolean flag; its variable turns it on with ``1``, ``true``, ``yes`` or ``on``."""
     variable = env_name(parser, flag)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 SOURCES = ("zmq", "http", "graphite")
 """Where samples come from: agents over ZeroMQ, records over HTTP, lines of Graphite plaintext
@@ -411,7 +412,7 @@ COUNTERS: tuple[Counter, ...] = (
     _rss(API),
 )
 
-STATS_ONLY = MappingProxyType(
+STATS_ONLY: MappingProxyType[tuple[str, str], tuple[dict[str, Any], str]] = MappingProxyType(
     {
         (AGGREGATOR, "flush_lag_seconds"): (
             {"type": "number"},
@@ -503,8 +504,9 @@ ALERT_COUNTERS: tuple[Counter, ...] = (
     ),
 )
 """The alerting counters: the evaluator's (``AlertEvaluator.stats``) and the delivery's
-(``Alertmanagers.stats``), for an ``alerts`` section. They join :data:`COUNTERS` (and with them
-``/stats``, ``/metrics`` and the OpenAPI document) once a process reports that section."""
+(``Alertmanagers.stats``), in the aggregator's ``alerts`` section (the aggregator evaluates the
+rules and runs the Alertmanager clients)."""
+COUNTERS = (*COUNTERS, *ALERT_COUNTERS)
 
 
 PROMETHEUS_REJECT_REASONS = MappingProxyType(

@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, NoReturn
 
@@ -110,7 +110,7 @@ def hold_lock(path: str | os.PathLike[str], what: str) -> IO[str]:
 class Ticker:
     """A drift-free schedule on the monotonic clock that skips missed ticks instead of bursting."""
 
-    def __init__(self, interval: float, monotonic: type[time.monotonic] | None = None) -> None:
+    def __init__(self, interval: float, monotonic: Callable[[], float] | None = None) -> None:
         self.interval = interval
         self.monotonic = monotonic or time.monotonic
         self.deadline = self.monotonic() + interval

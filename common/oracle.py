@@ -37,8 +37,9 @@ def _start(ts: float, width: int) -> int:
 
 def _bucket(start: int, group: list[RawSample]) -> dict[str, Any]:
     bucket: dict[str, Any] = {"start": iso_z(start)}
-    for index, metric in ((2, "cpu"), (3, "ram")):
-        values = [sample[index] for sample in group if sample[index] is not None]
+    columns = {"cpu": [sample[2] for sample in group], "ram": [sample[3] for sample in group]}
+    for metric, column in columns.items():
+        values = [value for value in column if value is not None]
         if values:
             total = math.fsum(values)
             bucket[metric] = total / len(values)

@@ -30,7 +30,7 @@ class BindError(OSError):
     """An endpoint could not be bound (in use, or an address this host does not have)."""
 
 
-def bind(sock: zmq.Socket, endpoint: str) -> None:
+def bind(sock: zmq.SyncSocket, endpoint: str) -> None:
     """``sock.bind(endpoint)``, or :class:`BindError` naming the endpoint."""
     try:
         sock.bind(endpoint)
@@ -42,7 +42,7 @@ class RpcClient:
     """A REQ socket for one thread; ``call`` sends a msgpack request and waits for the reply."""
 
     def __init__(
-        self, context: zmq.Context, endpoint: str, timeout: float, reply_timeout: float = 0.0
+        self, context: zmq.SyncContext, endpoint: str, timeout: float, reply_timeout: float = 0.0
     ) -> None:
         self.context = context
         self.endpoint = endpoint
@@ -50,9 +50,9 @@ class RpcClient:
         """How long to wait for a peer to take the request (an absent peer fails here)."""
         self.reply_timeout_ms = int(max(timeout, reply_timeout) * 1000)
         """How long a peer that took the request may take to answer."""
-        self.socket: zmq.Socket | None = None
+        self.socket: zmq.SyncSocket | None = None
 
-    def _open(self) -> zmq.Socket:
+    def _open(self) -> zmq.SyncSocket:
         sock = self.context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.REQ_RELAXED, 1)
@@ -100,7 +100,7 @@ class ThreadLocalClients:
     """One :class:`RpcClient` per thread for an endpoint (ZeroMQ sockets are not thread-safe)."""
 
     def __init__(
-        self, context: zmq.Context, endpoint: str, timeout: float, reply_timeout: float = 0.0
+        self, context: zmq.SyncContext, endpoint: str, timeout: float, reply_timeout: float = 0.0
     ) -> None:
         self.context = context
         self.endpoint = endpoint
@@ -126,7 +126,7 @@ class ThreadLocalClients:
             self._all.clear()
 
 
-def bind_router(context: zmq.Context, endpoint: str) -> zmq.Socket:
+def bind_router(context: zmq.SyncContext, endpoint: str) -> zmq.SyncSocket:
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
@@ -139,7 +139,7 @@ def bind_router(context: zmq.Context, endpoint: str) -> zmq.Socket:
 
 
 def serve_one(
-    sock: zmq.Socket,
+    sock: zmq.SyncSocket,
     handler: Any,
     hold: Callable[[Any, list[bytes]], bool] | None = None,
 ) -> None:
@@ -161,7 +161,7 @@ def serve_one(
     reply(sock, frames[:-1], answer)
 
 
-def reply(sock: zmq.Socket, envelope: list[bytes], answer: bytes) -> None:
+def reply(sock: zmq.SyncSocket, envelope: list[bytes], answer: bytes) -> None:
     """Send ``answer`` to the client ``envelope`` names (nothing if it has gone)."""
     with contextlib.suppress(zmq.Again):  # the client has gone; its REQ socket times out
         sock.send_multipart([*envelope, answer], flags=zmq.NOBLOCK)

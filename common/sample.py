@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 FQDN_RE = re.compile(r"(?=[._-]*[A-Za-z0-9])[A-Za-z0-9._-]{1,253}")
 """1-253 of letters, digits, ``.``, ``-``, ``_``, at least one a letter or digit (no ``..``)."""
@@ -69,7 +69,7 @@ def valid_ts(value: Any) -> bool:
     the time window is decided after, by the time window alone."""
     kind = type(value)
     if kind is float:
-        return -INF < value < INF
+        return bool(-INF < value < INF)  # value is a float here
     if kind is int:
         try:
             float(value)
@@ -79,9 +79,10 @@ def valid_ts(value: Any) -> bool:
     return False
 
 
-def plainly_valid(ts: Any, cpu: Any, ram: Any) -> bool:
-    """Whether the values of a sample are valid as they come: ``ts`` a :func:`valid_ts` float,
-    ``cpu`` and ``ram`` each absent (``None``) or :func:`valid_percent`, not both absent.
+def plainly_valid(ts: Any, cpu: Any, ram: Any) -> TypeGuard[float]:
+    """Whether the values of a sample are valid as they come: ``ts`` a :func:`valid_ts` float (so
+    a true answer narrows ``ts`` to float), ``cpu`` and ``ram`` each absent (``None``) or
+    :func:`valid_percent`, not both absent.
 
     The fast paths (a known server's agent message, HTTP record or Graphite point) take such
     values without :func:`make_sample`; everything else goes through it, which gives the reason.

@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Self
 
-from servertrack.common.config import add_option, add_switch, variable_name
+from servertrack.common.config import add_option, add_repeated, add_switch, variable_name
 from servertrack.common.lifecycle import fatal
 
 
@@ -47,6 +47,8 @@ class Option(NamedTuple):
     choices: tuple[str, ...] | None = None
     switch: bool = False
     """A flag without a value (``store_true``), on when its variable is ``1``, ``true``..."""
+    repeated: bool = False
+    """A flag given once per value: its value is a tuple (``()`` when it is not given)."""
 
     @property
     def field(self) -> str:
@@ -56,6 +58,8 @@ class Option(NamedTuple):
         """Offer the option on ``parser``, its default overridable by its variable."""
         if self.switch:
             add_switch(parser, self.flag, self.help)
+        elif self.repeated:
+            add_repeated(parser, self.flag, self.help, self.kind)
         elif self.choices is None:
             add_option(parser, self.flag, self.default, self.help, self.kind)
         else:
@@ -68,6 +72,8 @@ class Option(NamedTuple):
         ``--flag=VALUE`` when the value would pass for a flag."""
         if self.switch:
             return [self.flag] if value else []
+        if self.repeated:
+            return [part for one in value for part in self._replace(repeated=False).to_argv(one)]
         if value is None:
             return []
         text = str(value)  # a float's str() reads back as the same float

@@ -86,7 +86,9 @@ def unpickle_plain(data: bytes) -> Any:
 
     try:
         for opcode, argument, _ in pickletools.genops(data):
-            if opcode.name in _MEMO_OPCODES and int(argument) > MAX_MEMO_INDEX:
+            # Every memo opcode's argument is its int index.
+            memo = opcode.name in _MEMO_OPCODES
+            if memo and isinstance(argument, int) and argument > MAX_MEMO_INDEX:
                 raise pickle.UnpicklingError(f"memo index {argument} is too large")
         return _NoGlobalsUnpickler(io.BytesIO(data)).load()
     except Exception as err:  # any failure of hostile input is one reason

@@ -77,7 +77,7 @@ ServerSums = dict[str, MetricSum]
 
 
 def _number(bucket: dict[str, Any], key: str) -> float:
-    value = bucket.get(key)
+    value: Any = bucket.get(key)  # decoded JSON, checked here
     if type(value) not in (int, float) or not math.isfinite(value):
         raise MalformedAnswer(
             "bad_bucket", f"{key} is {value!r}; an API with bucket sums is needed"

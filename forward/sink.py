@@ -158,7 +158,7 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * 2 ** min(self.failures, 32))
+        ceiling = min(self.cap, self.base * 2.0 ** min(self.failures, 32))
         self.failures += 1
         return ceiling / 2 + self.rng() * ceiling / 2
 

@@ -120,6 +120,7 @@ class Schedule:
             skipped = max(0, min(earliest, latest + self.interval) - first) // self.interval
         start = max(first, earliest)
         windows = tuple(range(start, latest + 1, self.interval))
+        done_until: int | None
         if windows:
             done_until = windows[-1] + self.interval
         elif skipped:

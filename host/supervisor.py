@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 from servertrack.agent.probe import node_name
 from servertrack.agent.settings import AgentSettings
 from servertrack.aggregator.settings import AggregatorSettings
+from servertrack.alerts.delivery import base_url_argument
 from servertrack.api.settings import ApiSettings
 from servertrack.common.config import optional_port, port, setup_logging, tcp_endpoint
 from servertrack.common.curve_keys import load_pair
@@ -60,7 +61,7 @@ class Child:
     unset: frozenset[str] = frozenset()
     """Variables of the host's environment the child does not get: its own options', which its
     command line gives it."""
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     backoff: float = 0.5
     restart_at: float = 0.0
@@ -136,6 +137,32 @@ OFFERS = (
         )
     ),
     offer("aggregator: seconds between snapshots", "snapshot_interval", AggregatorSettings),
+    offer(
+        "alerts: rules file (YAML; a bad one stops the host with each mistake's line, exit 2; "
+        "default: the default rules)",
+        "rules",
+        AggregatorSettings,
+    ),
+    offer("alerts: evaluate no rules at all", "no_rules", AggregatorSettings),
+    offer(
+        "alerts: seconds between evaluations of every rule over every server",
+        "rules_interval",
+        AggregatorSettings,
+    ),
+    offer(
+        "alerts: an Alertmanager's base URL (http://host:9093) to send alerts to",
+        "alertmanager",
+        AggregatorSettings,
+    ),
+    own(
+        Option(
+            "--external-url",
+            None,
+            "alerts: where people reach this host's dashboard, which each alert links to "
+            "(default http://<bind>:<api port>)",
+            base_url_argument,
+        )
+    ),
     offer("api: worker threads (per granian worker)", "threads", ApiSettings),
     offer(
         "api: HTTP server, waitress or granian (faster; pip install servertrack[fast])",
@@ -208,12 +235,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def data_dir_of(args: argparse.Namespace) -> str | None:
     """The data directory (one per API port by default, so hosts side by side keep theirs
     apart), or None for memory only."""
-    if args.data_dir == "":
+    data_dir: str | None = args.data_dir
+    if data_dir == "":
         return None
-    if args.data_dir is None:
+    if data_dir is None:
         state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         return os.path.join(state, "servertrack", f"port-{args.api_port}")
-    return os.path.abspath(args.data_dir)
+    return os.path.abspath(data_dir)
 
 
 def compose(kind: type[S], args: argparse.Namespace, **decided: Any) -> S:
@@ -238,6 +266,13 @@ def run_flag(kind: type[Settings], flag: str) -> str:
     field = field_of(flag)
     offered = (e.option.flag for e in OFFERS if kind in e.to and e.field == field)
     return next(offered, f"{kind.COMMAND} {flag}")
+
+
+def web_host(bind: str) -> str:
+    """The host part of a URL reaching a socket listening on ``bind``: an IPv6 address in
+    brackets."""
+    host = reachable(bind)
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def reachable(bind: str) -> str:
@@ -268,9 +303,11 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
         graphite=graphite,
     )
     data_dir = data_dir_of(args)
-    snapshot = None
+    snapshot = alerts_state = None
     if data_dir is not None and args.store == MEMORY:
-        snapshot = os.path.join(data_dir, "aggregator.npz")
+        snapshot = os.path.join(data_dir, "aggregator.npz")  # which keeps the alert state too
+    elif data_dir is not None:
+        alerts_state = os.path.join(data_dir, "alerts.json")
     aggregator = compose(
         AggregatorSettings,
         args,
@@ -278,6 +315,8 @@ def plan(args: argparse.Namespace, runtime_dir: str) -> list[Child]:
         query=query,
         receiver_control=control,
         snapshot=snapshot,
+        external_url=args.external_url or f"http://{web_host(args.bind)}:{args.api_port}",
+        alerts_state=alerts_state,
     )
     if snapshot is not None and receiver.retention <= aggregator.snapshot_interval:
         fatal(
@@ -373,17 +412,19 @@ def supervise(children: list[Child], stop: threading.Event) -> int:
 
 def shutdown(children: list[Child]) -> None:
     """SIGTERM in reverse start order, wait, and SIGKILL whatever is still there."""
-    running = [c for c in reversed(children) if c.alive()]
-    for child in running:
-        child.process.send_signal(signal.SIGTERM)
+    running = [
+        (c.name, c.process) for c in reversed(children) if c.process is not None and c.alive()
+    ]
+    for _, process in running:
+        process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
-    for child in running:
+    for name, process in running:
         try:
-            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.error("%s did not stop within %.0f s; killing it", child.name, STOP_GRACE)
-            child.process.kill()
-            child.process.wait()
+            log.error("%s did not stop within %.0f s; killing it", name, STOP_GRACE)
+            process.kill()
+            process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,8 +198,8 @@ class ZmqSender(Sender):
 class HttpSender(Sender):
     def __init__(self, plan: Plan, share: list[int]) -> None:
         super().__init__(plan, share)
-        url = urllib.parse.urlsplit(plan.api)
-        self.connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=30)
+        host, port = api_address(plan.api)
+        self.connection = http.client.HTTPConnection(host, port, timeout=30)
 
     def emit(self, stamps: np.ndarray, cpu: np.ndarray, ram: np.ndarray) -> None:
         stamps, cpu, ram = stamps.tolist(), cpu.tolist(), ram.tolist()
@@ -238,9 +238,17 @@ def send_fleet(plan: Plan) -> tuple[list[Report], float]:
 
 
 # -- checking -----------------------------------------------------------------------------------
+def api_address(api: str) -> tuple[str, int]:
+    """``http://HOST[:PORT]`` → ``(HOST, PORT)`` (port 80 if left out)."""
+    parts = urllib.parse.urlsplit(api)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"--api must be an http:// URL with a host, got {api!r}")
+    return parts.hostname, parts.port or 80
+
+
 def get_json(api: str, path: str) -> tuple[int, Any]:
-    url = urllib.parse.urlsplit(api)
-    connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=10)
+    host, port = api_address(api)
+    connection = http.client.HTTPConnection(host, port, timeout=10)
     try:
         connection.request("GET", urllib.parse.quote(path))
         response = connection.getresponse()
@@ -357,6 +365,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise SystemExit("--servers is at most 1,000,000")
     if not 0 <= args.backfill_hours <= 23:
         raise SystemExit("--backfill-hours must be between 0 and 23")
+    try:
+        api_address(args.api)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     return Plan(
         prefix=args.prefix or f"lg{uuid.uuid4().hex[:6]}",
         servers=servers,

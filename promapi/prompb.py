@@ -10,7 +10,16 @@ as generated classes would.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import (
+        RepeatedCompositeFieldContainer,
+        RepeatedScalarFieldContainer,
+    )
 
 PACKAGE = "prometheus"
 FILE_NAME = "prompb.proto"
@@ -89,19 +98,68 @@ _POOL = descriptor_pool.DescriptorPool()
 _POOL.Add(file_descriptor())
 
 
-def _message(name: str) -> type:
+def _message(name: str) -> type[Message]:
     return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
 
 
-Sample = _message("Sample")
-TimeSeries = _message("TimeSeries")
-Label = _message("Label")
-LabelMatcher = _message("LabelMatcher")
-ReadHints = _message("ReadHints")
-ReadRequest = _message("ReadRequest")
-ReadResponse = _message("ReadResponse")
-Query = _message("Query")
-QueryResult = _message("QueryResult")
+if TYPE_CHECKING:
+    # What the type checker knows of the classes built below: the fields of MESSAGES, typed as
+    # protobuf's runtime gives them (a test checks that the two lists of fields agree).
+
+    class Sample(Message):
+        value: float
+        timestamp: int
+
+        def __init__(self, *, value: float = ..., timestamp: int = ...) -> None: ...
+
+    class Label(Message):
+        name: str
+        value: str
+
+    class TimeSeries(Message):
+        labels: RepeatedCompositeFieldContainer[Label]
+        samples: RepeatedCompositeFieldContainer[Sample]
+
+    class LabelMatcher(Message):
+        type: int
+        name: str
+        value: str
+
+    class ReadHints(Message):
+        step_ms: int
+        func: str
+        start_ms: int
+        end_ms: int
+        grouping: RepeatedScalarFieldContainer[str]
+        by: bool
+        range_ms: int
+
+    class Query(Message):
+        start_timestamp_ms: int
+        end_timestamp_ms: int
+        matchers: RepeatedCompositeFieldContainer[LabelMatcher]
+        hints: ReadHints
+
+    class ReadRequest(Message):
+        queries: RepeatedCompositeFieldContainer[Query]
+        accepted_response_types: RepeatedScalarFieldContainer[int]
+
+    class QueryResult(Message):
+        timeseries: RepeatedCompositeFieldContainer[TimeSeries]
+
+    class ReadResponse(Message):
+        results: RepeatedCompositeFieldContainer[QueryResult]
+
+else:
+    Sample = _message("Sample")
+    TimeSeries = _message("TimeSeries")
+    Label = _message("Label")
+    LabelMatcher = _message("LabelMatcher")
+    ReadHints = _message("ReadHints")
+    ReadRequest = _message("ReadRequest")
+    ReadResponse = _message("ReadResponse")
+    Query = _message("Query")
+    QueryResult = _message("QueryResult")
 
 SAMPLES = 0
 """``ReadRequest.ResponseType.SAMPLES``: the one response type ServerTrack answers with."""

@@ -50,7 +50,9 @@ class _Reader:
         )
 
     def blank(self) -> None:
-        self.at = _BLANK.match(self.text, self.at).end()  # type: ignore[union-attr]
+        blank = _BLANK.match(self.text, self.at)  # matches everywhere, if only nothing
+        if blank is not None:
+            self.at = blank.end()
 
     def peek(self) -> str:
         return self.text[self.at : self.at + 1]

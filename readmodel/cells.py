@@ -33,6 +33,8 @@ CELL_DTYPE = np.dtype(
         ("ram_max", "<f8"),
     ]
 )
+CELL_NAMES: tuple[str, ...] = CELL_DTYPE.names or ()
+"""The cell's field names in order (numpy types ``names`` as optional: a plain dtype has none)."""
 CELL_SIZE = CELL_DTYPE.itemsize
 MINUTE_SLOTS = MINUTE_WINDOW + 1
 """The minute ring: the 60 minutes shown plus the next one (samples up to 60 s ahead)."""
@@ -75,7 +77,8 @@ def shown(cells: np.ndarray, oldest: int, newest: int) -> np.ndarray:
 def means(cells: np.ndarray, metric: str) -> np.ndarray:
     """``sum / count`` of ``metric`` per cell, NaN where it has no sample."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return cells[f"{metric}_sum"] / cells[f"{metric}_count"]
+        result: np.ndarray = cells[f"{metric}_sum"] / cells[f"{metric}_count"]
+    return result
 
 
 __all__ = [

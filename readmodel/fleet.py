@@ -181,7 +181,7 @@ def _ordered(
     if query.sort == "status":
         hotter_first = _missing_last(-table.cpu)
         ranks_chosen = ranks[chosen]
-        parts = []
+        parts: list[np.ndarray] = []
         for rank in (0, 1, 2) if ascending else (2, 1, 0):
             left = count - sum(part.size for part in parts)
             if left <= 0:
@@ -197,7 +197,8 @@ def _ordered(
         "ram_anomaly": table.ram_anomaly,
     }[query.sort]
     key = values[chosen]
-    return chosen[first_in_order(_missing_last(key if ascending else -key), count)]
+    ordered: np.ndarray = chosen[first_in_order(_missing_last(key if ascending else -key), count)]
+    return ordered
 
 
 def fleet_page(table: FleetTable, query: FleetQuery, now: float) -> dict[str, Any]:

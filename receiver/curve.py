@@ -166,7 +166,7 @@ class AuthorizedKeys:
 
 
 def secure(
-    sock: zmq.Socket, secret: str | None, authorized_keys: str | None
+    sock: zmq.SyncSocket, secret: str | None, authorized_keys: str | None
 ) -> ThreadAuthenticator | None:
     """Make ``sock`` a CURVE server that admits only the keys in ``authorized_keys``.
 

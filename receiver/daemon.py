@@ -100,7 +100,7 @@ class ReceiverDaemon:
     def __init__(
         self,
         config: ReceiverConfig,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.config = config
@@ -136,7 +136,7 @@ class ReceiverDaemon:
                 min_rate=config.graphite_min_rate,
                 files=self.files,
             )
-        self._push: zmq.Socket | None = None
+        self._push: zmq.SyncSocket | None = None
         self._process = psutil.Process()
         self._rss = 0
 
@@ -185,7 +185,7 @@ class ReceiverDaemon:
             log.info("receiver stopped")
 
     def _loop(
-        self, poller: zmq.Poller, sub: zmq.Socket, control: zmq.Socket, push: zmq.Socket
+        self, poller: zmq.Poller, sub: zmq.SyncSocket, control: zmq.SyncSocket, push: zmq.SyncSocket
     ) -> None:
         poller.register(sub, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
@@ -202,9 +202,9 @@ class ReceiverDaemon:
     def _turn(
         self,
         poller: zmq.Poller,
-        sub: zmq.Socket,
-        control: zmq.Socket,
-        push: zmq.Socket,
+        sub: zmq.SyncSocket,
+        control: zmq.SyncSocket,
+        push: zmq.SyncSocket,
         ticker: Ticker,
     ) -> None:
         """One wake-up of the loop: read what is ready, and flush when the second is up."""
@@ -227,7 +227,7 @@ class ReceiverDaemon:
             if graphite is not None:
                 graphite.sweep()
 
-    def _drain(self, sub: zmq.Socket) -> None:
+    def _drain(self, sub: zmq.SyncSocket) -> None:
         """Read up to ``DRAIN_LIMIT`` waiting messages into the state.
 
         PERF: ``recv_multipart`` asks ``getsockopt(RCVMORE)`` through pyzmq's enum layer after
@@ -251,10 +251,10 @@ class ReceiverDaemon:
                     continue
                 frames.append(second.bytes)
                 more = second.more
-            while more:
+            while more and len(frames) < MAX_FRAMES:
                 frame = recv(zmq.NOBLOCK, copy=False)
                 frames.append(frame.bytes)
-                more = frame.more and len(frames) < MAX_FRAMES
+                more = frame.more
             while more:  # frames past MAX_FRAMES are read and discarded with their message
                 more = recv(zmq.NOBLOCK, copy=False).more
             state.offer_frames(frames, now)
@@ -289,7 +289,7 @@ class ReceiverDaemon:
         finally:
             client.close()
 
-    def flush(self, push: zmq.Socket) -> None:
+    def flush(self, push: zmq.SyncSocket) -> None:
         now = self.clock()
         self.state.files_exhausted = self.files.count
         with gc_paused():  # a batch announcing many new servers is many small objects

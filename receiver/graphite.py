@@ -48,7 +48,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from servertrack.common.sample import METRICS, PERCENT_MAX
 from servertrack.receiver.state import ReceiverState
@@ -302,7 +302,7 @@ class GraphiteIntake:
                 reject("bad_line", 1, SOURCE)
                 continue
             path, value_text, ts_text = fields
-            target = cache.get(path, False)
+            target: Target | Literal[False] | None = cache.get(path, False)  # False: not cached
             if target is False:
                 try:
                     target = resolve(path)

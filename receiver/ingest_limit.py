@@ -106,17 +106,17 @@ class IngestLimit:
     module docstring). Its counts live in the receiver's state, so that they travel with every
     batch: ``ingest_connections_open`` and ``ingest_connections_refused``."""
 
-    def __init__(self, sock: zmq.Socket, cap: int, state: ReceiverState) -> None:
+    def __init__(self, sock: zmq.SyncSocket, cap: int, state: ReceiverState) -> None:
         self.sock = sock
         self.cap = cap
         self.state = state
-        self.monitor: zmq.Socket | None = None
+        self.monitor: zmq.SyncSocket | None = None
         self.open: set[int] = set()
         """Descriptors of the connections counted against the cap."""
         self.refused: set[int] = set()
         """Descriptors cut, whose end libzmq has not reported yet."""
 
-    def start(self) -> zmq.Socket:
+    def start(self) -> zmq.SyncSocket:
         """Watch the socket (call before it binds, so that no connection is missed); returns the
         monitor socket, for the caller's poller."""
         self.monitor = self.sock.get_monitor_socket(EVENTS)

@@ -14,7 +14,7 @@ class ReplayIndex:
 
     def __init__(self, retention: float) -> None:
         self.retention = retention
-        self._sent: SortedDict = SortedDict()
+        self._sent: SortedDict[int, tuple[float, list[bytes]]] = SortedDict()
 
     def __len__(self) -> int:
         return len(self._sent)

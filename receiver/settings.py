@@ -19,6 +19,7 @@ from servertrack.common.limits import DEFAULT_DEDUP_LIMIT, DEFAULT_MAX_SERVERS
 from servertrack.common.settings import ConfigError, Option, Settings
 from servertrack.receiver import curve, graphite
 from servertrack.receiver.daemon import ReceiverConfig
+from servertrack.receiver.graphite import Rule
 from servertrack.receiver.graphite_listener import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LINE_TIMEOUT,
@@ -170,7 +171,7 @@ class ReceiverSettings(Settings):
             raise ConfigError(str(err)) from None
         self.graphite_rules()
 
-    def graphite_rules(self) -> tuple[graphite.Rule, ...]:
+    def graphite_rules(self) -> tuple[Rule, ...]:
         """The rules of ``--graphite-map`` (none without it)."""
         if not self.graphite_map:
             return ()

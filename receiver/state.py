@@ -232,7 +232,9 @@ class ReceiverState:
             return reason
         return self._admit(sample, now, "http")
 
-    def offer_many(self, samples: Iterable[Sample], now: float, source: str = "http") -> dict:
+    def offer_many(
+        self, samples: Iterable[Sample], now: float, source: str = "http"
+    ) -> dict[str, Any]:
         """All-or-nothing intake of validated samples (HTTP): any sample outside the time window
         or from a server beyond ``max_servers`` refuses all of them."""
         samples = list(samples)
@@ -328,7 +330,9 @@ class ReceiverState:
         if window.now != now:
             window = self._window_at(now)
         if not window.oldest <= ts <= window.newest:
-            return self._out_of_window(server, window.verdict(ts), source)
+            reason = window.verdict(ts)
+            assert reason is not None  # ts is outside the window
+            return self._out_of_window(server, reason, source)
         if seq is not None:
             step = server.sequence.follow(seq, ts, now)
             if step is not NEXT_STEP:

@@ -83,7 +83,8 @@ class RedisReader:
         out: list[ServerView | CorruptKey | None] = []
         for k, name in enumerate(names):
             try:
-                out.append(_view(name, *replies[4 * k : 4 * k + 4], now))
+                ring, hours, health, scores = replies[4 * k : 4 * k + 4]
+                out.append(_view(name, ring, hours, health, scores, now))
             except CorruptKey as problem:
                 out.append(problem)
         return out

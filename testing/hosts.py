@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import zmq
@@ -176,7 +176,12 @@ def http_json(
     return status, json.loads(payload) if payload else None
 
 
-def wait_until(predicate: Callable[[], Any], deadline: float, what: str, step: float = 0.1) -> Any:
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T | None], deadline: float, what: str, step: float = 0.1
+) -> T:
     """Poll ``predicate`` until it returns something truthy; TimeoutError after ``deadline`` s."""
     end = time.monotonic() + deadline
     last_error: Exception | None = None
@@ -207,7 +212,7 @@ class ChildProcess:
 
     argv: list[str]
     log_path: Path
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     open_files: int | None = None
 
     def start(self) -> ChildProcess:
@@ -366,7 +371,7 @@ def view_at_stable_minute(host: HostUnderTest, name: str) -> tuple[dict[str, Any
 _warm_ups = itertools.count()
 
 
-def warm_up(pub: zmq.Socket, host: HostUnderTest, deadline: float = 10.0) -> None:
+def warm_up(pub: zmq.SyncSocket, host: HostUnderTest, deadline: float = 10.0) -> None:
     """Publish throw-away samples until one shows on the host (PUB drops until connected).
     Each call uses a server name of its own (``warm-up-PID-N``), so on a host shared between
     tests every socket is seen connected, not just the first."""

@@ -41,6 +41,7 @@ LONGEST_FIRST = (
     "test_schemathesis.py",
     "test_http_servers.py",
     "test_dashboard_browser.py",
+    "test_alerts_live.py",
     "test_curve.py",
     "test_anomaly_detector.py",
     "test_forward_unit.py",
@@ -188,9 +189,9 @@ def alertmanager(tmp_path: Path, webhook: Recorder) -> Iterator[Alertmanager]:
 def setting_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory holding what daemons' settings name, each usable as it is: token
     files ``token`` and ``read``, a Redis password file ``pw``, a Graphite rule file
-    ``graphite.map``, CURVE pairs ``keys/receiver`` and ``keys/agent`` (the agent's public key
-    authorized in ``keys/authorized``) and a runtime directory ``rt``; no ``SERVERTRACK_*``
-    variable set, and ``XDG_STATE_HOME`` inside it."""
+    ``graphite.map``, an alert rules file ``rules.yml``, CURVE pairs ``keys/receiver`` and
+    ``keys/agent`` (the agent's public key authorized in ``keys/authorized``) and a runtime
+    directory ``rt``; no ``SERVERTRACK_*`` variable set, and ``XDG_STATE_HOME`` inside it."""
     for variable in [name for name in os.environ if name.startswith("SERVERTRACK_")]:
         monkeypatch.delenv(variable)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
@@ -199,6 +200,7 @@ def setting_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (tmp_path / name).write_text(text)
         (tmp_path / name).chmod(0o600)
     (tmp_path / "graphite.map").write_text("hosts.{server}.memory.percent-used ram\n")
+    (tmp_path / "rules.yml").write_text("rules:\n  - alert: Hot\n    when: cpu > 95\n")
     keys = tmp_path / "keys"
     (keys / "authorized").mkdir(parents=True)
     zmq.auth.create_certificates(keys, "receiver")

@@ -571,3 +571,60 @@ def test_the_overview_of_the_server_cap_draws_every_cell_and_sorts(
     finally:
         page.get("about:blank")  # no refresh in flight when the host stops
         host.process.stop()
+
+
+# -- alerts ----------------------------------------------------------------------------------------
+ALERT_RULES = """\
+rules:
+  - alert: DashSilent
+    when: silent
+    for: 3s
+    servers: "^dash-silent"
+    labels: {severity: critical}
+    annotations: {summary: "{{ server }} went quiet"}
+"""
+ALERTS_JS = """
+return Array.from(document.querySelectorAll('#alerts-list li')).map(li => li.innerText);
+"""
+
+
+def test_firing_alerts_show_on_the_overview_and_on_their_servers_page(
+    page: webdriver.Chrome, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(ALERT_RULES)
+    host = launch_host(tmp_path, "--no-agent", "--rules", str(rules), "--rules-interval", "1")
+    try:
+        silent, fine = "dash-silent-1.example.com", "dash-fine-1.example.com"
+        status, _ = host.post("/loads", [{"server": silent, "cpu": 12.0, "ram": 30.0}])
+        assert status == 202
+        page.get(f"{host.api}/?refresh={REFRESH}")
+        wait_for(page, "the alert on the overview", lambda d: d.execute_script(ALERTS_JS))
+        (shown,) = page.execute_script(ALERTS_JS)
+        assert "DashSilent" in shown and silent in shown and "critical" in shown
+        assert f"{silent} went quiet" in shown
+        assert page.find_element(By.ID, "alerts-count").text == "1"
+        link = page.find_element(By.CSS_SELECTOR, "#alerts-list a")
+        assert link.get_attribute("href") == f"{host.api}/ui/servers/{silent}"
+        page.save_screenshot(str(tmp_path / "overview-alerts.png"))
+
+        link.click()
+        wait_for(page, "the alert on its page", lambda d: d.execute_script(ALERTS_JS))
+        (own,) = page.execute_script(ALERTS_JS)
+        assert "DashSilent" in own and f"{silent} went quiet" in own
+        assert page.find_element(By.ID, "alerts").is_displayed()
+
+        host.post("/loads", [{"server": fine, "cpu": 12.0, "ram": 30.0}])
+        wait_until(lambda: host.get(f"/servers/{fine}/loads")[0] == 200, WAIT, "the sample")
+        page.get(f"{host.api}/ui/servers/{fine}")
+        wait_for(
+            page,
+            "the charts",
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, ".uplot canvas")) == 2,
+        )
+        refreshed = "return Number(document.body.dataset.alertsRefreshed || 0)"
+        wait_for(page, "two alert refreshes", lambda d: d.execute_script(refreshed) >= 2)
+        assert page.execute_script(ALERTS_JS) == []
+        assert not page.find_element(By.ID, "alerts").is_displayed()
+    finally:
+        host.process.stop()

@@ -68,13 +68,18 @@ BEFORE: dict[str, tuple[list[str], dict[str, str], dict[str, list[str]]]] = {
             *["--workers", "2", "--max-servers", "1000", "--token-file", "{tmp}/token"],
             *["--read-token-file", "{tmp}/read", "--agent-interval", "0.5"],
             *["--agent-name", "node-1", "--agent-format", "pickle.gz"],
+            *["--rules", "{tmp}/rules.yml", "--rules-interval", "5"],
+            *["--alertmanager", "http://127.0.0.1:9093", "--alertmanager", "http://[::1]:9094"],
         ],
         {},
         {
             "aggregator": [
                 *AGGREGATOR,
                 *["--max-servers", "1000", "--snapshot", "{tmp}/data/aggregator.npz"],
-                *["--snapshot-interval", "10.0"],
+                *["--snapshot-interval", "10.0", "--rules", "{tmp}/rules.yml"],
+                *["--rules-interval", "5", "--alertmanager", "http://127.0.0.1:9093"],
+                *["--alertmanager", "http://[::1]:9094"],
+                *["--external-url", "http://127.0.0.2:18080"],
             ],
             "receiver": [
                 *["servertrack.receiver", "--bind", "tcp://127.0.0.2:15556", *RECEIVER_ENDPOINTS],
@@ -98,7 +103,8 @@ BEFORE: dict[str, tuple[list[str], dict[str, str], dict[str, list[str]]]] = {
             *["--store", "redis://127.0.0.1:6390/2", "--store-password-file", "{tmp}/pw"],
             *["--store-timeout", "2.5", "--store-flush", "0.25", "--store-wait-replicas", "1"],
             *["--store-hold", "60", "--graphite-port", "2003", "--agent-name", "edge-1"],
-            *["--max-servers", "5000", "--threads", "16"],
+            *["--max-servers", "5000", "--threads", "16", "--no-rules"],
+            *["--external-url", "https://monitor.example.com/servertrack"],
         ],
         {},
         {
@@ -107,6 +113,8 @@ BEFORE: dict[str, tuple[list[str], dict[str, str], dict[str, list[str]]]] = {
                 *["--max-servers", "5000", "--store", "redis://127.0.0.1:6390/2"],
                 *["--store-timeout", "2.5", "--store-password-file", "{tmp}/pw"],
                 *["--store-flush", "0.25", "--store-wait-replicas", "1", "--store-hold", "60.0"],
+                *["--no-rules", "--external-url", "https://monitor.example.com/servertrack"],
+                *["--alerts-state", "{tmp}/state/servertrack/port-8080/alerts.json"],
             ],
             "receiver": [
                 *["servertrack.receiver", "--bind", "tcp://0.0.0.0:5556", *RECEIVER_ENDPOINTS],

@@ -146,6 +146,27 @@ def test_two_agents_under_one_name_show_a_conflict_and_no_loss(
     assert receiver_counters(host)["name_conflicts"] == conflicts + 1
 
 
+def test_a_message_of_too_many_frames_is_one_refusal_and_its_tail_is_no_message(
+    shared_host: Callable[..., HostUnderTest], publisher: Callable
+) -> None:
+    """Frames past the eighth are read and dropped with their message: the last two frames of a
+    ten-frame message, a valid sample on their own, are not taken as a message of their own."""
+    host = shared_host("--no-agent")
+    pub = publisher(host)
+    before = settled_stats(host)["receiver"]["rejected"].get("zmq", {}).get("frames", 0)
+    now = time.time()
+    tail = wire.encode(Sample("tail-of-ten.example", now, 5.0, 5.0, 0))
+    pub.send_multipart([b"padding"] * 8 + tail)
+    pub.send_multipart(wire.encode(Sample("after-ten.example", now, 5.0, 5.0, 0)))
+    wait_for(
+        lambda: host.get("/servers/after-ten.example/loads")[0] == 200,
+        10,
+        "the valid message sent after the ten-frame one",
+    )
+    assert host.get("/servers/tail-of-ten.example/loads")[0] == 404
+    assert receiver_counters(host)["rejected"]["zmq"].get("frames", 0) == before + 1
+
+
 @pytest.mark.parametrize("size", [17 * 1024, 48 * 1024, 900 * 1024])
 def test_an_oversized_frame_is_counted_and_the_next_message_still_arrives(
     shared_host: Callable[..., HostUnderTest], publisher: Callable, size: int

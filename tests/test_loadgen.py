@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from servertrack.loadgen.main import build_parser, make_plan
 from servertrack.testing.hosts import HostUnderTest as Host
 from servertrack.testing.hosts import servertrack_argv as servertrack
 
@@ -81,3 +82,11 @@ def test_loadgen_fails_when_the_answers_are_wrong(shared_host: Callable[..., Hos
     )
     assert result.returncode == 1
     assert result.stdout.strip().splitlines()[-1].startswith("FAILED: ")
+
+
+@pytest.mark.parametrize("api", ["localhost:8080", "https://127.0.0.1:8080", "http://"])
+def test_an_api_that_is_no_http_url_is_refused_with_its_reason(api: str) -> None:
+    """``--api`` must be ``http://HOST[:PORT]``: anything else stops the run before it starts,
+    saying so (``localhost:8080`` has no host to urllib, and the checks speak plain HTTP)."""
+    with pytest.raises(SystemExit, match="--api must be an http:// URL with a host"):
+        make_plan(build_parser().parse_args(["--api", api]))

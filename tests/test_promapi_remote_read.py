@@ -3,6 +3,7 @@ brute-force restatement, caps, and every way a request can be refused."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import re
 import subprocess
@@ -149,6 +150,38 @@ def test_the_messages_are_those_of_the_proto_file(tmp_path: Path) -> None:
     compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
     assert compiled.package == "prometheus"
     assert _comparable(compiled) == _comparable(prompb.file_descriptor())
+
+
+def _declared_for_the_type_checker() -> dict[str, list[tuple[str, bool]]]:
+    """The fields (name, repeated) of the message classes prompb declares under
+    ``TYPE_CHECKING``, read from its source."""
+    tree = ast.parse(Path(prompb.__file__).read_text())
+    (block,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If)
+        and ast.unparse(node.test) == "TYPE_CHECKING"
+        and any(isinstance(item, ast.ClassDef) for item in node.body)
+    ]
+    return {
+        cls.name: [
+            (item.target.id, ast.unparse(item.annotation).startswith("Repeated"))
+            for item in cls.body
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+        ]
+        for cls in block.body
+        if isinstance(cls, ast.ClassDef)
+    }
+
+
+def test_the_type_checker_knows_the_fields_the_messages_have() -> None:
+    """The classes declared for the type checker have the fields of the built messages, in
+    order, repeated where they are repeated."""
+    built = {
+        name: [(field, repeated) for field, _, _, repeated in fields]
+        for name, fields in prompb.MESSAGES.items()
+    }
+    assert _declared_for_the_type_checker() == built
 
 
 def test_a_request_in_prometheus_wire_bytes_decodes() -> None:

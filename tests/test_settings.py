@@ -14,7 +14,7 @@ from servertrack.agent.settings import AgentSettings
 from servertrack.aggregator.settings import AggregatorSettings
 from servertrack.api.settings import ApiSettings
 from servertrack.common.config import variable_name
-from servertrack.common.settings import ConfigError, Option, Settings
+from servertrack.common.settings import ConfigError, Option, Settings, field_of
 from servertrack.receiver.settings import ReceiverSettings
 
 KINDS: list[type[Settings]] = [ReceiverSettings, AggregatorSettings, ApiSettings, AgentSettings]
@@ -56,6 +56,12 @@ SAMPLES: dict[type[Settings], dict[str, str]] = {
         "--store-flush": "0.5",
         "--store-wait-replicas": "2",
         "--store-hold": "0",
+        "--rules": "{tmp}/rules.yml",
+        "--no-rules": ON,
+        "--rules-interval": "2.5",
+        "--alertmanager": "http://127.0.0.1:9093 https://am.example.com:9443/prefix",
+        "--external-url": "http://monitor.example.com:8080",
+        "--alerts-state": "relative/alerts.json",
     },
     ApiSettings: {
         "--host": "127.0.0.2",
@@ -97,9 +103,16 @@ def parse(kind: type[Settings], argv: list[str]) -> Settings:
 
 
 def sample_argv(kind: type[Settings], tmp: Path) -> list[str]:
+    """The samples as flags; a repeated option's sample (its values separated by spaces, as
+    its variable holds them) as one flag per value."""
     argv = []
     for flag, text in SAMPLES[kind].items():
-        argv += [flag] if text == ON else [f"{flag}={text.format(tmp=tmp)}"]
+        if text == ON:
+            argv.append(flag)
+        elif kind.option(field_of(flag)).repeated:
+            argv += [f"{flag}={part.format(tmp=tmp)}" for part in text.split(" ")]
+        else:
+            argv.append(f"{flag}={text.format(tmp=tmp)}")
     return argv
 
 
@@ -208,3 +221,19 @@ def test_settings_a_daemon_cannot_run_with_are_refused_naming_the_flag(
         parse(kind, [part.format(tmp=setting_files) for part in argv])
     assert refused.value.flag == flag
     assert reason in refused.value.reason
+
+
+def test_a_repeated_flag_on_the_command_line_replaces_its_variables_values(
+    setting_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    variable = variable_name("aggregator", "--alertmanager")
+    monkeypatch.setenv(variable, "http://127.0.0.1:9093  http://127.0.0.1:9094")
+    from_variable = parse(AggregatorSettings, [])
+    assert from_variable.alertmanager == ("http://127.0.0.1:9093", "http://127.0.0.1:9094")  # type: ignore[attr-defined]
+    flags = ["--alertmanager", "http://a.example:9093", "--alertmanager", "http://b.example:9093"]
+    from_flags = parse(AggregatorSettings, flags)
+    assert from_flags.alertmanager == ("http://a.example:9093", "http://b.example:9093")  # type: ignore[attr-defined]
+    monkeypatch.setenv(variable, "ftp://nowhere")
+    with pytest.raises(SystemExit) as exit_info:
+        parse(AggregatorSettings, [])
+    assert exit_info.value.code == 2
