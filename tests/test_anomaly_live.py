@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from servertrack.aggregator.state import AggregatorState
 from servertrack.anomaly import STANDARD_THRESHOLD, DetectorBank
 from servertrack.anomaly.fleet_scores import FleetScores
 from servertrack.common.batch import Batch
+from servertrack.forward.main import build_parser
+from servertrack.forward.main import run as run_forward
+from servertrack.forward.points import MalformedAnswer, WindowCollector, window_points
 from servertrack.readmodel.answers import decode_answer, decode_last_minute
 from servertrack.testing.hosts import FakeClock
 
@@ -289,3 +293,34 @@ def test_scores_survive_their_arrays() -> None:
     )
     with pytest.raises(ValueError, match="not after"):
         scores.score(150, cpu, ram)
+
+
+def test_forward_anomaly_refuses_hourly_windows_and_answers_without_scores() -> None:
+    """--anomaly with --interval 3600 stops with a message (minute scores are kept 60 minutes);
+    an answer without scores, or with a score out of [0, 1], is refused (read again later),
+    never sent as a point."""
+    args = build_parser().parse_args(
+        ["--graphite", "tcp://127.0.0.1:2003", "--anomaly", "--interval", "3600"]
+    )
+    with pytest.raises(SystemExit, match="--anomaly needs --interval below 3600"):
+        run_forward(args)
+    bucket = {
+        "start": "2027-01-15T10:00:00Z",
+        **{f"{m}{s}": 1.0 for m in ("cpu", "ram") for s in ("", "_sum", "_min", "_max")},
+        "cpu_samples": 1,
+        "ram_samples": 1,
+        "samples": 1,
+    }
+    t = int(datetime(2027, 1, 15, 10, tzinfo=UTC).timestamp())
+    for scores, reason in (({}, "no cpu_anomaly"), ({"cpu_anomaly": 1.5}, "1.5")):
+        collector = WindowCollector([t], 300, anomaly=True)
+        answer = {"minutes": [{**bucket, "ram_anomaly": None, **scores}], "hours": []}
+        if "cpu_anomaly" not in scores:
+            del answer["minutes"][0]["ram_anomaly"]
+        with pytest.raises(MalformedAnswer, match=reason):
+            collector.add("a.example", answer)
+    collector = WindowCollector([t], 300, anomaly=True)
+    collector.add("a.example", {"minutes": [{**bucket, "cpu_anomaly": 0.5, "ram_anomaly": None}]})
+    lines = window_points(t, collector.windows[t], "p", (collector.anomaly or {})[t]).lines
+    assert f"p.a_example.cpu_anomaly 0.5 {t}\n".encode() in lines
+    assert not any(b"ram_anomaly" in line for line in lines)
