@@ -38,8 +38,9 @@ class FleetScores:
     def __init__(self, rows: int = 0) -> None:
         self.bank = DetectorBank(2 * rows)
         self.minute_of_slot = np.full(SLOTS, NEVER, np.int64)
-        self.cpu = np.full((rows, SLOTS), np.nan)
-        self.ram = np.full((rows, SLOTS), np.nan)
+        self.cpu = self.ram = np.empty((0, SLOTS))
+        self._held = (self.cpu, self.ram)
+        self.keep(np.full((rows, SLOTS), np.nan), np.full((rows, SLOTS), np.nan))
         self.scored = NEVER
         """The newest minute scored (``NEVER`` before the first)."""
 
@@ -47,15 +48,31 @@ class FleetScores:
     def rows(self) -> int:
         return int(self.cpu.shape[0])
 
+    def keep(self, cpu: np.ndarray, ram: np.ndarray) -> None:
+        """Hold these score rings (``(rows, SLOTS)`` each) as they are."""
+        self._held = (cpu, ram)
+        self.cpu, self.ram = cpu, ram
+
     # -- rows -----------------------------------------------------------------------------------
     def add(self, count: int) -> np.ndarray:
-        """``count`` new servers at the end (fresh detectors, no scores); their rows."""
+        """``count`` new servers at the end (fresh detectors, no scores); their rows.
+
+        PERF: the rings grow by doubling, so servers coming a few at a time do not copy the
+        fleet's rings (98 MB at 100,000 servers) each minute."""
         first = self.rows
+        needed = first + count
         self.bank.add(2 * count)
-        blank = np.full((count, SLOTS), np.nan)
-        self.cpu = np.concatenate([self.cpu, blank])
-        self.ram = np.concatenate([self.ram, blank.copy()])
-        return np.arange(first, first + count)
+        cpu, ram = self._held
+        if needed > cpu.shape[0]:
+            capacity = max(needed, 2 * cpu.shape[0])
+            cpu, ram = (np.full((capacity, SLOTS), np.nan) for _ in range(2))
+            cpu[:first], ram[:first] = self.cpu, self.ram
+            self._held = (cpu, ram)
+        else:
+            cpu[first:needed] = np.nan
+            ram[first:needed] = np.nan
+        self.cpu, self.ram = cpu[:needed], ram[:needed]
+        return np.arange(first, needed)
 
     def ensure(self, rows: int) -> None:
         """At least ``rows`` servers (new ones fresh)."""
@@ -78,15 +95,14 @@ class FleetScores:
         if index.size == 0:
             return
         self.bank.remove(np.concatenate([2 * index, 2 * index + 1]))
-        self.cpu = np.delete(self.cpu, index, axis=0)
-        self.ram = np.delete(self.ram, index, axis=0)
+        self.keep(np.delete(self.cpu, index, axis=0), np.delete(self.ram, index, axis=0))
 
     def take(self, rows: np.ndarray) -> FleetScores:
         """A new :class:`FleetScores` of the servers at ``rows`` of this one, in that order."""
         rows = np.asarray(rows, np.int64)
         out = FleetScores(0)
         out.bank = DetectorBank.from_bytes(self.bank.to_bytes(_interleaved(rows)))
-        out.cpu, out.ram = self.cpu[rows].copy(), self.ram[rows].copy()
+        out.keep(self.cpu[rows].copy(), self.ram[rows].copy())
         out.minute_of_slot, out.scored = self.minute_of_slot.copy(), self.scored
         return out
 
@@ -179,7 +195,8 @@ class FleetScores:
             or out.bank.rows != 2 * rows
         ):
             raise ValueError("anomaly scores of a snapshot do not fit together")
-        out.cpu, out.ram, out.minute_of_slot = cpu.copy(), ram.copy(), minute_of_slot.copy()
+        out.keep(cpu.copy(), ram.copy())
+        out.minute_of_slot = minute_of_slot.copy()
         out.scored = int(arrays[f"{prefix}scored"][0])
         return out
 

@@ -137,8 +137,9 @@ class LeaseScorer:
         if state is not None:
             minute, names, bank = state
             self.scores.bank = bank
-            self.scores.cpu = np.full((len(names), SLOTS), np.nan)
-            self.scores.ram = np.full((len(names), SLOTS), np.nan)
+            self.scores.keep(
+                np.full((len(names), SLOTS), np.nan), np.full((len(names), SLOTS), np.nan)
+            )
             self.scores.scored = minute
             self.names = names
             self.index = {name: k for k, name in enumerate(names)}

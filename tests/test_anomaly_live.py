@@ -324,3 +324,35 @@ def test_forward_anomaly_refuses_hourly_windows_and_answers_without_scores() -> 
     lines = window_points(t, collector.windows[t], "p", (collector.anomaly or {})[t]).lines
     assert f"p.a_example.cpu_anomaly 0.5 {t}\n".encode() in lines
     assert not any(b"ram_anomaly" in line for line in lines)
+
+
+def test_rows_added_removed_and_taken_keep_each_servers_detectors() -> None:
+    """Servers added a few at a time, removed or taken into a new object keep their own
+    detectors and scores: the same as a bank of those servers from the start."""
+    rng = np.random.default_rng(4)
+    grown, whole = FleetScores(1), FleetScores(5)
+    values = rng.uniform(0, 100, (160, 5, 2))
+    for minute in range(160):
+        if minute in (20, 40, 60, 80):
+            grown.add(1)
+        rows = grown.rows
+        cpu, ram = values[minute, :, 0].copy(), values[minute, :, 1].copy()
+        cpu_grown = np.where(np.arange(5) < rows, cpu, np.nan)
+        got = grown.score(minute, cpu_grown[:rows], ram[:rows])
+        late = np.arange(5) >= rows
+        cpu[late] = np.nan
+        ram[late] = np.nan
+        want = whole.score(minute, cpu, ram)
+        assert np.array_equal(np.stack(got), np.stack(want)[:, :rows], equal_nan=True), minute
+    taken = grown.take(np.array([4, 1]))
+    grown.remove([0, 2, 3])
+    for scores in (taken, grown):
+        assert np.array_equal(
+            scores.cpu, whole.cpu[[4, 1] if scores is taken else [1, 4]], equal_nan=True
+        )
+    cpu, ram = rng.uniform(0, 300, 2), rng.uniform(0, 300, 2)
+    assert np.array_equal(
+        np.stack(taken.score(160, cpu, ram)),
+        np.stack(grown.score(160, cpu[::-1], ram[::-1]))[:, ::-1],
+        equal_nan=True,
+    )
