@@ -344,15 +344,15 @@ def test_rows_added_removed_and_taken_keep_each_servers_detectors() -> None:
         ram[late] = np.nan
         want = whole.score(minute, cpu, ram)
         assert np.array_equal(np.stack(got), np.stack(want)[:, :rows], equal_nan=True), minute
+    for ring in ("cpu", "ram"):  # the kept scores too, row for row
+        assert np.array_equal(getattr(grown, ring), getattr(whole, ring), equal_nan=True), ring
     taken = grown.take(np.array([4, 1]))
     grown.remove([0, 2, 3])
-    for scores in (taken, grown):
-        assert np.array_equal(
-            scores.cpu, whole.cpu[[4, 1] if scores is taken else [1, 4]], equal_nan=True
-        )
+    for scores, order in ((taken, [4, 1]), (grown, [1, 4])):
+        for ring in ("cpu", "ram"):
+            held = getattr(whole, ring)[order]
+            assert np.array_equal(getattr(scores, ring), held, equal_nan=True), ring
     cpu, ram = rng.uniform(0, 300, 2), rng.uniform(0, 300, 2)
-    assert np.array_equal(
-        np.stack(taken.score(160, cpu, ram)),
-        np.stack(grown.score(160, cpu[::-1], ram[::-1]))[:, ::-1],
-        equal_nan=True,
-    )
+    after_take = np.stack(taken.score(160, cpu, ram))
+    after_remove = np.stack(grown.score(160, cpu[::-1], ram[::-1]))[:, ::-1]
+    assert np.array_equal(after_take, after_remove, equal_nan=True)
