@@ -332,8 +332,9 @@ def test_rows_added_removed_and_taken_keep_each_servers_detectors() -> None:
     rng = np.random.default_rng(4)
     grown, whole = FleetScores(1), FleetScores(5)
     values = rng.uniform(0, 100, (160, 5, 2))
+    values[:, 0] += np.arange(160)[:, None] / 10  # the first one keeps beyond its range: scores
     for minute in range(160):
-        if minute in (20, 40, 60, 80):
+        if minute in (105, 115, 125, 135):  # its scores are past the warm-up by then
             grown.add(1)
         rows = grown.rows
         cpu, ram = values[minute, :, 0].copy(), values[minute, :, 1].copy()
