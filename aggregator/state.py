@@ -36,6 +36,7 @@ from servertrack.readmodel.answers import (
 )
 from servertrack.readmodel.errors import StoreUnavailable
 from servertrack.readmodel.fleet import FleetAnswers, last_minute
+from servertrack.readmodel.history import encode_histories, histories
 from servertrack.readmodel.values import LastMinute
 
 APPLY_SLICE = 32_768
@@ -511,7 +512,8 @@ class AggregatorState:
         encoded by :func:`~servertrack.readmodel.answers.encode_answer`); ``views`` →
         ``{"answers", "gen"}``; ``servers``, ``fleet``, ``grid`` → ``{"body": JSON}``;
         ``last_minute`` → every server's last complete minute (``{"last_minute"}``); ``alerts`` →
-        the pending and firing alerts as Prometheus lists them (``{"body": JSON}``); ``stats``
+        the pending and firing alerts as Prometheus lists them (``{"body": JSON}``);
+        ``histories`` → some servers' cells over both windows (``{"histories"}``); ``stats``
         → ``{"stats"}``; ``watch`` → ``{"gen"}``; a query that cannot be answered →
         ``{"refused": [reason, message]}``. HTTP statuses are the API's business."""
         op = request.get("op") if isinstance(request, dict) else None
@@ -524,6 +526,12 @@ class AggregatorState:
                 return refused("bad_request", f"names: a list of at most {MAX_VIEWS}")
             answers = views_answers(self.store, [str(name) for name in names], now)
             return {"answers": [encode_answer(a) for a in answers], "gen": self.generation}
+        if op == "histories":
+            names = request.get("names")
+            if not isinstance(names, list) or len(names) > MAX_VIEWS:
+                return refused("bad_request", f"names: a list of at most {MAX_VIEWS}")
+            found = histories(self.store, [str(name) for name in names], now)
+            return {"histories": encode_histories(found)}
         if op == "watch":
             return {"gen": self.generation}
         if op == "servers":

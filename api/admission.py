@@ -9,7 +9,8 @@ A request is refused, before anything is done for it:
   granian's own queue is not refused for that wait (its queue is bounded by
   ``--connection-limit`` instead);
 - ``401`` when the scope it belongs to needs a bearer token and it has not the right one
-  (reads: GET, HEAD and OPTIONS; records: every other method). ``/health``, ``/openapi.json``
+  (reads: GET, HEAD and OPTIONS, and Prometheus' remote read, ``POST /api/v1/read``;
+  records: every other method). ``/health``, ``/openapi.json``
   and the dashboard's pages are always open.
 
 The fast paths (:mod:`servertrack.api.fastpath`) ask :meth:`Admission.refusal` and hand every
@@ -36,7 +37,9 @@ OPEN_PAGES = ("/ui/",)
 browser cannot send a bearer header when it navigates. They hold no data: the data they fetch
 (``/fleet``, ``/servers/{name}/loads``) needs the read token as every read does."""
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-"""Methods under the read token; every other method is under the record token."""
+"""Methods under the read token; every other method is under the record token..."""
+READ_POSTS = frozenset({"/api/v1/read"})
+"""...except these POSTs, which only read: Prometheus' remote read sends its query as a body."""
 REALM = "servertrack"
 ARRIVED = "servertrack.arrived"
 """The WSGI environ key under which a server stamps a request's arrival (wall clock)."""
@@ -100,7 +103,7 @@ class Admission:
     def _token_refusal(self, environ: dict[str, Any]) -> falcon.HTTPError | None:
         method = environ.get("REQUEST_METHOD", "")
         path = environ.get("PATH_INFO", "")
-        reads = method in READ_METHODS
+        reads = method in READ_METHODS or (method == "POST" and path in READ_POSTS)
         if path in OPEN_PATHS or (reads and (path == "/" or path.startswith(OPEN_PAGES))):
             return None
         token = self.read_token if reads else self.record_token

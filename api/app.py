@@ -29,6 +29,7 @@ from servertrack.api.fleet_resources import FleetResource, GridResource
 from servertrack.api.headers import SecurityHeaders
 from servertrack.api.metrics import MetricsResource, make_registry
 from servertrack.api.openapi import OpenApiResource, build_document
+from servertrack.api.prometheus import READ_PATH, add_prometheus_routes
 from servertrack.api.read_path import ReadPath
 from servertrack.api.stats import ApiStats
 from servertrack.api.ui import add_pages
@@ -36,6 +37,7 @@ from servertrack.common.buckets import HOUR_WINDOW, MAX_FUTURE_SECONDS, Clock, t
 from servertrack.common.headers import AS_OF_HEADER
 from servertrack.common.limits import out_of_files
 from servertrack.common.sample import InvalidSample, Sample, make_sample, valid_fqdn
+from servertrack.promapi.remote_read import DEFAULT_LIMITS, Limits
 from servertrack.readmodel.errors import CorruptKey
 
 log = logging.getLogger(__name__)
@@ -263,7 +265,11 @@ def _count_refusals(stats: ApiStats) -> Any:
     samples as the batch had items) before the error is serialized."""
 
     def handle(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError, _: Any) -> None:
-        if req.method == "POST" and 400 <= int(str(error.status)[:3]) < 500:
+        if (
+            req.method == "POST"
+            and req.path != READ_PATH
+            and 400 <= int(str(error.status)[:3]) < 500
+        ):
             reason = getattr(error, "reason", None) or status_reason(error.status)
             stats.rejected(reason, max(1, getattr(req.context, "sample_count", 1)))
         resp.status = error.status
@@ -326,10 +332,12 @@ def create_app(
     admission: Admission,
     clock: Clock = time.time,
     stats: ApiStats | None = None,
+    read_limits: Limits = DEFAULT_LIMITS,
 ) -> falcon.App[falcon.Request, falcon.Response]:
     """The WSGI app over the read path (its backend takes the rest); ``clock`` decides the
     default ts and the time window. ``admission`` says which requests may be worked on (tokens,
-    deadline, a client gone); ``stats`` receives the API's own counts."""
+    deadline, a client gone); ``stats`` receives the API's own counts; ``read_limits`` caps a
+    Prometheus remote read."""
     stats = stats or ApiStats()
     backend = reads.backend
     app = falcon.App(middleware=(SecurityHeaders(), AdmissionGuard(admission, stats)))
@@ -360,6 +368,7 @@ def create_app(
         if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
             resource.on_head = resource.on_get
         app.add_route(path, resource)
+    add_prometheus_routes(app, backend, clock, stats, read_limits)
     add_pages(app)
     app.add_sink(_unrouted_server_path, r"^/servers/.+")
     app.set_error_serializer(serialize_error)

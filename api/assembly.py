@@ -23,6 +23,7 @@ from servertrack.common import endpoints
 from servertrack.common.buckets import Clock
 from servertrack.common.lifecycle import fatal
 from servertrack.common.tokens import TokenFileError, read_token_file
+from servertrack.promapi.remote_read import DEFAULT_LIMITS, Limits
 from servertrack.store.options import MEMORY, store_password
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def assemble(
     clock: Clock = time.time,
     stats: ApiStats | None = None,
     cache: CachedReads | None = None,
+    read_limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[FastReads, ReadPath, ApiStats]:
     """The WSGI app over ``backend``: the read path (not started), the Falcon app behind the
     fast read entrance, and the API's own counters. ``admission`` defaults to no tokens and
@@ -97,7 +99,7 @@ def assemble(
     reads = ReadPath(backend, cache)
     stats = stats or ApiStats()
     stats.include("read_cache", reads.cache.counts)
-    app = create_app(reads, admission, clock, stats)
+    app = create_app(reads, admission, clock, stats, read_limits)
     return FastReads(app, reads, admission), reads, stats
 
 

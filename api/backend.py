@@ -20,7 +20,7 @@ from servertrack.common.rpc import Unavailable
 from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer
 from servertrack.readmodel.errors import CorruptKey
-from servertrack.readmodel.values import LastMinute
+from servertrack.readmodel.values import Histories, LastMinute
 
 __all__ = ["Backend", "Kept", "Threaded", "Unavailable"]
 
@@ -67,6 +67,11 @@ class Backend(Protocol):
     def alerts(self, deadline: float | None = None) -> bytes:
         """The JSON of ``GET /alerts``: the pending and firing alerts the aggregator evaluates,
         as Prometheus' ``GET /api/v1/alerts`` lists them."""
+        ...
+
+    def histories(self, names: Sequence[str], deadline: float | None = None) -> Histories:
+        """The minute and hour cells of each of ``names``, in that order (empty cells for a
+        server without data)."""
         ...
 
     def stats(self, deadline: float | None = None) -> dict[str, Any]:

@@ -26,7 +26,13 @@ from servertrack.common.fleet_query import BadFleetQuery, FleetQuery
 from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer, decode_answer, decode_last_minute
 from servertrack.readmodel.errors import CorruptKey
-from servertrack.readmodel.values import LastMinute
+from servertrack.readmodel.history import decode_histories, joined
+from servertrack.readmodel.values import Histories, LastMinute
+
+HISTORIES_PER_QUERY = 500
+"""Servers one ``histories`` query asks the aggregator for (a reply of about 2.7 MB)."""
+HISTORY_TRIES = 3
+"""Reads of a many-part ``histories`` when a minute turns between its parts."""
 
 
 def _body(reply: dict[str, Any]) -> bytes:
@@ -94,6 +100,24 @@ class AggregatorReplies:
 
     def alerts(self, deadline: float | None = None) -> bytes:
         return _body(self._ask({"op": "alerts"}, deadline))
+
+    def histories(self, names: Sequence[str], deadline: float | None = None) -> Histories:
+        for _ in range(HISTORY_TRIES):
+            parts = []
+            for start in range(0, max(len(names), 1), HISTORIES_PER_QUERY):
+                part = list(names[start : start + HISTORIES_PER_QUERY])
+                raw = self._ask({"op": "histories", "names": part}, deadline).get("histories")
+                try:
+                    parts.append(decode_histories(raw))
+                except ValueError as err:
+                    raise Unavailable(
+                        f"the aggregator answered something unreadable: {err}"
+                    ) from err
+            try:
+                return joined(parts)
+            except ValueError:  # a minute turned between two parts: read them all again
+                continue
+        raise Unavailable("the minute kept turning while the histories were read")
 
     def stats(self, deadline: float | None = None) -> dict[str, Any]:
         stats = self._ask({"op": "stats"}, deadline).get("stats")

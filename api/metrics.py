@@ -27,6 +27,7 @@ from servertrack.common.counters import (
     CLOSE_REASONS,
     COUNTERS,
     GRAPHITE_CLOSE_REASONS,
+    PROMETHEUS_REJECT_REASONS,
     SOURCES,
     Counter,
 )
@@ -40,6 +41,7 @@ ALWAYS = {
     ("api", "connections_closed"): CLOSE_REASONS,
     ("receiver", "graphite_connections_closed"): tuple(GRAPHITE_CLOSE_REASONS),
     ("api", "read_cache"): ("hit", "stale", "miss"),
+    ("api", "prometheus_rejected"): tuple(PROMETHEUS_REJECT_REASONS),
 }
 """Label values exported even at 0, so rate() has a series from the start."""
 

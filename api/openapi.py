@@ -16,7 +16,12 @@ import falcon
 from servertrack.anomaly import STANDARD_THRESHOLD
 from servertrack.api.ui import STATIC_FOLDERS, STATIC_PREFIX, load_assets
 from servertrack.api.ui import static_names as served_names
-from servertrack.common.counters import COUNTERS, REJECT_REASONS, STATS_ONLY
+from servertrack.common.counters import (
+    COUNTERS,
+    PROMETHEUS_REJECT_REASONS,
+    REJECT_REASONS,
+    STATS_ONLY,
+)
 from servertrack.common.fleet_query import (
     DEFAULT_LIMIT,
     DEFAULT_ORDER,
@@ -33,10 +38,15 @@ from servertrack.common.fleet_query import (
 )
 from servertrack.common.headers import AS_OF_HEADER
 from servertrack.common.sample import FQDN_RE
+from servertrack.promapi.exposition import MAX_SELECTORS
+from servertrack.promapi.remote_read import CONTENT_TYPE as REMOTE_READ_MEDIA_TYPE
+from servertrack.promapi.remote_read import DEFAULT_LIMITS
 
 FQDN_PATTERN = f"^{FQDN_RE.pattern}$"
 METRICS_MEDIA_TYPE = "text/plain"
 """Prometheus text exposition; the served Content-Type adds ``version`` and ``charset``."""
+OPENMETRICS_MEDIA_TYPE = "application/openmetrics-text"
+BINARY: Schema = {"type": "string", "format": "binary"}
 Schema = dict[str, Any]
 
 
@@ -666,6 +676,7 @@ def build_document(
                     read,
                 )
             },
+            **prometheus_paths(read),
             "/fleet": {
                 "get": _operation(
                     "One page of the fleet overview, sorted and filtered, with the summary",
@@ -780,6 +791,80 @@ def build_document(
         if "get" in item:
             item["head"] = _head_of(item["get"])
     return document
+
+
+def prometheus_paths(read: str | None) -> dict[str, Schema]:
+    """``GET /metrics/servers`` and ``POST /api/v1/read`` (both under the read token)."""
+    reasons = ", ".join(PROMETHEUS_REJECT_REASONS)
+    refused = _error(f"A request Prometheus' side got wrong; reason one of {reasons}.")
+    scrape = _operation(
+        "Every server's last complete minute for Prometheus to scrape (text format, or "
+        "OpenMetrics 1.0 when Accept asks for it; gzip when Accept-Encoding allows)",
+        {
+            "200": {
+                "description": "The exposition, streamed: families servertrack_server_*, label "
+                "server, each minute's figures stamped with the minute's start.",
+                "content": {
+                    METRICS_MEDIA_TYPE: {"schema": {"type": "string"}},
+                    OPENMETRICS_MEDIA_TYPE: {"schema": {"type": "string"}},
+                },
+            },
+            "400": refused,
+        },
+        read,
+        parameters=[
+            {
+                "name": "match[]",
+                "in": "query",
+                "required": False,
+                "style": "form",
+                "explode": True,
+                "schema": {"type": "array", "maxItems": MAX_SELECTORS, "items": {"type": "string"}},
+                "description": "PromQL series selectors, as Prometheus' /federate takes them "
+                "(a series is written when any one selects it).",
+            },
+            {
+                "name": "server",
+                "in": "query",
+                "required": False,
+                "style": "form",
+                "explode": True,
+                "schema": {"type": "array", "items": {"type": "string"}},
+                "description": "Exact server names (only their series are written).",
+            },
+        ],
+    )
+    read_operation = _operation(
+        "Prometheus remote read: the cpu and ram families over the last 60 minutes by minute "
+        "and the 24 hours by hour (the sampled response type)",
+        {
+            "200": {
+                "description": "A ReadResponse, protobuf in one snappy block.",
+                "content": {REMOTE_READ_MEDIA_TYPE: {"schema": BINARY}},
+                "headers": {"Content-Encoding": {"schema": {"const": "snappy"}, "required": True}},
+            },
+            "400": refused,
+        },
+        read,
+        parameters=[
+            {
+                "name": "Content-Encoding",
+                "in": "header",
+                "required": True,
+                "schema": {"const": "snappy"},
+                "description": "The body is one snappy block (the block format, not framed).",
+            }
+        ],
+    )
+    read_operation["requestBody"] = {
+        "required": True,
+        "description": f"A prometheus.ReadRequest message (Prometheus' remote-read protocol), "
+        f"protobuf, in one snappy block; at most {DEFAULT_LIMITS.max_body_bytes} bytes, "
+        f"compressed and decompressed, {DEFAULT_LIMITS.max_queries} queries, "
+        f"{DEFAULT_LIMITS.max_series} series and {DEFAULT_LIMITS.max_samples} samples a query.",
+        "content": {REMOTE_READ_MEDIA_TYPE: {}},
+    }
+    return {"/metrics/servers": {"get": scrape}, "/api/v1/read": {"post": read_operation}}
 
 
 def _head_of(get: Schema) -> Schema:

@@ -23,6 +23,7 @@ class ApiStats:
         self._rejected: Counter[str] = Counter()
         self._closed: Counter[str] = Counter()
         self._abandoned = 0
+        self._prometheus: Counter[str] = Counter()
         self._process = psutil.Process()
         self.files = FileShortage("api")
         """Times the API ran out of file descriptors (its own lock; logged as they happen)."""
@@ -38,6 +39,11 @@ class ApiStats:
         with self._lock:
             self._rejected[reason] += samples
 
+    def prometheus_rejected(self, reason: str) -> None:
+        """A scrape of ``/metrics/servers`` or a remote read refused for ``reason``."""
+        with self._lock:
+            self._prometheus[reason] += 1
+
     def abandoned(self) -> None:
         with self._lock:
             self._abandoned += 1
@@ -52,6 +58,7 @@ class ApiStats:
                 "rejected": dict(self._rejected),
                 "requests_abandoned": self._abandoned,
                 "connections_closed": dict(self._closed),
+                "prometheus_rejected": dict(self._prometheus),
             }
         section["files_exhausted"] = self.files.count
         for key, source in self._sources.items():

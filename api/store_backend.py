@@ -30,7 +30,8 @@ from servertrack.common.sample import Sample
 from servertrack.readmodel.answers import Answer, servers_answer, view_answer, views_answers
 from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
 from servertrack.readmodel.fleet import FleetAnswers, last_minute
-from servertrack.readmodel.values import LastMinute
+from servertrack.readmodel.history import histories
+from servertrack.readmodel.values import Histories, LastMinute
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
 
@@ -116,6 +117,11 @@ class StoreBackend:
                 "--aggregator-query)"
             )
         return self.daemons.alerts(deadline)
+
+    def histories(self, names: Sequence[str], deadline: float | None = None) -> Histories:
+        now = self.clock()
+        found: Histories = self._read(lambda reader: histories(reader, names, now))
+        return found
 
     def stats(self, deadline: float | None = None) -> dict[str, Any]:
         if self.daemons is None or self.daemons.aggregator is None:

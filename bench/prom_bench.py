@@ -5,6 +5,13 @@
   for... in OpenMetrics: both are measured), median of ``--repeats``; and the memory it takes
   beyond the snapshot: the rise of the process's peak RSS over the first run, and the
   tracemalloc peak of a separate run.
+- the route: ``GET /metrics/servers`` through the real API (the Falcon app as ``servertrack api``
+  assembles it, on its waitress server, over the daemons backend asking a real aggregator daemon
+  over ZeroMQ) for ``--servers`` servers with a sample in each of the last 60 minutes: seconds
+  from the request to the body's last byte (gzipped text, gzipped OpenMetrics, plain text), the
+  first scrape (the fleet table built) and the median of the next ones; and the process's RSS
+  rise above its level before the scrape, sampled every 5 ms while it runs (an upper bound: the
+  aggregator's reply is made in the same process).
 - remote read: seconds to answer one query over the series cap (10,000 servers' cpu, 84
   samples each), from the request's bytes to the answer's.
 
@@ -17,17 +24,27 @@ psutil reports them (so minima and maxima are short, means long), anomaly scores
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import resource
 import statistics
+import tempfile
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import cramjam
 import numpy as np
+import psutil
+import zmq
 
+from servertrack.aggregator.daemon import AggregatorConfig, AggregatorDaemon
+from servertrack.api.assembly import assemble
+from servertrack.api.daemons_backend import DaemonsBackend
+from servertrack.api.server import make_waitress
 from servertrack.promapi import prompb
 from servertrack.promapi.exposition import (
     OPENMETRICS,
@@ -39,6 +56,7 @@ from servertrack.promapi.exposition import (
 )
 from servertrack.promapi.families import HISTORY_FAMILIES
 from servertrack.promapi.remote_read import Limits, SeriesHistory, handle
+from servertrack.testing.hosts import FakeClock, free_port
 
 NOW = 1_800_000_030.0
 TARGET_SECONDS = 2.0
@@ -149,6 +167,120 @@ def history_source(servers: int) -> Any:
     return history
 
 
+class RssWatch:
+    """The highest RSS of this process while it runs, sampled every 5 ms in a thread."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.stop = threading.Event()
+        self.peak = self.process.memory_info().rss
+        self.thread = threading.Thread(target=self._run, name="rss-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> RssWatch:
+        self.base = self.process.memory_info().rss
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    @property
+    def rise_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def timed_scrape(
+    connection: http.client.HTTPConnection, headers: dict[str, str]
+) -> tuple[float, int, float]:
+    """One scrape of the route read to its last byte: seconds, body bytes, RSS rise (MB)."""
+    with RssWatch() as watch:
+        began = time.perf_counter()
+        connection.request("GET", "/metrics/servers", headers=headers)
+        response = connection.getresponse()
+        size = 0
+        while chunk := response.read(1 << 16):
+            size += len(chunk)
+        elapsed = time.perf_counter() - began
+    if response.status != 200:
+        raise RuntimeError(f"GET /metrics/servers answered {response.status}")
+    return elapsed, size, watch.rise_mb
+
+
+ROUTE_FORMATS = {
+    "text_gzip": {"Accept-Encoding": "gzip"},
+    "openmetrics_gzip": {
+        "Accept": "application/openmetrics-text; version=1.0.0",
+        "Accept-Encoding": "gzip",
+    },
+    "text": {},
+}
+
+
+def measure_route(servers: int, repeats: int) -> dict[str, Any]:
+    """``GET /metrics/servers`` through the real API over a real aggregator daemon."""
+    from bench.fleet_bench import filled  # the fleet bench fills rollups the same way
+
+    clock = FakeClock(NOW)
+    rollups = filled(servers, clock)
+    context = zmq.Context()
+    figures: dict[str, Any] = {"servers": servers, "minutes_filled": 60}
+    with tempfile.TemporaryDirectory(prefix="servertrack-prom-bench-") as folder:
+        ipc = Path(folder)
+        config = AggregatorConfig(
+            batches=f"ipc://{ipc}/batches",
+            query=f"ipc://{ipc}/query",
+            receiver_control=f"ipc://{ipc}/receiver",
+        )
+        daemon = AggregatorDaemon(config, rollups, context, clock=clock)
+        aggregator = threading.Thread(target=daemon.run, name="aggregator", daemon=True)
+        aggregator.start()
+        backend = DaemonsBackend(config.receiver_control, config.query, 30.0, context)
+        app, reads, stats = assemble(backend, clock=clock)
+        reads.start()
+        server = make_waitress(app, "127.0.0.1", free_port(), 4, stats)
+        serving = threading.Thread(target=server.run, name="waitress", daemon=True)
+        serving.start()
+        connection = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=60)
+        try:
+            connection.request("GET", "/servers?limit=1")  # sockets to the aggregator warmed
+            connection.getresponse().read()
+            first, _, first_rise = timed_scrape(connection, ROUTE_FORMATS["text_gzip"])
+            figures["first_scrape_s"] = round(first, 3)
+            rises = [first_rise]
+            for label, headers in ROUTE_FORMATS.items():
+                times = []
+                size = 0
+                for _ in range(repeats):
+                    elapsed, size, rise = timed_scrape(connection, headers)
+                    times.append(elapsed)
+                    rises.append(rise)
+                figures[label] = {
+                    "seconds_median": round(statistics.median(times), 3),
+                    "seconds_max": round(max(times), 3),
+                    "bytes": size,
+                }
+        finally:
+            connection.close()
+            server.stop(timeout=5)
+            daemon.stop.set()
+            aggregator.join(timeout=10)
+            reads.close()
+            context.destroy(linger=0)
+    figures["rss_rise_mb_max"] = round(max(rises), 1)
+    worst = max(
+        figures["first_scrape_s"],
+        figures["text_gzip"]["seconds_median"],
+        figures["openmetrics_gzip"]["seconds_median"],
+    )
+    figures["met"] = worst <= TARGET_SECONDS and figures["rss_rise_mb_max"] <= TARGET_MB
+    return figures
+
+
 def measure_remote_read(repeats: int) -> dict[str, Any]:
     history = history_source(READ_SERVERS)
     fleet = names(READ_SERVERS)
@@ -175,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     figures = {
+        "route": measure_route(args.servers, args.repeats),
         "exposition": measure_exposition(args.servers, args.repeats),
         "remote_read": measure_remote_read(max(1, args.repeats // 2)),
     }

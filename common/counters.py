@@ -408,6 +408,14 @@ COUNTERS: tuple[Counter, ...] = (
         "(asked of the aggregator).",
         "result",
     ),
+    _c(
+        API,
+        "prometheus_rejected",
+        "servertrack_prometheus_requests_rejected",
+        "Scrapes of /metrics/servers and remote reads (POST /api/v1/read) refused with a 400, by "
+        "reason (see PROMETHEUS_REJECT_REASONS).",
+        "reason",
+    ),
     _files_exhausted(API),
     _rss(API),
 )

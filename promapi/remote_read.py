@@ -48,6 +48,9 @@ class Limits:
     """Samples one query's answer may hold (84 per series at most: a whole day)."""
 
 
+DEFAULT_LIMITS = Limits()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class SeriesHistory:
     """The history of some servers, one row per server in the order they were asked for.

@@ -141,11 +141,17 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def status_ranks(table: FleetTable, now: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each server's age in seconds (never negative) and status rank (0 down, 1 stale, 2 live)."""
-    age = np.maximum(now - table.last_seen, 0.0)
+def ages_and_ranks(last_seen: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each last-seen time's age in seconds at ``now`` (never negative) and status rank (0
+    down, 1 stale, 2 live)."""
+    age = np.maximum(now - last_seen, 0.0)
     ranks = np.where(age < STALE_AFTER, 2, np.where(age < DOWN_AFTER, 1, 0)).astype(np.int8)
     return age, ranks
+
+
+def status_ranks(table: FleetTable, now: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each server's age in seconds (never negative) and status rank (0 down, 1 stale, 2 live)."""
+    return ages_and_ranks(table.last_seen, now)
 
 
 def first_in_order(key: np.ndarray, count: int) -> np.ndarray:

@@ -69,3 +69,28 @@ class LastMinute:
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+@dataclass(frozen=True, slots=True)
+class Histories:
+    """Some servers' cells over both windows, one row per server in the order they were asked
+    for: ``minutes[i, j]`` is server ``i``'s cell of minute ``first_minute + j`` (the 60 minutes
+    up to and including the current one), ``hours[i, j]`` its cell of hour ``first_hour + j``
+    (the 24 hours up to the current one). A bucket without samples is an empty cell
+    (``samples`` 0)."""
+
+    first_minute: int
+    first_hour: int
+    names: list[str]
+    minutes: np.ndarray
+    """Shape ``(servers, 60)``, ``CELL_DTYPE``."""
+    hours: np.ndarray
+    """Shape ``(servers, 24)``, ``CELL_DTYPE``."""
+
+    def __post_init__(self) -> None:
+        for cells in (self.minutes, self.hours):
+            if cells.dtype != CELL_DTYPE or cells.ndim != 2 or len(cells) != len(self.names):
+                raise ValueError("cells must be CELL_DTYPE rows, one per name")
+
+    def __len__(self) -> int:
+        return len(self.names)

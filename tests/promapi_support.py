@@ -291,12 +291,13 @@ def tool(name: str) -> str:
     return path
 
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "prometheus.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Grafana and Prometheus"
 
 
 def documented_configs() -> list[dict[str, Any]]:
-    """The prometheus.yml of each set-up, as ``docs/prometheus.md`` shows them."""
-    text = DOCS.read_text()
+    """The prometheus.yml of each set-up, as the README's "Grafana and Prometheus" shows them."""
+    text = README.read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
     blocks = []
     for part in text.split("```yaml")[1:]:
         block = part.split("```", 1)[0]

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import cramjam
 import falcon.inspect
 import jsonschema
 import pytest
@@ -15,10 +16,12 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from servertrack.api import main as api_main
+from servertrack.api.admission import READ_POSTS
 from servertrack.api.app import MAX_BATCH, MAX_BODY
 from servertrack.common.sample import valid_fqdn
 from servertrack.common.tokens import TokenFileError, read_token_file
 from servertrack.host import supervisor as host
+from servertrack.promapi import prompb
 from tests.support import Clock, InProcessBackend, api_app, assert_fatal
 
 RECORD = "rec-0123456789abcdef"
@@ -246,7 +249,8 @@ def test_openapi_lists_every_route_and_method_of_the_app() -> None:
 
 
 def test_openapi_security_follows_the_tokens() -> None:
-    """With tokens, POSTs need recordToken and reads readToken, with a documented 401."""
+    """With tokens, POSTs need recordToken and reads readToken (Prometheus' remote read, a
+    POST, among them), with a documented 401."""
     doc = document(make_client(RECORD, READ)[0])
     assert set(doc["components"]["securitySchemes"]) == {"recordToken", "readToken"}
     for path, item in doc["paths"].items():
@@ -254,7 +258,8 @@ def test_openapi_security_follows_the_tokens() -> None:
             if path in OPEN or path in PAGES:
                 expected = []
             else:
-                expected = [{"recordToken" if method == "post" else "readToken": []}]
+                records = method == "post" and path not in READ_POSTS
+                expected = [{"recordToken" if records else "readToken": []}]
             assert operation["security"] == expected, (path, method)
             assert ("401" in operation["responses"]) is bool(expected), (path, method)
     for item in document(make_client()[0])["paths"].values():
@@ -310,3 +315,17 @@ def test_load_schema_agrees_with_the_validation(body: dict[str, Any]) -> None:
     assert (result.status_code == 202) == validator.is_valid(body), (body, result.json)
     if result.status_code != 202:
         assert result.status_code in (400, 422)
+
+
+def test_prometheus_remote_read_is_a_read() -> None:
+    """``POST /api/v1/read`` takes the read token and refuses the record token (it reads); a
+    refused one is not counted as a refused record."""
+    client, _ = make_client(RECORD, READ)
+    headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
+    body = bytes(cramjam.snappy.compress_raw(prompb.ReadRequest().SerializeToString()))
+    refused = client.simulate_post("/api/v1/read", body=body, headers={**headers, **bearer(RECORD)})
+    assert_401(refused, invalid_token=True)
+    read = client.simulate_post("/api/v1/read", body=body, headers={**headers, **bearer(READ)})
+    assert read.status_code == 200 and read.headers["Content-Encoding"] == "snappy"
+    stats = client.simulate_get("/stats", headers=bearer(READ)).json["api"]
+    assert stats["rejected"] == {}

@@ -1,4 +1,6 @@
-"""``/metrics/servers`` and ``/api/v1/read`` against a real Prometheus and ``promtool``.
+"""The protocol modules of ``promapi/`` against a real Prometheus and ``promtool``, over a
+frozen synthetic fleet whose every answer the rollup oracle knows exactly (the real API is
+tested the same way in ``tests/test_prometheus_host.py``).
 
 A stand-in app serves the synthetic fleet of ``tests/promapi_support.py`` on a real waitress
 server, with a read token. Set-up A is a Prometheus that scrapes every family; set-up B one that
@@ -441,8 +443,9 @@ def test_every_dashboard_query_returns_the_fleets_numbers(
 
 
 def test_the_documented_configs_pass_promtool(tmp_path: Path, token_file: Path) -> None:
-    """Both prometheus.yml of ``docs/prometheus.md`` (which the tests above run) are valid for
-    ``promtool check config``; set-up B scrapes exactly the families without history."""
+    """Both prometheus.yml of the README's "Grafana and Prometheus" (which the tests above
+    run) are valid for ``promtool check config``; set-up B scrapes exactly the families without
+    history."""
     configs = documented_configs()
     assert len(configs) == 2
     for index, config in enumerate(configs):

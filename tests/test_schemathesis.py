@@ -15,13 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cramjam
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from servertrack.api.app import MAX_BATCH, MAX_BODY
 from servertrack.api.openapi import build_document
+from servertrack.promapi import prompb
+from servertrack.promapi.remote_read import CONTENT_TYPE as REMOTE_READ_MEDIA_TYPE
 from servertrack.testing.hosts import HostUnderTest, launch_host, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -59,10 +63,58 @@ REFUSALS = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
 (a batch over ``maxItems`` is too large, not malformed)."""
 
 
+UNSTATABLE_INPUT = ("/metrics/servers",)
+"""Operations whose input a JSON schema cannot state in full: a PromQL series selector (its
+grammar and its RE2 regexes). A generated value that fits the schema there is still refused
+with the documented 400 when it is not a selector; what the route accepts is tested against a
+real Prometheus (tests/test_prometheus_host.py)."""
+
+
+def read_requests() -> st.SearchStrategy[bytes]:
+    """Remote-read bodies: snappy-compressed ReadRequests whose queries use every matcher type
+    on the two labels ServerTrack serves, and on one it does not."""
+    matcher = st.builds(
+        lambda type_, name, value: (type_, name, value),
+        st.sampled_from([0, 1, 2, 3]),
+        st.sampled_from(["__name__", "server", "job"]),
+        st.sampled_from(["servertrack_server_cpu_percent", "known-1.example", "known-.*", ""]),
+    )
+    query = st.tuples(
+        st.integers(0, 2**41), st.integers(0, 2**41), st.lists(matcher, min_size=1, max_size=3)
+    )
+
+    def encoded(queries: list[tuple[int, int, list[tuple[int, str, str]]]]) -> bytes:
+        request = prompb.ReadRequest()
+        for start, end, matchers in queries:
+            added = request.queries.add(start_timestamp_ms=start, end_timestamp_ms=end)
+            for type_, name, value in matchers:
+                added.matchers.add(type=type_, name=name, value=value)
+        return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+    return st.lists(query, min_size=1, max_size=3).map(encoded)
+
+
+schemathesis.openapi.media_type(REMOTE_READ_MEDIA_TYPE, read_requests())
+ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+"""Schemathesis' default answers to a schema-valid request (a 5xx still fails, by its own
+check)."""
+
+
 def load_schema(host: HostUnderTest) -> schemathesis.BaseSchema:
     """The live document, as the host serves it."""
     config = schemathesis.Config.from_dict(
-        {"checks": {"negative_data_rejection": {"expected-statuses": REFUSALS}}}
+        {
+            "checks": {"negative_data_rejection": {"expected-statuses": REFUSALS}},
+            "operations": [
+                {
+                    "include-path": path,
+                    "checks": {
+                        "positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "400"]}
+                    },
+                }
+                for path in UNSTATABLE_INPUT
+            ],
+        }
     )
     return schemathesis.openapi.from_url(f"{host.api}/openapi.json", config=config)
 
@@ -133,7 +185,7 @@ def exercise(
     @given(case=operation.as_strategy(mode))
     def check(case: schemathesis.Case) -> None:
         if mode is GenerationMode.POSITIVE:
-            case.body = inside_window(case.body)
+            inside_window(case.body)  # in place: a body assigned anew counts as the caller's own
         else:
             assume(sendable(case))
         response = case.call_and_validate(
