@@ -67,6 +67,7 @@ def scoring(host: HostUnderTest) -> int:
     return int(stats["aggregator"].get("anomaly_minutes_scored", 0)) if status == 200 else 0
 
 
+@pytest.mark.timeout(480)  # up to two minutes for the first scores, two for the takeover
 def test_the_other_host_takes_the_scoring_over_within_two_minutes(
     start_host: Callable[..., HostUnderTest], redis_server: RedisServer
 ) -> None:
