@@ -254,6 +254,9 @@ class Rollups:
     def _prepare(self, rows: int) -> None:
         self.minutes.prepare(rows)
         self.hours.prepare(rows)
+        # The detectors of new rows are made with their cells, a few thousand at a time, not
+        # all at the next minute's scoring (250,000 at once held the loop for 1.5 s).
+        self.anomaly.ensure(rows)
 
     def _grow(self, capacity: int) -> None:
         self.minutes.grow(capacity)
@@ -298,12 +301,12 @@ class Rollups:
             first = max(self.anomaly.scored + 1, ring.current - ring.window + 1)
         if first > last:
             return 0
-        used = len(self.name_of)
-        self.anomaly.ensure(used)
+        self.anomaly.ensure(len(self.name_of))
+        rows = self.anomaly.rows  # rows made ready ahead of use hold no sample: absent
         for minute in range(first, last + 1):
             slot = minute % ring.slots
-            if ring.bucket_of_slot[slot] == minute and used:
-                self.anomaly.score_cells(minute, ring.cells[:used, slot])
+            if ring.bucket_of_slot[slot] == minute and rows:
+                self.anomaly.score_cells(minute, ring.cells[:rows, slot])
             else:  # a minute no sample was ever applied in
                 self.anomaly.skip(minute)
         return last - first + 1
@@ -576,7 +579,7 @@ def rollup_arrays(rollups: Rollups) -> dict[str, np.ndarray]:
         arrays[f"{label}.bucket_of_slot"] = ring.bucket_of_slot
         arrays[f"{label}.current"] = np.array([ring.current], np.int64)
         arrays[f"{label}.cells"] = ring.cells[:used]
-    arrays.update(rollups.anomaly.to_arrays())
+    arrays.update(rollups.anomaly.to_arrays(rows=min(used, rollups.anomaly.rows)))
     names = "\n".join(name or "" for name in rollups.name_of).encode()
     arrays["names"] = np.frombuffer(names, np.uint8)
     arrays["health"] = np.frombuffer(msgpack.packb(rollups.health.to_wire()), np.uint8)

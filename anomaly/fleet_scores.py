@@ -169,13 +169,16 @@ class FleetScores:
         return cpu, ram
 
     # -- saving ---------------------------------------------------------------------------------
-    def to_arrays(self, prefix: str = "anomaly.") -> dict[str, np.ndarray]:
-        """Everything held, as plain arrays (for a snapshot's ``np.savez``)."""
+    def to_arrays(self, prefix: str = "anomaly.", rows: int | None = None) -> dict[str, np.ndarray]:
+        """Everything held (of the first ``rows`` servers), as plain arrays (for a snapshot's
+        ``np.savez``)."""
+        rows = self.rows if rows is None else rows
+        bank = self.bank.to_bytes(None if rows == self.rows else np.arange(2 * rows))
         return {
-            f"{prefix}bank": np.frombuffer(self.bank.to_bytes(), np.uint8),
+            f"{prefix}bank": np.frombuffer(bank, np.uint8),
             f"{prefix}minute_of_slot": self.minute_of_slot,
-            f"{prefix}cpu": self.cpu,
-            f"{prefix}ram": self.ram,
+            f"{prefix}cpu": self.cpu[:rows],
+            f"{prefix}ram": self.ram[:rows],
             f"{prefix}scored": np.array([self.scored], np.int64),
         }
 
