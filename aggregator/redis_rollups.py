@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -241,12 +241,27 @@ class RedisRollups:
 
     def score_minutes(self, now: float | None = None) -> int:
         """Score the minute due if this aggregator holds the scoring lease (one host scores
-        the whole fleet: :mod:`servertrack.store.anomaly_scores`)."""
+        the whole fleet: :mod:`servertrack.store.anomaly_scores`), on this thread."""
+        job = self.scoring_job(now)
+        return job() if job is not None else 0
+
+    def scoring_job(self, now: float | None = None) -> Callable[[], int] | None:
+        """The scoring of the minute due, as a call that may run on another thread (it uses
+        the reading connection and the scorer only, and returns how many minutes it scored),
+        or None when there is nothing to try now.
+
+        PERF: the holder reads every server's summary record and writes their scores and the
+        detectors (at 100,000 servers, tens of MB each way): on its own thread, that never holds
+        up batches or queries."""
         now = self.advance(now)
-        if self.scoring.due(now) is None:
-            return 0
-        self._reader()  # opened first (StoreUnavailable while Redis is down)
-        return self.scoring.tick(now)
+        if not self.scoring.wants(now):
+            return None
+
+        def run() -> int:
+            self._reader()  # opened first (StoreUnavailable while Redis is down)
+            return self.scoring.tick(now)
+
+        return run
 
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
         self.health.setdefault(epoch, {}).update(health)

@@ -197,6 +197,8 @@ class AggregatorState:
         is wrong, when a merge last met it)."""
         self.anomaly_error: str | None = None
         """Why the last scoring turn failed (Redis out of reach), until one succeeds again."""
+        self.scores_behind = False
+        """The daemon scores on a thread of its own (Redis mode): not in the calls here."""
         self.rss_bytes: int | None = None
         """The process's resident memory, set by the daemon (this object does no I/O)."""
         self.generation = secrets.randbits(62)
@@ -384,16 +386,26 @@ class AggregatorState:
 
     def score_minutes(self, now: float) -> bool:
         """Score the minutes that completed (:meth:`RollupStore.score_minutes`); True when any
-        score changed. A store out of reach is tried again at the next call."""
+        score changed. A store out of reach is tried again at the next call. Nothing here while
+        the daemon scores on a thread of its own (:attr:`scores_behind`)."""
+        if self.scores_behind:
+            return False
         try:
             scored = self.store.score_minutes(now)
         except StoreUnavailable as err:
-            self.counters["anomaly_errors"] += 1
-            self.anomaly_error = str(err) or type(err).__name__
+            self.scoring_failed(err)
             return False
+        return self.scoring_done(scored)
+
+    def scoring_done(self, scored: int) -> bool:
+        """``scored`` minutes were scored (0: none was due, or another host scores them)."""
         self.anomaly_error = None
         self.counters["anomaly_minutes_scored"] += scored
         return scored > 0
+
+    def scoring_failed(self, error: BaseException) -> None:
+        self.counters["anomaly_errors"] += 1
+        self.anomaly_error = str(error) or type(error).__name__
 
     def malformed_batch(self) -> None:
         self.counters["malformed_batch"] += 1

@@ -22,7 +22,8 @@ minutes in between are not scored: each detector simply sees no value for them).
 stops for at most about ``LEASE_MS + RETRY`` plus the wait for a minute to be due (80 to
 95 s), under the 2 minutes asked for.
 
-Everything here runs on the aggregator's loop thread through its reading connection.
+The aggregator's daemon runs it on a thread of its own (one call at a time), through the
+aggregator's reading connection.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ class LeaseScorer:
         if self.holding and self.scores is not None and minute <= self.scores.scored:
             return None
         return minute
+
+    def wants(self, now: float) -> bool:
+        """Whether :meth:`tick` has anything to do at ``now`` (a minute due, and the lease held
+        or worth trying again)."""
+        return self.due(now) is not None and (self.holding or now >= self.next_try)
 
     def tick(self, now: float | None = None) -> int:
         """Score the minute due, if this host holds (or takes) the lease; 1 when it scored it.
