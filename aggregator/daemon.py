@@ -188,6 +188,7 @@ class AggregatorDaemon:
             self.finish_store()  # a clean stop leaves nothing held (the receiver keeps copies)
             if self._scorer is not None:
                 self._scorer.shutdown(wait=True, cancel_futures=True)
+                self.release_scoring()
             self.receiver.close()
             for sock in (pull, query):
                 if sock is not None:
@@ -391,6 +392,17 @@ class AggregatorDaemon:
         job: Callable[[], int] | None = self._scoring_job(self.clock())
         if job is not None:
             self._scoring = self._scorer.submit(job)
+
+    def release_scoring(self) -> None:
+        """At stop, the scorer thread done: give the anomaly scoring lease back (Redis mode), so
+        a planned restart does not pause the scoring for the lease's length."""
+        release: Callable[[], bool] | None = getattr(self.store, "release_scoring", None)
+        if release is None:
+            return
+        try:
+            release()
+        except StoreUnavailable as err:
+            log.warning("could not give the anomaly scoring lease back (%s); it expires", err)
 
     def reap_scoring(self) -> None:
         """Count the scoring turn once it is over; a turn Redis did not answer is counted and

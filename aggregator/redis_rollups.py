@@ -263,6 +263,13 @@ class RedisRollups:
 
         return run
 
+    def release_scoring(self) -> bool:
+        """At a clean stop, once no scoring turn runs: give the scoring lease back if this
+        aggregator holds it (and it is still its own), so another host scores the next minute
+        instead of waiting for the lease to expire. Raises StoreUnavailable when Redis does not
+        answer."""
+        return self.redis.opened and self.scoring.release()
+
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
         self.health.setdefault(epoch, {}).update(health)
 

@@ -48,6 +48,14 @@ if not held then
 end
 return 0
 """
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+"""Delete the lease only while it is still the caller's: a holder whose lease expired and was
+taken by another host must not delete the new holder's."""
 
 
 def ring_key(name: str) -> bytes:

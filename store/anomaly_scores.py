@@ -16,7 +16,10 @@ the whole fleet with one :class:`~servertrack.anomaly.fleet_scores.FleetScores` 
 - the detectors (``st:{#anomaly}:state``: minute, names, the bank's bytes), so a host that takes
   the lease over goes on from the minute the last holder scored.
 
-A holder that dies stops renewing: within ``LEASE_MS`` the lease expires, another aggregator
+A holder that stops cleanly gives the lease back (deleting the key only while it still holds its
+own id, so a holder whose lease another host took since deletes nothing): another aggregator takes
+it at its next try, within ``RETRY`` seconds of a minute being due. A holder that dies stops
+renewing: within ``LEASE_MS`` the lease expires, another aggregator
 takes it within ``RETRY`` seconds, loads the detectors and scores the minute then due (the
 minutes in between are not scored: each detector simply sees no value for them). Scoring thus
 stops for at most about ``LEASE_MS + RETRY`` plus the wait for a minute to be due (80 to
@@ -44,6 +47,7 @@ from servertrack.store.anomaly_records import (
     LEASE,
     LEASE_MS,
     LEASE_SCRIPT,
+    RELEASE_SCRIPT,
     RETRY,
     RING_DTYPE,
     RING_TTL_MS,
@@ -134,6 +138,23 @@ class LeaseScorer:
             self.holding = True
             log.info("holding the anomaly scoring lease: this host scores the fleet")
         return True
+
+    def release(self) -> bool:
+        """Give the lease back (at a clean stop), so another host takes it at its next try
+        instead of after the lease expires; only while the key is still this host's (it may
+        have expired and been taken since). True when it was deleted. Raises StoreUnavailable
+        when Redis does not answer."""
+        if not self.holding:
+            return False
+        self.holding, self.scores = False, None
+        (answer,) = self.store.read_keys(
+            [(slot_of(LEASE), ("EVAL", RELEASE_SCRIPT, 1, LEASE, self.me))]
+        )
+        if int(answer) == 1:
+            log.info("gave the anomaly scoring lease back")
+            return True
+        log.warning("the anomaly scoring lease was taken by another host")
+        return False
 
     def _load(self) -> None:
         (raw,) = self.store.read_keys([(slot_of(STATE), ("GET", STATE))])

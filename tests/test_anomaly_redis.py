@@ -21,7 +21,8 @@ from servertrack.aggregator.state import AggregatorState
 from servertrack.common.batch import Batch
 from servertrack.common.oracle import RawSample
 from servertrack.readmodel.fleet import last_minute
-from servertrack.store.anomaly_records import LATEST, LEASE, STATE
+from servertrack.store import anomaly_records
+from servertrack.store.anomaly_records import LATEST, LEASE, RETRY, STATE
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
 from servertrack.testing.hosts import FakeClock
@@ -189,3 +190,65 @@ def test_the_scores_kept_for_the_fleet_expire(run: dict[str, object]) -> None:
     keys = run["keys"]
     assert isinstance(keys, dict)
     assert all(ttl > 0 for ttl in keys.values()), keys
+
+
+# -- the lease at a clean stop --------------------------------------------------------------------
+@pytest.fixture
+def pair(redis_server: RedisServer) -> Iterator[tuple[Aggregator, Aggregator, FakeClock]]:
+    """Two aggregators on an empty Redis with the real lease (75 s, longer than a minute), the
+    first holding it after scoring minute 0 (the second tried too, and must retry later)."""
+    clock = FakeClock(T0 + 10)
+    first = Aggregator(redis_server.url, clock, "ra", NAMES[:2])
+    second = Aggregator(redis_server.url, clock, "rb", NAMES[2:])
+    try:
+        for aggregator in (first, second):
+            aggregator.rollups.scoring.lease_ms = anomaly_records.LEASE_MS
+            aggregator.send(samples_of(0), clock())
+        now = clock.set(T0 + 60 + 20)
+        assert first.rollups.score_minutes(now) == 1
+        assert second.rollups.score_minutes(now) == 0
+        assert holder(redis_server) == first.rollups.scoring.me
+        yield first, second, clock
+    finally:
+        first.close()
+        second.close()
+
+
+def holder(redis: RedisServer) -> str | None:
+    value = redis.client().get(LEASE)
+    return value.decode() if isinstance(value, bytes) else None
+
+
+def test_a_holder_that_stops_gives_the_lease_back_and_the_other_scores_the_next_minute(
+    pair: tuple[Aggregator, Aggregator, FakeClock], redis_server: RedisServer
+) -> None:
+    """Given back at a clean stop, the lease is the other aggregator's at its next try (not 75 s
+    later), and it scores the next minute from the detectors the first left."""
+    first, second, clock = pair
+    assert first.rollups.release_scoring()
+    assert holder(redis_server) is None
+    assert not first.rollups.release_scoring()  # nothing held any more: nothing to give back
+    now = clock.set(clock() + RETRY)
+    assert second.rollups.score_minutes(now) == 0  # minute 0: scored already, by the first
+    assert second.rollups.scoring.holding
+    assert holder(redis_server) == second.rollups.scoring.me
+    second.send(samples_of(1), clock.set(T0 + 60 + 30))
+    assert second.rollups.score_minutes(clock.set(T0 + 120 + 20)) == 1
+    assert second.rollups.scoring.scores is not None
+    assert second.rollups.scoring.scores.scored == int(T0 // 60) + 1
+
+
+def test_a_holder_whose_lease_was_taken_over_leaves_the_new_holders_key(
+    pair: tuple[Aggregator, Aggregator, FakeClock], redis_server: RedisServer
+) -> None:
+    """The first aggregator's lease expires (Redis counts it in real time) and the second takes
+    it; the first, stopping later, still believes it holds it, yet deletes nothing."""
+    first, second, clock = pair
+    redis_server.client().pexpire(LEASE, 1)
+    wait_for(lambda: holder(redis_server) is None, 10, "the lease to expire")
+    assert second.rollups.score_minutes(clock.set(clock() + RETRY)) == 0
+    assert holder(redis_server) == second.rollups.scoring.me
+    assert first.rollups.scoring.holding  # it has not tried since
+    assert not first.rollups.release_scoring()
+    assert holder(redis_server) == second.rollups.scoring.me
+    assert redis_server.client().pttl(LEASE) > 60_000
