@@ -1,6 +1,7 @@
 """Two real hosts on one real redis-server: the host scoring the fleet dies (SIGKILL of its whole
 process group) and the other one takes the scoring over within 2 minutes, from the detectors
-the first one left, so the scores both before and after equal the oracle's.
+the first one left, so the scores both before and after equal the oracle's; or it stops cleanly
+and gives the lease back, and the other one takes it at its next try.
 
 Slow (real minutes pass, and the lease has to expire): ``make test-faults``. The detectors start
 warmed up (a state written into Redis as a holder leaves it), so real minutes get real scores.
@@ -17,14 +18,23 @@ import pytest
 
 from servertrack.anomaly import DetectorBank
 from servertrack.anomaly.fleet_scores import FleetScores
-from servertrack.store.anomaly_records import SCORE_DELAY, STATE, STATE_TTL_MS, encode_state
-from servertrack.testing.hosts import HostUnderTest, http_json
+from servertrack.store.anomaly_records import (
+    LEASE,
+    RETRY,
+    SCORE_DELAY,
+    STATE,
+    STATE_TTL_MS,
+    encode_state,
+)
+from servertrack.testing.hosts import HostUnderTest, http_json, wait_until
 from servertrack.testing.redis import RedisServer
 from tests.anomaly_support import nab_values
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 NAMES = ("take-1.example", "take-2.example")
 WARM = 130
+MINUTE_DUE = 60.0
+"""Seconds at most before a minute is due (``SCORE_DELAY`` s into it) from any moment."""
 GAP_LIMIT = 120.0
 """Seconds scoring may stop when the host scoring dies."""
 
@@ -131,3 +141,25 @@ def test_the_other_host_takes_the_scoring_over_within_two_minutes(
                 got = shown[name][minute][k]
                 assert got == want or (math.isnan(want) and got is None), (name, minute, metric)
     assert len(shown[NAMES[0]]) >= 3
+
+
+def test_a_host_that_stops_cleanly_gives_the_lease_back_and_the_other_takes_it_at_once(
+    start_host: Callable[..., HostUnderTest], redis_server: RedisServer
+) -> None:
+    """A planned stop of the host holding the lease deletes it (its own id, nothing else), so
+    the other host holds it at its next try once a minute is due, not 75 s later."""
+    client = redis_server.client()
+    first = start_host("--no-agent", "--store", redis_server.url)
+    taken = wait_until(lambda: client.get(LEASE), MINUTE_DUE + 30, "the first host to take it")
+    second = start_host("--no-agent", "--store", redis_server.url)
+    assert client.get(LEASE) == taken  # the only host that tried before: the first
+    first.process.stop()
+    assert client.get(LEASE) != taken
+    # The second host tries every RETRY s while a minute is due (from SCORE_DELAY s into it):
+    # well within the 75 s the lease would otherwise have lived on.
+    wait = SCORE_DELAY + RETRY + 3.0
+    holder = wait_until(lambda: client.get(LEASE), wait, "the second host to take it")
+    assert holder != taken
+    assert client.pttl(LEASE) > 60_000
+    assert second.process.stop() < 10.0
+    assert client.get(LEASE) is None
