@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from servertrack.aggregator.state import AggregatorState
 from servertrack.anomaly import DetectorBank
 from servertrack.common.batch import Batch
 from servertrack.common.oracle import RawSample
-from servertrack.testing.hosts import FakeClock
+from servertrack.testing.hosts import FakeClock, wait_until
 
 SHARED = Path(
     os.environ.get("SERVERTRACK_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")
@@ -128,3 +129,11 @@ def write_warm_snapshot(path: Path, now: float) -> list[RawSample]:
     assert arrays is not None
     write_snapshot(path, arrays, state.snapshot_meta(now))
     return samples
+
+
+def now_with_room(room: float) -> float:
+    """The wall clock once at least ``room`` seconds of its minute are left: a warmed snapshot
+    written then keeps its last minute the host's last complete one for that long (what
+    ``/metrics/servers`` and the alert rules look at)."""
+    wait_until(lambda: 60.0 - time.time() % 60.0 > room, 60.0, "a minute with room left")
+    return time.time()
