@@ -18,8 +18,9 @@ the whole fleet with one :class:`~servertrack.anomaly.fleet_scores.FleetScores` 
 
 A holder that stops cleanly gives the lease back (deleting the key only while it still holds its
 own id, so a holder whose lease another host took since deletes nothing): another aggregator takes
-it at its next try, within ``RETRY`` seconds of a minute being due. A holder that dies stops
-renewing: within ``LEASE_MS`` the lease expires, another aggregator
+it at its next try, within ``RETRY`` seconds of a minute being due, and no minute goes unscored.
+
+A holder that dies stops renewing: within ``LEASE_MS`` the lease expires, another aggregator
 takes it within ``RETRY`` seconds, loads the detectors and scores the minute then due (the
 minutes in between are not scored: each detector simply sees no value for them). Scoring thus
 stops for at most about ``LEASE_MS + RETRY`` plus the wait for a minute to be due (80 to
