@@ -623,7 +623,7 @@ class AggregatorDaemon:
 
 
 def describe(err: BaseException, path: str) -> str:
-    """``[Errno 13] Permission denied: '/x/aggregator.npz.123.tmp'`` style text, with the path."""
+    """``[Errno 13] Permission denied: '/x/.aggregator.npz.k3j9'`` style text, with the path."""
     if isinstance(err, OSError):
         where = err.filename or path
         return f"{err.strerror or err} (errno {err.errno}) writing {where}"
