@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -153,13 +153,7 @@ class WindowCollector:
 
     def add(self, server: str, view: Any) -> None:
         """Take one ``GET /servers/{name}/loads`` answer."""
-        buckets = view.get(self.scale) if isinstance(view, dict) else None
-        if not isinstance(buckets, list):
-            raise MalformedAnswer("bad_answer", f"{server}: no {self.scale} list in the answer")
-        for bucket in buckets:
-            if not isinstance(bucket, dict):
-                raise MalformedAnswer("bad_bucket", f"{server}: bucket {bucket!r}")
-            start = self._start(bucket.get("start"))
+        for bucket, start in self._buckets(server, view, self.scale):
             sums = self.windows.get(start - start % self.interval)
             if sums is None:
                 continue
@@ -173,15 +167,20 @@ class WindowCollector:
         if self.anomaly is not None:
             self._add_scores(server, view)
 
-    def _add_scores(self, server: str, view: dict[str, Any]) -> None:
-        assert self.anomaly is not None
-        buckets = view.get("minutes")
+    def _buckets(self, server: str, view: Any, scale: str) -> Iterator[tuple[dict[str, Any], int]]:
+        """Each bucket of ``scale`` in an answer with its start; MalformedAnswer when the
+        answer has no such list or a bucket is no object."""
+        buckets = view.get(scale) if isinstance(view, dict) else None
         if not isinstance(buckets, list):
-            raise MalformedAnswer("bad_answer", f"{server}: no minutes list in the answer")
+            raise MalformedAnswer("bad_answer", f"{server}: no {scale} list in the answer")
         for bucket in buckets:
             if not isinstance(bucket, dict):
                 raise MalformedAnswer("bad_bucket", f"{server}: bucket {bucket!r}")
-            start = self._start(bucket.get("start"))
+            yield bucket, self._start(bucket.get("start"))
+
+    def _add_scores(self, server: str, view: dict[str, Any]) -> None:
+        assert self.anomaly is not None
+        for bucket, start in self._buckets(server, view, "minutes"):
             scores = self.anomaly.get(start - start % self.interval)
             if scores is None:
                 continue
