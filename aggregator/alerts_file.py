@@ -6,10 +6,10 @@ directory), so after a crash the file holds either the old or the new state, nev
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
+
+from servertrack.common.atomic_file import replace_bytes
 
 MAX_SIZE = 256 * 2**20
 """Larger than the state of every one of 250,000 servers alerting on five rules."""
@@ -35,21 +35,4 @@ class AlertsFile:
 
     def save(self, data: bytes) -> None:
         """Replace the file with ``data``; OSError when that could not be done."""
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        replace_bytes(self.path, data)

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,11 @@ class AggregatorDaemon:
         self.store_backoff = 0.0
         self.store_down = False
         self._flusher: concurrent.futures.ThreadPoolExecutor | None = None
+        self._scorer: concurrent.futures.ThreadPoolExecutor | None = None
+        """Redis mode: the thread that scores the fleet's minutes while this host holds the
+        lease (reading and writing Redis), so the loop never waits for it."""
+        self._scoring: concurrent.futures.Future[int] | None = None
+        self._scoring_job: Callable[[float], Callable[[], int] | None] | None = None
         self._flush: tuple[object, concurrent.futures.Future[object], float] | None = None
         self._watchers: list[tuple[list[bytes], int, float]] = []
         """Held ``watch`` requests: envelope, the generation they know, when they came."""
@@ -156,6 +162,10 @@ class AggregatorDaemon:
         self.alertmanagers.start()
         if self.store.writes_behind:  # the writer thread, started here and stopped at the end
             self._flusher = concurrent.futures.ThreadPoolExecutor(1, "store-writer")
+        self._scoring_job = getattr(self.store, "scoring_job", None)
+        if self._scoring_job is not None:  # the scorer thread, likewise
+            self._scorer = concurrent.futures.ThreadPoolExecutor(1, "anomaly-scorer")
+            self.state.scores_behind = True
         pull = self.context.socket(zmq.PULL)
         query = None
         try:
@@ -176,6 +186,9 @@ class AggregatorDaemon:
             self.save_alerts()
             self.alertmanagers.close(ALERTS_STOP_WAIT)
             self.finish_store()  # a clean stop leaves nothing held (the receiver keeps copies)
+            if self._scorer is not None:
+                self._scorer.shutdown(wait=True, cancel_futures=True)
+                self.release_scoring()
             self.receiver.close()
             for sock in (pull, query):
                 if sock is not None:
@@ -219,9 +232,11 @@ class AggregatorDaemon:
         if self._snapshot_due and not self.minute_turns_soon():
             self._snapshot_due = False
             self.save_snapshot()
+        self.reap_scoring()
         if second.due():
             self.read_memory()
             self.state.housekeeping(self.clock())
+            self.start_scoring()
         if rules.due():
             self.evaluate_alerts()
         self.reap_snapshot()
@@ -369,6 +384,39 @@ class AggregatorDaemon:
         self.state.settle_flush(job, error, time.monotonic() - began)
         self._store_answered(error)
         return True
+
+    def start_scoring(self) -> None:
+        """Hand the scoring of the minute due (if any) to the scorer thread, one at a time."""
+        if self._scorer is None or self._scoring_job is None or self._scoring is not None:
+            return
+        job: Callable[[], int] | None = self._scoring_job(self.clock())
+        if job is not None:
+            self._scoring = self._scorer.submit(job)
+
+    def release_scoring(self) -> None:
+        """At stop, the scorer thread done: give the anomaly scoring lease back (Redis mode), so
+        a planned restart does not pause the scoring for the lease's length."""
+        release: Callable[[], bool] | None = getattr(self.store, "release_scoring", None)
+        if release is None:
+            return
+        try:
+            release()
+        except StoreUnavailable as err:
+            log.warning("could not give the anomaly scoring lease back (%s); it expires", err)
+
+    def reap_scoring(self) -> None:
+        """Count the scoring turn once it is over; a turn Redis did not answer is counted and
+        tried again at the next second."""
+        if self._scoring is None or not self._scoring.done():
+            return
+        future, self._scoring = self._scoring, None
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, StoreUnavailable):
+                log.error("anomaly scoring failed", exc_info=error)
+            self.state.scoring_failed(error)
+        elif self.state.scoring_done(future.result()):
+            self.state.generation += 1
 
     def finish_store(self) -> None:
         """At stop: the write in progress, then one last write of what came in meanwhile."""
@@ -575,7 +623,7 @@ class AggregatorDaemon:
 
 
 def describe(err: BaseException, path: str) -> str:
-    """``[Errno 13] Permission denied: '/x/aggregator.npz.123.tmp'`` style text, with the path."""
+    """``[Errno 13] Permission denied: '/x/.aggregator.npz.k3j9'`` style text, with the path."""
     if isinstance(err, OSError):
         where = err.filename or path
         return f"{err.strerror or err} (errno {err.errno}) writing {where}"

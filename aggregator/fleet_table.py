@@ -97,6 +97,7 @@ def fleet_table(rollups: Rollups, now: float) -> FleetTable:
         cells: np.ndarray = ring.cells[rows, slot]
         return cells
 
+    cpu_anomaly, ram_anomaly = rollups.anomaly.latest(rows)
     return FleetTable(
         names=names,
         cpu=current["cpu"][rows],
@@ -107,4 +108,6 @@ def fleet_table(rollups: Rollups, now: float) -> FleetTable:
         sparklines=_ring_sparklines(rollups, rows, first),
         lower=lower,
         complete=once(complete),
+        cpu_anomaly=cpu_anomaly,
+        ram_anomaly=ram_anomaly,
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ from servertrack.common.buckets import HOUR, HOUR_WINDOW, Clock
 from servertrack.readmodel.errors import CorruptKey, StoreUnavailable
 from servertrack.readmodel.fleet import FleetTable
 from servertrack.readmodel.values import ServersPage, ServerView
+from servertrack.store.anomaly_scores import LeaseScorer
 from servertrack.store.cells import BatchColumns
 from servertrack.store.reader import RedisReader
 from servertrack.store.redis_store import RedisStore
@@ -145,6 +146,8 @@ class RedisRollups:
         self.dropped = 0
         """Samples of held batches dropped (held longer than ``hold``, or over ``max_pending``)."""
         self._next_sweep = float("-inf")
+        self.scoring = LeaseScorer(self.redis, clock)
+        """Anomaly scores of the whole fleet, while this aggregator holds the lease."""
 
     # -- rows ---------------------------------------------------------------------------------
     def row_for(self, name: str) -> int:
@@ -235,6 +238,37 @@ class RedisRollups:
             self.pending_samples -= count
             self.dropped += count
         return ApplyResult(applied=0, expired=0)
+
+    def score_minutes(self, now: float | None = None) -> int:
+        """Score the minute due if this aggregator holds the scoring lease (one host scores
+        the whole fleet: :mod:`servertrack.store.anomaly_scores`), on this thread."""
+        job = self.scoring_job(now)
+        return job() if job is not None else 0
+
+    def scoring_job(self, now: float | None = None) -> Callable[[], int] | None:
+        """The scoring of the minute due, as a call that may run on another thread (it uses
+        the reading connection and the scorer only, and returns how many minutes it scored),
+        or None when there is nothing to try now.
+
+        PERF: the holder reads every server's summary record and writes their scores and the
+        detectors (at 100,000 servers, tens of MB each way): on its own thread, that never holds
+        up batches or queries."""
+        now = self.advance(now)
+        if not self.scoring.wants(now):
+            return None
+
+        def run() -> int:
+            self._reader()  # opened first (StoreUnavailable while Redis is down)
+            return self.scoring.tick(now)
+
+        return run
+
+    def release_scoring(self) -> bool:
+        """At a clean stop, once no scoring turn runs: give the scoring lease back if this
+        aggregator holds it (and it is still its own), so another host scores the next minute
+        instead of waiting for the lease to expire. Raises StoreUnavailable when Redis does not
+        answer."""
+        return self.redis.opened and self.scoring.release()
 
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
         self.health.setdefault(epoch, {}).update(health)

@@ -8,29 +8,20 @@ renamed over the old one, so a crash at any moment leaves either the old or the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from servertrack.common.atomic_file import replace_file
+
 
 def write_snapshot(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
     """Write atomically; returns the file's size in bytes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer process
     arrays = {**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
-    with temporary.open("wb") as handle:
-        np.savez(handle, **arrays)  # type: ignore[arg-type]  # keys name arrays, not allow_pickle
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    # keys name arrays, never numpy's allow_pickle option
+    replace_file(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
     return path.stat().st_size
 
 

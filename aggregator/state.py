@@ -195,6 +195,10 @@ class AggregatorState:
         self.corrupt_servers: dict[str, tuple[str, float]] = {}
         """Servers the store could not merge because a key of theirs is corrupt: name → (what
         is wrong, when a merge last met it)."""
+        self.anomaly_error: str | None = None
+        """Why the last scoring turn failed (Redis out of reach), until one succeeds again."""
+        self.scores_behind = False
+        """The daemon scores on a thread of its own (Redis mode): not in the calls here."""
         self.rss_bytes: int | None = None
         """The process's resident memory, set by the daemon (this object does no I/O)."""
         self.generation = secrets.randbits(62)
@@ -309,6 +313,8 @@ class AggregatorState:
                 yield
         self.counters["batches"] += 1
         self.store.evict_silent(now)  # only now: every row of this batch has its samples
+        # After the batch: one sent just after a minute turned still counts in its scores.
+        changes = self.score_minutes(now) or changes
         if changes or self.store.evictions != self._evictions:
             # An empty batch with no news of any server changes no answer: the read cache
             # keeps what it has.
@@ -372,10 +378,34 @@ class AggregatorState:
         """Between batches, about once a second: release servers silent for 24 hours even when
         no batch comes. A new minute or released servers change the answers: a new generation."""
         self.store.evict_silent(now)
+        scored = self.score_minutes(now)
         minute = minute_index(now)
-        if minute != self._minute or self.store.evictions != self._evictions:
+        if scored or minute != self._minute or self.store.evictions != self._evictions:
             self._minute, self._evictions = minute, self.store.evictions
             self.generation += 1
+
+    def score_minutes(self, now: float) -> bool:
+        """Score the minutes that completed (:meth:`RollupStore.score_minutes`); True when any
+        score changed. A store out of reach is tried again at the next call. Nothing here while
+        the daemon scores on a thread of its own (:attr:`scores_behind`)."""
+        if self.scores_behind:
+            return False
+        try:
+            scored = self.store.score_minutes(now)
+        except StoreUnavailable as err:
+            self.scoring_failed(err)
+            return False
+        return self.scoring_done(scored)
+
+    def scoring_done(self, scored: int) -> bool:
+        """``scored`` minutes were scored (0: none was due, or another host scores them)."""
+        self.anomaly_error = None
+        self.counters["anomaly_minutes_scored"] += scored
+        return scored > 0
+
+    def scoring_failed(self, error: BaseException) -> None:
+        self.counters["anomaly_errors"] += 1
+        self.anomaly_error = str(error) or type(error).__name__
 
     def malformed_batch(self) -> None:
         self.counters["malformed_batch"] += 1
@@ -570,6 +600,8 @@ class AggregatorState:
             found.append(f"no batch from the receiver for {now - self.last_batch_applied:.0f} s")
         if self.store_error is not None:
             found.append(f"store: merges fail, batches are held: {self.store_error}")
+        if self.anomaly_error is not None:
+            found.append(f"anomaly scores: not written: {self.anomaly_error}")
         corrupt = sorted(
             (name, what)
             for name, (what, met) in self.corrupt_servers.items()

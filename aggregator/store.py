@@ -48,6 +48,12 @@ class RollupStore(ReadModel, Protocol):
         ``origin`` is the batch's (receiver epoch, batch number)."""
         ...
 
+    def score_minutes(self, now: float | None = None) -> int:
+        """Give every server's cpu and ram means of each minute completed since the last call
+        their anomaly scores (:mod:`servertrack.anomaly.fleet_scores`); how many minutes were
+        scored (0 when none is due, or another host scores them)."""
+        ...
+
     def note_health(self, epoch: str, health: dict[str, ServerHealth]) -> None:
         """The health of servers as receiver run ``epoch`` reports it: kept per run, merged at
         each read by :func:`~servertrack.readmodel.health.merge_health`."""

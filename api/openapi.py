@@ -13,6 +13,7 @@ from typing import Any
 
 import falcon
 
+from servertrack.anomaly import STANDARD_THRESHOLD
 from servertrack.api.ui import STATIC_FOLDERS, STATIC_PREFIX, load_assets
 from servertrack.api.ui import static_names as served_names
 from servertrack.common.counters import (
@@ -199,7 +200,7 @@ SCHEMAS: dict[str, Schema] = {
         "additionalProperties": False,
         "properties": {
             "server": {"type": "string"},
-            "minutes": {"type": "array", "maxItems": 60, "items": _ref("Bucket")},
+            "minutes": {"type": "array", "maxItems": 60, "items": _ref("MinuteBucket")},
             "hours": {"type": "array", "maxItems": 24, "items": _ref("Bucket")},
             "last_seen": {"type": "string"},
             "health": {
@@ -325,6 +326,32 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
 }
+ANOMALY: Schema = {
+    "type": ["number", "null"],
+    "minimum": 0,
+    "maximum": 1,
+    "description": "The anomaly score of this minute's mean, 0 to 1: how far the server has just "
+    f"gone beyond what it did before; {STANDARD_THRESHOLD:.4f} or more is an anomaly (the "
+    "threshold chosen for NAB's standard profile). null while the detector warms up (its first "
+    "100 minutes with samples), before the minute is scored, or without a sample of the metric.",
+}
+SCHEMAS["MinuteBucket"] = {
+    **SCHEMAS["Bucket"],
+    "required": [*SCHEMAS["Bucket"]["required"], "cpu_anomaly", "ram_anomaly"],
+    "properties": {
+        **SCHEMAS["Bucket"]["properties"],
+        "cpu_anomaly": ANOMALY,
+        "ram_anomaly": ANOMALY,
+    },
+    "description": SCHEMAS["Bucket"]["description"] + " Minute buckets also carry the anomaly "
+    "scores of their cpu and ram means (hour buckets carry none).",
+}
+LATEST_ANOMALY: Schema = {
+    **ANOMALY,
+    "description": "The server's newest anomaly score of this metric (of the newest minute "
+    "scored: the last complete one once it is scored, a few seconds after it ends); null "
+    "without one. Sort by it to see the most anomalous servers first.",
+}
 STATUS_TEXT = (
     f"`live`: last sample less than {STALE_AFTER:.0f} s ago; `stale`: {STALE_AFTER:.0f} s to "
     f"{DOWN_AFTER:.0f} s; `down`: {DOWN_AFTER:.0f} s or more (listed until the server has had "
@@ -336,7 +363,17 @@ CURRENT_TEXT = (
 )
 SCHEMAS["FleetRow"] = {
     "type": "object",
-    "required": ["server", "cpu", "ram", "last_seen", "age_seconds", "status", "sparkline"],
+    "required": [
+        "server",
+        "cpu",
+        "ram",
+        "last_seen",
+        "age_seconds",
+        "status",
+        "cpu_anomaly",
+        "ram_anomaly",
+        "sparkline",
+    ],
     "additionalProperties": False,
     "properties": {
         "server": {"type": "string"},
@@ -345,6 +382,8 @@ SCHEMAS["FleetRow"] = {
         "last_seen": {"type": "string", "description": "Newest sample's ts, ISO 8601 UTC."},
         "age_seconds": {"type": "number", "minimum": 0},
         "status": {"enum": list(STATUSES), "description": STATUS_TEXT},
+        "cpu_anomaly": LATEST_ANOMALY,
+        "ram_anomaly": LATEST_ANOMALY,
         "sparkline": {
             "type": "array",
             "minItems": SPARKLINE_MINUTES,
@@ -870,7 +909,8 @@ FLEET_PARAMETERS: list[Schema] = [
         "in": "query",
         "schema": {"enum": list(SORT_COLUMNS), "default": "status"},
         "description": "Column to sort by. `status` sorts down, stale, live (ascending), then "
-        "by cpu, highest first. Ties are in name order; servers without a value come last.",
+        "by cpu, highest first. `cpu_anomaly` and `ram_anomaly` sort by the newest anomaly "
+        "score. Ties are in name order; servers without a value come last.",
     },
     {
         "name": "order",

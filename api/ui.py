@@ -18,6 +18,7 @@ from importlib.resources.abc import Traversable
 
 import falcon
 
+from servertrack.anomaly import STANDARD_THRESHOLD
 from servertrack.api.errors import BadRequest
 from servertrack.common.sample import valid_fqdn
 
@@ -44,6 +45,9 @@ TEXT = "text/plain; charset=utf-8"
 """LICENSE and VERSION files."""
 ASSET_LINK = re.compile(r"/ui/static/[A-Za-z0-9_./-]+")
 PAGES = {"overview": "index.html", "server": "server.html"}
+THRESHOLD_MARK = "{{anomaly_threshold}}"
+"""Replaced in the pages by the anomaly threshold, so the dashboard marks anomalies with the one
+threshold the product uses (``servertrack.anomaly.STANDARD_THRESHOLD``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ def load_assets(folder: Traversable | None = None) -> dict[str, Asset]:
     for name, body in raw.items():
         if name.endswith(".html"):
             text = ASSET_LINK.sub(versioned, body.decode("utf-8"))
+            text = text.replace(THRESHOLD_MARK, repr(STANDARD_THRESHOLD))
             assets[name] = Asset.of(name, text.encode("utf-8"))
     return assets
 

@@ -91,6 +91,7 @@ def measure(results_dir: Path | None, corpus_dir: Path = nab_score.CORPUS) -> di
         "standard_threshold_constant": STANDARD_THRESHOLD,
         "params": {k: getattr(DEFAULT_PARAMS, k) for k in DEFAULT_PARAMS.__slots__},
         "cost": nab_run.measure_cost(),
+        "fleet_cost": nab_run.measure_fleet_cost(),
     }
 
 
@@ -139,6 +140,22 @@ def rows(nab: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             _verdict(cost["step_cpu_s_median"], cost["budget_s"], False),
         ),
     ]
+    fleet = nab.get("fleet_cost")
+    if fleet:
+        out.append(
+            (
+                f"anomaly: scoring a minute of {fleet['servers']:,} servers in the aggregator "
+                f"(means, step, scores kept), CPU s (median; a tenth absent; the first minute)",
+                f"≤ {fleet['budget_s']}",
+                f"{fleet['minute_cpu_s_median']} ({fleet['minute_cpu_s_median_90pct_present']}; "
+                f"{fleet['first_minute_cpu_s']})",
+                _verdict(
+                    max(fleet["minute_cpu_s_median"], fleet["minute_cpu_s_median_90pct_present"]),
+                    fleet["budget_s"],
+                    False,
+                ),
+            )
+        )
     return out
 
 

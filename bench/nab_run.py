@@ -106,3 +106,42 @@ def measure_cost(
         "steps": steps,
         "budget_s": COST_BUDGET_S,
     }
+
+
+FLEET_SERVERS = 100_000
+FLEET_MINUTES = 5
+FLEET_BUDGET_S = 0.2
+"""The aggregator scores a minute in its loop: at 100,000 servers it must not hold ingest up for
+more than a fraction of a second."""
+
+
+def measure_fleet_cost(
+    servers: int = FLEET_SERVERS, minutes: int = FLEET_MINUTES
+) -> dict[str, Any]:
+    """CPU seconds of scoring a minute of ``servers`` servers in the aggregator's rollups (the
+    minute means read from the ring, one step, the scores kept): the first minute, then the
+    median of ``minutes`` with every server present and of ``minutes`` with a tenth absent."""
+    from servertrack.aggregator.rollups import Rollups  # the bench's only use of the daemons
+
+    start = 1_800_000_000.0
+    clock_now = [start]
+    rollups = Rollups(lambda: clock_now[0], max_servers=servers)
+    rows = np.array([rollups.row_for(f"s{k:06d}.example") for k in range(servers)], np.int64)
+    rng = np.random.default_rng(3)
+    costs = []
+    for minute in range(2 * minutes + 1):
+        sending = rows if minute <= minutes else rows[rng.random(servers) >= 0.1]
+        now = clock_now[0] = start + minute * 60 + 10
+        cpu, ram = rng.uniform(0, 100, sending.size), rng.uniform(0, 100, sending.size)
+        rollups.apply(sending, np.full(sending.size, now - 5), cpu, ram, now)
+        now = clock_now[0] = start + (minute + 1) * 60 + 1
+        began = time.process_time()
+        rollups.score_minutes(now)
+        costs.append(time.process_time() - began)
+    return {
+        "servers": servers,
+        "first_minute_cpu_s": round(costs[0], 3),
+        "minute_cpu_s_median": round(statistics.median(costs[1 : minutes + 1]), 4),
+        "minute_cpu_s_median_90pct_present": round(statistics.median(costs[minutes + 1 :]), 4),
+        "budget_s": FLEET_BUDGET_S,
+    }

@@ -291,6 +291,20 @@ COUNTERS: tuple[Counter, ...] = (
         "servertrack_snapshots_quarantined",
         "Unreadable snapshots moved aside at start (renamed, never deleted).",
     ),
+    _c(
+        AGGREGATOR,
+        "anomaly_minutes_scored",
+        "servertrack_anomaly_scoring_turns",
+        "Minutes this aggregator scored, each minute every server's cpu and ram means (in "
+        "Redis mode, only while it holds the scoring lease).",
+    ),
+    _c(
+        AGGREGATOR,
+        "anomaly_errors",
+        "servertrack_anomaly_errors",
+        "Scoring turns that failed because the store (Redis) did not answer; tried again at "
+        "the next turn.",
+    ),
     _g(AGGREGATOR, "servers_tracked", "servertrack_servers_tracked", "Servers with data in 24 h."),
     _g(
         AGGREGATOR,

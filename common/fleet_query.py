@@ -16,10 +16,19 @@ STALE_AFTER = 120.0
 DOWN_AFTER = 600.0
 STATUSES = ("down", "stale", "live")
 """Status names by rank: sorting by status ascending puts down servers first."""
-SORT_COLUMNS = ("status", "name", "cpu", "ram", "last_seen")
-DEFAULT_ORDER = {"status": "asc", "name": "asc", "cpu": "desc", "ram": "desc", "last_seen": "asc"}
+SORT_COLUMNS = ("status", "name", "cpu", "ram", "last_seen", "cpu_anomaly", "ram_anomaly")
+DEFAULT_ORDER = {
+    "status": "asc",
+    "name": "asc",
+    "cpu": "desc",
+    "ram": "desc",
+    "last_seen": "asc",
+    "cpu_anomaly": "desc",
+    "ram_anomaly": "desc",
+}
 """The order a column sorts in when none is given: the servers needing a look come first (down
-before live, hot before cool, the longest silent before the recent)."""
+before live, hot before cool, the longest silent before the recent, the most anomalous before
+the usual)."""
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_FILTER = 253

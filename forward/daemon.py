@@ -68,6 +68,8 @@ class ForwardConfig:
     backfill: int | None = None
     prefix: str = "servertrack"
     servers: str = "*"
+    anomaly: bool = False
+    """Also send each scored minute's ``cpu_anomaly`` and ``ram_anomaly``."""
     api_retry: float = API_RETRY
     reread_pause: float = REREAD_PAUSE
     rereads: int = REREADS
@@ -238,10 +240,16 @@ class Forwarder:
         answers = self._fresh_loads(names, plan.windows[-1] + self.config.interval)
         oldest = oldest_readable(self.clock(), self.config.interval)
         readable = [t for t in plan.windows if t >= oldest]
-        collector = WindowCollector(readable, self.config.interval, scale_of(self.config.interval))
+        collector = WindowCollector(
+            readable, self.config.interval, scale_of(self.config.interval), self.config.anomaly
+        )
         for name, view in answers.items():
             collector.add(name, view)
-        windows = [window_points(t, collector.windows[t], self.config.prefix) for t in readable]
+        scores = collector.anomaly or {}
+        windows = [
+            window_points(t, collector.windows[t], self.config.prefix, scores.get(t))
+            for t in readable
+        ]
         return windows, len(plan.windows) - len(readable)
 
     def _fresh_loads(self, names: list[str], until: int) -> dict[str, Any]:

@@ -4,6 +4,8 @@ Every --interval seconds (a multiple of 60 that divides 3600), once the window i
 grace period, it reads the API and sends ``PREFIX.<server>.cpu`` and ``.ram`` (the mean of the raw
 samples in the window) and the fleet's ``PREFIX._fleet.<metric>.mean``, ``.max`` and ``.servers``,
 stamped with the window's start, over the Graphite plaintext protocol. Each point is sent once.
+With --anomaly, also ``PREFIX.<server>.cpu_anomaly`` and ``.ram_anomaly`` for each scored minute
+of the window, stamped with the minute's start.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import logging
 from urllib.parse import urlsplit
 
-from servertrack.common.config import add_option, setup_logging
+from servertrack.common.config import add_option, add_switch, setup_logging
 from servertrack.common.lifecycle import stop_on_signals
 from servertrack.common.tokens import TokenFileError, read_token_file
 from servertrack.forward.daemon import ForwardConfig, Forwarder
@@ -63,6 +65,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     add_option(parser, "--grace", DEFAULT_GRACE, "seconds a window waits for late samples", int)
     add_option(parser, "--queue-size", QUEUE_SIZE, "points kept while the sink is down", int)
+    add_switch(
+        parser,
+        "--anomaly",
+        "also send each scored minute's PREFIX.<server>.cpu_anomaly and ram_anomaly (needs "
+        "--interval below 3600: minute scores are kept 60 minutes)",
+    )
     return parser
 
 
@@ -74,12 +82,17 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     try:
         host, port = parse_graphite(args.graphite)
+        if args.anomaly and args.interval == 3600:
+            raise ValueError(
+                "--anomaly needs --interval below 3600 (minute scores are kept 60 min)"
+            )
         config = ForwardConfig(
             interval=args.interval,
             grace=args.grace,
             backfill=args.backfill,
             prefix=check_prefix(args.prefix),
             servers=args.servers,
+            anomaly=args.anomaly,
         )
         token = read_token_file(args.read_token_file) if args.read_token_file else None
         state = StateFile(args.state) if args.state else None

@@ -1,5 +1,9 @@
 """From the API's buckets to Graphite lines: I/O-free.
 
+With anomaly scores asked for (``--anomaly``), each scored minute of a window also gives
+``PREFIX.<server>.cpu_anomaly`` and ``.ram_anomaly``, stamped with the minute's start (a series
+pooling several servers sends the highest of their scores); minutes without a score send none.
+
 A window's mean is ``fsum(bucket sums) / sum(bucket counts)`` over the buckets whose start lies in
 the window: the exact mean of the raw samples (to float64 rounding), never a mean of means. Fleet
 points, per metric: ``_fleet.<m>.mean`` over every raw sample of every server, ``_fleet.<m>.max``
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -104,13 +108,34 @@ def answer_time(server: str, view: Any) -> float:
     return moment.timestamp()
 
 
-class WindowCollector:
-    """Gathers, for the windows of one read, every server's bucket sums by window."""
+ServerScores = dict[tuple[int, str], float]
+"""(minute start, metric) → anomaly score, for one server in one window (scored minutes only)."""
 
-    def __init__(self, windows: Iterable[int], interval: int, scale: str = "minutes") -> None:
+
+def _score(bucket: dict[str, Any], key: str) -> float | None:
+    if key not in bucket:
+        raise MalformedAnswer("bad_bucket", f"no {key}; an API with anomaly scores is needed")
+    value = bucket[key]
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not 0.0 <= value <= 1.0:
+        raise MalformedAnswer("bad_bucket", f"{key} is {value!r}")
+    return float(value)
+
+
+class WindowCollector:
+    """Gathers, for the windows of one read, every server's bucket sums by window (and, with
+    ``anomaly``, the anomaly scores of its minutes)."""
+
+    def __init__(
+        self, windows: Iterable[int], interval: int, scale: str = "minutes", anomaly: bool = False
+    ) -> None:
         self.interval = interval
         self.scale = scale
         self.windows: dict[int, dict[str, ServerSums]] = {t: {} for t in windows}
+        self.anomaly: dict[int, dict[str, ServerScores]] | None = (
+            {t: {} for t in self.windows} if anomaly else None
+        )
         self._starts: dict[str, int] = {}
 
     def _start(self, text: Any) -> int:
@@ -128,13 +153,7 @@ class WindowCollector:
 
     def add(self, server: str, view: Any) -> None:
         """Take one ``GET /servers/{name}/loads`` answer."""
-        buckets = view.get(self.scale) if isinstance(view, dict) else None
-        if not isinstance(buckets, list):
-            raise MalformedAnswer("bad_answer", f"{server}: no {self.scale} list in the answer")
-        for bucket in buckets:
-            if not isinstance(bucket, dict):
-                raise MalformedAnswer("bad_bucket", f"{server}: bucket {bucket!r}")
-            start = self._start(bucket.get("start"))
+        for bucket, start in self._buckets(server, view, self.scale):
             sums = self.windows.get(start - start % self.interval)
             if sums is None:
                 continue
@@ -145,6 +164,30 @@ class WindowCollector:
                     mine = sums.setdefault(server, {}).setdefault(metric, MetricSum())
                     mine.parts.append(total)
                     mine.count += count
+        if self.anomaly is not None:
+            self._add_scores(server, view)
+
+    def _buckets(self, server: str, view: Any, scale: str) -> Iterator[tuple[dict[str, Any], int]]:
+        """Each bucket of ``scale`` in an answer with its start; MalformedAnswer when the
+        answer has no such list or a bucket is no object."""
+        buckets = view.get(scale) if isinstance(view, dict) else None
+        if not isinstance(buckets, list):
+            raise MalformedAnswer("bad_answer", f"{server}: no {scale} list in the answer")
+        for bucket in buckets:
+            if not isinstance(bucket, dict):
+                raise MalformedAnswer("bad_bucket", f"{server}: bucket {bucket!r}")
+            yield bucket, self._start(bucket.get("start"))
+
+    def _add_scores(self, server: str, view: dict[str, Any]) -> None:
+        assert self.anomaly is not None
+        for bucket, start in self._buckets(server, view, "minutes"):
+            scores = self.anomaly.get(start - start % self.interval)
+            if scores is None:
+                continue
+            for metric in METRICS:
+                score = _score(bucket, f"{metric}_anomaly")
+                if score is not None:
+                    scores.setdefault(server, {})[(start, metric)] = score
 
 
 @dataclass(slots=True)
@@ -158,8 +201,14 @@ class WindowPoints:
     """Graphite names that several servers sanitise to (their samples are pooled in it)."""
 
 
-def window_points(t: int, servers: dict[str, ServerSums], prefix: str) -> WindowPoints:
-    """The lines of window ``t``: two per server series, three per metric for the fleet."""
+def window_points(
+    t: int,
+    servers: dict[str, ServerSums],
+    prefix: str,
+    scores: dict[str, ServerScores] | None = None,
+) -> WindowPoints:
+    """The lines of window ``t``: two per server series, three per metric for the fleet, and
+    with ``scores`` one per scored minute and metric of each server series."""
     series: dict[str, list[str]] = {}
     for server in servers:
         series.setdefault(series_name(server), []).append(server)
@@ -172,6 +221,13 @@ def window_points(t: int, servers: dict[str, ServerSums], prefix: str) -> Window
                 parts = [part for one in pooled for part in one.parts]
                 mean = math.fsum(parts) / sum(one.count for one in pooled)
                 lines.append(line(f"{prefix}.{name}.{metric}", mean, t))
+        if scores:
+            highest: dict[tuple[int, str], float] = {}
+            for member in members:
+                for key, score in scores.get(member, {}).items():
+                    highest[key] = max(score, highest.get(key, score))
+            for (start, metric), score in sorted(highest.items()):
+                lines.append(line(f"{prefix}.{name}.{metric}_anomaly", score, start))
     for metric in METRICS:
         reporting = [sums[metric] for sums in servers.values() if metric in sums]
         if not reporting:

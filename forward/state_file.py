@@ -6,11 +6,11 @@ directory), so after a crash the file holds either the old or the new value, nev
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from servertrack.common.atomic_file import replace_bytes
 
 VERSION = 1
 LATEST = 253_402_300_799
@@ -61,21 +61,6 @@ class StateFile:
 
     def save(self, done_until: int) -> None:
         """Replace the file with ``done_until``; raises OSError if that could not be done."""
-        directory = self.path.parent
-        payload = json.dumps({"version": VERSION, "done_until": done_until}).encode()
-        handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(payload)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        replace_bytes(
+            self.path, json.dumps({"version": VERSION, "done_until": done_until}).encode()
+        )

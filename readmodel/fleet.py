@@ -108,6 +108,10 @@ class FleetTable:
     """Each server's cell of the last complete minute (the one before the current minute: its
     means are final), in table order; ``samples`` 0 for a server that sent none then. Made when
     first asked for (alerts and the Prometheus exposition ask; the dashboard does not)."""
+    cpu_anomaly: np.ndarray
+    """Each server's newest anomaly score of its cpu minute mean (of the newest minute scored:
+    the last complete one, once it is scored), in [0, 1); NaN when it has none."""
+    ram_anomaly: np.ndarray
 
     def __len__(self) -> int:
         return len(self.names)
@@ -115,14 +119,13 @@ class FleetTable:
 
 def last_minute(table: FleetTable) -> LastMinute:
     """The last complete minute of every server of ``table``."""
-    no_scores = np.full(len(table), np.nan)
     return LastMinute(
         table.first_minute + SPARKLINE_MINUTES - 2,
         table.names,
         table.last_seen,
         table.complete(),
-        no_scores,
-        no_scores.copy(),
+        table.cpu_anomaly,
+        table.ram_anomaly,
     )
 
 
@@ -192,7 +195,13 @@ def _ordered(
             group = chosen[ranks_chosen == rank]
             parts.append(group[first_in_order(hotter_first[group], left)])
         return np.concatenate(parts) if parts else chosen[:0]
-    values = {"cpu": table.cpu, "ram": table.ram, "last_seen": table.last_seen}[query.sort]
+    values = {
+        "cpu": table.cpu,
+        "ram": table.ram,
+        "last_seen": table.last_seen,
+        "cpu_anomaly": table.cpu_anomaly,
+        "ram_anomaly": table.ram_anomaly,
+    }[query.sort]
     key = values[chosen]
     ordered: np.ndarray = chosen[first_in_order(_missing_last(key if ascending else -key), count)]
     return ordered
@@ -223,6 +232,8 @@ def fleet_page(table: FleetTable, query: FleetQuery, now: float) -> dict[str, An
                 "last_seen": iso_utc(float(table.last_seen[i])),
                 "age_seconds": round(float(age[i]), 1),
                 "status": STATUSES[ranks[i]],
+                "cpu_anomaly": _number(table.cpu_anomaly[i]),
+                "ram_anomaly": _number(table.ram_anomaly[i]),
                 "sparkline": [None if v != v else v for v in spark],
             }
         )

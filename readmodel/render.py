@@ -23,9 +23,20 @@ def _start(seconds: int) -> str:
     return iso_utc(seconds)
 
 
-def bucket_rows(cells: np.ndarray, width: int) -> list[dict[str, Any]]:
+def _scores(scores: np.ndarray | None, count: int) -> list[float | None]:
+    if scores is None:
+        return [None] * count
+    return [None if s != s else s for s in scores.tolist()]
+
+
+def bucket_rows(
+    cells: np.ndarray,
+    width: int,
+    anomaly: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+) -> list[dict[str, Any]]:
     """Each cell (already chosen and ordered) as a bucket of the answer: ``null`` for a metric
-    without samples, never 0."""
+    without samples, never 0. With ``anomaly`` (the cpu and ram scores, one per cell), each
+    bucket carries ``cpu_anomaly`` and ``ram_anomaly`` (``null`` where there is no score)."""
     stamps, samples = cells["stamp"].tolist(), cells["samples"].tolist()
     cpu_n, cpu_sum = cells["cpu_count"].tolist(), cells["cpu_sum"].tolist()
     cpu_min, cpu_max = cells["cpu_min"].tolist(), cells["cpu_max"].tolist()
@@ -50,6 +61,11 @@ def bucket_rows(cells: np.ndarray, width: int) -> list[dict[str, Any]]:
                 "samples": samples[k],
             }
         )
+    if anomaly is not None:
+        cpu_scores, ram_scores = (_scores(s, len(out)) for s in anomaly)
+        for bucket, cpu_score, ram_score in zip(out, cpu_scores, ram_scores, strict=True):
+            bucket["cpu_anomaly"] = cpu_score
+            bucket["ram_anomaly"] = ram_score
     return out
 
 
@@ -58,7 +74,7 @@ def view_document(view: ServerView) -> dict[str, Any]:
     of travels beside it, so the body is a function of the state alone)."""
     return {
         "server": view.name,
-        "minutes": bucket_rows(view.minutes, MINUTE),
+        "minutes": bucket_rows(view.minutes, MINUTE, (view.cpu_anomaly, view.ram_anomaly)),
         "hours": bucket_rows(view.hours, HOUR),
         "last_seen": iso_utc(view.last_seen),
         "health": view.health.to_json(),

@@ -28,11 +28,18 @@ class ServerView:
     last_seen: float
     as_of: float
     health: Health = NO_HEALTH
+    cpu_anomaly: np.ndarray | None = None
+    """The anomaly score of each minute's cpu mean, one per minute cell (NaN = none: not scored
+    yet, the detector warming up, or no cpu sample); None when the store keeps no scores."""
+    ram_anomaly: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for cells in (self.minutes, self.hours):
             if cells.dtype != CELL_DTYPE:
                 raise TypeError(f"cells of dtype {cells.dtype}, not CELL_DTYPE")
+        for scores in (self.cpu_anomaly, self.ram_anomaly):
+            if scores is not None and scores.shape != self.minutes.shape:
+                raise ValueError("one anomaly score per minute cell")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from servertrack.readmodel.errors import CorruptKey
 from servertrack.readmodel.fleet import SPARKLINE_DECIMALS, FleetTable, MinuteMean, lazy_lower
 from servertrack.readmodel.health import merge_health
 from servertrack.readmodel.values import ServersPage, ServerView
+from servertrack.store.anomaly_records import LATEST, align, ring_key, ring_scores
 from servertrack.store.health import records
 from servertrack.store.keys import SHARDS, on_shard, server_keys, slot_of
 from servertrack.store.redis_store import META, RedisStore
@@ -49,7 +50,9 @@ class RedisReader:
         return int(now)
 
     def fleet_table(self, now: float) -> FleetTable:
-        return table_from_rows(self.fleet_rows(now))
+        rows = self.fleet_rows(now)
+        (latest,) = self.store.read_keys([(slot_of(LATEST), ("GET", LATEST))])
+        return table_from_rows(rows, align(rows.names, latest))
 
     def view(self, name: str, now: float | None = None) -> ServerView | None:
         """A server's minute and hour cells, last-seen time and health merged over writers;
@@ -74,13 +77,14 @@ class RedisReader:
                 (slot, ("GET", minutes_key)),
                 (slot, ("HGETALL", hours_key)),
                 (slot, ("HGETALL", health_key)),
+                (slot, ("GET", ring_key(name))),
             ]
         replies = self.store.read_keys(commands, in_place=True)
         out: list[ServerView | CorruptKey | None] = []
         for k, name in enumerate(names):
             try:
-                ring, hours, health = replies[3 * k : 3 * k + 3]
-                out.append(_view(name, ring, hours, health, now))
+                ring, hours, health, scores = replies[4 * k : 4 * k + 4]
+                out.append(_view(name, ring, hours, health, scores, now))
             except CorruptKey as problem:
                 out.append(problem)
         return out
@@ -170,9 +174,12 @@ class RedisReader:
         return decode_fleet(names, records, now)
 
 
-def _view(name: str, ring: Any, hours: Any, health: Any, now: float) -> ServerView | None:
-    """A server's view from its three keys' replies (see :meth:`RedisReader.view`); raises
-    CorruptKey for a key of the wrong type or a field of the wrong size."""
+def _view(
+    name: str, ring: Any, hours: Any, health: Any, scores: Any, now: float
+) -> ServerView | None:
+    """A server's view from its keys' replies (see :meth:`RedisReader.view`); raises
+    CorruptKey for a key of the wrong type or a field of the wrong size (a damaged scores key
+    only loses its scores)."""
     _check_replies(name, ring, hours, health)
     if not hours or b"s" not in hours:
         return None
@@ -182,13 +189,17 @@ def _view(name: str, ring: Any, hours: Any, health: Any, now: float) -> ServerVi
     if not hour_cells.size:
         return None
     current_minute = int(now // MINUTE)
+    minutes = shown(unpack_cells(ring or b""), current_minute - MINUTE_WINDOW + 1, current_minute)
+    cpu_anomaly, ram_anomaly = ring_scores(scores, minutes["stamp"])
     return ServerView(
         name,
-        shown(unpack_cells(ring or b""), current_minute - MINUTE_WINDOW + 1, current_minute),
+        minutes,
         hour_cells,
         META.unpack(hours[b"s"])[0],
         now,
         merge_health(records(health.values())),
+        cpu_anomaly,
+        ram_anomaly,
     )
 
 
@@ -206,10 +217,13 @@ def _check_replies(name: str, ring: Any, hours: Any, health: Any) -> None:
             raise CorruptKey(hours_key, f"field {field.decode()} is {len(value)} bytes, not {size}")
 
 
-def table_from_rows(rows: FleetRows) -> FleetTable:
+def table_from_rows(
+    rows: FleetRows, anomaly: tuple[np.ndarray, np.ndarray] | None = None
+) -> FleetTable:
     """The table from a store's summary rows (``servertrack.store.summary.FleetRows``): current
     values and sparklines as the summary holds them (0.01 % steps), the fleet's minute mean from
-    the exact sums and counts it carries."""
+    the exact sums and counts it carries; ``anomaly``, each server's newest cpu and ram
+    scores (none: NaN)."""
     mean = MinuteMean(rows.minute, True, 0, 0, 0, None, None)
     for minute, current in ((rows.minute, True), (rows.minute - 1, False)):
         totals = rows.totals.get(minute)
@@ -238,4 +252,6 @@ def table_from_rows(rows: FleetRows) -> FleetTable:
         sparklines=lambda indices: np.round(minutes[indices], SPARKLINE_DECIMALS),
         lower=lazy_lower(names),
         complete=lambda: rows.complete,
+        cpu_anomaly=anomaly[0] if anomaly else np.full(len(names), np.nan),
+        ram_anomaly=anomaly[1] if anomaly else np.full(len(names), np.nan),
     )

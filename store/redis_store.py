@@ -321,6 +321,10 @@ class RedisStore:
         except StoreUnavailable as err:
             log.log(logging.DEBUG if failed else logging.WARNING, "change counter: %s", err)
 
+    def note_change(self) -> None:
+        """Raise the change counter after a write other than a merge (anomaly scores)."""
+        self._note_change()
+
     def changes(self) -> int:
         """The change counter: it moves after every merge of any writer (0 when none wrote for
         26 hours)."""

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from servertrack.alerts.evaluate import go_float
+from servertrack.anomaly import STANDARD_THRESHOLD
 from servertrack.common.buckets import iso_utc
 from servertrack.testing.hosts import (
     ChildProcess,
@@ -27,6 +29,7 @@ from servertrack.testing.hosts import (
 )
 from servertrack.testing.redis import RedisServer
 from tests.alertmanager_support import Alertmanager, Recorder, notified
+from tests.anomaly_support import SERVERS, oracle_scores, write_warm_snapshot
 
 pytestmark = pytest.mark.e2e
 MINUTE = 60
@@ -237,6 +240,40 @@ def test_a_malformed_rules_file_stops_the_host_naming_its_line(tmp_path: Path) -
         servertrack_argv("rules", "check", str(bad)), capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 2 and f"{bad}:3:" in check.stderr
+
+
+def test_the_default_rules_fire_cpu_anomalous_for_the_servers_whose_last_minute_is_anomalous(
+    hosts: Callable[..., HostUnderTest],
+    alertmanager: Alertmanager,
+    webhook: Recorder,
+    tmp_path: Path,
+) -> None:
+    """A host restored from a warmed-up snapshot (:mod:`tests.anomaly_support`) with the
+    default rules: Alertmanager notifies ``CpuAnomalous`` once for each server whose last
+    complete minute's cpu score (the oracle's) is at or above the standard threshold, with that
+    score as its value, and never for the others."""
+    minute_with_room(15.0)  # the warmed minute stays the last complete one for 15 s
+    samples = write_warm_snapshot(tmp_path / "host-data" / "aggregator.npz", time.time())
+    oracle = oracle_scores(samples)
+    newest = {name: oracle[(name, "cpu")][max(oracle[(name, "cpu")])] for name in SERVERS}
+    anomalous = {name for name, score in newest.items() if score >= STANDARD_THRESHOLD}
+    assert anomalous and anomalous != set(SERVERS), newest  # some fire, some do not
+    host = hosts("--alertmanager", alertmanager.url)
+    want = sorted(("firing", "CpuAnomalous", name) for name in anomalous)
+
+    def cpu_anomalous(bodies: list[Any]) -> list[tuple[str, str, str]]:
+        return sorted(alert for alert in notified(bodies) if alert[1] == "CpuAnomalous")
+
+    webhook.wait_for(lambda b: len(cpu_anomalous(b)) >= len(want), "the notifications", DEADLINE)
+    alertmanager.wait_flushes(3)
+    assert cpu_anomalous(webhook.received()) == want
+    firing = {
+        server: alert for (rule, server), alert in listed(host).items() if rule == "CpuAnomalous"
+    }
+    assert set(firing) == anomalous
+    for name in anomalous:
+        assert firing[name]["state"] == "firing"
+        assert firing[name]["value"] == go_float(newest[name])
 
 
 # -- slow: make test-faults -----------------------------------------------------------------------

@@ -94,6 +94,8 @@ def oracle_rows(samples: list[RawSample], now: float) -> dict[str, dict[str, Any
             "age_seconds": age,
             "status": oracle_status(age),
             "sparkline": cpu_line,
+            "cpu_anomaly": None,  # these rollups are never asked to score a minute
+            "ram_anomaly": None,
         }
     return rows
 

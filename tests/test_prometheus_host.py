@@ -495,7 +495,8 @@ def test_every_dashboard_query_returns_servertracks_numbers(
     """Each panel query of ``deploy/grafana/servertrack.json``, ``$server`` filled in from the
     ``server`` variable's query, run as the panel runs it (instant, or the last hour at a 60 s
     step) against set-up B, answers what ServerTrack's own answers say; every panel but the
-    anomaly scores (none until the detector scores) has data."""
+    anomaly scores (none: this host's detectors have not warmed up) has data. The anomaly panel
+    with data, on a warmed-up host: ``tests/test_prometheus_anomaly.py``."""
     listed = scrape_and_read.api(
         "label/server/values",
         warnings=("not implemented",),

@@ -7,6 +7,9 @@ const ST = (() => {
   const REFRESH_MS = refreshMs(new URLSearchParams(location.search).get("refresh"));
   const BAND_LIMITS = [50, 75, 90];
   const BAND_NAMES = ["0–50", "50–75", "75–90", "90+"];
+  /** A score at or above this is an anomaly: the product's one threshold, put in the page by
+      the API (NAB's standard profile). */
+  const ANOMALY_THRESHOLD = Number(document.body.dataset.anomalyThreshold);
 
   /** Milliseconds between two refreshes: 5 s, or ``?refresh=SECONDS`` (0.1 to 3600) from the
       page's address. */
@@ -200,5 +203,43 @@ const ST = (() => {
     };
   }
 
-  return { band, pct, age, el, chip, getJSON, poll, banner, BAND_NAMES, REFRESH_MS, NeedsToken, HttpError };
+  /** Whether an anomaly score (null: none) marks an anomaly. */
+  function anomalous(score) {
+    return score !== null && score !== undefined && score >= ANOMALY_THRESHOLD;
+  }
+
+  /** An anomaly score as text and a flag (never the colour alone). */
+  function scoreChip(score, label) {
+    if (score === null || score === undefined) {
+      return el("span", {
+        class: "score none",
+        title: `no ${label} anomaly score (warming up, or no sample)`,
+        text: "–",
+      });
+    }
+    const flagged = anomalous(score);
+    return el("span", {
+      class: flagged ? "score anomalous" : "score",
+      title: `${label} anomaly score ${score.toFixed(4)}${flagged ? ": an anomaly" : ""} (threshold ${ANOMALY_THRESHOLD.toFixed(4)})`,
+      text: `${flagged ? "⚠ " : ""}${score.toFixed(3)}`,
+    });
+  }
+
+  return {
+    band,
+    pct,
+    age,
+    el,
+    chip,
+    scoreChip,
+    anomalous,
+    getJSON,
+    poll,
+    banner,
+    BAND_NAMES,
+    ANOMALY_THRESHOLD,
+    REFRESH_MS,
+    NeedsToken,
+    HttpError,
+  };
 })();

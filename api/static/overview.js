@@ -3,8 +3,16 @@
 "use strict";
 
 (() => {
-  const { el, chip, pct, age, band } = ST;
-  const DEFAULT_ORDER = { status: "asc", name: "asc", cpu: "desc", ram: "desc", last_seen: "asc" };
+  const { el, chip, pct, age, band, scoreChip } = ST;
+  const DEFAULT_ORDER = {
+    status: "asc",
+    name: "asc",
+    cpu: "desc",
+    ram: "desc",
+    last_seen: "asc",
+    cpu_anomaly: "desc",
+    ram_anomaly: "desc",
+  };
   const SPARK_W = 120;
   const SPARK_H = 24;
   const GRID_COLOURS = ["#4caf50", "#fdd835", "#fb8c00", "#e53935"];
@@ -132,7 +140,9 @@
         el("td", { class: "num ram" }, chip(row.ram, "ram")),
         el("td", { class: "spark-cell" }, sparkline(row.sparkline)),
         el("td", { class: "seen", title: row.last_seen, text: age(row.age_seconds) }),
-        el("td", { class: "status" }, el("span", { class: `status-${row.status}`, text: row.status }))
+        el("td", { class: "status" }, el("span", { class: `status-${row.status}`, text: row.status })),
+        el("td", { class: "num cpu-anomaly" }, scoreChip(row.cpu_anomaly, "cpu")),
+        el("td", { class: "num ram-anomaly" }, scoreChip(row.ram_anomaly, "ram"))
       )
     );
     body.replaceChildren(...rows);

@@ -3,13 +3,14 @@
 "use strict";
 
 (() => {
-  const { el, chip, pct, age } = ST;
+  const { el, chip, pct, age, anomalous } = ST;
   const PREFIX = "/ui/servers/";
   const name = decodeURIComponent(location.pathname.slice(PREFIX.length));
   const STALE_AFTER = 120;
   const DOWN_AFTER = 600;
   const CPU = "#1565c0";
   const RAM = "#8e24aa";
+  const ANOMALY = "#d50000";
   document.title = `ServerTrack · ${name}`;
   document.getElementById("server-name").textContent = name;
 
@@ -17,7 +18,7 @@
   function columns(buckets, width, count, end) {
     const first = end - (count - 1) * width;
     const byStart = new Map(buckets.map((b) => [Date.parse(b.start) / 1000, b]));
-    const data = [[], [], [], [], [], [], []];
+    const data = [[], [], [], [], [], [], [], [], []];
     const rows = [];
     for (let t = first; t <= end; t += width) {
       const b = byStart.get(t) || null;
@@ -29,6 +30,9 @@
       data[4].push(b ? b.ram : null);
       data[5].push(b ? b.ram_min : null);
       data[6].push(b ? b.ram_max : null);
+      // Anomalous minutes: a marker on the mean's line (hour buckets carry no score).
+      data[7].push(b && anomalous(b.cpu_anomaly) ? b.cpu : null);
+      data[8].push(b && anomalous(b.ram_anomaly) ? b.ram : null);
     }
     return { data, rows };
   }
@@ -44,7 +48,32 @@
       bucket[key] === null
         ? `${key.toUpperCase()} no sample`
         : `${key.toUpperCase()} ${pct(bucket[key])} % (min ${pct(bucket[key + "_min"])}, max ${pct(bucket[key + "_max"])}, ${bucket[key + "_samples"]} samples)`;
-    return `${label} · ${metric("cpu")} · ${metric("ram")} · ${bucket.samples} samples`;
+    const score = (key) => {
+      const value = bucket[`${key}_anomaly`];
+      if (value === null || value === undefined) return "";
+      return ` · ${key.toUpperCase()} anomaly ${value.toFixed(3)}${anomalous(value) ? " ⚠ anomalous" : ""}`;
+    };
+    return `${label} · ${metric("cpu")} · ${metric("ram")} · ${bucket.samples} samples${score("cpu")}${score("ram")}`;
+  }
+
+  function clock(start) {
+    return new Date(start * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  /** The anomalous minutes in words (the markers' text alternative). */
+  function listAnomalies(buckets) {
+    const found = [];
+    for (const b of buckets) {
+      for (const key of ["cpu", "ram"]) {
+        const value = b[`${key}_anomaly`];
+        if (anomalous(value)) found.push(`${clock(Date.parse(b.start) / 1000)} ${key.toUpperCase()} ${value.toFixed(3)}`);
+      }
+    }
+    const node = document.getElementById("anomalies-minutes");
+    node.dataset.count = String(found.length);
+    node.textContent = found.length
+      ? `Anomalous minutes (score ≥ ${ST.ANOMALY_THRESHOLD.toFixed(4)}): ${found.join(", ")}`
+      : "No anomalous minute in the last 60 minutes.";
   }
 
   class Chart {
@@ -60,6 +89,12 @@
 
     options() {
       const band = (colour) => ({ stroke: colour, width: 0, points: { show: false } });
+      const marker = () => ({
+        stroke: ANOMALY,
+        width: 0,
+        paths: () => null,
+        points: { show: true, size: 11, width: 2, stroke: ANOMALY, fill: ANOMALY },
+      });
       return {
         width: Math.max(this.box.clientWidth, 320),
         height: 240,
@@ -75,6 +110,8 @@
           { label: "RAM", stroke: RAM, width: 2, spanGaps: false },
           { label: "RAM min", ...band(RAM) },
           { label: "RAM max", ...band(RAM) },
+          { label: "CPU anomaly", ...marker() },
+          { label: "RAM anomaly", ...marker() },
         ],
         bands: [
           { series: [3, 2], fill: "rgba(21, 101, 192, 0.15)" },
@@ -168,6 +205,7 @@
     document.getElementById("h-ip").textContent = health.ip.length ? health.ip.join(", ") : "unknown";
     document.getElementById("empty-minutes").hidden = view.minutes.length > 0;
     minutes.update(view.minutes, now);
+    listAnomalies(view.minutes);
     hours.update(view.hours, now);
     document.getElementById("updated").textContent = `updated ${new Date(now * 1000).toLocaleTimeString()}`;
     document.body.dataset.refreshed = String((Number(document.body.dataset.refreshed) || 0) + 1);
