@@ -604,11 +604,12 @@ def test_firing_alerts_show_on_the_overview_and_on_their_servers_page(
         assert "DashSilent" in shown and silent in shown and "critical" in shown
         assert f"{silent} went quiet" in shown
         assert page.find_element(By.ID, "alerts-count").text == "1"
-        link = page.find_element(By.CSS_SELECTOR, "#alerts-list a")
-        assert link.get_attribute("href") == f"{host.api}/ui/servers/{silent}"
+        # read in one step: the list is redrawn at each refresh, so a held element goes stale
+        href = page.execute_script("return document.querySelector('#alerts-list a').href")
+        assert href == f"{host.api}/ui/servers/{silent}"
         page.save_screenshot(str(tmp_path / "overview-alerts.png"))
 
-        link.click()
+        page.get(href)
         wait_for(page, "the alert on its page", lambda d: d.execute_script(ALERTS_JS))
         (own,) = page.execute_script(ALERTS_JS)
         assert "DashSilent" in own and f"{silent} went quiet" in own
@@ -627,4 +628,5 @@ def test_firing_alerts_show_on_the_overview_and_on_their_servers_page(
         assert page.execute_script(ALERTS_JS) == []
         assert not page.find_element(By.ID, "alerts").is_displayed()
     finally:
+        page.get("about:blank")  # no page polls the host while it stops
         host.process.stop()
