@@ -199,6 +199,7 @@ def test_a_server_hot_over_the_last_minute_fires_and_a_cool_one_does_not(
     assert set(listed(host)) == {("CpuHot", "now-hot.example")}
 
 
+@pytest.mark.faults  # waits out the 10-s POST timeout
 def test_an_alertmanager_that_hangs_holds_up_neither_ingest_nor_reads_nor_the_stop(
     hosts: Callable[..., HostUnderTest], rules_file: str
 ) -> None:
