@@ -2,7 +2,8 @@
 to Debian's real ``prometheus-alertmanager``, whose webhook notifications (what a person would
 receive) are recorded by the test. Rules use short ``for`` values and Alertmanager short waits
 (group_wait 0s, group_interval 1s), so each test waits seconds; those that wait for a minute to
-turn, restart hosts, hold an outage for 30 s or run two hosts are marked ``faults``.
+turn, restart hosts, hold an outage for 30 s, wait out a POST timeout or run two hosts are
+marked ``faults``.
 
 The cpu rules look at the last *complete* minute's mean, so the tests record samples with past
 timestamps (a minute ago) through ``POST /loads``, as any late client may."""
