@@ -52,7 +52,7 @@ test: $(VENV)/.test-installed ## Install what the tests need and run the suite (
 	$(BIN)/python -m pytest -m "not faults and not alone" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 	$(BIN)/python -m pytest -m "alone and not faults" $(ARGS) || [ $$? -eq 5 ]
 
-test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests (~4.5 min)
+test-faults: $(VENV)/.test-installed ## Run the slow fault-injection tests (~7 min)
 	$(BIN)/python -m pytest -m faults -n $(FAULT_WORKERS) --dist load $(ARGS)
 
 # import-linter (and mypy) need the packages under one servertrack/ folder: a tree of links.
