@@ -17,7 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,6 +393,19 @@ def scraped_up(prometheus: Prometheus, deadline: float = 30.0) -> None:
         wait_until(up, deadline, "Prometheus to scrape the stand-in as up")
     except TimeoutError:
         pytest.fail(f"{prometheus.api('targets')}\n{prometheus.process.log()[-3000:]}")
+
+
+def scraping_prometheus(
+    tmp_path_factory: pytest.TempPathFactory, config: dict[str, Any], name: str
+) -> Iterator[Prometheus]:
+    """A Prometheus started with ``config`` in a fresh folder, once it has scraped its target;
+    stopped afterwards (for module fixtures: ``yield from``)."""
+    prometheus = start_prometheus(tmp_path_factory.mktemp(name), config)
+    try:
+        scraped_up(prometheus)
+        yield prometheus
+    finally:
+        prometheus.stop()
 
 
 def by_server(result: list[dict[str, Any]]) -> dict[str, Any]:

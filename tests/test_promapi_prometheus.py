@@ -45,8 +45,7 @@ from tests.promapi_support import (
     http,
     scrape_and_read_config,
     scrape_only_config,
-    scraped_up,
-    start_prometheus,
+    scraping_prometheus,
     tool,
 )
 
@@ -85,24 +84,13 @@ def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _prometheus(
-    tmp_path_factory: pytest.TempPathFactory, config: dict, name: str
-) -> Iterator[Prometheus]:
-    prometheus = start_prometheus(tmp_path_factory.mktemp(name), config)
-    try:
-        scraped_up(prometheus)
-        yield prometheus
-    finally:
-        prometheus.stop()
-
-
 @pytest.fixture(scope="module")
 def scrape_only(
     stand_in: tuple[StandIn, Served], token_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     """Set-up A."""
     config = scrape_only_config(f"127.0.0.1:{stand_in[1].port}", token_file)
-    yield from _prometheus(tmp_path_factory, config, "scrape-only")
+    yield from scraping_prometheus(tmp_path_factory, config, "scrape-only")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +99,7 @@ def scrape_and_read(
 ) -> Iterator[Prometheus]:
     """Set-up B."""
     config = scrape_and_read_config(f"127.0.0.1:{stand_in[1].port}", token_file)
-    yield from _prometheus(tmp_path_factory, config, "scrape-and-read")
+    yield from scraping_prometheus(tmp_path_factory, config, "scrape-and-read")
 
 
 def number(text: str) -> float:

@@ -28,7 +28,7 @@ from servertrack.common.fleet_query import DOWN_AFTER, STALE_AFTER
 from servertrack.promapi import prompb
 from servertrack.promapi.families import BY_NAME, FAMILIES
 from servertrack.testing.hosts import HostUnderTest, launch_host, wait_until
-from tests.promapi_oracle import Points, epoch, value_at
+from tests.promapi_oracle import STAT_OF, Points, epoch, value_at
 from tests.promapi_support import (
     GAP_SERVER,
     LIVE,
@@ -37,8 +37,7 @@ from tests.promapi_support import (
     http,
     scrape_and_read_config,
     scrape_only_config,
-    scraped_up,
-    start_prometheus,
+    scraping_prometheus,
     tool,
 )
 from tests.test_promapi_prometheus import (
@@ -53,15 +52,6 @@ pytestmark = pytest.mark.e2e
 TOKEN = "prometheus-host-read-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SNAPPY = {**AUTH, "Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
-STAT_OF = {
-    "servertrack_server_cpu_percent": "cpu",
-    "servertrack_server_cpu_min_percent": "cpu_min",
-    "servertrack_server_cpu_max_percent": "cpu_max",
-    "servertrack_server_ram_percent": "ram",
-    "servertrack_server_ram_min_percent": "ram_min",
-    "servertrack_server_ram_max_percent": "ram_max",
-    "servertrack_server_minute_samples": "samples",
-}
 SCRAPE_SLACK = 2.0
 """Seconds between Prometheus' scrape timestamp and the host's clock when it answered."""
 T = TypeVar("T")
@@ -136,24 +126,13 @@ def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _prometheus(
-    tmp_path_factory: pytest.TempPathFactory, config: dict[str, Any], name: str
-) -> Iterator[Prometheus]:
-    prometheus = start_prometheus(tmp_path_factory.mktemp(name), config)
-    try:
-        scraped_up(prometheus)
-        yield prometheus
-    finally:
-        prometheus.stop()
-
-
 @pytest.fixture(scope="module")
 def scrape_only(
     host: HostUnderTest, token_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     """Set-up A: every family scraped."""
     config = scrape_only_config(f"127.0.0.1:{host.api_port}", token_file)
-    yield from _prometheus(tmp_path_factory, config, "host-scrape-only")
+    yield from scraping_prometheus(tmp_path_factory, config, "host-scrape-only")
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +141,7 @@ def scrape_and_read(
 ) -> Iterator[Prometheus]:
     """Set-up B: the readings of the moment scraped, cpu and ram read remotely."""
     config = scrape_and_read_config(f"127.0.0.1:{host.api_port}", token_file)
-    yield from _prometheus(tmp_path_factory, config, "host-scrape-and-read")
+    yield from scraping_prometheus(tmp_path_factory, config, "host-scrape-and-read")
 
 
 # -- ServerTrack's own answers -------------------------------------------------------------------
